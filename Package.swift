@@ -1,0 +1,46 @@
+// swift-tools-version: 6.0
+// MoEStream: Kimi K2 on one workstation, routed experts streamed from NVMe.
+import PackageDescription
+
+/// Release builds of the hot code need the optimiser even when tests build in debug.
+let optimized: [SwiftSetting] = [.unsafeFlags(["-Ounchecked", "-wmo"], .when(configuration: .release))]
+
+let package = Package(
+    name: "MoEStream",
+    platforms: [.macOS(.v14)],
+    products: [
+        .executable(name: "moestream", targets: ["moestream"]),
+        .library(name: "MoEModel", targets: ["MoEModel"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+    ],
+    targets: [
+        // C shim over liburing and libnuma: the macros and inline functions Swift cannot import.
+        .target(
+            name: "CMoEShims",
+            linkerSettings: [.linkedLibrary("uring"), .linkedLibrary("numa")]
+        ),
+        // Syscalls, mapped files, errno errors. Knows nothing of models.
+        .target(name: "MoESystem", dependencies: ["CMoEShims"], swiftSettings: optimized),
+        // Element types, tensor views and the kernels that read them.
+        .target(name: "MoETensor", swiftSettings: optimized),
+        // Read-only parsers of what a checkpoint directory holds: safetensors, sharded index, config.json.
+        .target(name: "MoECheckpoint", dependencies: ["MoESystem", "MoETensor"], swiftSettings: optimized),
+        // The Kimi K2 / DeepSeek-V3 forward pass. Asks an ExpertProviding for routed experts; never does I/O.
+        .target(name: "MoEModel", dependencies: ["MoETensor", "MoECheckpoint"], swiftSettings: optimized),
+        .executableTarget(
+            name: "moestream",
+            dependencies: [
+                "MoEModel", "MoECheckpoint", "MoESystem",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            swiftSettings: optimized
+        ),
+        .testTarget(name: "MoESystemTests", dependencies: ["MoESystem"]),
+        .testTarget(name: "MoETensorTests", dependencies: ["MoETensor"]),
+        .testTarget(name: "MoECheckpointTests", dependencies: ["MoECheckpoint"]),
+        .testTarget(name: "MoEModelTests", dependencies: ["MoEModel", "MoECheckpoint"]),
+    ],
+    swiftLanguageModes: [.v6]
+)

@@ -1,0 +1,118 @@
+import Foundation
+import MoETensor
+
+/// A Hugging Face checkpoint directory: config.json plus one or many safetensors shards.
+///
+/// With `model.safetensors.index.json` the index decides which shard holds each tensor, and every shard it names
+/// must exist and hold the tensors it is said to hold. Without an index, every `*.safetensors` file in the
+/// directory is opened and their tensor names must not collide. A path to a single `.safetensors` file works too.
+public final class Checkpoint: @unchecked Sendable {
+    public let directory: String
+    public let files: [SafetensorsFile]
+    /// Tensor name → index into `files`.
+    private let location: [String: Int]
+
+    public static let indexFileName = "model.safetensors.index.json"
+
+    public init(path: String) throws(CheckpointError) {
+        var isDir: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: path, isDirectory: &isDir) else {
+            throw .system(.init(call: "open", path: path, errno: ENOENT))
+        }
+        if !isDir.boolValue {
+            directory = (path as NSString).deletingLastPathComponent
+            let file = try SafetensorsFile(path: path)
+            files = [file]
+            location = Dictionary(uniqueKeysWithValues: file.entries.keys.map { ($0, 0) })
+            return
+        }
+        directory = path
+        let indexPath = (path as NSString).appendingPathComponent(Self.indexFileName)
+        if FileManager.default.fileExists(atPath: indexPath) {
+            (files, location) = try Self.openIndexed(directory: path, indexPath: indexPath)
+        } else {
+            (files, location) = try Self.openAll(directory: path)
+        }
+    }
+
+    private static func openIndexed(directory: String, indexPath: String) throws(CheckpointError)
+        -> ([SafetensorsFile], [String: Int]) {
+        guard let data = FileManager.default.contents(atPath: indexPath) else {
+            throw .system(.init(call: "read", path: indexPath, errno: EIO))
+        }
+        guard let json = try? JSONSerialization.jsonObject(with: data) as? [String: Any] else {
+            throw .badIndex(file: indexPath, reason: "not a JSON object")
+        }
+        guard let map = json["weight_map"] as? [String: String] else {
+            throw .badIndex(file: indexPath, reason: "no weight_map of tensor name → shard file")
+        }
+        var files: [SafetensorsFile] = []
+        var fileIndex: [String: Int] = [:]
+        var location: [String: Int] = [:]
+        for shard in Set(map.values).sorted() {
+            guard !shard.contains("/") else { throw .badIndex(file: indexPath, reason: "shard name '\(shard)' is not a plain file name") }
+            let file = try SafetensorsFile(path: (directory as NSString).appendingPathComponent(shard))
+            fileIndex[shard] = files.count
+            files.append(file)
+        }
+        for (tensor, shard) in map {
+            let i = fileIndex[shard]!
+            guard files[i].entries[tensor] != nil else {
+                throw .missingTensor(tensor: tensor, searched: files[i].path + " (where \(Self.indexFileName) puts it)")
+            }
+            location[tensor] = i
+        }
+        return (files, location)
+    }
+
+    private static func openAll(directory: String) throws(CheckpointError) -> ([SafetensorsFile], [String: Int]) {
+        let names: [String]
+        do { names = try FileManager.default.contentsOfDirectory(atPath: directory) } catch {
+            throw .system(.init(call: "opendir", path: directory, errno: EIO))
+        }
+        let shards = names.filter { $0.hasSuffix(".safetensors") }.sorted()
+        guard !shards.isEmpty else {
+            throw .missingTensor(tensor: "*", searched: "\(directory) (no .safetensors files and no \(indexFileName))")
+        }
+        var files: [SafetensorsFile] = []
+        var location: [String: Int] = [:]
+        for shard in shards {
+            let file = try SafetensorsFile(path: (directory as NSString).appendingPathComponent(shard))
+            for tensor in file.entries.keys {
+                if let other = location[tensor] {
+                    throw .badTensor(file: file.path, tensor: tensor, reason: "also present in \(files[other].path)")
+                }
+                location[tensor] = files.count
+            }
+            files.append(file)
+        }
+        return (files, location)
+    }
+
+    public var tensorNames: [String] { location.keys.sorted() }
+
+    public func contains(_ name: String) -> Bool { location[name] != nil }
+
+    /// The header entry of `name` and the file that holds it.
+    public func entry(_ name: String) -> (file: SafetensorsFile, entry: SafetensorsFile.Entry)? {
+        guard let i = location[name] else { return nil }
+        return (files[i], files[i].entries[name]!)
+    }
+
+    public func tensor(_ name: String) throws(CheckpointError) -> Tensor {
+        guard let i = location[name] else { throw .missingTensor(tensor: name, searched: directory) }
+        return try files[i].tensor(name)
+    }
+
+    /// `name`, checked to have `shape`.
+    public func tensor(_ name: String, shape: [Int]) throws(CheckpointError) -> Tensor {
+        let t = try tensor(name)
+        guard t.shape == shape else {
+            throw .wrongShape(file: entry(name)!.file.path, tensor: name, expected: shape, actual: t.shape)
+        }
+        return t
+    }
+
+    /// The path of the file that holds `name`, for error messages.
+    public func path(of name: String) -> String { entry(name)?.file.path ?? directory }
+}

@@ -1,0 +1,30 @@
+import MoETensor
+
+/// One routed expert: a SwiGLU MLP `down(silu(gate(x)) · up(x))`.
+public struct ExpertWeights: Sendable {
+    /// `[moe_intermediate, hidden]`
+    public let gate: WeightMatrix
+    /// `[moe_intermediate, hidden]`
+    public let up: WeightMatrix
+    /// `[hidden, moe_intermediate]`
+    public let down: WeightMatrix
+
+    public init(gate: WeightMatrix, up: WeightMatrix, down: WeightMatrix) {
+        self.gate = gate
+        self.up = up
+        self.down = down
+    }
+}
+
+/// The only door through which the model reaches routed experts.
+///
+/// The model asks for all the experts a layer needs at once (for a prefill batch: every expert any token chose,
+/// each once), so an implementation can read them in one batch, serve hits first and compute while the rest
+/// arrive. The weights handed to `body` are valid only during the call: a cache may pin the slot for exactly
+/// that long. The model's result does not depend on the order of the calls.
+public protocol ExpertProviding: AnyObject, Sendable {
+    /// Calls `body(expert, weights)` exactly once for each id in `experts` (distinct, ascending), in any order.
+    /// Throws `ModelError.expertUnavailable` when an expert cannot be delivered intact; never hands out damaged
+    /// weights.
+    func withExperts(layer: Int, _ experts: [Int], _ body: (Int, ExpertWeights) throws -> Void) throws
+}

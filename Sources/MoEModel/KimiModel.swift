@@ -1,0 +1,135 @@
+import MoECheckpoint
+import MoETensor
+
+/// Which positions of a forward pass need logits.
+public enum LogitsRequest: Sendable {
+    /// Every position (`moestream logits`, perplexity).
+    case all
+    /// Only the last position (generation).
+    case last
+}
+
+/// The result of one forward pass.
+public struct ForwardResult: Sendable {
+    /// [rows, vocab], row-major: one row per requested position.
+    public let logits: [Float]
+    public let rows: Int
+    public let vocabSize: Int
+    /// Routing of every token at every MoE layer: `routing[layer][token]`, empty for dense layers.
+    public let routing: [[Routing]]
+
+    public func row(_ i: Int) -> ArraySlice<Float> { logits[(i * vocabSize)..<((i + 1) * vocabSize)] }
+}
+
+/// Kimi K2 / DeepSeek-V3: embeddings → layers (MLA, dense MLP or MoE) → final norm → lm_head.
+///
+/// `h = x + Attn(RMSNorm(x))`, `out = h + FFN(RMSNorm(h))`. Math in fp32; weights stay in their stored
+/// encoding. Routed experts come only through `experts`; the model never reads a file.
+public final class KimiModel: @unchecked Sendable {
+    public let config: ModelConfig
+    public let weights: ResidentWeights
+    public let experts: any ExpertProviding
+    let attention: [LatentAttention]
+    let router: NoAuxRouter
+
+    public init(config: ModelConfig, weights: ResidentWeights, experts: any ExpertProviding) {
+        self.config = config
+        self.weights = weights
+        self.experts = experts
+        let rope = RoPE(config: config)
+        let scale = RoPE.softmaxScale(config: config)
+        attention = weights.layers.enumerated().map { l, w in
+            LatentAttention(config: config, weights: w.attention, rope: rope, scale: scale, layer: l)
+        }
+        router = NoAuxRouter(config: config)
+    }
+
+    /// Loads a Hugging Face checkpoint directory, with experts served from the mapped checkpoint.
+    public static func load(checkpoint path: String) throws(CheckpointError) -> KimiModel {
+        let config = try ModelConfig.load(path: path)
+        let source = CheckpointWeights(checkpoint: try Checkpoint(path: path), config: config)
+        return KimiModel(config: config, weights: try source.resident(), experts: try CheckpointExperts(source))
+    }
+
+    /// A fresh latent KV cache for one sequence, bounded by `max_position_embeddings` (or `limit`).
+    public func makeCache(limit: Int? = nil) -> KVCache {
+        KVCache(layers: config.numLayers, latentDim: config.kvLoraRank, ropeDim: config.qkRopeHeadDim,
+                limit: min(limit ?? config.maxPositionEmbeddings, config.maxPositionEmbeddings))
+    }
+
+    /// Runs `tokens` at the positions after what `cache` holds (a whole prompt in one pass, or one decode token)
+    /// and appends them to the cache.
+    public func forward(_ tokens: [Int], cache: KVCache, logits request: LogitsRequest = .last) throws -> ForwardResult {
+        let T = tokens.count, H = config.hiddenSize, V = config.vocabSize
+        guard T > 0 else { throw ModelError.emptyInput }
+        for t in tokens where t < 0 || t >= V { throw ModelError.tokenOutOfRange(token: t, vocabSize: V) }
+        let start = cache.count
+        guard start + T <= cache.limit else { throw ModelError.contextFull(position: start + T - 1, limit: cache.limit) }
+        cache.reserve(T)
+
+        let x = FloatBuffer(count: T * H)       // [T, H] residual stream
+        let normed = FloatBuffer(count: T * H)  // [T, H]
+        let delta = FloatBuffer(count: T * H)   // [T, H]
+        for (t, token) in tokens.enumerated() { weights.embedding.copyRow(token, into: x.row(t, width: H)) }
+
+        var routing: [[Routing]] = []
+        for (l, layer) in weights.layers.enumerated() {
+            for t in 0..<T {
+                VectorOps.rmsNorm(x.row(t, width: H), weight: layer.inputNorm, eps: config.rmsNormEps, count: H,
+                                  into: normed.row(t, width: H))
+            }
+            attention[l](normed.pointer, tokens: T, start: start, cache: cache, into: delta.pointer)
+            for i in 0..<(T * H) { x.pointer[i] += delta.pointer[i] }
+
+            for t in 0..<T {
+                VectorOps.rmsNorm(x.row(t, width: H), weight: layer.postAttentionNorm, eps: config.rmsNormEps, count: H,
+                                  into: normed.row(t, width: H))
+            }
+            switch layer.feedForward {
+            case .dense(let mlp):
+                mlp(normed.pointer, tokens: T, into: delta.pointer)
+                routing.append([])
+            case .moe(let moe):
+                let moeLayer = MoELayer(config: config, weights: moe, router: router, layer: l)
+                routing.append(try moeLayer(normed.pointer, tokens: T, experts: experts, into: delta.pointer))
+            }
+            for i in 0..<(T * H) { x.pointer[i] += delta.pointer[i] }
+        }
+        cache.commit(T)
+
+        let first = request == .all ? 0 : T - 1
+        let rows = T - first
+        for t in first..<T {
+            VectorOps.rmsNorm(x.row(t, width: H), weight: weights.finalNorm, eps: config.rmsNormEps, count: H,
+                              into: normed.row(t - first, width: H))
+        }
+        let logits = FloatBuffer(count: rows * V)  // [rows, V]
+        weights.lmHead.apply(normed.pointer, tokens: rows, into: logits.pointer)
+        return ForwardResult(logits: logits.array, rows: rows, vocabSize: V, routing: routing)
+    }
+
+    /// Greedy decoding: the prompt in one pass, then one token at a time through the cache. Stops after
+    /// `maxTokens` or at a token in `stop`. `onToken` sees each new token as it is chosen.
+    public func greedy(prompt: [Int], maxTokens: Int, stop: Set<Int> = [], cache: KVCache? = nil,
+                       onToken: (Int) -> Void = { _ in }) throws -> [Int] {
+        let cache = cache ?? makeCache()
+        var out: [Int] = []
+        guard maxTokens > 0 else { return out }
+        var result = try forward(prompt, cache: cache, logits: .last)
+        while true {
+            let next = argmax(result.row(0))
+            out.append(next)
+            onToken(next)
+            if out.count >= maxTokens || stop.contains(next) { break }
+            result = try forward([next], cache: cache, logits: .last)
+        }
+        return out
+    }
+}
+
+/// Index of the largest value; the first one on ties (as torch.argmax).
+public func argmax(_ values: ArraySlice<Float>) -> Int {
+    var best = values.startIndex
+    for i in values.indices where values[i] > values[best] { best = i }
+    return best - values.startIndex
+}

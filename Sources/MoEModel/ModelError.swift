@@ -1,0 +1,26 @@
+import MoECheckpoint
+
+/// What can stop a forward pass or a model load. Cases name the layer, expert or token involved.
+public enum ModelError: Error, CustomStringConvertible {
+    case checkpoint(CheckpointError)
+    /// A token id outside the vocabulary.
+    case tokenOutOfRange(token: Int, vocabSize: Int)
+    /// The sequence would pass `max_position_embeddings` (or the cache's limit).
+    case contextFull(position: Int, limit: Int)
+    /// The expert provider could not deliver an expert (a read failed, a checksum did not match).
+    case expertUnavailable(layer: Int, expert: Int, reason: String)
+    /// The checkpoint's tensors use an encoding this path cannot compute with.
+    case unsupportedEncoding(tensor: String, reason: String)
+    case emptyInput
+
+    public var description: String {
+        switch self {
+        case .checkpoint(let e): return e.description
+        case .tokenOutOfRange(let t, let v): return "token id \(t) is outside the vocabulary (0..<\(v))"
+        case .contextFull(let p, let l): return "position \(p) is past the context limit of \(l) tokens"
+        case .expertUnavailable(let l, let e, let r): return "layer \(l) expert \(e) unavailable: \(r)"
+        case .unsupportedEncoding(let t, let r): return "tensor '\(t)': \(r)"
+        case .emptyInput: return "no input tokens"
+        }
+    }
+}

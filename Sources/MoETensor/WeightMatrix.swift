@@ -1,0 +1,136 @@
+/// A Linear layer's weight `W [rows = out, cols = in]` in its stored encoding, read by kernels that widen to
+/// fp32 as they go. No fp32 copy of a weight matrix is ever made.
+public struct WeightMatrix: @unchecked Sendable {
+    public enum Encoding: @unchecked Sendable {
+        case f32
+        case bf16
+        case f16
+        /// Block FP8 (Kimi K2 Instruct, DeepSeek-V3): `W[i,j] = e4m3(q[i,j]) · scale[i/blockRows, j/blockCols]`.
+        /// `scales` is `[ceil(rows/blockRows), ceil(cols/blockCols)]` fp32, row-major. (The checkpoint calls it
+        /// `weight_scale_inv`, but it is multiplied.)
+        case fp8Block(scales: UnsafePointer<Float>, blockRows: Int, blockCols: Int)
+    }
+
+    public let rows: Int
+    public let cols: Int
+    public let data: UnsafeRawPointer
+    public let encoding: Encoding
+    /// Keep the weight bytes (and scales) alive.
+    let owners: [AnyObject]
+
+    public init(rows: Int, cols: Int, data: UnsafeRawPointer, encoding: Encoding, owners: [AnyObject]) {
+        self.rows = rows
+        self.cols = cols
+        self.data = data
+        self.encoding = encoding
+        self.owners = owners
+    }
+
+    /// Bytes the weight occupies as stored (without scales).
+    public var storedByteCount: Int {
+        switch encoding {
+        case .f32: rows * cols * 4
+        case .bf16, .f16: rows * cols * 2
+        case .fp8Block: rows * cols
+        }
+    }
+
+    /// `y[r] = Σ_c W[r, c] · x[c]` for output rows `rowRange`, one token.
+    @inline(__always)
+    public func dot(row r: Int, _ x: UnsafePointer<Float>) -> Float {
+        switch encoding {
+        case .f32:
+            return dotF32(data.assumingMemoryBound(to: Float.self) + r * cols, x, cols)
+        case .bf16:
+            return dotBF16(data.assumingMemoryBound(to: UInt16.self) + r * cols, x, cols)
+        case .f16:
+            return dotF16(data.assumingMemoryBound(to: UInt16.self) + r * cols, x, cols)
+        case .fp8Block(let scales, let blockRows, let blockCols):
+            let scaleCols = (cols + blockCols - 1) / blockCols
+            let scaleRow = scales + (r / blockRows) * scaleCols
+            let w = data.assumingMemoryBound(to: UInt8.self) + r * cols
+            return E4M3Table.values.withUnsafeBufferPointer { table in
+                var s: Float = 0
+                var b = 0
+                var c = 0
+                while c < cols {
+                    let n = min(blockCols, cols - c)
+                    s += dotE4M3(w + c, x + c, n, table.baseAddress!) * scaleRow[b]
+                    c += n
+                    b += 1
+                }
+                return s
+            }
+        }
+    }
+
+    /// `y[t, r] = Σ_c W[r, c] · x[t, c]` for `tokens` rows of `x [tokens, cols]` into `y [tokens, rows]`.
+    ///
+    /// Rows are split across cores; each weight row is widened once per call and used for every token, so a
+    /// prefill batch reads the matrix once.
+    public func apply(_ x: UnsafePointer<Float>, tokens: Int, into y: UnsafeMutablePointer<Float>) {
+        let ranges = chunkRanges(count: rows, minimum: max(1, 16_384 / max(cols, 1)))
+        parallelFor(ranges.count) { k in
+            for r in ranges[k] {
+                for t in 0..<tokens {
+                    y[t * rows + r] = dot(row: r, x + t * cols)
+                }
+            }
+        }
+    }
+
+    /// Row `r` widened to fp32 into `out [cols]`: an embedding lookup.
+    public func copyRow(_ r: Int, into out: UnsafeMutablePointer<Float>) {
+        switch encoding {
+        case .f32:
+            out.update(from: data.assumingMemoryBound(to: Float.self) + r * cols, count: cols)
+        case .bf16:
+            let w = data.assumingMemoryBound(to: UInt16.self) + r * cols
+            for c in 0..<cols { out[c] = bf16ToFloat(w[c]) }
+        case .f16:
+            let w = data.assumingMemoryBound(to: UInt16.self) + r * cols
+            for c in 0..<cols { out[c] = f16ToFloat(w[c]) }
+        case .fp8Block(let scales, let blockRows, let blockCols):
+            let scaleCols = (cols + blockCols - 1) / blockCols
+            let w = data.assumingMemoryBound(to: UInt8.self) + r * cols
+            for c in 0..<cols { out[c] = e4m3ToFloat(w[c]) * scales[(r / blockRows) * scaleCols + c / blockCols] }
+        }
+    }
+}
+
+extension WeightMatrix {
+    /// `y[0..<cols] += Σ_i x[i] · W[firstRow + i, :]` for `count` rows: the transposed product `Wᵀx` over a block
+    /// of rows. MLA's absorbed attention uses it to fold kv_b's key rows into the query.
+    public func accumulateRows(from firstRow: Int, count: Int, weights x: UnsafePointer<Float>,
+                               into y: UnsafeMutablePointer<Float>) {
+        for i in 0..<count {
+            let a = x[i]
+            let r = firstRow + i
+            switch encoding {
+            case .f32:
+                let w = data.assumingMemoryBound(to: Float.self) + r * cols
+                for c in 0..<cols { y[c] += a * w[c] }
+            case .bf16:
+                let w = UnsafeRawPointer(data.assumingMemoryBound(to: UInt16.self) + r * cols)
+                var c = 0
+                let av = SIMD8<Float>(repeating: a)
+                while c + 8 <= cols {
+                    let yv = UnsafeMutableRawPointer(y + c)
+                    let acc = yv.loadUnaligned(as: SIMD8<Float>.self)
+                        + av * widenBF16(w.loadUnaligned(fromByteOffset: 2 * c, as: SIMD8<UInt16>.self))
+                    yv.storeBytes(of: acc, as: SIMD8<Float>.self)
+                    c += 8
+                }
+                while c < cols { y[c] += a * bf16ToFloat(w.load(fromByteOffset: 2 * c, as: UInt16.self)); c += 1 }
+            case .f16:
+                let w = data.assumingMemoryBound(to: UInt16.self) + r * cols
+                for c in 0..<cols { y[c] += a * f16ToFloat(w[c]) }
+            case .fp8Block(let scales, let blockRows, let blockCols):
+                let scaleCols = (cols + blockCols - 1) / blockCols
+                let w = data.assumingMemoryBound(to: UInt8.self) + r * cols
+                let s = scales + (r / blockRows) * scaleCols
+                for c in 0..<cols { y[c] += a * (e4m3ToFloat(w[c]) * s[c / blockCols]) }
+            }
+        }
+    }
+}

@@ -1,0 +1,56 @@
+import ArgumentParser
+import Foundation
+import MoECheckpoint
+import MoEModel
+
+struct Inspect: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Show a model's configuration, its bytes by role, and what stays resident or goes to NVMe.")
+
+    @OptionGroup var model: ModelOptions
+
+    func run() throws {
+        let config: ModelConfig
+        let checkpoint: Checkpoint
+        do {
+            config = try ModelConfig.load(path: model.model)
+            checkpoint = try Checkpoint(path: model.model)
+        } catch { throw CLIError(error.description) }
+        let c = config
+        print("model          \(model.model)")
+        print("model_type     \(c.modelType)\(c.tensorPrefix.isEmpty ? "" : " (tensors under '\(c.tensorPrefix)')")")
+        print("layers         \(c.numLayers) (dense: \(c.numLayers - c.moeLayers.count), MoE: \(c.moeLayers.count))")
+        print("hidden         \(c.hiddenSize), intermediate \(c.intermediateSize), expert intermediate \(c.moeIntermediateSize)")
+        print("attention      MLA, \(c.numHeads) heads, q_lora \(c.qLoraRank.map(String.init) ?? "none"), kv_lora \(c.kvLoraRank), "
+            + "nope \(c.qkNopeHeadDim) + rope \(c.qkRopeHeadDim), v \(c.vHeadDim)")
+        print("experts        \(c.numRoutedExperts) routed (top-\(c.expertsPerToken), \(c.nGroup) groups, keep \(c.topkGroup)), "
+            + "\(c.numSharedExperts) shared, scaling \(c.routedScalingFactor)")
+        let rope = c.rope.kind == .yarn
+            ? "yarn θ=\(c.rope.theta) factor \(c.rope.factor) original \(c.rope.originalMaxPositionEmbeddings)"
+            : "θ=\(c.rope.theta)"
+        print("rope           \(rope), context \(c.maxPositionEmbeddings)")
+        print("vocabulary     \(c.vocabSize)")
+        if let q = c.quantization { print("quantization   \(q)") }
+        print("tensors        \(checkpoint.tensorNames.count) in \(checkpoint.files.count) file(s)")
+
+        let inv = WeightInventory(checkpoint: checkpoint, prefix: c.tensorPrefix)
+        print("")
+        print("role                    tensors        bytes   where")
+        for role in WeightInventory.Role.allCases {
+            guard let b = inv.bytes[role] else { continue }
+            let name = role.rawValue.padding(toLength: 22, withPad: " ", startingAt: 0)
+            let count = String(inv.tensors[role] ?? 0).leftPad(8)
+            print("\(name)  \(count)  \(humanBytes(b).leftPad(11))   \(role.isResident ? "RAM" : "NVMe")")
+        }
+        print("")
+        print("resident (RAM)   \(humanBytes(inv.residentBytes))")
+        print("streamed (NVMe)  \(humanBytes(inv.streamedBytes)) in \(c.moeLayers.count * c.numRoutedExperts) experts"
+            + (c.moeLayers.isEmpty ? "" : ", \(humanBytes(inv.streamedBytes / max(1, c.moeLayers.count * c.numRoutedExperts))) each"))
+        let kvPerToken = c.numLayers * (c.kvLoraRank + c.qkRopeHeadDim) * 4
+        print("KV cache         \(humanBytes(kvPerToken)) per token (fp32 latent), \(humanBytes(kvPerToken * 1024)) per 1K tokens")
+    }
+}
+
+extension String {
+    func leftPad(_ n: Int) -> String { count >= n ? self : String(repeating: " ", count: n - count) + self }
+}

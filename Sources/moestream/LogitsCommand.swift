@@ -1,0 +1,83 @@
+import ArgumentParser
+import Foundation
+import MoEModel
+
+struct Logits: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Print the logits of every position of a token sequence (one prefill pass).")
+
+    @OptionGroup var model: ModelOptions
+
+    @Option(help: "Token ids, comma separated: 1,17,42.")
+    var tokens: TokenList
+
+    @Flag(help: "Print {\"logits\": [[...], ...]} with every value, one row per position.")
+    var json = false
+
+    @Flag(help: "Run the prompt one token at a time through the KV cache instead of one pass.")
+    var decode = false
+
+    func run() throws {
+        let m = try model.load()
+        let cache = m.makeCache()
+        var rows: [ArraySlice<Float>] = []
+        let started = ContinuousClock.now
+        do {
+            if decode {
+                for t in tokens.ids {
+                    let r = try m.forward([t], cache: cache, logits: .last)
+                    rows.append(r.row(0))
+                }
+            } else {
+                let r = try m.forward(tokens.ids, cache: cache, logits: .all)
+                rows = (0..<r.rows).map { r.row($0) }
+            }
+        } catch let e as ModelError { throw CLIError(e.description) }
+        let elapsed = ContinuousClock.now - started
+        if json {
+            var out = "{\"logits\": ["
+            out += rows.map { "[" + $0.map { "\($0)" }.joined(separator: ", ") + "]" }.joined(separator: ", ")
+            out += "]}"
+            print(out)
+        } else {
+            for (i, row) in rows.enumerated() {
+                let top = row.indices.sorted { row[$0] > row[$1] }.prefix(5)
+                let shown = top.map { "\($0 - row.startIndex):\(String(format: "%.4f", row[$0]))" }.joined(separator: "  ")
+                print("position \(i) token \(tokens.ids[i])  top-5  \(shown)")
+            }
+            FileHandle.standardError.write("forward: \(tokens.ids.count) tokens in \(elapsed)\n".data(using: .utf8)!)
+        }
+    }
+}
+
+struct Generate: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Greedy generation from token ids; prints the new ids.")
+
+    @OptionGroup var model: ModelOptions
+
+    @Option(help: "Prompt token ids, comma separated.")
+    var tokens: TokenList
+
+    @Option(help: "How many tokens to generate.")
+    var maxTokens = 32
+
+    @Flag(help: "Keep going past the model's end-of-sequence token.")
+    var ignoreEos = false
+
+    func run() throws {
+        let m = try model.load()
+        let stop = ignoreEos ? [] : Set(m.config.eosTokenIds)
+        let started = ContinuousClock.now
+        let ids: [Int]
+        do { ids = try m.greedy(prompt: tokens.ids, maxTokens: maxTokens, stop: stop) } catch let e as ModelError {
+            throw CLIError(e.description)
+        }
+        let elapsed = ContinuousClock.now - started
+        print(ids.map(String.init).joined(separator: ","))
+        let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) * 1e-18
+        let rate = seconds > 0 ? Double(ids.count) / seconds : 0
+        FileHandle.standardError.write(
+            "generated \(ids.count) tokens in \(String(format: "%.3f", seconds)) s (\(String(format: "%.1f", rate)) tokens/s)\n"
+                .data(using: .utf8)!)
+    }
+}

@@ -1,0 +1,195 @@
+#!/usr/bin/env python3
+"""Writes the tiny DeepseekV3 checkpoints under Tests/Fixtures and transformers' own outputs for them.
+
+Each model has Kimi K2's architecture (MLA, noaux_tc sigmoid router, shared experts, dense first layers) at toy
+sizes, with random weights large enough that routing and greedy decoding are decisive, norm weights not all one
+and a non-zero correction bias. For each one we record, computed by transformers in fp32 (eager attention):
+  - the logits of every position of a prompt (one prefill pass),
+  - a greedy continuation made by `generate` with transformers' own KV cache, and the logits of each step.
+
+Configurations:
+  kimi_k2      Kimi K2's shape: n_group 1, top-8 of 32, one dense layer, yarn factor 32, BF16, sharded,
+               config.json as Kimi's release writes it (model_type kimi_k2, rope_scaling + rope_theta).
+  deepseek_v3  DeepSeek-V3 grouped routing (n_group 4, topk_group 2), F32, single file, yarn with
+               mscale != mscale_all_dim, config.json as transformers 5 writes it (rope_parameters).
+  odd_dense2   two dense layers, odd sizes, no q LoRA (q_proj), plain RoPE without interleave,
+               norm_topk_prob false, F16.
+
+Run: .venv/bin/python Tools/make_fixtures.py  (versions pinned in Tools/requirements.txt)
+"""
+import json
+import math
+import os
+import shutil
+import sys
+
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import DeepseekV3Config, DeepseekV3ForCausalLM
+
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "Tests", "Fixtures", "models")
+PROMPT_LEN = 12
+NEW_TOKENS = 40
+MIN_MARGIN = 2e-3  # smallest gap we accept between the best and second-best logit of a greedy step
+
+
+def kimi_k2_config():
+    return dict(
+        vocab_size=256, hidden_size=64, intermediate_size=128, moe_intermediate_size=32,
+        num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=4,
+        n_shared_experts=1, n_routed_experts=32, num_experts_per_tok=8, n_group=1, topk_group=1,
+        routed_scaling_factor=2.827, norm_topk_prob=True, first_k_dense_replace=1,
+        q_lora_rank=48, kv_lora_rank=32, qk_nope_head_dim=16, qk_rope_head_dim=8, v_head_dim=16,
+        max_position_embeddings=131072, rms_norm_eps=1e-5, num_nextn_predict_layers=0,
+        rope_parameters=dict(rope_type="yarn", rope_theta=50000.0, factor=32.0, original_max_position_embeddings=4096,
+                             beta_fast=1.0, beta_slow=1.0, mscale=1.0, mscale_all_dim=1.0),
+        bos_token_id=254, eos_token_id=255, tie_word_embeddings=False,
+    )
+
+
+def deepseek_v3_config():
+    return dict(
+        vocab_size=256, hidden_size=64, intermediate_size=96, moe_intermediate_size=16,
+        num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=4,
+        n_shared_experts=1, n_routed_experts=16, num_experts_per_tok=4, n_group=4, topk_group=2,
+        routed_scaling_factor=2.5, norm_topk_prob=True, first_k_dense_replace=1,
+        q_lora_rank=40, kv_lora_rank=24, qk_nope_head_dim=16, qk_rope_head_dim=8, v_head_dim=12,
+        max_position_embeddings=163840, rms_norm_eps=1e-6, num_nextn_predict_layers=0,
+        rope_parameters=dict(rope_type="yarn", rope_theta=10000.0, factor=40.0, original_max_position_embeddings=4096,
+                             beta_fast=32.0, beta_slow=1.0, mscale=0.8, mscale_all_dim=1.0),
+        bos_token_id=0, eos_token_id=1, tie_word_embeddings=False,
+    )
+
+
+def odd_dense2_config():
+    return dict(
+        vocab_size=199, hidden_size=50, intermediate_size=70, moe_intermediate_size=18,
+        num_hidden_layers=3, num_attention_heads=3, num_key_value_heads=3,
+        n_shared_experts=1, n_routed_experts=12, num_experts_per_tok=3, n_group=1, topk_group=1,
+        routed_scaling_factor=1.5, norm_topk_prob=False, first_k_dense_replace=2,
+        q_lora_rank=None, kv_lora_rank=20, qk_nope_head_dim=12, qk_rope_head_dim=6, v_head_dim=10,
+        max_position_embeddings=2048, rms_norm_eps=1e-6, num_nextn_predict_layers=0, rope_interleave=False,
+        rope_parameters=dict(rope_type="default", rope_theta=10000.0),
+        bos_token_id=0, eos_token_id=1, tie_word_embeddings=False,
+    )
+
+
+def randomize(model, seed):
+    """Weights with real spread: N(0, 1/fan_in) matrices, unit embeddings, norms in [0.6, 1.4], bias in ±0.05."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.copy_(torch.rand(p.shape, generator=g) * 0.8 + 0.6)
+            elif "embed_tokens" in name:
+                p.copy_(torch.randn(p.shape, generator=g))
+            else:
+                p.copy_(torch.randn(p.shape, generator=g) / math.sqrt(p.shape[-1]))
+        for name, b in model.named_buffers():
+            if name.endswith("e_score_correction_bias"):
+                b.copy_((torch.rand(b.shape, generator=g) - 0.5) * 0.1)
+
+
+def round_to(model, dtype):
+    """Rounds every weight to `dtype` and back, so the fp32 reference uses exactly the values we store."""
+    with torch.no_grad():
+        for _, p in model.named_parameters():
+            p.copy_(p.to(dtype).to(torch.float32))
+
+
+def greedy_with_margins(model, prompt):
+    out = model.generate(
+        torch.tensor([prompt]), do_sample=False, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS,
+        use_cache=True, output_scores=True, return_dict_in_generate=True, pad_token_id=0,
+    )
+    tokens = out.sequences[0, len(prompt):].tolist()
+    steps = [s[0].float() for s in out.scores]
+    margins = [float(torch.topk(s, 2).values[0] - torch.topk(s, 2).values[1]) for s in steps]
+    return tokens, [s.tolist() for s in steps], min(margins)
+
+
+def build(name, cfg, dtype, seed, sharded, release_style_config):
+    out_dir = os.path.join(ROOT, name)
+    shutil.rmtree(out_dir, ignore_errors=True)
+    torch.manual_seed(seed)
+    config = DeepseekV3Config(**cfg)
+    config._attn_implementation = "eager"
+    config._experts_implementation = "eager"
+    model = DeepseekV3ForCausalLM(config).float().eval()
+    randomize(model, seed)
+    round_to(model, dtype)
+
+    # A prompt whose greedy continuation is decisive at every step (no near-ties for float noise to flip).
+    g = torch.Generator().manual_seed(seed + 1)
+    for attempt in range(50):
+        prompt = torch.randint(0, cfg["vocab_size"], (PROMPT_LEN,), generator=g).tolist()
+        with torch.no_grad():
+            prefill = model(torch.tensor([prompt])).logits[0].float()
+            tokens, step_logits, margin = greedy_with_margins(model, prompt)
+        if margin >= MIN_MARGIN:
+            break
+    else:
+        sys.exit(f"{name}: no prompt with a decisive greedy continuation")
+
+    os.makedirs(out_dir)
+    model.save_pretrained(out_dir, max_shard_size="400KB" if sharded else "100GB")
+    store_as(out_dir, dtype)
+    if release_style_config:
+        write_release_config(out_dir, cfg)
+
+    reference = dict(
+        model=name, dtype=str(dtype).replace("torch.", ""), prompt=prompt,
+        prefill_logits=prefill.tolist(), generated=tokens, generated_logits=step_logits,
+        min_greedy_margin=margin, transformers=__import__("transformers").__version__, torch=torch.__version__,
+    )
+    with open(os.path.join(out_dir, "reference.json"), "w") as f:
+        json.dump(reference, f)
+    print(f"{name}: {sum(p.numel() for p in model.parameters())} parameters, prompt attempt {attempt}, "
+          f"min greedy margin {margin:.4f}")
+
+
+def store_as(out_dir, dtype):
+    """Rewrites the shards with weights in `dtype`; the correction bias stays F32 as in Kimi's release."""
+    for fname in sorted(os.listdir(out_dir)):
+        if not fname.endswith(".safetensors"):
+            continue
+        path = os.path.join(out_dir, fname)
+        tensors = load_file(path)
+        converted = {k: (v if k.endswith("e_score_correction_bias") else v.to(dtype)).contiguous()
+                     for k, v in tensors.items()}
+        save_file(converted, path, metadata={"format": "pt"})
+    index = os.path.join(out_dir, "model.safetensors.index.json")
+    if os.path.exists(index):
+        with open(index) as f:
+            idx = json.load(f)
+        total = 0
+        for fname in set(idx["weight_map"].values()):
+            for k, v in load_file(os.path.join(out_dir, fname)).items():
+                total += v.numel() * v.element_size()
+        idx["metadata"] = {"total_size": total}
+        with open(index, "w") as f:
+            json.dump(idx, f, indent=2)
+
+
+def write_release_config(out_dir, cfg):
+    """config.json the way Kimi K2's release ships it: rope_theta and rope_scaling at the top level."""
+    rope = dict(cfg["rope_parameters"])
+    theta = rope.pop("rope_theta")
+    rope.pop("rope_type")
+    rope["type"] = "yarn"
+    release = {k: v for k, v in cfg.items() if k != "rope_parameters"}
+    release.update(
+        architectures=["DeepseekV3ForCausalLM"], model_type="kimi_k2", rope_theta=theta, rope_scaling=rope,
+        hidden_act="silu", topk_method="noaux_tc", scoring_func="sigmoid", moe_layer_freq=1,
+        torch_dtype="bfloat16", attention_bias=False, attention_dropout=0.0, initializer_range=0.02,
+        use_cache=True, aux_loss_alpha=0.001, seq_aux=True, ep_size=1, pretraining_tp=1,
+    )
+    with open(os.path.join(out_dir, "config.json"), "w") as f:
+        json.dump(release, f, indent=2)
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(2)
+    build("kimi_k2", kimi_k2_config(), torch.bfloat16, seed=11, sharded=True, release_style_config=True)
+    build("deepseek_v3", deepseek_v3_config(), torch.float32, seed=22, sharded=False, release_style_config=False)
+    build("odd_dense2", odd_dense2_config(), torch.float16, seed=33, sharded=False, release_style_config=False)
