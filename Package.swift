@@ -37,10 +37,12 @@ let package = Package(
             ],
             swiftSettings: optimized
         ),
+        // Shared by the test targets: fixture paths, reference outputs, a safetensors writer for planting damage.
+        .target(name: "MoETestSupport", dependencies: ["MoETensor"], path: "Tests/MoETestSupport"),
         .testTarget(name: "MoESystemTests", dependencies: ["MoESystem"]),
         .testTarget(name: "MoETensorTests", dependencies: ["MoETensor"]),
-        .testTarget(name: "MoECheckpointTests", dependencies: ["MoECheckpoint"]),
-        .testTarget(name: "MoEModelTests", dependencies: ["MoEModel", "MoECheckpoint"]),
+        .testTarget(name: "MoECheckpointTests", dependencies: ["MoECheckpoint", "MoETestSupport"]),
+        .testTarget(name: "MoEModelTests", dependencies: ["MoEModel", "MoECheckpoint", "MoETestSupport"]),
     ],
     swiftLanguageModes: [.v6]
 )

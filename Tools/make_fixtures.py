@@ -98,12 +98,19 @@ def round_to(model, dtype):
 
 
 def greedy_with_margins(model, prompt):
+    """Greedy decoding by transformers with its KV cache. No end-of-sequence stop (and so no logits processor
+    that would edit the scores): the raw logits of each step and the argmax tokens are what we compare against."""
+    eos = model.generation_config.eos_token_id
+    model.generation_config.eos_token_id = None
     out = model.generate(
-        torch.tensor([prompt]), do_sample=False, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS,
-        use_cache=True, output_scores=True, return_dict_in_generate=True, pad_token_id=0,
+        torch.tensor([prompt]), do_sample=False, max_new_tokens=NEW_TOKENS,
+        use_cache=True, output_logits=True, return_dict_in_generate=True, pad_token_id=0,
     )
+    model.generation_config.eos_token_id = eos
     tokens = out.sequences[0, len(prompt):].tolist()
-    steps = [s[0].float() for s in out.scores]
+    assert len(tokens) == NEW_TOKENS
+    steps = [s[0].float() for s in out.logits]
+    assert all(int(torch.argmax(s)) == t for s, t in zip(steps, tokens))
     margins = [float(torch.topk(s, 2).values[0] - torch.topk(s, 2).values[1]) for s in steps]
     return tokens, [s.tolist() for s in steps], min(margins)
 

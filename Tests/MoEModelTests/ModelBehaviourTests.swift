@@ -1,0 +1,183 @@
+import Foundation
+import Testing
+import MoECheckpoint
+import MoETensor
+import MoETestSupport
+@testable import MoEModel
+
+/// Delivers experts in reverse order, as a cache that serves hits first might.
+final class ReversedExperts: ExpertProviding, @unchecked Sendable {
+    let inner: any ExpertProviding
+    var requests: [(layer: Int, experts: [Int])] = []
+    init(_ inner: any ExpertProviding) { self.inner = inner }
+    func withExperts(layer: Int, _ experts: [Int], _ body: (Int, ExpertWeights) throws -> Void) throws {
+        requests.append((layer, experts))
+        for e in experts.reversed() { try inner.withExperts(layer: layer, [e], body) }
+    }
+}
+
+/// Refuses one expert, as a store with a damaged extent must.
+final class FailingExperts: ExpertProviding, @unchecked Sendable {
+    let inner: any ExpertProviding
+    let bad: (layer: Int, expert: Int)
+    init(_ inner: any ExpertProviding, bad: (Int, Int)) { self.inner = inner; self.bad = bad }
+    func withExperts(layer: Int, _ experts: [Int], _ body: (Int, ExpertWeights) throws -> Void) throws {
+        for e in experts {
+            if layer == bad.layer && e == bad.expert {
+                throw ModelError.expertUnavailable(layer: layer, expert: e, reason: "checksum mismatch")
+            }
+            try inner.withExperts(layer: layer, [e], body)
+        }
+    }
+}
+
+@Suite struct ModelBehaviourTests {
+    func load(_ name: String) throws -> (KimiModel, CheckpointWeights) {
+        let path = Fixtures.model(name)
+        let config = try ModelConfig.load(path: path)
+        let source = CheckpointWeights(checkpoint: try Checkpoint(path: path), config: config)
+        return (KimiModel(config: config, weights: try source.resident(), experts: try CheckpointExperts(source)), source)
+    }
+
+    @Test func expertDeliveryOrderCannotChangeABit() throws {
+        let ref = try Reference.load("kimi_k2")
+        let (model, source) = try load("kimi_k2")
+        let reversed = ReversedExperts(try CheckpointExperts(source))
+        let other = KimiModel(config: model.config, weights: model.weights, experts: reversed)
+        let a = try model.forward(ref.prompt, cache: model.makeCache(), logits: .all)
+        let b = try other.forward(ref.prompt, cache: other.makeCache(), logits: .all)
+        #expect(a.logits == b.logits)
+        // A prefill batch asks for each chosen expert once per layer, for all its tokens together.
+        #expect(reversed.requests.map(\.layer) == [1, 2])
+        for r in reversed.requests {
+            #expect(r.experts == r.experts.sorted() && Set(r.experts).count == r.experts.count)
+            let chosen = Set(a.routing[r.layer].flatMap(\.experts))
+            #expect(Set(r.experts) == chosen)
+        }
+    }
+
+    @Test func routingHasTopKDistinctExpertsAndScaledWeights() throws {
+        let ref = try Reference.load("kimi_k2")
+        let (model, _) = try load("kimi_k2")
+        let r = try model.forward(ref.prompt, cache: model.makeCache(), logits: .last)
+        for layer in model.config.moeLayers {
+            for routing in r.routing[layer] {
+                #expect(routing.experts.count == 8 && Set(routing.experts).count == 8)
+                // norm_topk_prob: the weights sum to routed_scaling_factor.
+                #expect(abs(routing.weights.reduce(0, +) - model.config.routedScalingFactor) < 1e-4)
+            }
+        }
+    }
+
+    @Test func groupLimitedRoutingKeepsOnlyTheBestGroups() throws {
+        var config = try ModelConfig.load(path: Fixtures.model("deepseek_v3"))  // 16 experts, 4 groups, keep 2, top 4
+        config.normTopkProb = true
+        let router = NoAuxRouter(config: config)
+        // Group 0 holds the single best expert but a poor second; groups 1 and 3 have the best pairs.
+        var scores = [Float](repeating: 0.1, count: 16)
+        scores[0] = 0.99; scores[1] = 0.0
+        scores[4] = 0.8; scores[5] = 0.8
+        scores[12] = 0.7; scores[13] = 0.75
+        scores[8] = 0.5
+        let bias = [Float](repeating: 0, count: 16)
+        let r = scores.withUnsafeBufferPointer { router.route(scores: $0.baseAddress!, bias: bias) }
+        // group sums: g0 0.99+0.1=1.09, g1 1.6, g2 0.6, g3 1.45 → groups 1 and 3
+        #expect(r.experts == [4, 5, 12, 13])
+        // The bias decides the choice but not the weights.
+        var biased = bias
+        biased[14] = 1.0
+        let r2 = scores.withUnsafeBufferPointer { router.route(scores: $0.baseAddress!, bias: biased) }
+        #expect(r2.experts == [4, 5, 13, 14])
+        let expected = [0.8, 0.8, 0.75, 0.1].map { Float($0) / Float(2.45) * config.routedScalingFactor }
+        #expect(maxAbsDiff(r2.weights, expected) < 1e-6)
+    }
+
+    @Test func yarnScalesOfKimiK2() throws {
+        // Softmax scale 192^-½ · (0.1·ln(factor) + 1)²: factor 32 → 0.130861, 64 → 0.144680.
+        var c = try ModelConfig.parse(Data(ModelConfigFixture.kimi.utf8), file: "config.json")
+        #expect(abs(RoPE.softmaxScale(config: c) - 0.130861) < 1e-6)
+        c.rope.factor = 64
+        #expect(abs(RoPE.softmaxScale(config: c) - 0.144680) < 1e-6)
+        let rope = RoPE(config: c)
+        #expect(rope.attentionFactor == 1)  // mscale == mscale_all_dim
+        // beta_fast = beta_slow = 1 puts low = floor(corr(1)) and high = ceil(corr(1)) one apart: the first
+        // dimensions keep their frequencies, the last are divided by the factor.
+        #expect(rope.inverseFrequencies.first == 1)
+        let last = Float(1 / pow(50000.0, 62.0 / 64.0)) / 64
+        #expect(abs(rope.inverseFrequencies.last! - last) / last < 1e-5)
+    }
+
+    @Test func badTokensAndFullContextAreErrors() throws {
+        let (model, _) = try load("odd_dense2")
+        #expect { try model.forward([199], cache: model.makeCache()) } throws: { e in
+            if case .tokenOutOfRange(199, 199) = e as! ModelError { return true }
+            return false
+        }
+        #expect { try model.forward([], cache: model.makeCache()) } throws: { e in
+            if case .emptyInput = e as! ModelError { return true }
+            return false
+        }
+        let cache = model.makeCache(limit: 4)
+        _ = try model.forward([1, 2, 3], cache: cache)
+        #expect { try model.forward([4, 5], cache: cache) } throws: { e in
+            if case .contextFull(4, 4) = e as! ModelError { return true }
+            return false
+        }
+        #expect(cache.count == 3, "a refused pass leaves the cache as it was")
+    }
+
+    @Test func expertFailureStopsTheForwardPassWithItsName() throws {
+        let (model, source) = try load("kimi_k2")
+        let ref = try Reference.load("kimi_k2")
+        let first = try model.forward(ref.prompt, cache: model.makeCache(), logits: .last)
+        let victim = first.routing[2][0].experts[0]
+        let failing = KimiModel(config: model.config, weights: model.weights,
+                                experts: FailingExperts(try CheckpointExperts(source), bad: (2, victim)))
+        #expect { try failing.forward(ref.prompt, cache: failing.makeCache()) } throws: { e in
+            (e as! ModelError).description.contains("layer 2 expert \(victim)")
+        }
+    }
+
+    @Test func missingExpertTensorFailsAtLoad() throws {
+        let copy = Fixtures.copyOfModel("deepseek_v3")
+        let ckpt = try Checkpoint(path: copy)
+        let victim = "model.layers.2.mlp.experts.7.gate_proj.weight"
+        let items = try ckpt.tensorNames.filter { $0 != victim }.map { name in
+            let t = try ckpt.tensor(name)
+            return SafetensorsWriter.Item(name: name, dtype: t.dtype.rawValue, shape: t.shape,
+                                          bytes: Array(UnsafeRawBufferPointer(start: t.data, count: t.byteCount)))
+        }
+        SafetensorsWriter().write(items, to: copy + "/model.safetensors.tmp")
+        try FileManager.default.removeItem(atPath: copy + "/model.safetensors")
+        try FileManager.default.moveItem(atPath: copy + "/model.safetensors.tmp", toPath: copy + "/model.safetensors")
+        #expect { try KimiModel.load(checkpoint: copy) } throws: { e in
+            guard case .missingTensor(let t, _) = e as! CheckpointError else { return false }
+            return t == victim
+        }
+    }
+
+    @Test func wrongShapeFailsAtLoadNamingTheTensor() throws {
+        let copy = Fixtures.copyOfModel("odd_dense2")
+        let path = copy + "/config.json"
+        var json = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: path))) as! [String: Any]
+        json["kv_lora_rank"] = 21
+        try JSONSerialization.data(withJSONObject: json).write(to: URL(fileURLWithPath: path))
+        #expect { try KimiModel.load(checkpoint: copy) } throws: { e in
+            guard case .wrongShape(let file, let t, let expected, let actual) = e as! CheckpointError else { return false }
+            return file.hasSuffix("model.safetensors") && t.contains("self_attn.kv_a_proj_with_mqa")
+                && expected == [27, 50] && actual == [26, 50]
+        }
+    }
+}
+
+enum ModelConfigFixture {
+    static let kimi = """
+    {"model_type": "kimi_k2", "vocab_size": 163840, "hidden_size": 7168, "intermediate_size": 18432,
+     "moe_intermediate_size": 2048, "num_hidden_layers": 61, "num_attention_heads": 64, "n_shared_experts": 1,
+     "n_routed_experts": 384, "routed_scaling_factor": 2.827, "kv_lora_rank": 512, "q_lora_rank": 1536,
+     "qk_rope_head_dim": 64, "v_head_dim": 128, "qk_nope_head_dim": 128, "n_group": 1, "topk_group": 1,
+     "num_experts_per_tok": 8, "first_k_dense_replace": 1, "max_position_embeddings": 131072,
+     "rope_theta": 50000.0, "rope_scaling": {"beta_fast": 1.0, "beta_slow": 1.0, "factor": 32.0, "mscale": 1.0,
+     "mscale_all_dim": 1.0, "original_max_position_embeddings": 4096, "type": "yarn"}}
+    """
+}

@@ -1,0 +1,40 @@
+import Foundation
+import Testing
+@testable import MoESystem
+
+@Suite struct MappedFileTests {
+    @Test func mapsTheFileBytes() throws {
+        let path = NSTemporaryDirectory() + "mapped-\(UUID().uuidString)"
+        FileManager.default.createFile(atPath: path, contents: Data([1, 2, 3, 4, 5]))
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        let m = try MappedFile(path: path)
+        #expect(m.count == 5)
+        #expect(Array(m.bytes(1..<4)) == [2, 3, 4])
+    }
+
+    @Test func missingFileNamesThePath() {
+        do {
+            _ = try MappedFile(path: "/nonexistent/model.safetensors")
+            Issue.record("expected an error")
+        } catch {
+            #expect(error.errno == ENOENT)
+            #expect(error.description.contains("/nonexistent/model.safetensors"))
+        }
+    }
+
+    @Test func ioUringProbeAgreesWithTheKernelSetting() throws {
+        // kernel.io_uring_disabled = 2 forbids every ring; 0 allows them (1 allows only a privileged group).
+        let setting = (try? String(contentsOfFile: "/proc/sys/kernel/io_uring_disabled", encoding: .utf8))?
+            .trimmingCharacters(in: .whitespacesAndNewlines)
+        let rc = Capabilities.ioUringProbe()
+        if setting == "2" { #expect(rc < 0) }
+        if setting == "0" { #expect(rc == 0, "io_uring allowed by the kernel but setup returned \(rc)") }
+    }
+
+    @Test func numaNodeCountMatchesSysfs() throws {
+        let nodes = (try? FileManager.default.contentsOfDirectory(atPath: "/sys/devices/system/node"))?
+            .filter { $0.hasPrefix("node") && Int($0.dropFirst(4)) != nil }.count ?? 0
+        guard nodes > 0 else { return }  // no NUMA sysfs (containers, macOS)
+        #expect(Capabilities.numaNodeCount == nodes)
+    }
+}
