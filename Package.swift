@@ -29,10 +29,14 @@ let package = Package(
         .target(name: "MoECheckpoint", dependencies: ["MoESystem", "MoETensor"], swiftSettings: optimized),
         // The Kimi K2 / DeepSeek-V3 forward pass. Asks an ExpertProviding for routed experts; never does I/O.
         .target(name: "MoEModel", dependencies: ["MoETensor", "MoECheckpoint"], swiftSettings: optimized),
+        // Our on-disk layout: manifest, resident safetensors, one aligned extent per routed expert; converter,
+        // verifier and the synchronous expert reader.
+        .target(name: "MoEExpertStore", dependencies: ["MoESystem", "MoETensor", "MoECheckpoint", "MoEModel"],
+                swiftSettings: optimized),
         .executableTarget(
             name: "moestream",
             dependencies: [
-                "MoEModel", "MoECheckpoint", "MoESystem",
+                "MoEModel", "MoECheckpoint", "MoESystem", "MoEExpertStore",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: optimized
@@ -43,6 +47,8 @@ let package = Package(
         .testTarget(name: "MoETensorTests", dependencies: ["MoETensor"]),
         .testTarget(name: "MoECheckpointTests", dependencies: ["MoECheckpoint", "MoETestSupport"]),
         .testTarget(name: "MoEModelTests", dependencies: ["MoEModel", "MoECheckpoint", "MoETestSupport"]),
+        .testTarget(name: "MoEExpertStoreTests",
+                    dependencies: ["MoEExpertStore", "MoEModel", "MoECheckpoint", "MoESystem", "MoETestSupport"]),
     ],
     swiftLanguageModes: [.v6]
 )

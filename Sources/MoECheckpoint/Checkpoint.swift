@@ -113,6 +113,11 @@ public final class Checkpoint: @unchecked Sendable {
         return t
     }
 
+    /// Drops the pages of `name` from this process once a streaming reader is done with it.
+    public func release(_ name: String) {
+        if let i = location[name] { files[i].release(name) }
+    }
+
     /// The path of the file that holds `name`, for error messages.
     public func path(of name: String) -> String { entry(name)?.file.path ?? directory }
 }

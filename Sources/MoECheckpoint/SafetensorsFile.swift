@@ -112,6 +112,11 @@ public final class SafetensorsFile: @unchecked Sendable {
         }
     }
 
+    /// Drops `name`'s pages from this process (see `MappedFile.release`): for streaming over huge checkpoints.
+    public func release(_ name: String) {
+        if let e = entries[name] { file.release(e.range) }
+    }
+
     /// A zero-copy view of `name`. When the tensor's bytes are not aligned to its element size (safetensors does
     /// not promise it), the bytes are copied once into an aligned buffer so kernels may load elements directly.
     public func tensor(_ name: String) throws(CheckpointError) -> Tensor {

@@ -43,6 +43,12 @@ public struct WeightInventory: Sendable {
         }
     }
 
+    /// Adds bytes held outside the checkpoint (a store's expert files).
+    public mutating func add(_ role: Role, bytes b: Int, tensors t: Int) {
+        bytes[role, default: 0] += b
+        tensors[role, default: 0] += t
+    }
+
     public var residentBytes: Int { bytes.filter { $0.key.isResident }.values.reduce(0, +) }
     public var streamedBytes: Int { bytes[.routedExperts] ?? 0 }
     public var totalBytes: Int { bytes.values.reduce(0, +) }

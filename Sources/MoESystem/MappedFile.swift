@@ -38,6 +38,18 @@ public final class MappedFile: @unchecked Sendable {
         if let base { munmap(UnsafeMutableRawPointer(mutating: base), count) }
     }
 
+    /// Lets the kernel drop the pages of `range` from this process (`madvise(MADV_DONTNEED)`; the mapping is
+    /// private and read-only, so they are re-read from the file if touched again). A streaming converter calls
+    /// this after each tensor so its resident memory stays bounded however large the source is.
+    public func release(_ range: Range<Int>) {
+        guard let base, !range.isEmpty else { return }
+        let page = Int(sysconf(Int32(_SC_PAGESIZE)))
+        let start = range.lowerBound / page * page
+        let end = min(count, range.upperBound)
+        guard end > start else { return }
+        _ = madvise(UnsafeMutableRawPointer(mutating: base + start), end - start, MADV_DONTNEED)
+    }
+
     /// The bytes `range` of the file. The caller has checked the range against `count`.
     public func bytes(_ range: Range<Int>) -> UnsafeRawBufferPointer {
         precondition(range.lowerBound >= 0 && range.upperBound <= count, "range outside the mapping")

@@ -66,3 +66,35 @@ func dotE4M3(_ w: UnsafePointer<UInt8>, _ x: UnsafePointer<Float>, _ n: Int, _ t
     if j < n { s0 += table[Int(w[j])] * x[j] }
     return s0 + s1
 }
+
+/// Σ over `groups` groups of 32: scale(g) · Σ_j (nibble_j − 8) · x_j, nibbles in Q4_0 order (see `int4g32`).
+@inline(__always)
+func dotInt4G32(_ w: UnsafeRawPointer, _ x: UnsafePointer<Float>, groups: Int, scale: (Int) -> Float) -> Float {
+    let xr = UnsafeRawPointer(x)
+    let eight = SIMD16<Int32>(repeating: 8)
+    var total: Float = 0
+    for g in 0..<groups {
+        let b = SIMD16<Int32>(truncatingIfNeeded: w.loadUnaligned(fromByteOffset: 16 * g, as: SIMD16<UInt8>.self))
+        let lo = SIMD16<Float>((b & 0xF) &- eight)
+        let hi = SIMD16<Float>((b &>> 4) &- eight)
+        let x0 = xr.loadUnaligned(fromByteOffset: 128 * g, as: SIMD16<Float>.self)
+        let x1 = xr.loadUnaligned(fromByteOffset: 128 * g + 64, as: SIMD16<Float>.self)
+        total += (lo * x0 + hi * x1).sum() * scale(g)
+    }
+    return total
+}
+
+/// Σ over `groups` groups of 32: scale(g) · Σ_j q_j · x_j.
+@inline(__always)
+func dotInt8G32(_ w: UnsafePointer<Int8>, _ x: UnsafePointer<Float>, groups: Int, scale: (Int) -> Float) -> Float {
+    let wr = UnsafeRawPointer(w), xr = UnsafeRawPointer(x)
+    var total: Float = 0
+    for g in 0..<groups {
+        let q0 = SIMD16<Float>(SIMD16<Int32>(truncatingIfNeeded: wr.loadUnaligned(fromByteOffset: 32 * g, as: SIMD16<Int8>.self)))
+        let q1 = SIMD16<Float>(SIMD16<Int32>(truncatingIfNeeded: wr.loadUnaligned(fromByteOffset: 32 * g + 16, as: SIMD16<Int8>.self)))
+        let x0 = xr.loadUnaligned(fromByteOffset: 128 * g, as: SIMD16<Float>.self)
+        let x1 = xr.loadUnaligned(fromByteOffset: 128 * g + 64, as: SIMD16<Float>.self)
+        total += (q0 * x0 + q1 * x1).sum() * scale(g)
+    }
+    return total
+}

@@ -9,6 +9,21 @@ public struct WeightMatrix: @unchecked Sendable {
         /// `scales` is `[ceil(rows/blockRows), ceil(cols/blockCols)]` fp32, row-major. (The checkpoint calls it
         /// `weight_scale_inv`, but it is multiplied.)
         case fp8Block(scales: UnsafePointer<Float>, blockRows: Int, blockCols: Int)
+        /// Symmetric int4, one scale per 32 consecutive values of a row: `W = (nibble − 8) · scale`.
+        /// `data` is `[rows, cols/2]` bytes; within each group of 32, byte j holds element j in its low nibble and
+        /// element j + 16 in its high nibble (GGUF Q4_0's order, so one 16-byte load unpacks a whole group).
+        /// `scales` is `[rows, cols/32]` of `scaleType`.
+        case int4g32(scales: UnsafeRawPointer, scaleType: ScaleType)
+        /// Symmetric int8, one scale per 32 values: `W = q · scale`; `data` is `[rows, cols]` Int8.
+        case int8g32(scales: UnsafeRawPointer, scaleType: ScaleType)
+    }
+
+    /// How group scales are stored: bf16 (Kimi K2 Thinking's own) or fp32.
+    public enum ScaleType: String, Sendable, Codable {
+        case bf16 = "BF16"
+        case f32 = "F32"
+
+        public var byteSize: Int { self == .bf16 ? 2 : 4 }
     }
 
     public let rows: Int
@@ -32,6 +47,17 @@ public struct WeightMatrix: @unchecked Sendable {
         case .f32: rows * cols * 4
         case .bf16, .f16: rows * cols * 2
         case .fp8Block: rows * cols
+        case .int4g32: rows * cols / 2
+        case .int8g32: rows * cols
+        }
+    }
+
+    /// Scale `g` of row `r` for the group-32 encodings.
+    @inline(__always)
+    static func groupScale(_ scales: UnsafeRawPointer, _ type: ScaleType, _ index: Int) -> Float {
+        switch type {
+        case .bf16: bf16ToFloat(scales.load(fromByteOffset: 2 * index, as: UInt16.self))
+        case .f32: scales.load(fromByteOffset: 4 * index, as: Float.self)
         }
     }
 
@@ -60,6 +86,14 @@ public struct WeightMatrix: @unchecked Sendable {
                     b += 1
                 }
                 return s
+            }
+        case .int4g32(let scales, let type):
+            let groups = cols / 32
+            return dotInt4G32(data + r * cols / 2, x, groups: groups) { Self.groupScale(scales, type, r * groups + $0) }
+        case .int8g32(let scales, let type):
+            let groups = cols / 32
+            return dotInt8G32(data.assumingMemoryBound(to: Int8.self) + r * cols, x, groups: groups) {
+                Self.groupScale(scales, type, r * groups + $0)
             }
         }
     }
@@ -94,6 +128,30 @@ public struct WeightMatrix: @unchecked Sendable {
             let scaleCols = (cols + blockCols - 1) / blockCols
             let w = data.assumingMemoryBound(to: UInt8.self) + r * cols
             for c in 0..<cols { out[c] = e4m3ToFloat(w[c]) * scales[(r / blockRows) * scaleCols + c / blockCols] }
+        case .int4g32, .int8g32:
+            for c in 0..<cols { out[c] = element(r, c) }
+        }
+    }
+
+    /// One weight, dequantized: for tests, embeddings and the rarely used transposed product.
+    @inline(__always)
+    public func element(_ r: Int, _ c: Int) -> Float {
+        switch encoding {
+        case .f32: return data.assumingMemoryBound(to: Float.self)[r * cols + c]
+        case .bf16: return bf16ToFloat(data.assumingMemoryBound(to: UInt16.self)[r * cols + c])
+        case .f16: return f16ToFloat(data.assumingMemoryBound(to: UInt16.self)[r * cols + c])
+        case .fp8Block(let scales, let blockRows, let blockCols):
+            let scaleCols = (cols + blockCols - 1) / blockCols
+            return e4m3ToFloat(data.load(fromByteOffset: r * cols + c, as: UInt8.self))
+                * scales[(r / blockRows) * scaleCols + c / blockCols]
+        case .int4g32(let scales, let type):
+            let g = c / 32, j = c % 32
+            let byte = data.load(fromByteOffset: r * cols / 2 + g * 16 + (j & 15), as: UInt8.self)
+            let nibble = j < 16 ? byte & 0xF : byte >> 4
+            return Float(Int(nibble) - 8) * Self.groupScale(scales, type, r * (cols / 32) + g)
+        case .int8g32(let scales, let type):
+            return Float(data.load(fromByteOffset: r * cols + c, as: Int8.self))
+                * Self.groupScale(scales, type, r * (cols / 32) + c / 32)
         }
     }
 }
@@ -130,6 +188,8 @@ extension WeightMatrix {
                 let w = data.assumingMemoryBound(to: UInt8.self) + r * cols
                 let s = scales + (r / blockRows) * scaleCols
                 for c in 0..<cols { y[c] += a * (e4m3ToFloat(w[c]) * s[c / blockCols]) }
+            case .int4g32, .int8g32:
+                for c in 0..<cols { y[c] += a * element(r, c) }
             }
         }
     }

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import MoECheckpoint
+import MoEExpertStore
 import MoEModel
 
 struct Inspect: ParsableCommand {
@@ -12,10 +13,17 @@ struct Inspect: ParsableCommand {
     func run() throws {
         let config: ModelConfig
         let checkpoint: Checkpoint
+        var store: ExpertStore?
         do {
-            config = try ModelConfig.load(path: model.model)
-            checkpoint = try Checkpoint(path: model.model)
-        } catch { throw CLIError(error.description) }
+            if model.isStore {
+                store = try ExpertStore(path: model.model, verifyResident: false)
+                config = store!.config
+                checkpoint = store!.resident
+            } else {
+                config = try ModelConfig.load(path: model.model)
+                checkpoint = try Checkpoint(path: model.model)
+            }
+        } catch let e as StoreError { throw CLIError(e.description) } catch let e as CheckpointError { throw CLIError(e.description) }
         let c = config
         print("model          \(model.model)")
         print("model_type     \(c.modelType)\(c.tensorPrefix.isEmpty ? "" : " (tensors under '\(c.tensorPrefix)')")")
@@ -33,7 +41,16 @@ struct Inspect: ParsableCommand {
         if let q = c.quantization { print("quantization   \(q)") }
         print("tensors        \(checkpoint.tensorNames.count) in \(checkpoint.files.count) file(s)")
 
-        let inv = WeightInventory(checkpoint: checkpoint, prefix: c.tensorPrefix)
+        var inv = WeightInventory(checkpoint: checkpoint, prefix: c.tensorPrefix)
+        if let store {
+            let layout = store.manifest.experts.layout
+            let files = store.manifest.experts.files
+            inv.add(.routedExperts, bytes: files.count * c.numRoutedExperts * layout.extentBytes, tensors: 0)
+            print("store          format v\(store.manifest.version), experts \(layout.encoding.rawValue)"
+                + (layout.scaleType.map { " (group-32 \($0.rawValue) scales)" } ?? "")
+                + ", one \(humanBytes(layout.extentBytes)) extent each (\(layout.alignment)-byte aligned), \(files.count) expert files")
+            print("source         \(store.manifest.source.path) (\(store.manifest.source.kind))")
+        }
         print("")
         print("role                    tensors        bytes   where")
         for role in WeightInventory.Role.allCases {

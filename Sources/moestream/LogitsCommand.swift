@@ -74,7 +74,7 @@ struct Generate: ParsableCommand {
         }
         let elapsed = ContinuousClock.now - started
         print(ids.map(String.init).joined(separator: ","))
-        let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) * 1e-18
+        let seconds = elapsed.seconds
         let rate = seconds > 0 ? Double(ids.count) / seconds : 0
         FileHandle.standardError.write(
             "generated \(ids.count) tokens in \(String(format: "%.3f", seconds)) s (\(String(format: "%.1f", rate)) tokens/s)\n"

@@ -1,14 +1,23 @@
 import ArgumentParser
 import MoECheckpoint
+import MoEExpertStore
 import MoEModel
 
-/// Where the model comes from: a Hugging Face checkpoint directory (config.json + safetensors).
+/// Where the model comes from: an expert store (made by `moestream convert`) or a Hugging Face checkpoint
+/// directory (config.json + safetensors), told apart by the store's manifest.
 struct ModelOptions: ParsableArguments {
-    @Argument(help: "A checkpoint directory (config.json and safetensors shards).")
+    @Argument(help: "An expert store, or a checkpoint directory (config.json and safetensors shards).")
     var model: String
 
+    var isStore: Bool { ExpertStore.isStore(model) }
+
     func load() throws -> KimiModel {
-        do { return try KimiModel.load(checkpoint: model) } catch { throw CLIError(error.description) }
+        do {
+            if isStore { return try ExpertStore(path: model).loadModel() }
+            return try KimiModel.load(checkpoint: model)
+        } catch let e as StoreError { throw CLIError(e.description) } catch let e as CheckpointError {
+            throw CLIError(e.description)
+        }
     }
 }
 

@@ -1,0 +1,180 @@
+import Foundation
+import MoECheckpoint
+import MoESystem
+import MoETensor
+
+extension StoreConverter {
+    /// Everything decided before a byte is written: the expert layout, the resident tensors with their output
+    /// dtypes and offsets, and the total size. Deterministic for a given source and options.
+    struct Plan {
+        struct ResidentTensor {
+            enum Producer {
+                /// Copy the source tensor's bytes unchanged.
+                case copy(source: String)
+                /// Widen each row of the matrix `base` (any encoding) to fp32 and round it to bf16.
+                case bf16(base: String, rows: Int, cols: Int)
+            }
+            let name: String
+            let dtype: DType
+            let shape: [Int]
+            let bytes: Int
+            let producer: Producer
+            var offset = 0
+        }
+
+        let layout: ExpertLayout
+        var residentTensors: [ResidentTensor]
+        let residentHeader: [UInt8]
+        let residentFileBytes: Int
+        let expertFileBytes: Int
+        let totalBytes: Int
+
+        init(_ src: ConversionSource, experts: ExpertsOption, resident: ResidentOption) throws(StoreError) {
+            let c = src.config
+            guard !c.moeLayers.isEmpty else {
+                throw .unsupportedSource(file: src.configPath, reason: "the model has no MoE layers: nothing to stream")
+            }
+            layout = try Self.expertLayout(src, experts)
+            residentTensors = try Self.residentTensors(src, resident)
+            // Data order: widest elements first, so every tensor is aligned to its element size.
+            residentTensors.sort { ($0.dtype.byteSize, $1.name) > ($1.dtype.byteSize, $0.name) }
+            var offset = 0
+            var header: [String: Any] = [:]
+            for i in residentTensors.indices {
+                residentTensors[i].offset = offset
+                let t = residentTensors[i]
+                header[t.name] = ["dtype": t.dtype.rawValue, "shape": t.shape, "data_offsets": [offset, offset + t.bytes]] as [String: Any]
+                offset += t.bytes
+            }
+            header["__metadata__"] = ["format": "pt", "producer": "moestream convert"]
+            var json = Array((try? JSONSerialization.data(withJSONObject: header, options: [.sortedKeys])) ?? Data())
+            // Pad the header with spaces so the data starts on a 4096-byte boundary.
+            let padded = roundUp(8 + json.count, 4096) - 8
+            json += [UInt8](repeating: UInt8(ascii: " "), count: padded - json.count)
+            residentHeader = withUnsafeBytes(of: UInt64(json.count).littleEndian, Array.init) + json
+            for i in residentTensors.indices { residentTensors[i].offset += residentHeader.count }
+            residentFileBytes = residentHeader.count + offset
+            expertFileBytes = layout.extentBytes * c.numRoutedExperts
+            totalBytes = residentFileBytes + expertFileBytes * c.moeLayers.count
+        }
+
+        static func expertLayout(_ src: ConversionSource, _ option: ExpertsOption) throws(StoreError) -> ExpertLayout {
+            let c = src.config
+            let probeBase = "model.layers.\(c.moeLayers[0]).mlp.experts.0.gate_proj"
+            let probe = try src.matrix(probeBase, rows: c.moeIntermediateSize, cols: c.hiddenSize)
+            let encoding: ExpertEncoding
+            var scaleType: WeightMatrix.ScaleType? = nil
+            var block: (Int, Int)? = nil
+            switch (option, probe.encoding) {
+            case (.int4, .int4g32(_, let t)), (.source, .int4g32(_, let t)): encoding = .int4; scaleType = t
+            case (.int4, _): encoding = .int4; scaleType = .bf16
+            case (.int8, _): encoding = .int8; scaleType = .f32
+            case (.bf16, _), (.source, .bf16): encoding = .bf16
+            case (.source, .f16): encoding = .f16
+            case (.source, .f32): encoding = .f32
+            case (.source, .fp8Block(_, let r, let cc)): encoding = .fp8; block = (r, cc)
+            case (.source, .int8g32): encoding = .int8; scaleType = .f32
+            }
+            if encoding == .int4 || encoding == .int8 {
+                for (what, n) in [("hidden_size", c.hiddenSize), ("moe_intermediate_size", c.moeIntermediateSize)] where n % 32 != 0 {
+                    throw .unsupportedSource(file: src.configPath, reason: "\(what) \(n) is not a multiple of 32, as group-32 \(encoding.rawValue) needs")
+                }
+            }
+            return ExpertLayout(encoding: encoding, scaleType: scaleType, blockRows: block?.0, blockCols: block?.1,
+                                hidden: c.hiddenSize, intermediate: c.moeIntermediateSize)
+        }
+
+        /// Every source tensor that is not a routed expert, with what it becomes in the store.
+        static func residentTensors(_ src: ConversionSource, _ option: ResidentOption) throws(StoreError) -> [ResidentTensor] {
+            let c = src.config
+            var out: [ResidentTensor] = []
+            for full in src.checkpoint.tensorNames {
+                guard full.hasPrefix(c.tensorPrefix) else { continue }
+                let name = String(full.dropFirst(c.tensorPrefix.count))
+                if ConversionSource.isRoutedExpert(name) || name.hasSuffix("rotary_emb.inv_freq") { continue }
+                if let l = ConversionSource.layerIndex(name), l >= c.numLayers { continue }  // multi-token-prediction layers
+                guard let (_, entry) = src.checkpoint.entry(full) else { continue }
+                let isMatrix = entry.shape.count == 2
+                if name.hasSuffix(".weight_scale_inv") || name.hasSuffix(".weight_scale") || name.hasSuffix(".weight_shape") {
+                    // Scales travel with their weight: kept beside an FP8 weight kept as is, folded in otherwise.
+                    if option == .source && name.hasSuffix(".weight_scale_inv") {
+                        out.append(.init(name: name, dtype: entry.dtype, shape: entry.shape, bytes: entry.range.count, producer: .copy(source: full)))
+                    }
+                    continue
+                }
+                if name.hasSuffix(".weight_packed") {
+                    let base = String(name.dropLast(".weight_packed".count))
+                    let shape = [entry.shape[0], entry.shape[1] * 8]
+                    out.append(.init(name: base + ".weight", dtype: .bf16, shape: shape, bytes: shape[0] * shape[1] * 2,
+                                     producer: .bf16(base: base, rows: shape[0], cols: shape[1])))
+                    continue
+                }
+                let keep = option == .source || !isMatrix || entry.dtype == .bf16 || !entry.dtype.isFloatingPoint
+                if keep {
+                    out.append(.init(name: name, dtype: entry.dtype, shape: entry.shape, bytes: entry.range.count, producer: .copy(source: full)))
+                } else {
+                    let base = String(name.dropLast(".weight".count))
+                    guard name.hasSuffix(".weight") else {
+                        throw .unsupportedSource(file: src.checkpoint.path(of: full), reason: "'\(full)': cannot convert a \(entry.dtype.rawValue) matrix that is not a Linear weight")
+                    }
+                    out.append(.init(name: name, dtype: .bf16, shape: entry.shape, bytes: entry.shape[0] * entry.shape[1] * 2,
+                                     producer: .bf16(base: base, rows: entry.shape[0], cols: entry.shape[1])))
+                }
+            }
+            return out
+        }
+
+        /// Streams the bytes of resident tensor `t` to `emit`, in pieces of at most 16 MB, releasing source pages.
+        func produce(_ t: ResidentTensor, _ src: ConversionSource,
+                     _ emit: (UnsafeRawPointer, Int) throws -> Void) throws(StoreError) {
+            switch t.producer {
+            case .copy(let name):
+                let tensor: Tensor
+                do { tensor = try src.checkpoint.tensor(name) } catch { throw .checkpoint(error) }
+                let piece = 16 << 20
+                var done = 0
+                while done < tensor.byteCount {
+                    let n = min(piece, tensor.byteCount - done)
+                    try wrap { try emit(tensor.data + done, n) }
+                    done += n
+                }
+                src.checkpoint.release(name)
+            case .bf16(let base, let rows, let cols):
+                let m = try src.matrix(base, rows: rows, cols: cols)
+                let row = FloatBuffer(count: cols)
+                let out = UnsafeMutablePointer<UInt16>.allocate(capacity: cols)
+                defer { out.deallocate() }
+                for r in 0..<rows {
+                    m.copyRow(r, into: row.pointer)
+                    for i in 0..<cols { out[i] = floatToBF16(row.pointer[i]) }
+                    try wrap { try emit(UnsafeRawPointer(out), cols * 2) }
+                }
+                src.release(base)
+            }
+        }
+
+        /// The manifest's tensor table.
+        func residentTable(checksums: [String: String]) -> [String: MoEExpertStore.ResidentTensor] {
+            Dictionary(uniqueKeysWithValues: residentTensors.map {
+                ($0.name, MoEExpertStore.ResidentTensor(dtype: $0.dtype.rawValue, shape: $0.shape, offset: $0.offset,
+                                                         bytes: $0.bytes, xxh64: checksums[$0.name] ?? ""))
+            })
+        }
+
+        /// Identifies this conversion (source files, their sizes, the options, the layout): a resumed run must
+        /// match it exactly.
+        func fingerprint(_ src: ConversionSource) throws(StoreError) -> String {
+            var parts = ["format \(StoreManifest.currentVersion)", "source \((src.path as NSString).standardizingPath)"]
+            for f in src.checkpoint.files {
+                let size = (try? FileManager.default.attributesOfItem(atPath: f.path)[.size] as? Int) ?? -1
+                parts.append("\((f.path as NSString).lastPathComponent) \(size ?? -1)")
+            }
+            parts.append("layout \(layout.encoding.rawValue) \(layout.scaleType?.rawValue ?? "-") \(layout.extentBytes)")
+            parts.append("resident \(residentFileBytes) \(residentTensors.count)")
+            if let config = FileManager.default.contents(atPath: src.configPath) {
+                parts.append("config \(config.withUnsafeBytes { XXHash64.hex(XXHash64.hash($0)) })")
+            }
+            return parts.joined(separator: "\n") + "\n"
+        }
+    }
+}

@@ -1,0 +1,55 @@
+import MoESystem
+import MoETensor
+
+/// Writes one source matrix into an expert extent in the store's encoding: bytes passed through when source
+/// and target agree (INT4 → int4, FP8 → fp8, BF16 → bf16: no re-quantizing), row by row otherwise.
+enum ExpertTranscoder {
+    static func encode(_ src: WeightMatrix, as layout: ExpertLayout, into extent: UnsafeMutableRawPointer,
+                       at m: MatrixLayout, tensor: String) throws(StoreError) {
+        let data = extent + m.offset
+        let scales = m.scaleOffset.map { extent + $0 }
+        switch (layout.encoding, src.encoding) {
+        case (.int4, .int4g32(let s, let type)) where type == layout.scaleType:
+            data.copyMemory(from: src.data, byteCount: m.bytes)
+            scales!.copyMemory(from: s, byteCount: m.scaleBytes!)
+        case (.fp8, .fp8Block(let s, let br, let bc)) where br == layout.blockRows && bc == layout.blockCols:
+            data.copyMemory(from: src.data, byteCount: m.bytes)
+            scales!.copyMemory(from: UnsafeRawPointer(s), byteCount: m.scaleBytes!)
+        case (.bf16, .bf16), (.f16, .f16), (.f32, .f32):
+            data.copyMemory(from: src.data, byteCount: m.bytes)
+        case (.fp8, _):
+            throw .unsupportedSource(file: tensor, reason: "fp8 experts can only be passed through from a block-FP8 source with the same blocks")
+        default:
+            let row = FloatBuffer(count: src.cols)
+            for r in 0..<src.rows {
+                src.copyRow(r, into: row.pointer)
+                encodeRow(row.pointer, r, layout, data, scales, cols: src.cols)
+            }
+        }
+    }
+
+    /// fp32 row `r` into the target encoding (round-to-nearest-even for bf16/f16; group quantization for int).
+    static func encodeRow(_ w: UnsafePointer<Float>, _ r: Int, _ layout: ExpertLayout, _ data: UnsafeMutableRawPointer,
+                          _ scales: UnsafeMutableRawPointer?, cols: Int) {
+        switch layout.encoding {
+        case .bf16:
+            let out = data.assumingMemoryBound(to: UInt16.self) + r * cols
+            for c in 0..<cols { out[c] = floatToBF16(w[c]) }
+        case .f16:
+            let out = data.assumingMemoryBound(to: UInt16.self) + r * cols
+            for c in 0..<cols { out[c] = Float16(w[c]).bitPattern }
+        case .f32:
+            (data.assumingMemoryBound(to: Float.self) + r * cols).update(from: w, count: cols)
+        case .int4:
+            let type = layout.scaleType ?? .bf16
+            GroupQuantization.quantizeInt4(row: w, cols: cols, scaleType: type, packed: data.assumingMemoryBound(to: UInt8.self) + r * cols / 2,
+                                           scales: scales! + r * (cols / 32) * type.byteSize)
+        case .int8:
+            let type = layout.scaleType ?? .f32
+            GroupQuantization.quantizeInt8(row: w, cols: cols, scaleType: type, values: data.assumingMemoryBound(to: Int8.self) + r * cols,
+                                           scales: scales! + r * (cols / 32) * type.byteSize)
+        case .fp8:
+            preconditionFailure("fp8 is pass-through only")
+        }
+    }
+}

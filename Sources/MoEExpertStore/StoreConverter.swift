@@ -1,0 +1,256 @@
+import Foundation
+import MoECheckpoint
+import MoEModel
+import MoESystem
+import MoETensor
+
+/// `moestream convert`: a Hugging Face directory → an expert store, streaming.
+///
+/// Memory stays bounded by one expert extent, one write buffer and one row, whatever the source's size: source
+/// pages are released after each tensor, written data is synced and dropped from the page cache.
+/// Work is done in units (the resident file, then one file per MoE layer), each written as `NAME.partial`,
+/// synced, and renamed into place with a checksum sidecar; a re-run after a kill skips finished units and
+/// redoes the rest, ending byte-identical to an uninterrupted run. manifest.json is written last, so a store
+/// without one is never accepted.
+public struct StoreConverter {
+    public enum ExpertsOption: String, CaseIterable, Sendable { case int4, int8, bf16, source }
+    public enum ResidentOption: String, CaseIterable, Sendable { case bf16, source }
+
+    public struct Progress: Sendable {
+        public var bytesDone: Int
+        public var bytesTotal: Int
+        public var unit: String
+    }
+
+    public var source: String
+    public var output: String
+    public var experts: ExpertsOption = .int4
+    public var resident: ResidentOption = .bf16
+    /// Size of each write (a multiple of 4096).
+    public var chunkBytes: Int = 64 << 20
+    public var onProgress: (Progress) -> Void = { _ in }
+    public var log: (String) -> Void = { _ in }
+
+    public init(source: String, output: String) {
+        self.source = source
+        self.output = output
+    }
+
+    static let stateFileName = ".convert-state.json"
+
+    public func run() throws(StoreError) {
+        let src = try ConversionSource(path: source)
+        let plan = try Plan(src, experts: experts, resident: resident)
+        let fingerprint = try plan.fingerprint(src)
+        if try prepareOutput(fingerprint: fingerprint) { return }
+
+        var progress = Progress(bytesDone: 0, bytesTotal: plan.totalBytes, unit: "")
+        let report = { (p: Progress) in onProgress(p) }
+
+        // Unit 1: resident.safetensors
+        let residentPath = output + "/" + StoreManifest.residentFileName
+        var residentSums: [String: String]
+        if let done: [String: String] = try readSidecar(residentPath) {
+            residentSums = done
+            progress.bytesDone += plan.residentFileBytes
+            log("resident.safetensors: already written, skipped")
+        } else {
+            progress.unit = StoreManifest.residentFileName
+            residentSums = try writeResident(src, plan, to: residentPath, progress: &progress, report: report)
+        }
+
+        // Units 2…: one expert file per MoE layer
+        try wrap { try FileSystem.makeDirectory(output + "/experts") }
+        var expertFiles: [ExpertFile] = []
+        for layer in src.config.moeLayers {
+            let rel = String(format: "experts/layer-%03d.bin", layer)
+            let path = output + "/" + rel
+            let sums: [String]
+            if let done: [String] = try readSidecar(path) {
+                sums = done
+                progress.bytesDone += plan.expertFileBytes
+                log("\(rel): already written, skipped")
+            } else {
+                progress.unit = rel
+                sums = try writeExperts(src, plan, layer: layer, to: path, progress: &progress, report: report)
+            }
+            expertFiles.append(ExpertFile(layer: layer, path: rel, experts: src.config.numRoutedExperts, checksums: sums))
+        }
+
+        // Carried files, then the manifest, last.
+        let carried = try writeCarriedFiles(src)
+        var manifest = StoreManifest(
+            format: StoreManifest.formatName, version: StoreManifest.currentVersion,
+            source: .init(path: source, kind: src.kind.name, expertsOption: experts.rawValue, residentOption: resident.rawValue),
+            resident: .init(file: StoreManifest.residentFileName, bytes: plan.residentFileBytes,
+                            tensors: plan.residentTable(checksums: residentSums)),
+            experts: .init(layout: plan.layout, files: expertFiles), files: carried, checksum: "")
+        manifest.source.path = (source as NSString).standardizingPath
+        let data: Data
+        do { data = try manifest.encoded() } catch { throw .badManifest(file: output, reason: "cannot encode: \(error)") }
+        try writeAtomically(data, to: output + "/" + StoreManifest.fileName)
+        cleanUp(plan: plan, src: src)
+        log("store complete: \(output)")
+    }
+
+    // MARK: - Output directory and resuming
+
+    /// Returns true when the store is already complete for this source and these options.
+    private func prepareOutput(fingerprint: String) throws(StoreError) -> Bool {
+        let manifestPath = output + "/" + StoreManifest.fileName
+        let statePath = output + "/" + Self.stateFileName
+        if FileSystem.exists(manifestPath) {
+            let data = FileManager.default.contents(atPath: manifestPath) ?? Data()
+            let m = try StoreManifest.decode(data, file: manifestPath)
+            guard m.source.expertsOption == experts.rawValue, m.source.residentOption == resident.rawValue else {
+                throw .outputInUse(path: output, reason: "already a complete store made with --experts \(m.source.expertsOption) "
+                    + "--resident \(m.source.residentOption); choose another output directory")
+            }
+            log("\(output): already a complete store")
+            return true
+        }
+        if FileSystem.exists(statePath) {
+            let state = (try? String(contentsOfFile: statePath, encoding: .utf8)) ?? ""
+            guard state == fingerprint else {
+                throw .outputInUse(path: output, reason: "holds an interrupted conversion of another source or with other options; "
+                    + "remove it or choose another output directory")
+            }
+            log("resuming the interrupted conversion in \(output)")
+            return false
+        }
+        if let contents = try? FileManager.default.contentsOfDirectory(atPath: output), !contents.isEmpty {
+            throw .outputInUse(path: output, reason: "exists and is not empty")
+        }
+        do { try FileManager.default.createDirectory(atPath: output, withIntermediateDirectories: true) } catch {
+            throw .system(SystemError(call: "mkdir", path: output, errno: EACCES))
+        }
+        try writeAtomically(Data(fingerprint.utf8), to: statePath)
+        return false
+    }
+
+    /// The sidecar of a finished unit, or nil when the unit must be (re)done.
+    private func readSidecar<T: Decodable>(_ unitPath: String) throws(StoreError) -> T? {
+        guard FileSystem.exists(unitPath), let data = FileManager.default.contents(atPath: unitPath + ".sums.json") else { return nil }
+        return try? JSONDecoder().decode(T.self, from: data)
+    }
+
+    /// Finishes a unit: sidecar first, then the data file renamed into place (its presence means "done").
+    private func finishUnit<T: Encodable>(_ partial: String, _ final: String, sums: T) throws(StoreError) {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys]
+        let data: Data
+        do { data = try encoder.encode(sums) } catch { throw .badManifest(file: final, reason: "\(error)") }
+        try writeAtomically(data, to: final + ".sums.json")
+        try wrap { try FileSystem.rename(partial, final) }
+        try wrap { try FileSystem.syncDirectory((final as NSString).deletingLastPathComponent) }
+    }
+
+    private func writeAtomically(_ data: Data, to path: String) throws(StoreError) {
+        let tmp = path + ".partial"
+        try wrap {
+            let f = try File(path: tmp, mode: .createTruncate)
+            try data.withUnsafeBytes { b in
+                if let base = b.baseAddress { try f.write(base, count: b.count, at: 0) }
+            }
+            try f.sync()
+            try FileSystem.rename(tmp, path)
+            try FileSystem.syncDirectory((path as NSString).deletingLastPathComponent)
+        }
+    }
+
+    private func cleanUp(plan: Plan, src: ConversionSource) {
+        FileSystem.remove(output + "/" + StoreManifest.residentFileName + ".sums.json")
+        for layer in src.config.moeLayers {
+            FileSystem.remove(output + "/" + String(format: "experts/layer-%03d.bin", layer) + ".sums.json")
+        }
+        FileSystem.remove(output + "/" + Self.stateFileName)
+    }
+
+    // MARK: - Resident file
+
+    private func writeResident(_ src: ConversionSource, _ plan: Plan, to path: String, progress: inout Progress,
+                               report: @escaping (Progress) -> Void) throws(StoreError) -> [String: String] {
+        let partial = path + ".partial"
+        var sums: [String: String] = [:]
+        try wrap {
+            let w = try StreamWriter(path: partial, chunkBytes: chunkBytes)
+            var done = progress
+            w.onWrite = { n in done.bytesDone += n; report(done) }
+            let header = plan.residentHeader
+            try header.withUnsafeBytes { try w.append($0.baseAddress!, count: $0.count) }
+            for t in plan.residentTensors {
+                var hasher = XXHash64.Streaming()
+                try plan.produce(t, src) { p, n in
+                    hasher.update(p, count: n)
+                    try w.append(p, count: n)
+                }
+                sums[t.name] = XXHash64.hex(hasher.finish())
+            }
+            try w.finish()
+            progress.bytesDone = done.bytesDone
+        }
+        try finishUnit(partial, path, sums: sums)
+        return sums
+    }
+
+    // MARK: - Expert files
+
+    private func writeExperts(_ src: ConversionSource, _ plan: Plan, layer: Int, to path: String, progress: inout Progress,
+                              report: @escaping (Progress) -> Void) throws(StoreError) -> [String] {
+        let partial = path + ".partial"
+        let layout = plan.layout
+        let extent = UnsafeMutableRawPointer.allocate(byteCount: layout.extentBytes, alignment: 4096)
+        defer { extent.deallocate() }
+        var sums: [String] = []
+        var done = progress
+        let writer: StreamWriter
+        do { writer = try StreamWriter(path: partial, chunkBytes: chunkBytes) } catch { throw .system(error) }
+        writer.onWrite = { n in done.bytesDone += n; report(done) }
+        for e in 0..<src.config.numRoutedExperts {
+            extent.initializeMemory(as: UInt8.self, repeating: 0, count: layout.extentBytes)
+            let base = "model.layers.\(layer).mlp.experts.\(e)"
+            for (proj, m) in [("gate_proj", layout.gate), ("up_proj", layout.up), ("down_proj", layout.down)] {
+                let name = base + "." + proj
+                let matrix = try src.matrix(name, rows: m.rows, cols: m.cols)
+                try ExpertTranscoder.encode(matrix, as: layout, into: extent, at: m, tensor: src.name(name, ".weight"))
+                src.release(name)
+            }
+            sums.append(XXHash64.hex(XXHash64.hash(extent, count: layout.extentBytes)))
+            try wrap { try writer.append(extent, count: layout.extentBytes) }
+        }
+        try wrap { try writer.finish() }
+        progress.bytesDone = done.bytesDone
+        try finishUnit(partial, path, sums: sums)
+        return sums
+    }
+
+    // MARK: - Carried files
+
+    static let carriedNames = ["tiktoken.model", "tokenizer_config.json", "generation_config.json",
+                               "special_tokens_map.json", "chat_template.jinja", "tokenization_kimi.py"]
+
+    private func writeCarriedFiles(_ src: ConversionSource) throws(StoreError) -> [CarriedFile] {
+        var out: [CarriedFile] = []
+        let configData: Data
+        do {
+            configData = try JSONSerialization.data(withJSONObject: src.storeConfig, options: [.sortedKeys, .prettyPrinted])
+        } catch { throw .badManifest(file: "config.json", reason: "\(error)") }
+        try writeAtomically(configData, to: output + "/config.json")
+        out.append(CarriedFile(name: "config.json", bytes: configData.count,
+                               xxh64: configData.withUnsafeBytes { XXHash64.hex(XXHash64.hash($0)) }))
+        for name in Self.carriedNames {
+            let from = (source as NSString).appendingPathComponent(name)
+            guard let data = FileManager.default.contents(atPath: from) else { continue }
+            try writeAtomically(data, to: output + "/" + name)
+            out.append(CarriedFile(name: name, bytes: data.count, xxh64: data.withUnsafeBytes { XXHash64.hex(XXHash64.hash($0)) }))
+        }
+        return out
+    }
+}
+
+/// Runs a block of system calls, turning their `SystemError` into a `StoreError`.
+@inline(__always) func wrap<T>(_ body: () throws -> T) throws(StoreError) -> T {
+    do { return try body() } catch let e as StoreError { throw e } catch let e as SystemError { throw .system(e) } catch {
+        throw .system(SystemError(call: "\(error)", path: nil, errno: 5))
+    }
+}

@@ -1,0 +1,55 @@
+import Foundation
+import MoEModel
+import MoESystem
+import MoETensor
+
+/// Routed experts read from a store with plain synchronous `pread`s, one extent per request, each checked
+/// against its checksum before the model may use it. (The cache and io_uring prefetcher replace this reader's
+/// role on the token path; it stays as the simplest correct provider.)
+public final class StoreExperts: ExpertProviding, @unchecked Sendable {
+    let layout: ExpertLayout
+    /// Open file and checksums per layer (index = layer; nil for dense layers).
+    private let files: [(file: File, checksums: [UInt64], path: String)?]
+    private let buffer: UnsafeMutableRawPointer
+    private let lock = NSLock()
+    /// What has been read so far.
+    public private(set) var bytesRead = 0
+    public private(set) var reads = 0
+
+    public init(store: ExpertStore) throws(StoreError) {
+        layout = store.manifest.experts.layout
+        var files: [(File, [UInt64], String)?] = Array(repeating: nil, count: store.config.numLayers)
+        for f in store.manifest.experts.files {
+            let path = store.path + "/" + f.path
+            let handle: File
+            do { handle = try File(path: path, mode: .read) } catch { throw .system(error) }
+            files[f.layer] = (handle, f.checksums.map { UInt64($0, radix: 16) ?? 0 }, path)
+        }
+        self.files = files
+        buffer = .allocate(byteCount: layout.extentBytes, alignment: 4096)
+    }
+
+    deinit { buffer.deallocate() }
+
+    public func withExperts(layer: Int, _ experts: [Int], _ body: (Int, ExpertWeights) throws -> Void) throws {
+        lock.lock()
+        defer { lock.unlock() }
+        guard layer >= 0, layer < files.count, let entry = files[layer] else {
+            throw ModelError.expertUnavailable(layer: layer, expert: experts.first ?? -1, reason: "no expert file for this layer")
+        }
+        for e in experts {
+            let offset = e * layout.extentBytes
+            do { try entry.file.read(into: buffer, count: layout.extentBytes, at: offset) } catch {
+                throw ModelError.expertUnavailable(layer: layer, expert: e, reason: "\(error)")
+            }
+            bytesRead += layout.extentBytes
+            reads += 1
+            guard XXHash64.hash(buffer, count: layout.extentBytes) == entry.checksums[e] else {
+                throw ModelError.expertUnavailable(layer: layer, expert: e,
+                                                   reason: "checksum mismatch in \(entry.path) at offset \(offset)")
+            }
+            let m = layout.weights(at: UnsafeRawPointer(buffer), owner: self)
+            try body(e, ExpertWeights(gate: m.gate, up: m.up, down: m.down))
+        }
+    }
+}

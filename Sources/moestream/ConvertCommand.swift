@@ -1,0 +1,87 @@
+import ArgumentParser
+import Foundation
+import MoEExpertStore
+
+extension StoreConverter.ExpertsOption: ExpressibleByArgument {}
+extension StoreConverter.ResidentOption: ExpressibleByArgument {}
+
+struct Convert: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Convert a Hugging Face checkpoint (BF16, block FP8 or INT4 pack-quantized) into an expert store.",
+        discussion: """
+        Streams: memory stays bounded whatever the source's size. Interrupted conversions resume when run again \
+        with the same arguments and end byte-identical to an uninterrupted run.
+        """)
+
+    @Argument(help: "The source directory: config.json, safetensors shards (and index), tokenizer files.")
+    var source: String
+
+    @Option(name: .shortAndLong, help: "The store directory to create (or to finish, after an interruption).")
+    var output: String
+
+    @Option(help: "Routed expert encoding: int4 (group-32 scales; INT4 sources pass through unchanged), int8, bf16, or source (as stored).")
+    var experts: StoreConverter.ExpertsOption = .int4
+
+    @Option(help: "Resident weights: bf16, or source (as stored). Vectors (norms, biases) always stay as stored.")
+    var resident: StoreConverter.ResidentOption = .bf16
+
+    @Option(help: ArgumentHelp("Bytes per write, a multiple of 4096.", visibility: .hidden))
+    var writeChunk: Int = 64 << 20
+
+    @Flag(help: "No progress line.")
+    var quiet = false
+
+    func run() throws {
+        var converter = StoreConverter(source: source, output: output)
+        converter.experts = experts
+        converter.resident = resident
+        converter.chunkBytes = writeChunk
+        let started = ContinuousClock.now
+        var lastPrint = ContinuousClock.now - .seconds(10)
+        var firstDone: Int?
+        converter.log = { FileHandle.standardError.write(($0 + "\n").data(using: .utf8)!) }
+        converter.onProgress = { p in
+            guard !quiet else { return }
+            let now = ContinuousClock.now
+            guard now - lastPrint >= .milliseconds(500) || p.bytesDone == p.bytesTotal else { return }
+            lastPrint = now
+            let base = firstDone ?? p.bytesDone
+            if firstDone == nil { firstDone = p.bytesDone }
+            let seconds = max(1e-3, (now - started).seconds)
+            let rate = Double(p.bytesDone - base) / seconds
+            let left = rate > 0 ? Double(p.bytesTotal - p.bytesDone) / rate : 0
+            let line = String(format: "\r%@  %@ / %@  %.0f MB/s  %@ left   ", p.unit, humanBytes(p.bytesDone), humanBytes(p.bytesTotal),
+                              rate / 1e6, formatDuration(left))
+            FileHandle.standardError.write(line.data(using: .utf8)!)
+        }
+        do { try converter.run() } catch { throw CLIError(error.description) }
+        let seconds = (ContinuousClock.now - started).seconds
+        if !quiet { FileHandle.standardError.write(String(format: "\ndone in %.1f s\n", seconds).data(using: .utf8)!) }
+    }
+}
+
+struct Verify: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Check every checksum of an expert store.")
+
+    @Argument(help: "The store directory.")
+    var store: String
+
+    func run() throws {
+        let started = ContinuousClock.now
+        let report = StoreVerifier(path: store).run()
+        let seconds = (ContinuousClock.now - started).seconds
+        for p in report.problems { print("DAMAGED  \(p)") }
+        print("\(report.tensorsChecked) resident tensors, \(report.expertsChecked) experts, \(humanBytes(report.bytesChecked)) "
+            + String(format: "checked in %.2f s: ", seconds) + (report.ok ? "OK" : "\(report.problems.count) problem(s)"))
+        if !report.ok { throw ExitCode(1) }
+    }
+}
+
+extension Duration {
+    var seconds: Double { Double(components.seconds) + Double(components.attoseconds) * 1e-18 }
+}
+
+func formatDuration(_ s: Double) -> String {
+    let t = Int(s.rounded())
+    return t >= 3600 ? "\(t / 3600)h\(t % 3600 / 60)m" : t >= 60 ? "\(t / 60)m\(t % 60)s" : "\(t)s"
+}
