@@ -22,8 +22,10 @@ import math
 import os
 import shutil
 import sys
+import tempfile
 
 import torch
+import torch.nn as nn
 from safetensors.torch import load_file, save_file
 from transformers import DeepseekV3Config, DeepseekV3ForCausalLM
 
@@ -115,9 +117,7 @@ def greedy_with_margins(model, prompt):
     return tokens, [s.tolist() for s in steps], min(margins)
 
 
-def build(name, cfg, dtype, seed, sharded, release_style_config):
-    out_dir = os.path.join(ROOT, name)
-    shutil.rmtree(out_dir, ignore_errors=True)
+def make_model(cfg, seed, dtype):
     torch.manual_seed(seed)
     config = DeepseekV3Config(**cfg)
     config._attn_implementation = "eager"
@@ -125,8 +125,27 @@ def build(name, cfg, dtype, seed, sharded, release_style_config):
     model = DeepseekV3ForCausalLM(config).float().eval()
     randomize(model, seed)
     round_to(model, dtype)
+    return model
 
-    # A prompt whose greedy continuation is decisive at every step (no near-ties for float noise to flip).
+
+def build(name, cfg, dtype, seed, sharded, release_style_config):
+    out_dir = os.path.join(ROOT, name)
+    shutil.rmtree(out_dir, ignore_errors=True)
+    model = make_model(cfg, seed, dtype)
+    prompt, prefill, tokens, step_logits, margin, attempt = reference_outputs(model, cfg, seed, name)
+    os.makedirs(out_dir)
+    model.save_pretrained(out_dir, max_shard_size="400KB" if sharded else "100GB")
+    store_as(out_dir, dtype)
+    if release_style_config:
+        write_release_config(out_dir, cfg)
+    write_reference(out_dir, name, dtype, prompt, prefill, tokens, step_logits, margin)
+    print(f"{name}: {sum(p.numel() for p in model.parameters())} parameters, prompt attempt {attempt}, "
+          f"min greedy margin {margin:.4f}")
+
+
+def reference_outputs(model, cfg, seed, name):
+    """A prompt whose greedy continuation is decisive at every step (no near-ties for float noise to flip),
+    transformers' prefill logits for it, and its greedy continuation with the logits of each step."""
     g = torch.Generator().manual_seed(seed + 1)
     for attempt in range(50):
         prompt = torch.randint(0, cfg["vocab_size"], (PROMPT_LEN,), generator=g).tolist()
@@ -137,13 +156,10 @@ def build(name, cfg, dtype, seed, sharded, release_style_config):
             break
     else:
         sys.exit(f"{name}: no prompt with a decisive greedy continuation")
+    return prompt, prefill, tokens, step_logits, margin, attempt
 
-    os.makedirs(out_dir)
-    model.save_pretrained(out_dir, max_shard_size="400KB" if sharded else "100GB")
-    store_as(out_dir, dtype)
-    if release_style_config:
-        write_release_config(out_dir, cfg)
 
+def write_reference(out_dir, name, dtype, prompt, prefill, tokens, step_logits, margin):
     reference = dict(
         model=name, dtype=str(dtype).replace("torch.", ""), prompt=prompt,
         prefill_logits=prefill.tolist(), generated=tokens, generated_logits=step_logits,
@@ -151,8 +167,6 @@ def build(name, cfg, dtype, seed, sharded, release_style_config):
     )
     with open(os.path.join(out_dir, "reference.json"), "w") as f:
         json.dump(reference, f)
-    print(f"{name}: {sum(p.numel() for p in model.parameters())} parameters, prompt attempt {attempt}, "
-          f"min greedy margin {margin:.4f}")
 
 
 def store_as(out_dir, dtype):
@@ -178,7 +192,7 @@ def store_as(out_dir, dtype):
             json.dump(idx, f, indent=2)
 
 
-def write_release_config(out_dir, cfg):
+def write_release_config(out_dir, cfg, quantization_config=None):
     """config.json the way Kimi K2's release ships it: rope_theta and rope_scaling at the top level."""
     rope = dict(cfg["rope_parameters"])
     theta = rope.pop("rope_theta")
@@ -191,8 +205,189 @@ def write_release_config(out_dir, cfg):
         torch_dtype="bfloat16", attention_bias=False, attention_dropout=0.0, initializer_range=0.02,
         use_cache=True, aux_loss_alpha=0.001, seq_aux=True, ep_size=1, pretraining_tp=1,
     )
+    if quantization_config is not None:
+        release["quantization_config"] = quantization_config
     with open(os.path.join(out_dir, "config.json"), "w") as f:
         json.dump(release, f, indent=2)
+
+
+def fp32_state_dict(model):
+    """The checkpoint's tensor names and values as transformers saves them (experts one Linear each)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        model.save_pretrained(tmp)
+        state = {}
+        for fname in sorted(os.listdir(tmp)):
+            if fname.endswith(".safetensors"):
+                state.update(load_file(os.path.join(tmp, fname)))
+    return state
+
+
+def save_sharded(state, out_dir, shards):
+    """Writes `state` as `shards` safetensors files plus model.safetensors.index.json, as releases do."""
+    names = sorted(state)
+    per = math.ceil(len(names) / shards)
+    weight_map, total = {}, 0
+    for i in range(shards):
+        fname = f"model-{i + 1:05d}-of-{shards:05d}.safetensors"
+        part = {n: state[n].contiguous() for n in names[i * per:(i + 1) * per]}
+        save_file(part, os.path.join(out_dir, fname), metadata={"format": "pt"})
+        for n, v in part.items():
+            weight_map[n] = fname
+            total += v.numel() * v.element_size()
+    with open(os.path.join(out_dir, "model.safetensors.index.json"), "w") as f:
+        json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
+
+
+def is_fp8_linear(name):
+    """Kimi K2 Instruct's FP8 tensors: every projection of attention, dense MLP, shared and routed experts."""
+    return name.endswith("_proj.weight")
+
+
+def fp8_block_quantize(w, block=128):
+    """Block FP8 as DeepSeek-V3/Kimi K2 Instruct store it: per 128×128 block, scale = amax / 448,
+    q = e4m3(w / scale); the checkpoint's `weight_scale_inv` is that scale and dequantization multiplies."""
+    rows, cols = w.shape
+    br, bc = math.ceil(rows / block), math.ceil(cols / block)
+    scales = torch.zeros(br, bc, dtype=torch.float32)
+    q = torch.zeros(rows, cols, dtype=torch.float8_e4m3fn)
+    for i in range(br):
+        for j in range(bc):
+            blk = w[i * block:(i + 1) * block, j * block:(j + 1) * block]
+            s = blk.abs().max().clamp(min=1e-12) / 448.0
+            scales[i, j] = s
+            q[i * block:(i + 1) * block, j * block:(j + 1) * block] = (blk / s).to(torch.float8_e4m3fn)
+    deq = q.float() * scales.repeat_interleave(block, 0)[:rows].repeat_interleave(block, 1)[:, :cols]
+    return q, scales, deq
+
+
+def build_fp8(name, cfg, seed):
+    """Kimi K2 Instruct's format: projections in block FP8 with F32 weight_scale_inv, the rest BF16 (bias F32).
+    transformers computes the reference from the dequantized weights (e4m3 value × block scale)."""
+    out_dir = os.path.join(ROOT, name)
+    shutil.rmtree(out_dir, ignore_errors=True)
+    model = make_model(cfg, seed, torch.bfloat16)
+    state = fp32_state_dict(model)
+    stored, dequantized = {}, {}
+    for n, v in state.items():
+        if is_fp8_linear(n):
+            q, s, deq = fp8_block_quantize(v.float())
+            stored[n], stored[n.replace(".weight", ".weight_scale_inv")] = q, s
+            dequantized[n] = deq
+        else:
+            stored[n] = v if n.endswith("e_score_correction_bias") else v.to(torch.bfloat16)
+    load_checkpoint_values(model, dequantized)
+    prompt, prefill, tokens, step_logits, margin, attempt = reference_outputs(model, cfg, seed, name)
+    os.makedirs(out_dir)
+    save_file({k: v.contiguous() for k, v in stored.items()}, os.path.join(out_dir, "model.safetensors"), metadata={"format": "pt"})
+    write_release_config(out_dir, cfg, dict(activation_scheme="dynamic", fmt="e4m3", quant_method="fp8",
+                                            weight_block_size=[128, 128]))
+    write_reference(out_dir, name, "float8_e4m3fn", prompt, prefill, tokens, step_logits, margin)
+    print(f"{name}: {len(dequantized)} FP8 matrices, prompt attempt {attempt}, min greedy margin {margin:.4f}")
+
+
+KIMI_INT4_IGNORE = ["lm_head", "re:.*self_attn.*", "re:.*shared_experts.*", r"re:.*mlp\.(gate|up|gate_up|down)_proj.*",
+                    r"re:.*mlp\.gate$"]
+
+
+def build_int4(name, cfg, seed):
+    """Kimi K2 Thinking's format, written by compressed-tensors itself: routed experts pack-quantized INT4
+    (group 32, symmetric, BF16 scales), everything else BF16. The reference uses the dequantized values."""
+    from compressed_tensors.compressors import ModelCompressor
+    from compressed_tensors.quantization import (QuantizationArgs, QuantizationConfig, QuantizationScheme,
+                                                 apply_quantization_config)
+    from compressed_tensors.quantization.utils import compute_dynamic_scales_and_zp
+
+    out_dir = os.path.join(ROOT, name)
+    shutil.rmtree(out_dir, ignore_errors=True)
+    model = make_model(cfg, seed, torch.bfloat16)
+    state = fp32_state_dict(model)
+
+    # One nn.Linear per routed expert (plus a router and a shared expert, which the ignore list must skip).
+    root = nn.Module()
+    for n, v in state.items():
+        if n.endswith("_proj.weight") and (".mlp.experts." in n or ".shared_experts." in n) or n.endswith("mlp.gate.weight"):
+            linear = nn.Linear(v.shape[1], v.shape[0], bias=False, dtype=torch.bfloat16)
+            linear.weight.data.copy_(v.to(torch.bfloat16))
+            put_module(root, n[: -len(".weight")], linear)
+    scheme = QuantizationScheme(targets=["Linear"], weights=QuantizationArgs(
+        num_bits=4, type="int", symmetric=True, strategy="group", group_size=32))
+    apply_quantization_config(root, QuantizationConfig(config_groups={"group_0": scheme}, format="pack-quantized",
+                                                       ignore=KIMI_INT4_IGNORE))
+    for _, m in root.named_modules():
+        if getattr(m, "quantization_scheme", None) is not None:
+            scale, zero = compute_dynamic_scales_and_zp(m.weight, m.quantization_scheme.weights, m)
+            m.weight_scale.data.copy_(scale)
+            m.weight_zero_point.data.copy_(zero)
+    compressor = ModelCompressor.from_pretrained_model(root, quantization_format="pack-quantized")
+    compressor.compress_model(root)
+    compressed = root.state_dict()
+
+    stored, dequantized = {}, {}
+    for n, v in state.items():
+        base = n[: -len(".weight")]
+        if base + ".weight_packed" in compressed:
+            packed, scale = compressed[base + ".weight_packed"], compressed[base + ".weight_scale"]
+            stored[base + ".weight_packed"] = packed
+            stored[base + ".weight_scale"] = scale
+            stored[base + ".weight_shape"] = torch.tensor(list(v.shape), dtype=torch.int32)  # Kimi's files: I32
+            dequantized[n] = int4_dequantize(packed, scale, v.shape)
+        else:
+            stored[n] = v if n.endswith("e_score_correction_bias") else v.to(torch.bfloat16)
+    assert len(dequantized) == 3 * cfg["n_routed_experts"] * (cfg["num_hidden_layers"] - cfg["first_k_dense_replace"])
+    load_checkpoint_values(model, dequantized)
+    prompt, prefill, tokens, step_logits, margin, attempt = reference_outputs(model, cfg, seed, name)
+    os.makedirs(out_dir)
+    save_sharded(stored, out_dir, shards=3)
+    qc = compressor.quantization_config.model_dump(mode="json")
+    qc["ignore"] = KIMI_INT4_IGNORE
+    write_release_config(out_dir, cfg, qc)
+    write_reference(out_dir, name, "int4", prompt, prefill, tokens, step_logits, margin)
+    print(f"{name}: {len(dequantized)} INT4 matrices, prompt attempt {attempt}, min greedy margin {margin:.4f}")
+
+
+def int4_dequantize(packed, scale, shape):
+    """W[r, c] = (((packed[r, c/8] >> 4·(c%8)) & 0xF) − 8) · scale[r, c/32]: the format as documented."""
+    rows, cols = shape
+    p = packed.to(torch.int64) & 0xFFFFFFFF
+    nibbles = torch.stack([(p >> (4 * i)) & 0xF for i in range(8)], dim=-1).reshape(rows, cols)
+    return (nibbles - 8).float() * scale.float().repeat_interleave(32, dim=1)
+
+
+def put_module(root, path, module):
+    parts = path.split(".")
+    cur = root
+    for p in parts[:-1]:
+        if not hasattr(cur, p):
+            cur.add_module(p, nn.Module())
+        cur = getattr(cur, p)
+    cur.add_module(parts[-1], module)
+
+
+def load_checkpoint_values(model, values):
+    """Puts checkpoint-named fp32 values into the (fused-expert) transformers model, by saving its state,
+    replacing entries and loading it back through transformers' own loading path."""
+    with tempfile.TemporaryDirectory() as tmp:
+        model.save_pretrained(tmp)
+        for fname in os.listdir(tmp):
+            if fname.endswith(".safetensors"):
+                path = os.path.join(tmp, fname)
+                tensors = load_file(path)
+                tensors.update({k: v for k, v in values.items() if k in tensors})
+                save_file(tensors, path, metadata={"format": "pt"})
+        fresh = DeepseekV3ForCausalLM.from_pretrained(tmp, torch_dtype=torch.float32, attn_implementation="eager",
+                                                      experts_implementation="eager").eval()
+    model.load_state_dict(fresh.state_dict())
+    check = fp32_state_dict(model)
+    for k, v in values.items():
+        assert torch.equal(check[k], v.float()), k
+
+
+def kimi_k2_fp8_config():
+    """Kimi-shaped, with dimensions ≥ 128 that are not multiples of 128 (hidden 160, dense 288), so FP8 has
+    several blocks and partial edge blocks; still multiples of 32 so int4 conversion applies."""
+    c = kimi_k2_config()
+    c.update(hidden_size=160, intermediate_size=288)
+    return c
 
 
 if __name__ == "__main__":
@@ -200,3 +395,5 @@ if __name__ == "__main__":
     build("kimi_k2", kimi_k2_config(), torch.bfloat16, seed=11, sharded=True, release_style_config=True)
     build("deepseek_v3", deepseek_v3_config(), torch.float32, seed=22, sharded=False, release_style_config=False)
     build("odd_dense2", odd_dense2_config(), torch.float16, seed=33, sharded=False, release_style_config=False)
+    build_fp8("kimi_k2_fp8", kimi_k2_fp8_config(), seed=44)
+    build_int4("kimi_k2_int4", kimi_k2_config(), seed=55)

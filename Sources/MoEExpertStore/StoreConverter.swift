@@ -118,8 +118,11 @@ public struct StoreConverter {
             log("resuming the interrupted conversion in \(output)")
             return false
         }
-        if let contents = try? FileManager.default.contentsOfDirectory(atPath: output), !contents.isEmpty {
-            throw .outputInUse(path: output, reason: "exists and is not empty")
+        if let contents = try? FileManager.default.contentsOfDirectory(atPath: output) {
+            // Only a state file that was being written when a kill came: this conversion never started.
+            guard contents.allSatisfy({ $0 == Self.stateFileName + ".partial" }) else {
+                throw .outputInUse(path: output, reason: "exists and is not empty")
+            }
         }
         do { try FileManager.default.createDirectory(atPath: output, withIntermediateDirectories: true) } catch {
             throw .system(SystemError(call: "mkdir", path: output, errno: EACCES))

@@ -39,7 +39,9 @@ struct Convert: ParsableCommand {
         let started = ContinuousClock.now
         var lastPrint = ContinuousClock.now - .seconds(10)
         var firstDone: Int?
-        converter.log = { FileHandle.standardError.write(($0 + "\n").data(using: .utf8)!) }
+        converter.log = { message in
+            if !quiet { FileHandle.standardError.write(("\r\u{1B}[K" + message + "\n").data(using: .utf8)!) }
+        }
         converter.onProgress = { p in
             guard !quiet else { return }
             let now = ContinuousClock.now

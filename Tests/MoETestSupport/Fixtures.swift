@@ -8,8 +8,23 @@ public enum Fixtures {
         return here.deletingLastPathComponent().deletingLastPathComponent().appendingPathComponent("Fixtures").path
     }()
 
-    /// The three reference models written by Tools/make_fixtures.py.
-    public static let modelNames = ["kimi_k2", "deepseek_v3", "odd_dense2"]
+    /// Reference models written by Tools/make_fixtures.py that the engine reads straight from the checkpoint.
+    public static let modelNames = ["kimi_k2", "deepseek_v3", "odd_dense2", "kimi_k2_fp8"]
+
+    /// Every reference model, each in a different source format: BF16 (sharded), F32, F16, block FP8, and
+    /// compressed-tensors INT4 (which only runs after conversion to a store).
+    public static let allModels = modelNames + ["kimi_k2_int4"]
+
+    /// The `moestream` executable built beside the test bundle.
+    public static var executable: String {
+        let dir = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
+        for candidate in [dir, dir.deletingLastPathComponent()] {
+            let p = candidate.appendingPathComponent("moestream").path
+            if FileManager.default.isExecutableFile(atPath: p) { return p }
+        }
+        return URL(fileURLWithPath: root).deletingLastPathComponent().deletingLastPathComponent()
+            .appendingPathComponent(".build/debug/moestream").path
+    }
 
     public static func model(_ name: String) -> String { root + "/models/" + name }
 
@@ -53,6 +68,39 @@ public struct Reference: Decodable {
         let data = try Data(contentsOf: URL(fileURLWithPath: Fixtures.model(name) + "/reference.json"))
         return try JSONDecoder().decode(Reference.self, from: data)
     }
+}
+
+/// Every regular file under `dir` (relative path → bytes), for comparing two stores byte by byte.
+public func directoryContents(_ dir: String) -> [String: Data] {
+    var out: [String: Data] = [:]
+    let e = FileManager.default.enumerator(atPath: dir)
+    while let rel = e?.nextObject() as? String {
+        var isDir: ObjCBool = false
+        let p = dir + "/" + rel
+        if FileManager.default.fileExists(atPath: p, isDirectory: &isDir), !isDir.boolValue {
+            out[rel] = FileManager.default.contents(atPath: p)
+        }
+    }
+    return out
+}
+
+/// Runs a program, returning its exit status (negative: killed by that signal) and its standard error.
+@discardableResult
+public func runProcess(_ path: String, _ arguments: [String], environment: [String: String] = [:]) throws -> (status: Int32, stderr: String) {
+    let p = Process()
+    p.executableURL = URL(fileURLWithPath: path)
+    p.arguments = arguments
+    var env = ProcessInfo.processInfo.environment
+    for (k, v) in environment { env[k] = v }
+    p.environment = env
+    let err = Pipe()
+    p.standardError = err
+    p.standardOutput = FileHandle.nullDevice
+    try p.run()
+    let data = err.fileHandleForReading.readDataToEndOfFile()
+    p.waitUntilExit()
+    let status = p.terminationReason == .uncaughtSignal ? -p.terminationStatus : p.terminationStatus
+    return (status, String(decoding: data, as: UTF8.self))
 }
 
 /// Largest absolute difference between two equally long sequences.

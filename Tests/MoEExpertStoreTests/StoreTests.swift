@@ -1,0 +1,224 @@
+import Foundation
+import MoECheckpoint
+import MoEModel
+import MoETensor
+import MoETestSupport
+import Testing
+@testable import MoEExpertStore
+
+/// Converts a fixture into a fresh store directory and opens it.
+func convert(_ name: String, experts: StoreConverter.ExpertsOption = .source, resident: StoreConverter.ResidentOption = .source,
+             chunk: Int = 64 << 20) throws -> String {
+    let out = Fixtures.scratchDirectory("store-\(name)") + "/store"
+    var c = StoreConverter(source: Fixtures.model(name), output: out)
+    c.experts = experts
+    c.resident = resident
+    c.chunkBytes = chunk
+    try c.run()
+    return out
+}
+
+/// Stores made from every source format give transformers' logits and greedy tokens.
+@Suite struct StoreReferenceTests {
+    @Test(arguments: Fixtures.allModels)
+    func storeMatchesTransformers(model name: String) throws {
+        let ref = try Reference.load(name)
+        // Exact options: every weight keeps its source values (INT4 sources already are int4 + bf16).
+        let store = try convert(name, experts: name == "kimi_k2_int4" ? .int4 : .source,
+                                resident: name == "kimi_k2_int4" ? .bf16 : .source)
+        let model = try ExpertStore(path: store).loadModel()
+        let r = try model.forward(ref.prompt, cache: model.makeCache(), logits: .all)
+        for (i, expected) in ref.prefillLogits.enumerated() {
+            #expect(maxAbsDiff(r.row(i), expected) <= 1e-4, "\(name) position \(i)")
+        }
+        #expect(try model.greedy(prompt: ref.prompt, maxTokens: ref.generated.count) == ref.generated)
+        #expect((model.experts as! StoreExperts).reads > 0, "experts came from the expert files")
+    }
+
+    /// Kimi K2 Thinking's INT4 values, decoded here straight from the compressed-tensors tensors by the
+    /// documented formula, are exactly the values the store's int4 extents hold.
+    @Test func int4StoreHoldsTheSourceValuesBitForBit() throws {
+        let store = try ExpertStore(path: try convert("kimi_k2_int4", experts: .int4, resident: .bf16))
+        #expect(store.manifest.experts.layout.encoding == .int4 && store.manifest.experts.layout.scaleType == .bf16)
+        let source = try Checkpoint(path: Fixtures.model("kimi_k2_int4"))
+        let layout = store.manifest.experts.layout
+        let extent = UnsafeMutableRawPointer.allocate(byteCount: layout.extentBytes, alignment: 4096)
+        defer { extent.deallocate() }
+        var compared = 0
+        for f in store.manifest.experts.files {
+            let file = FileHandle(forReadingAtPath: store.path + "/" + f.path)!
+            for e in 0..<f.experts {
+                let data = try file.read(upToCount: layout.extentBytes)!
+                data.withUnsafeBytes { extent.copyMemory(from: $0.baseAddress!, byteCount: layout.extentBytes) }
+                let m = layout.weights(at: UnsafeRawPointer(extent), owner: store)
+                for (proj, w) in [("gate_proj", m.gate), ("up_proj", m.up), ("down_proj", m.down)] {
+                    let base = "model.layers.\(f.layer).mlp.experts.\(e).\(proj)"
+                    let packed = try source.tensor(base + ".weight_packed"), scale = try source.tensor(base + ".weight_scale")
+                    for r in 0..<w.rows {
+                        for c in 0..<w.cols {
+                            let word = UInt32(bitPattern: Int32(truncatingIfNeeded: packed.int(at: r * w.cols / 8 + c / 8)))
+                            let q = Int((word >> UInt32(4 * (c % 8))) & 0xF) - 8
+                            let expected = Float(q) * scale.float(at: r * w.cols / 32 + c / 32)
+                            if w.element(r, c).bitPattern != expected.bitPattern {
+                                Issue.record("\(base)[\(r), \(c)]: \(w.element(r, c)) != \(expected)")
+                                return
+                            }
+                            compared += 1
+                        }
+                    }
+                }
+            }
+        }
+        #expect(compared == 2 * 32 * 3 * 64 * 32)
+    }
+
+    @Test func conversionToInt4AndInt8RunsAndStaysClose() throws {
+        let ref = try Reference.load("kimi_k2")
+        for option in [StoreConverter.ExpertsOption.int4, .int8] {
+            let model = try ExpertStore(path: try convert("kimi_k2", experts: option, resident: .bf16)).loadModel()
+            let r = try model.forward(ref.prompt, cache: model.makeCache(), logits: .all)
+            let d = maxAbsDiff(r.logits, ref.prefillLogits.flatMap { $0 })
+            // Quantization changes the values: int8 stays near the reference, int4 further off but not noise.
+            #expect(d < (option == .int8 ? 0.05 : 1.5), "\(option): max |Δ| \(d)")
+            #expect(d > 0, "\(option) quantized nothing")
+        }
+    }
+
+    @Test func oddSizesRefuseGroupQuantizationClearly() throws {
+        #expect { try convert("odd_dense2", experts: .int4) } throws: { e in
+            (e as! StoreError).description.contains("hidden_size 50 is not a multiple of 32")
+        }
+    }
+}
+
+/// Interrupted conversions resume and end byte-identical; damage is found and named.
+@Suite(.serialized) struct StoreIntegrityTests {
+    @Test func killedConversionsResumeByteIdentical() throws {
+        let exe = Fixtures.executable
+        let reference = Fixtures.scratchDirectory("reference") + "/store"
+        let args = ["convert", Fixtures.model("kimi_k2"), "--experts", "int4", "--write-chunk", "4096", "--quiet"]
+        #expect(try runProcess(exe, args + ["-o", reference]).status == 0)
+        let expected = directoryContents(reference)
+        #expect(expected.keys.contains("manifest.json") && expected.count == 6)
+
+        var killed = 0
+        // An uninterrupted run makes 137 writes here (4 KB chunks); the last is the manifest's.
+        for points in [[1], [2], [40], [66], [67], [100], [132], [136], [137], [20, 60]] {
+            let out = Fixtures.scratchDirectory("killed") + "/store"
+            for point in points {
+                let r = try runProcess(exe, args + ["-o", out], environment: ["MOESTREAM_KILL_AFTER_WRITES": "\(point)"])
+                if r.status == -9 {
+                    killed += 1
+                    #expect(!FileManager.default.fileExists(atPath: out + "/manifest.json"),
+                            "a killed conversion left a manifest (kill after write \(point))")
+                }
+            }
+            let resumed = try runProcess(exe, args + ["-o", out])
+            #expect(resumed.status == 0, "resume after kill at \(points): \(resumed.stderr)")
+            #expect(directoryContents(out) == expected, "store after kill at \(points) differs from an uninterrupted run")
+        }
+        #expect(killed == 11, "only \(killed) of 11 runs were actually killed")
+    }
+
+    @Test func halfWrittenStoreIsRefused() throws {
+        let out = Fixtures.scratchDirectory("half") + "/store"
+        _ = try runProcess(Fixtures.executable, ["convert", Fixtures.model("kimi_k2"), "-o", out, "--quiet"],
+                           environment: ["MOESTREAM_KILL_AFTER_WRITES": "3"])
+        #expect { try ExpertStore(path: out) } throws: { e in
+            guard case .incomplete = e as! StoreError else { return false }
+            return true
+        }
+        // Resuming with other options would mix two conversions: refused, naming the directory.
+        var other = StoreConverter(source: Fixtures.model("kimi_k2"), output: out)
+        other.experts = .bf16
+        #expect { try other.run() } throws: { e in
+            guard case .outputInUse(let p, _) = e as! StoreError else { return false }
+            return p == out
+        }
+    }
+
+    @Test func flippedByteInAnExpertIsNamedAndNeverComputed() throws {
+        let ref = try Reference.load("kimi_k2")
+        let path = try convert("kimi_k2", experts: .int4, resident: .bf16)
+        // Damage the first expert that the prompt's first token sends to layer 2.
+        let clean = try ExpertStore(path: path).loadModel()
+        let victim = try clean.forward(ref.prompt, cache: clean.makeCache()).routing[2][0].experts[0]
+        let store = try ExpertStore(path: path)
+        let (file, offset) = store.location(layer: 2, expert: victim)!
+        let dataPath = path + "/" + file.path
+        let h = FileHandle(forUpdatingAtPath: dataPath)!
+        try h.seek(toOffset: UInt64(offset + 100))
+        var byte = try h.read(upToCount: 1)![0]
+        byte ^= 0x10
+        try h.seek(toOffset: UInt64(offset + 100))
+        h.write(Data([byte]))
+        try h.close()
+
+        let report = StoreVerifier(path: path).run()
+        #expect(report.problems == ["layer 2 expert \(victim): checksum mismatch in \(dataPath) at offset \(offset)"])
+
+        let model = try ExpertStore(path: path).loadModel()
+        #expect { try model.forward(ref.prompt, cache: model.makeCache()) } throws: { e in
+            let d = (e as! ModelError).description
+            return d.contains("layer 2 expert \(victim)") && d.contains(dataPath)
+        }
+    }
+
+    @Test func truncatedExpertFileIsNamedAtLoadAndByVerify() throws {
+        let path = try convert("kimi_k2", experts: .int4, resident: .bf16)
+        let store = try ExpertStore(path: path)
+        let extent = store.manifest.experts.layout.extentBytes
+        let dataPath = path + "/experts/layer-001.bin"
+        let h = FileHandle(forWritingAtPath: dataPath)!
+        try h.truncate(atOffset: UInt64(extent * 30 + 100))
+        try h.close()
+        #expect { try ExpertStore(path: path) } throws: { e in
+            guard case .wrongFileSize(let f, _, _, let first) = e as! StoreError else { return false }
+            return f == dataPath && first == 30
+        }
+        let report = StoreVerifier(path: path).run()
+        #expect(report.problems.contains { $0.contains(dataPath) && $0.contains("expert 30") })
+        #expect(report.problems.contains { $0.hasPrefix("layer 1 expert 31: missing from \(dataPath)") })
+    }
+
+    @Test func editedManifestIsRefused() throws {
+        let path = try convert("kimi_k2", experts: .int4, resident: .bf16)
+        let manifestPath = path + "/manifest.json"
+        var text = try String(contentsOfFile: manifestPath, encoding: .utf8)
+        let store = try ExpertStore(path: path)
+        let sum = store.manifest.experts.files[0].checksums[5]
+        text = text.replacingOccurrences(of: sum, with: String(sum.reversed()))
+        try text.write(toFile: manifestPath, atomically: true, encoding: .utf8)
+        #expect { try ExpertStore(path: path) } throws: { e in
+            guard case .badManifest(let f, let why) = e as! StoreError else { return false }
+            return f == manifestPath && why.contains("edited")
+        }
+        #expect(StoreVerifier(path: path).run().problems.first?.contains(manifestPath) == true)
+    }
+
+    @Test func damagedResidentTensorIsNamedAtLoad() throws {
+        let path = try convert("kimi_k2", experts: .int4, resident: .bf16)
+        let store = try ExpertStore(path: path)
+        let name = "model.layers.1.self_attn.kv_b_proj.weight"
+        let t = store.manifest.resident.tensors[name]!
+        let h = FileHandle(forUpdatingAtPath: path + "/resident.safetensors")!
+        try h.seek(toOffset: UInt64(t.offset + 3))
+        h.write(Data([0xAB]))
+        try h.close()
+        #expect { try ExpertStore(path: path) } throws: { e in
+            guard case .tensorChecksum(let tensor, _) = e as! StoreError else { return false }
+            return tensor == name
+        }
+        #expect(StoreVerifier(path: path).run().problems.contains { $0.contains(name) })
+    }
+
+    @Test func completeStoreIsLeftAloneOnRerun() throws {
+        let path = try convert("kimi_k2", experts: .int4, resident: .bf16)
+        let before = directoryContents(path)
+        var again = StoreConverter(source: Fixtures.model("kimi_k2"), output: path)
+        again.experts = .int4
+        again.resident = .bf16
+        try again.run()
+        #expect(directoryContents(path) == before)
+    }
+}
