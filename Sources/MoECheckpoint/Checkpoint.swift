@@ -114,8 +114,8 @@ public final class Checkpoint: @unchecked Sendable {
     }
 
     /// Drops the pages of `name` from this process once a streaming reader is done with it.
-    public func release(_ name: String) {
-        if let i = location[name] { files[i].release(name) }
+    public func release(_ name: String, bytes: Range<Int>? = nil) {
+        if let i = location[name] { files[i].release(name, bytes: bytes) }
     }
 
     /// The path of the file that holds `name`, for error messages.

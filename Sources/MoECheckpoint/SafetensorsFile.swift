@@ -112,9 +112,12 @@ public final class SafetensorsFile: @unchecked Sendable {
         }
     }
 
-    /// Drops `name`'s pages from this process (see `MappedFile.release`): for streaming over huge checkpoints.
-    public func release(_ name: String) {
-        if let e = entries[name] { file.release(e.range) }
+    /// Drops `name`'s pages (or those of `bytes` within it) from this process (see `MappedFile.release`): for
+    /// streaming over huge checkpoints.
+    public func release(_ name: String, bytes: Range<Int>? = nil) {
+        guard let e = entries[name] else { return }
+        guard let bytes else { return file.release(e.range) }
+        file.release((e.range.lowerBound + bytes.lowerBound)..<min(e.range.upperBound, e.range.lowerBound + bytes.upperBound))
     }
 
     /// A zero-copy view of `name`. When the tensor's bytes are not aligned to its element size (safetensors does

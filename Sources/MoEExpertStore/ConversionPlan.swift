@@ -136,9 +136,9 @@ extension StoreConverter {
                 while done < tensor.byteCount {
                     let n = min(piece, tensor.byteCount - done)
                     try wrap { try emit(tensor.data + done, n) }
+                    src.checkpoint.release(name, bytes: done..<(done + n))
                     done += n
                 }
-                src.checkpoint.release(name)
             case .bf16(let base, let rows, let cols):
                 let m = try src.matrix(base, rows: rows, cols: cols)
                 let row = FloatBuffer(count: cols)
