@@ -33,10 +33,13 @@ let package = Package(
         // verifier and the synchronous expert reader.
         .target(name: "MoEExpertStore", dependencies: ["MoESystem", "MoETensor", "MoECheckpoint", "MoEModel"],
                 swiftSettings: optimized),
+        // The expert cache (slots per NUMA node), I/O threads (io_uring or pread), policies, prefetcher, statistics.
+        .target(name: "MoERuntime", dependencies: ["MoESystem", "MoETensor", "MoECheckpoint", "MoEModel", "MoEExpertStore"],
+                swiftSettings: optimized),
         .executableTarget(
             name: "moestream",
             dependencies: [
-                "MoEModel", "MoECheckpoint", "MoESystem", "MoEExpertStore",
+                "MoEModel", "MoECheckpoint", "MoESystem", "MoEExpertStore", "MoERuntime",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: optimized
@@ -47,6 +50,8 @@ let package = Package(
         .testTarget(name: "MoETensorTests", dependencies: ["MoETensor"]),
         .testTarget(name: "MoECheckpointTests", dependencies: ["MoECheckpoint", "MoETestSupport"]),
         .testTarget(name: "MoEModelTests", dependencies: ["MoEModel", "MoECheckpoint", "MoETestSupport"]),
+        .testTarget(name: "MoERuntimeTests",
+                    dependencies: ["MoERuntime", "MoEExpertStore", "MoEModel", "MoESystem", "MoETestSupport"]),
         .testTarget(name: "MoEExpertStoreTests",
                     // moestream: the converter is killed mid-run as a separate process.
                     dependencies: ["MoEExpertStore", "MoEModel", "MoECheckpoint", "MoESystem", "MoETestSupport", "moestream"]),

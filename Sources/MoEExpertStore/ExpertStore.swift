@@ -96,9 +96,12 @@ public final class ExpertStore: @unchecked Sendable {
 
     /// The model: resident weights from resident.safetensors, routed experts read from the expert files.
     public func loadModel() throws(StoreError) -> KimiModel {
-        let weights: ResidentWeights
-        do { weights = try CheckpointWeights(checkpoint: resident, config: config).resident() } catch { throw .checkpoint(error) }
-        return KimiModel(config: config, weights: weights, experts: try StoreExperts(store: self))
+        KimiModel(config: config, weights: try residentWeights(), experts: try StoreExperts(store: self))
+    }
+
+    /// Everything but the routed experts, shape-checked, as views into resident.safetensors.
+    public func residentWeights() throws(StoreError) -> ResidentWeights {
+        do { return try CheckpointWeights(checkpoint: resident, config: config).resident() } catch { throw .checkpoint(error) }
     }
 
     /// Where expert `e` of `layer` lives: its file and byte offset.

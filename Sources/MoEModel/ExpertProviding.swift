@@ -27,4 +27,17 @@ public protocol ExpertProviding: AnyObject, Sendable {
     /// Throws `ModelError.expertUnavailable` when an expert cannot be delivered intact; never hands out damaged
     /// weights.
     func withExperts(layer: Int, _ experts: [Int], _ body: (Int, ExpertWeights) throws -> Void) throws
+
+    /// Called after layer `layer`'s attention with the residual stream `hidden [tokens, hidden_size]`, before
+    /// its experts are asked for: a prefetcher may apply later layers' routers to it and start reads early.
+    /// Must not change anything the model computes.
+    func hint(afterAttentionOf layer: Int, hidden: UnsafePointer<Float>, tokens: Int)
+
+    /// Called when a forward pass of `tokens` tokens starts and ends (statistics count tokens).
+    func forwardDidFinish(tokens: Int)
+}
+
+extension ExpertProviding {
+    public func hint(afterAttentionOf layer: Int, hidden: UnsafePointer<Float>, tokens: Int) {}
+    public func forwardDidFinish(tokens: Int) {}
 }

@@ -80,6 +80,7 @@ public final class KimiModel: @unchecked Sendable {
             }
             attention[l](normed.pointer, tokens: T, start: start, cache: cache, into: delta.pointer)
             for i in 0..<(T * H) { x.pointer[i] += delta.pointer[i] }
+            experts.hint(afterAttentionOf: l, hidden: x.pointer, tokens: T)
 
             for t in 0..<T {
                 VectorOps.rmsNorm(x.row(t, width: H), weight: layer.postAttentionNorm, eps: config.rmsNormEps, count: H,
@@ -96,6 +97,7 @@ public final class KimiModel: @unchecked Sendable {
             for i in 0..<(T * H) { x.pointer[i] += delta.pointer[i] }
         }
         cache.commit(T)
+        experts.forwardDidFinish(tokens: T)
 
         let first = request == .all ? 0 : T - 1
         let rows = T - first

@@ -1,0 +1,39 @@
+import MoESystem
+
+/// Where prefetch candidates come from (`--prefetch`).
+public enum PrefetchMode: String, Sendable, CaseIterable {
+    case off
+    /// Speculative routing: later layers' routers applied to the current hidden state.
+    case router
+    /// Router statistics gathered online: decayed per-layer frequencies and layer-to-layer co-activation.
+    case stats
+    /// Both, router predictions ranked first.
+    case both
+}
+
+/// Everything the expert cache needs to know that is not in the store.
+public struct CacheConfiguration: Sendable {
+    /// Bytes of expert slots per node, in the order of `topology.nodes`.
+    public var budgets: [Int]
+    public var policy: PolicyKind = .lru
+    public var engine: ReadEngine = .uring
+    /// Reads in flight per node.
+    public var ioDepth: Int = 32
+    public var prefetch: PrefetchMode = .off
+    /// How many MoE layers ahead the router prefetcher looks.
+    public var prefetchDepth: Int = 1
+    public var topology: NumaTopology
+    /// Open expert files with O_DIRECT (when the filesystem allows it).
+    public var directIO: Bool = true
+
+    public init(budgets: [Int], topology: NumaTopology) {
+        self.budgets = budgets
+        self.topology = topology
+    }
+
+    /// One budget split evenly over the topology's nodes.
+    public init(totalBudget: Int, topology: NumaTopology) {
+        let n = topology.nodes.count
+        self.init(budgets: (0..<n).map { totalBudget / n + ($0 < totalBudget % n ? 1 : 0) }, topology: topology)
+    }
+}

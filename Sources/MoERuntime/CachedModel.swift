@@ -1,0 +1,30 @@
+import MoECheckpoint
+import MoEExpertStore
+import MoEModel
+
+extension ExpertStore {
+    /// The model with its routed experts served by an expert cache with `configuration`.
+    public func loadModel(cache configuration: CacheConfiguration) throws(StoreError) -> (model: KimiModel, cache: ExpertCache) {
+        for (i, budget) in configuration.budgets.enumerated() where budget < manifest.experts.layout.extentBytes {
+            throw .badManifest(file: path, reason: "the cache budget of node \(configuration.topology.nodes[i].id) "
+                + "(\(budget) bytes) cannot hold one expert (\(manifest.experts.layout.extentBytes) bytes)")
+        }
+        let weights = try residentWeights()
+        let cache = try ExpertCache(store: self, configuration: configuration, resident: weights)
+        return (KimiModel(config: config, weights: weights, experts: cache), cache)
+    }
+}
+
+extension CacheConfiguration {
+    /// Loud warnings for budgets that will work but badly: a node that cannot hold its share of one layer's
+    /// chosen experts reloads experts within a single token.
+    public func warnings(extentBytes: Int, expertsPerToken: Int) -> [String] {
+        var out: [String] = []
+        let share = (expertsPerToken + topology.nodes.count - 1) / topology.nodes.count
+        for (i, budget) in budgets.enumerated() where budget / extentBytes < share {
+            out.append("cache budget of node \(topology.nodes[i].id) holds \(budget / extentBytes) experts, fewer than its share "
+                + "(\(share)) of one layer's \(expertsPerToken) chosen experts: every token will re-read experts")
+        }
+        return out
+    }
+}

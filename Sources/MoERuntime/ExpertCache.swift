@@ -1,0 +1,433 @@
+import Foundation
+import MoECheckpoint
+import MoEExpertStore
+import MoEModel
+import MoESystem
+import MoETensor
+
+/// The expert cache: a fixed pool of extent-sized slots per NUMA node, filled from the store by one I/O thread
+/// per node (io_uring or pread), evicted by a policy, served to the model through `ExpertProviding`.
+///
+/// Slots are allocated once, on their node, and registered with the node's ring; the token path allocates
+/// nothing. A slot is `empty`, `loading` or `ready` (or `failed`, when its read or checksum failed). Slots the
+/// model is computing with are pinned and never evicted. The model gets the same bytes whatever the budget,
+/// policy, prefetch or engine, and its MoE sum does not depend on delivery order: output is bit-identical.
+public final class ExpertCache: ExpertProviding, @unchecked Sendable {
+    enum SlotState: UInt8 { case empty, loading, ready, failed }
+
+    public let configuration: CacheConfiguration
+    let layout: ExpertLayout
+    let extent: Int
+    let expertsPerLayer: Int
+    let topK: Int
+    /// layer → index among MoE layers (or -1), and back.
+    let moeOrdinal: [Int]
+    let moeLayers: [Int]
+    let placement: Placement
+    let checksums: [[UInt64]]
+    let filePaths: [String]
+    let files: ReadFiles
+
+    // Slots: global ids, node n owns [nodeStart[n], nodeStart[n] + nodeSlots[n]).
+    let nodeStart: [Int]
+    let nodeSlots: [Int]
+    let memory: [NodeMemory]
+    var slotKey: [Int32]            // expert key (ordinal · experts + e) or -1
+    var slotState: [SlotState]
+    var slotPins: [Int32]
+    var slotFromPrefetch: [Bool]
+    var slotUsed: [Bool]             // used since loaded
+    var slotTarget: [Int]            // for prefetches: the position it is for (stale after it)
+    var slotError: [String?]
+    var slotOf: [Int32]              // key → slot or -1
+    var policies: [any EvictionPolicy]
+    var candidates: [UnsafeMutableBufferPointer<Int32>]  // per node scratch for victim search
+
+    let lock = NSCondition()
+    var demandQueue: [[Int32]]
+    var prefetchQueue: [[Int32]]
+    var workers: [NodeWorker] = []
+    var stopping = false
+    var tick: UInt64 = 0
+    /// step · layers + layer of the request being served: prefetches for earlier positions are stale.
+    var position = 0
+    var step = 0
+    var lastLayer = Int.max
+    var stats: CacheStatistics
+    var inFlightTotal = 0
+    var busySince: ContinuousClock.Instant?
+    /// Set when the I/O engine fell back from io_uring.
+    public private(set) var fallbackMessage: String?
+    public private(set) var engineName = ""
+    var prefetcher: Prefetcher? = nil
+
+    /// - Parameter resident: the model's resident weights, for the router prefetcher (routers and norms of
+    ///   later layers); nil disables router speculation.
+    public init(store: ExpertStore, configuration: CacheConfiguration, resident: ResidentWeights? = nil) throws(StoreError) {
+        self.configuration = configuration
+        let config = store.config
+        let layout = store.manifest.experts.layout
+        let extent = layout.extentBytes
+        self.layout = layout
+        self.extent = extent
+        expertsPerLayer = config.numRoutedExperts
+        topK = config.expertsPerToken
+        moeLayers = config.moeLayers
+        var ordinal = Array(repeating: -1, count: config.numLayers)
+        for (i, l) in moeLayers.enumerated() { ordinal[l] = i }
+        moeOrdinal = ordinal
+        placement = Placement(topology: configuration.topology)
+        checksums = store.manifest.experts.files.map { $0.checksums.map { UInt64($0, radix: 16) ?? 0 } }
+        filePaths = store.manifest.experts.files.map { store.path + "/" + $0.path }
+        do { files = try ReadFiles(paths: filePaths, direct: configuration.directIO) } catch { throw .system(error) }
+
+        var start: [Int] = [], counts: [Int] = [], mem: [NodeMemory] = []
+        var total = 0
+        for (i, node) in configuration.topology.nodes.enumerated() {
+            let slots = max(0, configuration.budgets[i] / extent)
+            start.append(total)
+            counts.append(slots)
+            do { mem.append(try NodeMemory(bytes: slots * extent, node: node.id, topology: configuration.topology)) } catch {
+                throw .system(error)
+            }
+            total += slots
+        }
+        nodeStart = start
+        nodeSlots = counts
+        memory = mem
+        slotKey = Array(repeating: -1, count: total)
+        slotState = Array(repeating: .empty, count: total)
+        slotPins = Array(repeating: 0, count: total)
+        slotFromPrefetch = Array(repeating: false, count: total)
+        slotUsed = Array(repeating: false, count: total)
+        slotTarget = Array(repeating: 0, count: total)
+        slotError = Array(repeating: nil, count: total)
+        slotOf = Array(repeating: -1, count: moeLayers.count * expertsPerLayer)
+        policies = counts.map { configuration.policy.make(slots: $0) }
+        candidates = counts.map { UnsafeMutableBufferPointer<Int32>.allocate(capacity: max(1, $0)) }
+        demandQueue = counts.map { _ in [] }
+        prefetchQueue = counts.map { _ in [] }
+        for i in demandQueue.indices {
+            demandQueue[i].reserveCapacity(expertsPerLayer)
+            prefetchQueue[i].reserveCapacity(expertsPerLayer)
+        }
+        stats = CacheStatistics(layers: moeLayers.map { CacheStatistics.Layer(layer: $0, experts: config.numRoutedExperts) },
+                                nodes: configuration.topology.nodes.enumerated().map { i, n in
+                                    CacheStatistics.Node(node: n.id, slots: counts[i], occupied: 0,
+                                                         budgetBytes: counts[i] * extent, bytesRead: 0, bound: mem[i].bound)
+                                })
+        stats.policy = configuration.policy.rawValue
+        stats.prefetch = configuration.prefetch.rawValue
+        stats.prefetchDepth = configuration.prefetchDepth
+        stats.ioDepth = configuration.ioDepth
+        stats.extentBytes = extent
+        stats.direct = files.direct
+
+        for i in configuration.topology.nodes.indices {
+            let region = UnsafeMutableRawBufferPointer(start: mem[i].pointer, count: counts[i] * extent)
+            // Register the slot memory in pieces of at most 1 GiB (the kernel's limit per buffer).
+            let piece = (1 << 30) / extent * extent
+            let regions = counts[i] == 0 ? [] : stride(from: 0, to: region.count, by: max(piece, extent)).map {
+                UnsafeMutableRawBufferPointer(rebasing: region[$0..<min($0 + max(piece, extent), region.count)])
+            }
+            let made = makeBlockReader(configuration.engine, files: files, depth: configuration.ioDepth, registeredRegions: regions)
+            if let f = made.fallback { fallbackMessage = f }
+            engineName = made.reader.engine
+            workers.append(NodeWorker(cache: self, node: i, reader: made.reader, cpus: configuration.topology.isReal
+                                        ? configuration.topology.nodes[i].cpus : []))
+        }
+        stats.engine = engineName
+        if configuration.prefetch != .off {
+            prefetcher = Prefetcher(cache: self, mode: configuration.prefetch, depth: configuration.prefetchDepth,
+                                    resident: resident, config: config)
+        }
+        workers.forEach { $0.start() }
+    }
+
+    deinit {
+        candidates.forEach { $0.deallocate() }
+    }
+
+    /// Stops the I/O threads (after their reads in flight finish). The cache serves nothing afterwards.
+    public func shutdown() {
+        lock.lock()
+        stopping = true
+        lock.broadcast()
+        lock.unlock()
+        workers.forEach { $0.join() }
+    }
+
+    public var totalSlots: Int { slotKey.count }
+
+    @inline(__always) func key(_ ordinal: Int, _ e: Int) -> Int { ordinal * expertsPerLayer + e }
+    @inline(__always) func node(ofKey k: Int) -> Int {
+        placement.nodeIndex(layer: moeLayers[k / expertsPerLayer], expert: k % expertsPerLayer)
+    }
+    @inline(__always) func node(ofSlot s: Int) -> Int {
+        var n = 0
+        while n + 1 < nodeStart.count && s >= nodeStart[n + 1] { n += 1 }
+        return n
+    }
+
+    // MARK: - Slot management (lock held)
+
+    /// An evictable slot on `node`: empty first, else the policy's choice among unpinned ready (or failed) slots.
+    /// `protectPrefetched`: do not evict prefetched experts not used yet (a prefetch must not undo another).
+    func victim(node n: Int, protectPrefetched: Bool) -> Int? {
+        let start = nodeStart[n], count = nodeSlots[n]
+        var c = 0
+        for s in start..<(start + count) {
+            switch slotState[s] {
+            case .empty: return s
+            case .loading: continue
+            case .ready, .failed:
+                if slotPins[s] > 0 { continue }
+                if protectPrefetched && slotFromPrefetch[s] && !slotUsed[s] { continue }
+                candidates[n][c] = Int32(s - start)
+                c += 1
+            }
+        }
+        guard let local = policies[n].victim(among: UnsafeBufferPointer(rebasing: candidates[n][0..<c]), now: tick) else { return nil }
+        return start + local
+    }
+
+    /// Empties slot `s`, counting a wasted prefetch if it never served the model.
+    func evict(_ s: Int) {
+        let k = Int(slotKey[s])
+        if k >= 0 {
+            if slotFromPrefetch[s] && !slotUsed[s] && slotState[s] == .ready { stats.layers[k / expertsPerLayer].wastedPrefetches += 1 }
+            slotOf[k] = -1
+            stats.nodes[node(ofSlot: s)].occupied -= 1
+        }
+        slotKey[s] = -1
+        slotState[s] = .empty
+        slotError[s] = nil
+    }
+
+    /// Puts expert `k` in slot `s` and queues its read.
+    func assign(_ s: Int, key k: Int, prefetch: Bool, target: Int) {
+        evict(s)
+        slotKey[s] = Int32(k)
+        slotOf[k] = Int32(s)
+        slotState[s] = .loading
+        slotFromPrefetch[s] = prefetch
+        slotUsed[s] = false
+        slotTarget[s] = target
+        let n = node(ofSlot: s)
+        stats.nodes[n].occupied += 1
+        policies[n].filled(s - nodeStart[n], now: tick)
+        if prefetch {
+            prefetchQueue[n].append(Int32(s))
+            stats.layers[k / expertsPerLayer].prefetchesIssued += 1
+        } else {
+            demandQueue[n].append(Int32(s))
+        }
+        lock.broadcast()
+    }
+
+    /// Moves a queued prefetch of slot `s` to the front: the model needs it now.
+    func promote(_ s: Int) {
+        let n = node(ofSlot: s)
+        if let i = prefetchQueue[n].firstIndex(of: Int32(s)) {
+            prefetchQueue[n].remove(at: i)
+            demandQueue[n].append(Int32(s))
+            lock.broadcast()
+        }
+    }
+
+    /// Slot memory of `s`.
+    @inline(__always) func buffer(_ s: Int) -> UnsafeMutableRawPointer {
+        let n = node(ofSlot: s)
+        return memory[n].pointer + (s - nodeStart[n]) * extent
+    }
+
+    // MARK: - I/O completions (called by node workers)
+
+    /// Verifies a finished read and publishes the slot (ready or failed).
+    func completed(slot s: Int, result: Int) {
+        let k = Int(slotKey[s])  // stable while loading: loading slots are never evicted
+        let ordinal = k / expertsPerLayer, e = k % expertsPerLayer
+        var error: String? = nil
+        if result != extent {
+            error = result < 0 ? "read failed: \(String(cString: strerror(Int32(-result)))) in \(filePaths[ordinal]) at offset \(e * extent)"
+                : "short read (\(result) of \(extent) bytes) in \(filePaths[ordinal]) at offset \(e * extent)"
+        } else if XXHash64.hash(buffer(s), count: extent) != checksums[ordinal][e] {
+            error = "checksum mismatch in \(filePaths[ordinal]) at offset \(e * extent)"
+        }
+        lock.lock()
+        slotState[s] = error == nil ? .ready : .failed
+        slotError[s] = error
+        if result > 0 {
+            stats.layers[ordinal].bytesRead += result
+            stats.nodes[node(ofSlot: s)].bytesRead += result
+        }
+        lock.broadcast()
+        lock.unlock()
+    }
+
+    func readsStarted(_ n: Int) {
+        if inFlightTotal == 0 { busySince = .now }
+        inFlightTotal += n
+    }
+
+    func readsFinished(_ n: Int) {
+        inFlightTotal -= n
+        if inFlightTotal == 0, let since = busySince {
+            stats.readBusySeconds += (ContinuousClock.now - since).seconds
+            busySince = nil
+        }
+    }
+
+    // MARK: - ExpertProviding
+
+    public func withExperts(layer: Int, _ experts: [Int], _ body: (Int, ExpertWeights) throws -> Void) throws {
+        let ordinal = moeOrdinal[layer]
+        precondition(ordinal >= 0, "layer \(layer) has no routed experts")
+        lock.lock()
+        if layer <= lastLayer { step += 1 }
+        lastLayer = layer
+        position = step * moeOrdinal.count + layer
+        var todo = experts  // small: at most the layer's experts
+        var counted = 0     // experts[0..<counted] have been classified for statistics
+        var waitStart: ContinuousClock.Instant? = nil
+        var lateWait = false
+        var failure: ModelError? = nil
+        while !todo.isEmpty && failure == nil {
+            var ready: [(Int, Int)] = []
+            var i = 0
+            while i < todo.count {
+                let e = todo[i]
+                let k = key(ordinal, e)
+                var s = Int(slotOf[k])
+                let first = counted < experts.count && experts[counted] == e
+                if first {
+                    counted += 1
+                    stats.layers[ordinal].activations[e] += 1
+                }
+                if s >= 0 && slotState[s] == .failed && slotPins[s] == 0 {
+                    // A failed read found by an earlier request: try once more (the error may have been transient).
+                    slotState[s] = .loading
+                    slotFromPrefetch[s] = false
+                    demandQueue[node(ofSlot: s)].append(Int32(s))
+                    lock.broadcast()
+                }
+                if s < 0 {
+                    if first { stats.layers[ordinal].misses += 1 }
+                    guard let v = victim(node: node(ofKey: k), protectPrefetched: false) else { i += 1; continue }  // retry once slots free up
+                    assign(v, key: k, prefetch: false, target: position)
+                    s = v
+                    slotPins[s] += 1
+                } else if first {
+                    slotPins[s] += 1
+                    switch slotState[s] {
+                    case .ready:
+                        if slotFromPrefetch[s] && !slotUsed[s] { stats.layers[ordinal].prefetchHits += 1 } else { stats.layers[ordinal].demandHits += 1 }
+                    case .loading:
+                        if slotFromPrefetch[s] {
+                            stats.layers[ordinal].latePrefetches += 1
+                            lateWait = true
+                            promote(s)
+                        } else {
+                            stats.layers[ordinal].misses += 1
+                        }
+                    case .failed, .empty:
+                        stats.layers[ordinal].misses += 1
+                    }
+                }
+                switch slotState[s] {
+                case .ready:
+                    ready.append((e, s))
+                    todo.remove(at: i)
+                case .failed:
+                    failure = .expertUnavailable(layer: layer, expert: e, reason: slotError[s] ?? "read failed")
+                    slotPins[s] -= 1
+                    todo.remove(at: i)
+                default:
+                    i += 1
+                }
+            }
+            if ready.isEmpty && failure == nil && !todo.isEmpty {
+                if waitStart == nil { waitStart = .now }
+                lock.wait()
+                continue
+            }
+            if let w = waitStart {
+                let waited = (ContinuousClock.now - w).seconds
+                stats.layers[ordinal].stallSeconds += waited
+                if lateWait { stats.layers[ordinal].lateStallSeconds += waited }
+                waitStart = nil
+            }
+            lock.unlock()
+            var thrown: Error? = nil
+            for (e, s) in ready where thrown == nil && failure == nil {
+                let m = layout.weights(at: UnsafeRawPointer(buffer(s)), owner: self)
+                do { try body(e, ExpertWeights(gate: m.gate, up: m.up, down: m.down)) } catch { thrown = error }
+            }
+            lock.lock()
+            for (_, s) in ready {
+                slotPins[s] -= 1
+                slotUsed[s] = true
+                tick &+= 1
+                let n = node(ofSlot: s)
+                policies[n].used(s - nodeStart[n], now: tick)
+            }
+            if let thrown {
+                unpinAll(todo, ordinal)
+                lock.unlock()
+                throw thrown
+            }
+        }
+        if failure != nil { unpinAll(todo, ordinal) }
+        prefetcher?.observe(ordinal: ordinal, experts: experts)
+        lock.unlock()
+        if let failure { throw failure }
+    }
+
+    /// Releases the pins still held on `todo`'s slots (when a request is abandoned).
+    private func unpinAll(_ todo: [Int], _ ordinal: Int) {
+        for e in todo {
+            let s = Int(slotOf[key(ordinal, e)])
+            if s >= 0 && slotPins[s] > 0 { slotPins[s] -= 1 }
+        }
+        lock.broadcast()
+    }
+
+    public func hint(afterAttentionOf layer: Int, hidden: UnsafePointer<Float>, tokens: Int) {
+        prefetcher?.hint(afterAttentionOf: layer, hidden: hidden, tokens: tokens)
+    }
+
+    public func forwardDidFinish(tokens: Int) {
+        lock.lock()
+        stats.tokens += tokens
+        lock.unlock()
+    }
+
+    /// Asks for `keys` to be read ahead, best first, within what the node can take without evicting anything
+    /// pinned or prefetched-but-unused; returns how many reads were queued. Called by the prefetcher.
+    func prefetch(ordinal: Int, experts: [Int], target: Int) -> Int {
+        var queued = 0
+        for e in experts {
+            let k = key(ordinal, e)
+            guard slotOf[k] < 0 else { continue }
+            let n = node(ofKey: k)
+            guard demandQueue[n].count + prefetchQueue[n].count + workers[n].inFlightHint < configuration.ioDepth,
+                  let v = victim(node: n, protectPrefetched: true) else { continue }
+            assign(v, key: k, prefetch: true, target: target)
+            queued += 1
+        }
+        return queued
+    }
+
+    /// A snapshot of the statistics.
+    public func statistics() -> CacheStatistics {
+        lock.lock()
+        defer { lock.unlock() }
+        var s = stats
+        if let since = busySince { s.readBusySeconds += (ContinuousClock.now - since).seconds }
+        return s
+    }
+}
+
+extension Duration {
+    var seconds: Double { Double(components.seconds) + Double(components.attoseconds) * 1e-18 }
+}
