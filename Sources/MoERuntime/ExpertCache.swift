@@ -60,12 +60,30 @@ public final class ExpertCache: ExpertProviding, @unchecked Sendable {
     public private(set) var fallbackMessage: String?
     public private(set) var engineName = ""
     var prefetcher: Prefetcher? = nil
+    /// Records requests and router predictions when set (`--trace`).
+    public var recorder: RoutingTraceRecorder? {
+        didSet { if recorder != nil && prefetcher == nil { prefetcher = makePrefetcher(.off) } }
+    }
+    let residentForPrefetch: ResidentWeights?
+    let modelConfig: ModelConfig
+
+    func makePrefetcher(_ mode: PrefetchMode) -> Prefetcher {
+        Prefetcher(cache: self, mode: mode, depth: configuration.prefetchDepth, resident: residentForPrefetch, config: modelConfig)
+    }
+
+    /// The trace header for this store and configuration.
+    public var traceHeader: RoutingTrace.Header {
+        RoutingTrace.Header(moeLayers: moeLayers, experts: expertsPerLayer, topK: topK, extentBytes: extent,
+                            prefetchDepth: configuration.prefetchDepth)
+    }
 
     /// - Parameter resident: the model's resident weights, for the router prefetcher (routers and norms of
     ///   later layers); nil disables router speculation.
     public init(store: ExpertStore, configuration: CacheConfiguration, resident: ResidentWeights? = nil) throws(StoreError) {
         self.configuration = configuration
         let config = store.config
+        residentForPrefetch = resident
+        modelConfig = config
         let layout = store.manifest.experts.layout
         let extent = layout.extentBytes
         self.layout = layout
@@ -137,10 +155,7 @@ public final class ExpertCache: ExpertProviding, @unchecked Sendable {
                                         ? configuration.topology.nodes[i].cpus : []))
         }
         stats.engine = engineName
-        if configuration.prefetch != .off {
-            prefetcher = Prefetcher(cache: self, mode: configuration.prefetch, depth: configuration.prefetchDepth,
-                                    resident: resident, config: config)
-        }
+        if configuration.prefetch != .off { prefetcher = makePrefetcher(configuration.prefetch) }
         workers.forEach { $0.start() }
     }
 
@@ -287,6 +302,7 @@ public final class ExpertCache: ExpertProviding, @unchecked Sendable {
         if layer <= lastLayer { step += 1 }
         lastLayer = layer
         position = step * moeOrdinal.count + layer
+        recorder?.record(.request(step: step, layer: layer, experts: experts))
         var todo = experts  // small: at most the layer's experts
         var counted = 0     // experts[0..<counted] have been classified for statistics
         var waitStart: ContinuousClock.Instant? = nil

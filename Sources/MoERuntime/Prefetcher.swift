@@ -19,12 +19,8 @@ final class Prefetcher: @unchecked Sendable {
     let router: NoAuxRouter
     /// Post-attention norm and router of each MoE layer (by ordinal), for speculation.
     let routers: [(norm: [Float], weights: MoEWeights)]
-    /// [ordinal][expert]: decayed activation counts.
-    var frequency: [[Float]]
-    /// [ordinal][previous · E + next]: how often `next` in layer ordinal+1 followed `previous` in ordinal.
-    var coactivation: [[Float]]
-    var previous: (ordinal: Int, experts: [Int])? = nil
-    let decay: Float = 0.995
+    /// Router statistics (stats mode).
+    var learned: CoactivationModel
     // Scratch for speculation, grown to the largest batch seen.
     var normed = FloatBuffer(count: 0)
     var scores = FloatBuffer(count: 0)
@@ -43,14 +39,14 @@ final class Prefetcher: @unchecked Sendable {
             }
         }
         routers = r.count == config.moeLayers.count ? r : []
-        let E = config.numRoutedExperts
-        frequency = config.moeLayers.map { _ in Array(repeating: 0, count: E) }
-        coactivation = (mode == .stats || mode == .both) ? config.moeLayers.map { _ in Array(repeating: 0, count: E * E) } : []
+        learned = CoactivationModel(layers: (mode == .stats || mode == .both) ? config.moeLayers.count : 0,
+                                    experts: config.numRoutedExperts, topK: config.expertsPerToken)
     }
 
     /// Speculative routing for the MoE layers after `layer` (outside the cache lock: this is compute).
     func hint(afterAttentionOf layer: Int, hidden: UnsafePointer<Float>, tokens T: Int) {
-        guard mode == .router || mode == .both, !routers.isEmpty else { return }
+        let prefetching = mode == .router || mode == .both
+        guard prefetching || cache.recorder != nil, !routers.isEmpty else { return }
         let targets = config.moeLayers.enumerated().filter { $0.element > layer }.prefix(depth)
         guard !targets.isEmpty else { return }
         let H = config.hiddenSize, E = config.numRoutedExperts
@@ -72,9 +68,14 @@ final class Prefetcher: @unchecked Sendable {
             plans.append((ordinal, chosen.sorted(), targetLayer))
         }
         cache.lock.lock()
+        // The first hint of a forward pass comes before its first expert request moves `step` on.
         let step = cache.step + (layer < cache.lastLayer ? 1 : 0)
-        for p in plans {
-            _ = cache.prefetch(ordinal: p.ordinal, experts: p.experts, target: step * cache.moeOrdinal.count + p.target)
+        cache.recorder?.record(.prediction(step: step, after: layer,
+                                           predicted: Dictionary(uniqueKeysWithValues: plans.map { ($0.target, $0.experts) })))
+        if prefetching {
+            for p in plans {
+                _ = cache.prefetch(ordinal: p.ordinal, experts: p.experts, target: step * cache.moeOrdinal.count + p.target)
+            }
         }
         cache.lock.unlock()
     }
@@ -82,27 +83,11 @@ final class Prefetcher: @unchecked Sendable {
     /// Learns from the experts layer `ordinal` asked for and, in stats mode, prefetches the likely next ones.
     /// Called with the cache lock held.
     func observe(ordinal: Int, experts: [Int]) {
-        let E = config.numRoutedExperts
-        for e in 0..<E { frequency[ordinal][e] *= decay }
-        for e in experts { frequency[ordinal][e] += 1 }
-        guard !coactivation.isEmpty else { return }
-        // Co-activation only from single-token requests: a prefill batch's union says nothing about pairs.
-        if experts.count <= config.expertsPerToken {
-            if let p = previous, p.ordinal == ordinal - 1 {
-                for a in p.experts { for b in experts { coactivation[p.ordinal][a * E + b] += 1 } }
-            }
-            previous = (ordinal, experts)
-        } else {
-            previous = nil
-        }
-        guard ordinal + 1 < config.moeLayers.count, experts.count <= config.expertsPerToken else { return }
-        var score = [Float](repeating: 0, count: E)
-        for a in experts { for b in 0..<E { score[b] += coactivation[ordinal][a * E + b] } }
-        let freq = frequency[ordinal + 1]
-        let total = max(1, freq.reduce(0, +))
-        for b in 0..<E { score[b] += 0.5 * Float(experts.count) * freq[b] / total }
-        let ranked = (0..<E).sorted { score[$0] > score[$1] }.prefix(config.expertsPerToken).filter { score[$0] > 0 }
-        _ = cache.prefetch(ordinal: ordinal + 1, experts: Array(ranked),
+        guard mode == .stats || mode == .both else { return }
+        learned.observe(ordinal: ordinal, experts: experts)
+        let next = learned.predictNext(ordinal: ordinal, after: experts)
+        guard !next.isEmpty else { return }
+        _ = cache.prefetch(ordinal: ordinal + 1, experts: next,
                            target: cache.step * cache.moeOrdinal.count + config.moeLayers[ordinal + 1])
     }
 }

@@ -6,15 +6,27 @@ import Dispatch
 /// on how many threads ran or in which order: the model's bit-exactness rests on this.
 @inline(__always)
 public func parallelFor(_ chunks: Int, _ body: (Int) -> Void) {
-    if chunks <= 1 {
-        if chunks == 1 { body(0) }
+    let workers = min(chunks, Parallelism.threads)
+    if workers <= 1 {
+        for c in 0..<chunks { body(c) }
         return
     }
     // The body only touches memory that its chunk owns; Dispatch cannot see that, hence the unchecked box.
     withoutActuallyEscaping(body) { body in
         let box = UncheckedSendable(body)
-        DispatchQueue.concurrentPerform(iterations: chunks) { box.value($0) }
+        DispatchQueue.concurrentPerform(iterations: workers) { w in
+            var c = w
+            while c < chunks {
+                box.value(c)
+                c += workers
+            }
+        }
     }
+}
+
+/// How many threads compute kernels use (`--threads`); all online cores by default.
+public enum Parallelism {
+    nonisolated(unsafe) public static var threads: Int = ProcessInfoCores.active
 }
 
 /// Carries a value across a concurrency boundary the compiler cannot check.
@@ -33,8 +45,8 @@ public func chunkRanges(count: Int, minimum: Int) -> [Range<Int>] {
 }
 
 /// Active processor count without Foundation.
-enum ProcessInfoCores {
-    static let active: Int = {
+public enum ProcessInfoCores {
+    public static let active: Int = {
         #if canImport(Glibc)
         return Int(sysconf(Int32(_SC_NPROCESSORS_ONLN)))
         #else

@@ -17,8 +17,12 @@ struct Logits: ParsableCommand {
     @Flag(help: "Run the prompt one token at a time through the KV cache instead of one pass.")
     var decode = false
 
+    @OptionGroup(title: "Expert cache") var cacheOptions: CacheOptions
+    @OptionGroup(title: "Statistics") var statsOptions: StatsOptions
+
     func run() throws {
-        let m = try model.load()
+        let loaded = try LoadedModel.load(model, cacheOptions, statsOptions)
+        let m = loaded.model
         let cache = m.makeCache()
         var rows: [ArraySlice<Float>] = []
         let started = ContinuousClock.now
@@ -47,6 +51,7 @@ struct Logits: ParsableCommand {
             }
             FileHandle.standardError.write("forward: \(tokens.ids.count) tokens in \(elapsed)\n".data(using: .utf8)!)
         }
+        try loaded.finish(statsOptions)
     }
 }
 
@@ -64,8 +69,12 @@ struct Generate: ParsableCommand {
     @Flag(help: "Keep going past the model's end-of-sequence token.")
     var ignoreEos = false
 
+    @OptionGroup(title: "Expert cache") var cacheOptions: CacheOptions
+    @OptionGroup(title: "Statistics") var statsOptions: StatsOptions
+
     func run() throws {
-        let m = try model.load()
+        let loaded = try LoadedModel.load(model, cacheOptions, statsOptions)
+        let m = loaded.model
         let stop = ignoreEos ? [] : Set(m.config.eosTokenIds)
         let started = ContinuousClock.now
         let ids: [Int]
@@ -76,8 +85,8 @@ struct Generate: ParsableCommand {
         print(ids.map(String.init).joined(separator: ","))
         let seconds = elapsed.seconds
         let rate = seconds > 0 ? Double(ids.count) / seconds : 0
-        FileHandle.standardError.write(
-            "generated \(ids.count) tokens in \(String(format: "%.3f", seconds)) s (\(String(format: "%.1f", rate)) tokens/s)\n"
-                .data(using: .utf8)!)
+        let line = "generated \(ids.count) tokens in \(String(format: "%.3f", seconds)) s (\(String(format: "%.1f", rate)) tokens/s)"
+        printError(line)
+        try loaded.finish(statsOptions)
     }
 }

@@ -1,7 +1,10 @@
 import ArgumentParser
+import Foundation
 import MoECheckpoint
 import MoEExpertStore
 import MoEModel
+import MoERuntime
+import MoETensor
 
 /// Where the model comes from: an expert store (made by `moestream convert`) or a Hugging Face checkpoint
 /// directory (config.json + safetensors), told apart by the store's manifest.
@@ -10,14 +13,62 @@ struct ModelOptions: ParsableArguments {
     var model: String
 
     var isStore: Bool { ExpertStore.isStore(model) }
+}
 
-    func load() throws -> KimiModel {
+/// What to write besides the output: statistics, heatmap, routing trace.
+struct StatsOptions: ParsableArguments {
+    @Option(help: ArgumentHelp("Write the cache statistics as JSON.", valueName: "file"))
+    var statsJson: String?
+
+    @Option(help: ArgumentHelp("Draw expert activations per layer as SVG.", valueName: "file.svg"))
+    var heatmap: String?
+
+    @Option(help: ArgumentHelp("Record the routing (requests and router predictions) for `moestream stats`.", valueName: "file"))
+    var trace: String?
+
+    @Flag(help: "Do not print the statistics table.")
+    var noStats = false
+}
+
+/// A loaded model and, for a store, its expert cache.
+struct LoadedModel {
+    let model: KimiModel
+    let cache: ExpertCache?
+
+    static func load(_ options: ModelOptions, _ cacheOptions: CacheOptions, _ stats: StatsOptions? = nil) throws -> LoadedModel {
+        Parallelism.threads = cacheOptions.threads
         do {
-            if isStore { return try ExpertStore(path: model).loadModel() }
-            return try KimiModel.load(checkpoint: model)
+            guard options.isStore else {
+                if cacheOptions.cache != nil || cacheOptions.cacheNode != nil || stats?.trace != nil {
+                    throw CLIError("\(options.model) is a checkpoint directory: the expert cache and traces need a store "
+                        + "(make one with `moestream convert \(options.model) -o STORE`)")
+                }
+                return LoadedModel(model: try KimiModel.load(checkpoint: options.model), cache: nil)
+            }
+            let store = try ExpertStore(path: options.model)
+            let (config, notes) = try cacheOptions.configuration(for: store)
+            notes.forEach { printError($0) }
+            let (model, cache) = try store.loadModel(cache: config)
+            if let f = cache.fallbackMessage { printError(f) }
+            if stats?.trace != nil { cache.recorder = RoutingTraceRecorder(header: cache.traceHeader) }
+            return LoadedModel(model: model, cache: cache)
         } catch let e as StoreError { throw CLIError(e.description) } catch let e as CheckpointError {
             throw CLIError(e.description)
         }
+    }
+
+    /// Prints the statistics table (stderr) and writes the files `stats` asks for.
+    func finish(_ stats: StatsOptions, extra: [String] = []) throws {
+        guard let cache else { return }
+        let s = cache.statistics()
+        cache.shutdown()
+        if !stats.noStats {
+            printError(s.report() + (extra.isEmpty ? "" : "\n" + extra.joined(separator: "\n"))
+                + "\nthreads \(Parallelism.threads)")
+        }
+        if let path = stats.statsJson { try s.json().write(to: URL(fileURLWithPath: path)) }
+        if let path = stats.heatmap { try Heatmap.svg(s).write(toFile: path, atomically: true, encoding: .utf8) }
+        if let path = stats.trace, let r = cache.recorder { try r.write(to: path) }
     }
 }
 
@@ -26,3 +77,5 @@ struct CLIError: Error, CustomStringConvertible {
     let description: String
     init(_ message: String) { description = message }
 }
+
+func printError(_ s: String) { FileHandle.standardError.write((s + "\n").data(using: .utf8)!) }

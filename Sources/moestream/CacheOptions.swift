@@ -1,0 +1,111 @@
+import ArgumentParser
+import Foundation
+import MoEExpertStore
+import MoEModel
+import MoERuntime
+import MoESystem
+import MoETensor
+
+extension PolicyKind: ExpressibleByArgument {}
+extension PrefetchMode: ExpressibleByArgument {}
+extension ReadEngine: ExpressibleByArgument {}
+
+/// The expert cache and compute flags, shared by every command that runs the model from a store.
+struct CacheOptions: ParsableArguments {
+    @Option(help: ArgumentHelp("Expert cache budget, e.g. 96G, 512M (default: available RAM less the resident set and headroom).",
+                               valueName: "size"))
+    var cache: String?
+
+    @Option(help: ArgumentHelp("Budget per NUMA node, e.g. 0=48G,1=48G (overrides --cache).", valueName: "node=size,..."))
+    var cacheNode: String?
+
+    @Option(help: "Eviction policy: lru, or lfu (decayed frequency).")
+    var policy: PolicyKind = .lru
+
+    @Option(help: "Prefetch: off, router (speculative routing), stats (learned co-activation), both.")
+    var prefetch: PrefetchMode = .both
+
+    @Option(help: "How many MoE layers ahead the router prefetcher looks.")
+    var prefetchDepth: Int = 1
+
+    @Option(help: "Expert reads in flight per NUMA node.")
+    var ioDepth: Int = 32
+
+    @Option(help: "Read engine: uring (io_uring, falls back to pread when unavailable) or pread.")
+    var ioEngine: ReadEngine = .uring
+
+    @Option(help: "Compute threads (default: every online core).")
+    var threads: Int = ProcessInfoCores.active
+
+    @Option(help: ArgumentHelp("Pretend the machine has N NUMA nodes (testing placement and per-node budgets).", visibility: .hidden))
+    var numaNodes: Int?
+
+    func validate() throws {
+        guard prefetchDepth >= 1 else { throw ValidationError("--prefetch-depth must be at least 1") }
+        guard (1...4096).contains(ioDepth) else { throw ValidationError("--io-depth must be in 1...4096") }
+        guard threads >= 1 else { throw ValidationError("--threads must be at least 1") }
+        if let cache, parseSize(cache) == nil { throw ValidationError("--cache '\(cache)' is not a size such as 96G or 512M") }
+    }
+
+    var topology: NumaTopology { numaNodes.map { NumaTopology.fake(nodes: $0) } ?? .detect() }
+
+    /// The cache configuration for `store`, and the lines to tell the user about it.
+    func configuration(for store: ExpertStore) throws -> (CacheConfiguration, [String]) {
+        let topology = self.topology
+        var notes: [String] = []
+        var config: CacheConfiguration
+        if let cacheNode {
+            var budgets = Array(repeating: 0, count: topology.nodes.count)
+            for part in cacheNode.split(separator: ",") {
+                let kv = part.split(separator: "=")
+                guard kv.count == 2, let node = Int(kv[0]), let bytes = parseSize(String(kv[1])),
+                      let i = topology.nodes.firstIndex(where: { $0.id == node }) else {
+                    throw CLIError("--cache-node '\(part)': expected NODE=SIZE with a node of this machine "
+                        + "(\(topology.nodes.map { String($0.id) }.joined(separator: ", ")))")
+                }
+                budgets[i] = bytes
+            }
+            config = CacheConfiguration(budgets: budgets, topology: topology)
+        } else if let cache {
+            config = CacheConfiguration(totalBudget: parseSize(cache)!, topology: topology)
+        } else {
+            let resident = store.manifest.resident.bytes
+            let available = availableMemory()
+            let headroom = max(2 << 30, available / 10)
+            let experts = store.manifest.experts.files.count * store.config.numRoutedExperts * store.manifest.experts.layout.extentBytes
+            let budget = max(0, min(experts, available - resident - headroom))
+            config = CacheConfiguration(totalBudget: budget, topology: topology)
+            notes.append("cache budget \(humanBytes(budget)) (available \(humanBytes(available)) − resident \(humanBytes(resident)) "
+                + "− headroom \(humanBytes(headroom)); all experts: \(humanBytes(experts)))")
+        }
+        config.policy = policy
+        config.prefetch = prefetch
+        config.prefetchDepth = prefetchDepth
+        config.ioDepth = ioDepth
+        config.engine = ioEngine
+        for w in config.warnings(extentBytes: store.manifest.experts.layout.extentBytes, expertsPerToken: store.config.expertsPerToken) {
+            notes.append("WARNING: " + w)
+        }
+        return (config, notes)
+    }
+}
+
+/// `96G`, `512M`, `1.5T`, `4096` (bytes), `2GiB`: powers of 1024.
+func parseSize(_ s: String) -> Int? {
+    let t = s.trimmingCharacters(in: .whitespaces).uppercased().replacingOccurrences(of: "IB", with: "").replacingOccurrences(of: "B", with: "")
+    guard let last = t.last else { return nil }
+    let units: [Character: Double] = ["K": 1024, "M": 1_048_576, "G": 1_073_741_824, "T": 1_099_511_627_776]
+    if let u = units[last], let v = Double(t.dropLast()), v >= 0 { return Int(v * u) }
+    if let v = Int(t), v >= 0 { return v }
+    return nil
+}
+
+/// MemAvailable from /proc/meminfo (what can be allocated without swapping), or physical memory.
+func availableMemory() -> Int {
+    if let text = try? String(contentsOfFile: "/proc/meminfo", encoding: .utf8) {
+        for line in text.split(separator: "\n") where line.hasPrefix("MemAvailable:") {
+            if let kb = Int(line.split(separator: " ").dropFirst().first ?? "") { return kb * 1024 }
+        }
+    }
+    return Int(ProcessInfo.processInfo.physicalMemory)
+}
