@@ -1,0 +1,119 @@
+import ArgumentParser
+import Foundation
+import MoECheckpoint
+import MoEExpertStore
+import MoEModel
+import MoERuntime
+import MoESystem
+
+struct Plan: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Will the model run on this machine, and how fast? Resident set, KV cache, cache budget per node, expected decode rate.")
+
+    @Argument(help: "An expert store or a checkpoint directory.")
+    var model: String
+
+    @Option(help: ArgumentHelp("RAM to plan for (default: this machine's available memory).", valueName: "size"))
+    var ram: String?
+
+    @Option(help: ArgumentHelp("Drive read bandwidth per second (default: measured on the store for 3 s, else 3G).", valueName: "size"))
+    var diskBw: String?
+
+    @Option(help: ArgumentHelp("A routing trace: its hit rate at the planned budget replaces the uniform-routing estimate.", valueName: "file"))
+    var trace: String?
+
+    @Option(help: "Context length to reserve KV cache for.")
+    var context: Int = 8192
+
+    @Option(help: ArgumentHelp("Plan for N NUMA nodes (default: this machine's).", valueName: "N"))
+    var numaNodes: Int?
+
+    func run() throws {
+        let config: ModelConfig
+        var residentBytes: Int
+        let extent: Int
+        var store: ExpertStore?
+        do {
+            if ExpertStore.isStore(model) {
+                let s = try ExpertStore(path: model, verifyResident: false)
+                store = s
+                config = s.config
+                residentBytes = s.manifest.resident.bytes
+                extent = s.manifest.experts.layout.extentBytes
+            } else {
+                config = try ModelConfig.load(path: model)
+                let inv = WeightInventory(checkpoint: try Checkpoint(path: model), prefix: config.tensorPrefix)
+                residentBytes = inv.residentBytes
+                // What `convert` makes by default: int4 group-32 experts with bf16 scales.
+                extent = ExpertLayout(encoding: .int4, scaleType: .bf16, hidden: config.hiddenSize,
+                                      intermediate: config.moeIntermediateSize).extentBytes
+            }
+        } catch let e as StoreError { throw CLIError(e.description) } catch let e as CheckpointError { throw CLIError(e.description) }
+
+        let topology = numaNodes.map { NumaTopology.fake(nodes: $0) } ?? .detect()
+        let ramBytes = try ram.map { guard let v = parseSize($0) else { throw CLIError("--ram '\($0)' is not a size") }; return v } ?? availableMemory()
+        let experts = config.moeLayers.count * config.numRoutedExperts
+        let allExperts = experts * extent
+        let kvPerToken = config.numLayers * (config.kvLoraRank + config.qkRopeHeadDim) * 4
+        let kv = kvPerToken * context
+        let headroom = max(2 << 30, ramBytes / 20)
+        let budget = max(0, min(allExperts, ramBytes - residentBytes - kv - headroom))
+        let slots = budget / extent
+        let share = Double(slots) / Double(experts)
+
+        print("model            \(config.modelType): \(config.numLayers) layers, \(config.moeLayers.count) MoE × \(config.numRoutedExperts) experts, top-\(config.expertsPerToken)")
+        print("RAM              \(humanBytes(ramBytes))\(ram == nil ? " available now" : "")")
+        print("resident set     \(humanBytes(residentBytes)) (attention, dense layers, shared experts, routers, embeddings)")
+        print("KV cache         \(humanBytes(kvPerToken * 1024)) per 1K tokens; \(humanBytes(kv)) for \(context) tokens")
+        print("headroom         \(humanBytes(headroom))")
+        print("routed experts   \(experts) × \(humanBytes(extent)) = \(humanBytes(allExperts)) on NVMe")
+        if budget <= 0 {
+            print("cache budget     none: the resident set and KV cache do not leave room for experts. It will not run well.")
+            throw ExitCode(1)
+        }
+        print(String(format: "cache budget     %@ = %d experts (%.1f%% of all)", humanBytes(budget), slots, share * 100))
+        for (i, n) in topology.nodes.enumerated() {
+            let b = CacheConfiguration(totalBudget: budget, topology: topology).budgets[i]
+            print("  node \(n.id)         \(humanBytes(b)) (\(b / extent) experts)")
+        }
+        if slots < config.expertsPerToken {
+            print("WARNING: the budget cannot hold one layer's \(config.expertsPerToken) chosen experts")
+        }
+
+        var hitRate = share
+        var hitSource = "uniform routing (hit rate = share cached; real routing is skewed and does better)"
+        if let trace {
+            let t: RoutingTrace
+            do { t = try RoutingTrace.load(path: trace) } catch { throw CLIError("\(error)") }
+            let scaled = max(1, Int((share * Double(t.header.moeLayers.count * t.header.experts)).rounded()))
+            let best = Stats.replay(t, slots: scaled).filter { !$0.name.hasPrefix("belady") }.max { $0.hitRate < $1.hitRate }!
+            hitRate = best.hitRate
+            hitSource = "trace \(trace) replayed at the same share of its experts: \(best.name)"
+        }
+        var bw: Double
+        var bwSource: String
+        if let diskBw {
+            guard let v = parseSize(diskBw) else { throw CLIError("--disk-bw '\(diskBw)' is not a size") }
+            bw = Double(v)
+            bwSource = "given"
+        } else if let store, let f = store.manifest.experts.files.first {
+            var bench = IOBenchmark(path: model + "/" + f.path, extentBytes: extent, extents: f.experts)
+            bench.seconds = 3
+            bw = try bench.run().gbps * 1e9
+            bwSource = "measured: 3 s of random extent reads from \(f.path)"
+        } else {
+            bw = 3e9
+            bwSource = "assumed (give --disk-bw)"
+        }
+        let missesPerToken = Double(config.expertsPerToken * config.moeLayers.count) * (1 - hitRate)
+        let bytesPerToken = missesPerToken * Double(extent)
+        print(String(format: "hit rate         %.1f%% (%@)", hitRate * 100, hitSource))
+        print(String(format: "read bandwidth   %.2f GB/s (%@)", bw / 1e9, bwSource))
+        print(String(format: "per token        %.0f expert misses = %@ to read", missesPerToken, humanBytes(Int(bytesPerToken))))
+        if bytesPerToken > 0 {
+            print(String(format: "decode rate      ≤ %.2f tokens/s from the drive alone (compute not included)", bw / bytesPerToken))
+        } else {
+            print("decode rate      every expert fits: bound by compute, not the drive")
+        }
+    }
+}
