@@ -112,11 +112,11 @@ public struct CacheSimulator {
         var r = Result(name: "belady (optimal)")
         // Flatten the requests and find, for each access, when its expert is next asked for.
         var accesses: [(key: Int, request: Int)] = []
-        var requestSize: [Int] = []
+        var requests = 0
         for event in trace.events {
             guard case .request(_, let layer, let experts) = event else { continue }
-            for e in experts { accesses.append((key(layer, e), requestSize.count)) }
-            requestSize.append(experts.count)
+            for e in experts { accesses.append((key(layer, e), requests)) }
+            requests += 1
         }
         var nextUse = [Int](repeating: Int.max, count: accesses.count)
         var last: [Int: Int] = [:]
@@ -125,27 +125,18 @@ public struct CacheSimulator {
             last[accesses[i].key] = i
         }
         var resident: [Int: Int] = [:]  // key → its next use
-        var current = -1
-        var currentKeys = Set<Int>()
         for (i, a) in accesses.enumerated() {
-            if a.request != current {
-                current = a.request
-                currentKeys.removeAll(keepingCapacity: true)
-            }
             r.requests += 1
-            if resident[a.key] != nil {
-                r.hits += 1
-            } else if resident.count >= slots {
-                // Keep the current request's experts when the request fits: the model computes with them together.
-                let protect = requestSize[a.request] <= slots
+            if resident[a.key] == nil && resident.count >= slots {
+                // Evict the expert needed farthest in the future. No pinning constraint: the cache computes a
+                // request's experts as they arrive, so this is the true optimum for demand caching.
                 var victim: (key: Int, next: Int)? = nil
-                for (k, next) in resident where !(protect && currentKeys.contains(k)) {
-                    if victim == nil || next > victim!.next { victim = (k, next) }
-                }
+                for (k, next) in resident where victim == nil || next > victim!.next { victim = (k, next) }
                 if let victim { resident[victim.key] = nil }
+            } else if resident[a.key] != nil {
+                r.hits += 1
             }
-            if resident.count < slots || resident[a.key] != nil { resident[a.key] = nextUse[i] }
-            currentKeys.insert(a.key)
+            resident[a.key] = nextUse[i]
         }
         return r
     }

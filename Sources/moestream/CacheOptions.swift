@@ -12,7 +12,7 @@ extension ReadEngine: ExpressibleByArgument {}
 
 /// The expert cache and compute flags, shared by every command that runs the model from a store.
 struct CacheOptions: ParsableArguments {
-    @Option(help: ArgumentHelp("Expert cache budget, e.g. 96G, 512M (default: available RAM less the resident set and headroom).",
+    @Option(help: ArgumentHelp("Expert cache budget, e.g. 96G, 512M, or 25% of all experts (default: available RAM less the resident set and headroom).",
                                valueName: "size"))
     var cache: String?
 
@@ -44,7 +44,9 @@ struct CacheOptions: ParsableArguments {
         guard prefetchDepth >= 1 else { throw ValidationError("--prefetch-depth must be at least 1") }
         guard (1...4096).contains(ioDepth) else { throw ValidationError("--io-depth must be in 1...4096") }
         guard threads >= 1 else { throw ValidationError("--threads must be at least 1") }
-        if let cache, parseSize(cache) == nil { throw ValidationError("--cache '\(cache)' is not a size such as 96G or 512M") }
+        if let cache, parseSize(cache) == nil && parsePercent(cache) == nil {
+            throw ValidationError("--cache '\(cache)' is not a size such as 96G or 512M, nor a share such as 25%")
+        }
     }
 
     var topology: NumaTopology { numaNodes.map { NumaTopology.fake(nodes: $0) } ?? .detect() }
@@ -67,7 +69,9 @@ struct CacheOptions: ParsableArguments {
             }
             config = CacheConfiguration(budgets: budgets, topology: topology)
         } else if let cache {
-            config = CacheConfiguration(totalBudget: parseSize(cache)!, topology: topology)
+            let experts = store.manifest.experts.files.count * store.config.numRoutedExperts * store.manifest.experts.layout.extentBytes
+            let bytes = parsePercent(cache).map { Int((Double(experts) * $0 / 100).rounded()) } ?? parseSize(cache)!
+            config = CacheConfiguration(totalBudget: bytes, topology: topology)
         } else {
             let resident = store.manifest.resident.bytes
             let available = availableMemory()
@@ -98,6 +102,12 @@ func parseSize(_ s: String) -> Int? {
     if let u = units[last], let v = Double(t.dropLast()), v >= 0 { return Int(v * u) }
     if let v = Int(t), v >= 0 { return v }
     return nil
+}
+
+/// `25%` → 25.
+func parsePercent(_ s: String) -> Double? {
+    guard s.hasSuffix("%"), let v = Double(s.dropLast()), v > 0, v <= 100 else { return nil }
+    return v
 }
 
 /// MemAvailable from /proc/meminfo (what can be allocated without swapping), or physical memory.
