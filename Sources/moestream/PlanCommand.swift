@@ -6,6 +6,15 @@ import MoEModel
 import MoERuntime
 import MoESystem
 
+/// `7G` → 7e9, `3500M` → 3.5e9: drive rates are quoted in decimal units.
+func parseRate(_ s: String) -> Double? {
+    let t = s.uppercased().replacingOccurrences(of: "B/S", with: "").replacingOccurrences(of: "B", with: "")
+    guard let last = t.last else { return nil }
+    let units: [Character: Double] = ["K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12]
+    if let u = units[last], let v = Double(t.dropLast()), v > 0 { return v * u }
+    return Double(t).flatMap { $0 > 0 ? $0 : nil }
+}
+
 struct Plan: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Will the model run on this machine, and how fast? Resident set, KV cache, cache budget per node, expected decode rate.")
@@ -16,7 +25,7 @@ struct Plan: ParsableCommand {
     @Option(help: ArgumentHelp("RAM to plan for (default: this machine's available memory).", valueName: "size"))
     var ram: String?
 
-    @Option(help: ArgumentHelp("Drive read bandwidth per second (default: measured on the store for 3 s, else 3G).", valueName: "size"))
+    @Option(help: ArgumentHelp("Drive read bandwidth, decimal units per second: 7G = 7 GB/s (default: measured on the store for 3 s, else 3G).", valueName: "rate"))
     var diskBw: String?
 
     @Option(help: ArgumentHelp("A routing trace: its hit rate at the planned budget replaces the uniform-routing estimate.", valueName: "file"))
@@ -93,8 +102,8 @@ struct Plan: ParsableCommand {
         var bw: Double
         var bwSource: String
         if let diskBw {
-            guard let v = parseSize(diskBw) else { throw CLIError("--disk-bw '\(diskBw)' is not a size") }
-            bw = Double(v)
+            guard let v = parseRate(diskBw) else { throw CLIError("--disk-bw '\(diskBw)' is not a rate such as 7G or 3500M") }
+            bw = v
             bwSource = "given"
         } else if let store, let f = store.manifest.experts.files.first {
             var bench = IOBenchmark(path: model + "/" + f.path, extentBytes: extent, extents: f.experts)
