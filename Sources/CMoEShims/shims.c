@@ -134,3 +134,5 @@ int cmoe_pin_current_thread(const int *cpus, int count) {
     for (int i = 0; i < count; i++) CPU_SET(cpus[i], &set);
     return pthread_setaffinity_np(pthread_self(), sizeof(set), &set);
 }
+
+void cmoe_set_thread_name(const char *name) { pthread_setname_np(pthread_self(), name); }

@@ -21,9 +21,12 @@ public struct ExpertWeights: Sendable {
 /// The model asks for all the experts a layer needs at once (for a prefill batch: every expert any token chose,
 /// each once), so an implementation can read them in one batch, serve hits first and compute while the rest
 /// arrive. The weights handed to `body` are valid only during the call: a cache may pin the slot for exactly
-/// that long. The model's result does not depend on the order of the calls.
+/// that long. `body` may be called concurrently from several threads for different experts (a cache computes
+/// each expert on a worker of the NUMA node that holds it); the model's result does not depend on the order
+/// or the thread of the calls.
 public protocol ExpertProviding: AnyObject, Sendable {
-    /// Calls `body(expert, weights)` exactly once for each id in `experts` (distinct, ascending), in any order.
+    /// Calls `body(expert, weights)` exactly once for each id in `experts` (distinct, ascending), in any order,
+    /// possibly concurrently, and returns when all calls have returned.
     /// Throws `ModelError.expertUnavailable` when an expert cannot be delivered intact; never hands out damaged
     /// weights.
     func withExperts(layer: Int, _ experts: [Int], _ body: (Int, ExpertWeights) throws -> Void) throws

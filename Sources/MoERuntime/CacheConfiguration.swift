@@ -1,4 +1,5 @@
 import MoESystem
+import MoETensor
 
 /// Where prefetch candidates come from (`--prefetch`).
 public enum PrefetchMode: String, Sendable, CaseIterable {
@@ -25,6 +26,8 @@ public struct CacheConfiguration: Sendable {
     public var topology: NumaTopology
     /// Open expert files with O_DIRECT (when the filesystem allows it).
     public var directIO: Bool = true
+    /// Compute threads computing experts, split over the nodes in proportion to their CPUs (at least one each).
+    public var computeThreads: Int = ProcessInfoCores.active
 
     public init(budgets: [Int], topology: NumaTopology) {
         self.budgets = budgets

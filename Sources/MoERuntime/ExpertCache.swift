@@ -44,6 +44,19 @@ public final class ExpertCache: ExpertProviding, @unchecked Sendable {
     var candidates: [UnsafeMutableBufferPointer<Int32>]  // per node scratch for victim search
 
     let lock = NSCondition()
+    /// Serialises requests (their per-request tables below are shared).
+    let requestLock = NSLock()
+    // Per-request tables, allocated once: the token path allocates nothing.
+    let pendingExpert: UnsafeMutablePointer<Int32>
+    let pendingSlot: UnsafeMutablePointer<Int32>
+    var pendingCount = 0
+    let jobExpert: UnsafeMutablePointer<Int32>
+    let jobSlot: UnsafeMutablePointer<Int32>
+    var jobCount = 0
+    var jobsPending = 0
+    var jobError: Error? = nil
+    var currentBody: ((Int, ExpertWeights) throws -> Void)? = nil
+    var pools: ComputePools!
     var demandQueue: [[Int32]]
     var prefetchQueue: [[Int32]]
     var workers: [NodeWorker] = []
@@ -121,6 +134,10 @@ public final class ExpertCache: ExpertProviding, @unchecked Sendable {
         slotTarget = Array(repeating: 0, count: total)
         slotError = Array(repeating: nil, count: total)
         slotOf = Array(repeating: -1, count: moeLayers.count * expertsPerLayer)
+        pendingExpert = .allocate(capacity: expertsPerLayer)
+        pendingSlot = .allocate(capacity: expertsPerLayer)
+        jobExpert = .allocate(capacity: expertsPerLayer)
+        jobSlot = .allocate(capacity: expertsPerLayer)
         policies = counts.map { configuration.policy.make(slots: $0) }
         candidates = counts.map { UnsafeMutableBufferPointer<Int32>.allocate(capacity: max(1, $0)) }
         demandQueue = counts.map { _ in [] }
@@ -156,11 +173,14 @@ public final class ExpertCache: ExpertProviding, @unchecked Sendable {
         }
         stats.engine = engineName
         if configuration.prefetch != .off { prefetcher = makePrefetcher(configuration.prefetch) }
+        pools = ComputePools(cache: self, topology: configuration.topology, threads: configuration.computeThreads,
+                             capacity: expertsPerLayer)
         workers.forEach { $0.start() }
     }
 
     deinit {
         candidates.forEach { $0.deallocate() }
+        [pendingExpert, pendingSlot, jobExpert, jobSlot].forEach { $0.deallocate() }
     }
 
     /// Stops the I/O threads (after their reads in flight finish). The cache serves nothing afterwards.
@@ -170,6 +190,7 @@ public final class ExpertCache: ExpertProviding, @unchecked Sendable {
         lock.broadcast()
         lock.unlock()
         workers.forEach { $0.join() }
+        pools.join()
     }
 
     public var totalSlots: Int { slotKey.count }
@@ -296,116 +317,161 @@ public final class ExpertCache: ExpertProviding, @unchecked Sendable {
     // MARK: - ExpertProviding
 
     public func withExperts(layer: Int, _ experts: [Int], _ body: (Int, ExpertWeights) throws -> Void) throws {
+        precondition(moeOrdinal[layer] >= 0, "layer \(layer) has no routed experts")
+        // One request at a time: its job table and pending list are reused by every request.
+        requestLock.lock()
+        defer { requestLock.unlock() }
+        try withoutActuallyEscaping(body) { body in try serve(layer: layer, experts, body) }
+    }
+
+    /// Serves one request: pins what is cached, reads what is not, hands each expert to a compute worker of its
+    /// node as soon as its bytes are ready (while other reads are still in flight), and returns when every
+    /// expert has been computed. Only one request runs at a time (`requestLock`).
+    private func serve(layer: Int, _ experts: [Int], _ body: @escaping (Int, ExpertWeights) throws -> Void) throws {
         let ordinal = moeOrdinal[layer]
-        precondition(ordinal >= 0, "layer \(layer) has no routed experts")
+        precondition(experts.count <= expertsPerLayer, "more experts than the layer has")
         lock.lock()
         if layer <= lastLayer { step += 1 }
         lastLayer = layer
         position = step * moeOrdinal.count + layer
         recorder?.record(.request(step: step, layer: layer, experts: experts))
-        var todo = experts  // small: at most the layer's experts
-        var counted = 0     // experts[0..<counted] have been classified for statistics
-        var waitStart: ContinuousClock.Instant? = nil
-        var lateWait = false
-        var failure: ModelError? = nil
-        while !todo.isEmpty && failure == nil {
-            var ready: [(Int, Int)] = []
-            var i = 0
-            while i < todo.count {
-                let e = todo[i]
-                let k = key(ordinal, e)
-                var s = Int(slotOf[k])
-                let first = counted < experts.count && experts[counted] == e
-                if first {
-                    counted += 1
-                    stats.layers[ordinal].activations[e] += 1
-                }
-                if s >= 0 && slotState[s] == .failed && slotPins[s] == 0 {
-                    // A failed read found by an earlier request: try once more (the error may have been transient).
-                    slotState[s] = .loading
-                    slotFromPrefetch[s] = false
-                    demandQueue[node(ofSlot: s)].append(Int32(s))
-                    lock.broadcast()
-                }
-                if s < 0 {
-                    if first { stats.layers[ordinal].misses += 1 }
-                    guard let v = victim(node: node(ofKey: k), protectPrefetched: false) else { i += 1; continue }  // retry once slots free up
-                    assign(v, key: k, prefetch: false, target: position)
-                    s = v
-                    slotPins[s] += 1
-                } else if first {
-                    slotPins[s] += 1
-                    switch slotState[s] {
-                    case .ready:
-                        if slotFromPrefetch[s] && !slotUsed[s] { stats.layers[ordinal].prefetchHits += 1 } else { stats.layers[ordinal].demandHits += 1 }
-                    case .loading:
-                        if slotFromPrefetch[s] {
-                            stats.layers[ordinal].latePrefetches += 1
-                            lateWait = true
-                            promote(s)
-                        } else {
-                            stats.layers[ordinal].misses += 1
-                        }
-                    case .failed, .empty:
-                        stats.layers[ordinal].misses += 1
-                    }
-                }
-                switch slotState[s] {
-                case .ready:
-                    ready.append((e, s))
-                    todo.remove(at: i)
-                case .failed:
-                    failure = .expertUnavailable(layer: layer, expert: e, reason: slotError[s] ?? "read failed")
-                    slotPins[s] -= 1
-                    todo.remove(at: i)
-                default:
-                    i += 1
-                }
-            }
-            if ready.isEmpty && failure == nil && !todo.isEmpty {
-                if waitStart == nil { waitStart = .now }
-                lock.wait()
+        currentBody = body
+        jobError = nil
+        jobsPending = 0
+        jobCount = 0
+        pendingCount = 0
+
+        // Classify every expert once (statistics) and pin those already cached or on their way.
+        for e in experts {
+            stats.layers[ordinal].activations[e] += 1
+            let k = key(ordinal, e)
+            let s = Int(slotOf[k])
+            pendingExpert[pendingCount] = Int32(e)
+            pendingSlot[pendingCount] = Int32(s)
+            pendingCount += 1
+            guard s >= 0 else {
+                stats.layers[ordinal].misses += 1
                 continue
             }
-            if let w = waitStart {
-                let waited = (ContinuousClock.now - w).seconds
-                stats.layers[ordinal].stallSeconds += waited
-                if lateWait { stats.layers[ordinal].lateStallSeconds += waited }
-                waitStart = nil
-            }
-            lock.unlock()
-            var thrown: Error? = nil
-            for (e, s) in ready where thrown == nil && failure == nil {
-                let m = layout.weights(at: UnsafeRawPointer(buffer(s)), owner: self)
-                do { try body(e, ExpertWeights(gate: m.gate, up: m.up, down: m.down)) } catch { thrown = error }
-            }
-            lock.lock()
-            for (_, s) in ready {
-                slotPins[s] -= 1
-                slotUsed[s] = true
-                tick &+= 1
-                let n = node(ofSlot: s)
-                policies[n].used(s - nodeStart[n], now: tick)
-            }
-            if let thrown {
-                unpinAll(todo, ordinal)
-                lock.unlock()
-                throw thrown
+            slotPins[s] += 1
+            switch slotState[s] {
+            case .ready:
+                if slotFromPrefetch[s] && !slotUsed[s] { stats.layers[ordinal].prefetchHits += 1 } else { stats.layers[ordinal].demandHits += 1 }
+            case .loading:
+                if slotFromPrefetch[s] {
+                    stats.layers[ordinal].latePrefetches += 1
+                    promote(s)
+                } else {
+                    stats.layers[ordinal].misses += 1
+                }
+            case .failed, .empty:
+                // A read that failed for an earlier request: try once more (the error may have been transient).
+                stats.layers[ordinal].misses += 1
+                slotState[s] = .loading
+                slotFromPrefetch[s] = false
+                demandQueue[node(ofSlot: s)].append(Int32(s))
+                lock.broadcast()
             }
         }
-        if failure != nil { unpinAll(todo, ordinal) }
-        prefetcher?.observe(ordinal: ordinal, experts: experts)
+
+        var failure: ModelError? = nil
+        while true {
+            if failure == nil && jobError == nil {
+                var i = 0
+                while i < pendingCount {
+                    let e = Int(pendingExpert[i])
+                    var s = Int(pendingSlot[i])
+                    if s < 0 {
+                        // Not cached: take a slot (retried later when every slot of the node is pinned).
+                        let k = key(ordinal, e)
+                        guard let v = victim(node: node(ofKey: k), protectPrefetched: false) else { i += 1; continue }
+                        assign(v, key: k, prefetch: false, target: position)
+                        slotPins[v] += 1
+                        pendingSlot[i] = Int32(v)
+                        s = v
+                    }
+                    switch slotState[s] {
+                    case .ready:
+                        jobExpert[jobCount] = Int32(e)
+                        jobSlot[jobCount] = Int32(s)
+                        pools.enqueue(jobCount, node: node(ofSlot: s))
+                        jobCount += 1
+                        jobsPending += 1
+                    case .failed:
+                        failure = .expertUnavailable(layer: layer, expert: e, reason: slotError[s] ?? "read failed")
+                        slotPins[s] -= 1
+                    default:
+                        i += 1
+                        continue
+                    }
+                    pendingCount -= 1  // swap-remove
+                    pendingExpert[i] = pendingExpert[pendingCount]
+                    pendingSlot[i] = pendingSlot[pendingCount]
+                    if failure != nil { break }
+                }
+            }
+            let stopping = failure != nil || jobError != nil
+            if jobsPending == 0 && (pendingCount == 0 || stopping) { break }
+            // Waiting with nothing to compute is the model stalling on the drive (on a late prefetch, if one of
+            // the experts it waits for was started by the prefetcher).
+            let start = jobsPending == 0 ? ContinuousClock.now : nil
+            var late = false
+            if start != nil {
+                for i in 0..<pendingCount where pendingSlot[i] >= 0 && slotFromPrefetch[Int(pendingSlot[i])] { late = true }
+            }
+            lock.wait()
+            if let start {
+                let waited = (ContinuousClock.now - start).seconds
+                stats.layers[ordinal].stallSeconds += waited
+                if late { stats.layers[ordinal].lateStallSeconds += waited }
+            }
+        }
+        for i in 0..<pendingCount where pendingSlot[i] >= 0 {
+            let s = Int(pendingSlot[i])
+            if slotPins[s] > 0 { slotPins[s] -= 1 }
+        }
+        pendingCount = 0
+        currentBody = nil
+        let thrown = jobError
+        jobError = nil
+        if failure == nil && thrown == nil { prefetcher?.observe(ordinal: ordinal, experts: experts) }
+        lock.broadcast()
         lock.unlock()
         if let failure { throw failure }
+        if let thrown { throw thrown }
     }
 
-    /// Releases the pins still held on `todo`'s slots (when a request is abandoned).
-    private func unpinAll(_ todo: [Int], _ ordinal: Int) {
-        for e in todo {
-            let s = Int(slotOf[key(ordinal, e)])
-            if s >= 0 && slotPins[s] > 0 { slotPins[s] -= 1 }
-        }
+    /// Computes job `j` (on a compute worker of the slot's node), then unpins its slot.
+    func runJob(_ j: Int) {
+        lock.lock()
+        let e = Int(jobExpert[j]), s = Int(jobSlot[j])
+        let skip = jobError != nil
+        lock.unlock()
+        let error = skip ? nil : compute(expert: e, slot: s)
+        lock.lock()
+        if let error, jobError == nil { jobError = error }
+        slotPins[s] -= 1
+        slotUsed[s] = true
+        tick &+= 1
+        let n = node(ofSlot: s)
+        policies[n].used(s - nodeStart[n], now: tick)
+        jobsPending -= 1
         lock.broadcast()
+        lock.unlock()
+    }
+
+    /// Calls the request's body for one expert. A separate, non-inlined function so the worker's reference to
+    /// the body is gone before the request is told the job is done (the request's `withoutActuallyEscaping`
+    /// checks that nothing still holds its closure).
+    @inline(never)
+    private func compute(expert e: Int, slot s: Int) -> Error? {
+        lock.lock()
+        let body = currentBody
+        lock.unlock()
+        guard let body else { return nil }
+        let m = layout.weights(at: UnsafeRawPointer(buffer(s)), owner: self)
+        do { try body(e, ExpertWeights(gate: m.gate, up: m.up, down: m.down)) } catch { return error }
+        return nil
     }
 
     public func hint(afterAttentionOf layer: Int, hidden: UnsafePointer<Float>, tokens: Int) {
@@ -420,10 +486,10 @@ public final class ExpertCache: ExpertProviding, @unchecked Sendable {
 
     /// Asks for `keys` to be read ahead, best first, within what the node can take without evicting anything
     /// pinned or prefetched-but-unused; returns how many reads were queued. Called by the prefetcher.
-    func prefetch(ordinal: Int, experts: [Int], target: Int) -> Int {
+    func prefetch(ordinal: Int, experts: UnsafeBufferPointer<Int32>, target: Int) -> Int {
         var queued = 0
         for e in experts {
-            let k = key(ordinal, e)
+            let k = key(ordinal, Int(e))
             guard slotOf[k] < 0 else { continue }
             let n = node(ofKey: k)
             guard demandQueue[n].count + prefetchQueue[n].count + workers[n].inFlightHint < configuration.ioDepth,

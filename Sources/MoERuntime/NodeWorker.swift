@@ -22,11 +22,12 @@ final class NodeWorker: @unchecked Sendable {
     }
 
     func start() {
+        let name = "moe-io\(node)"
         let t = Thread { [self] in
+            ThreadAffinity.nameCurrentThread(name)
             run()
             finished.signal()
         }
-        t.name = "moestream-io-node\(node)"
         thread = t
         t.start()
     }

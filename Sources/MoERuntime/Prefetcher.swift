@@ -11,6 +11,9 @@ import MoETensor
 ///   after layer l's experts are known, the experts that most often followed them in layer l+1 are read ahead.
 /// Candidates go to the cache best first; the cache bounds them by free slots and reads in flight, demand
 /// misses overtake them, and the I/O thread drops those the model has already passed.
+///
+/// Every buffer is allocated up front (grown only when a larger prefill batch arrives): the decode path
+/// allocates nothing.
 final class Prefetcher: @unchecked Sendable {
     unowned let cache: ExpertCache
     let mode: PrefetchMode
@@ -19,12 +22,21 @@ final class Prefetcher: @unchecked Sendable {
     let router: NoAuxRouter
     /// Post-attention norm and router of each MoE layer (by ordinal), for speculation.
     let routers: [(norm: [Float], weights: MoEWeights)]
+    /// For each layer: the (ordinal, layer) of the next `depth` MoE layers after it.
+    let targets: [[(ordinal: Int, layer: Int)]]
     /// Router statistics (stats mode).
     var learned: CoactivationModel
-    // Scratch for speculation, grown to the largest batch seen.
-    var normed = FloatBuffer(count: 0)
-    var scores = FloatBuffer(count: 0)
+    // Scratch.
+    var normed = FloatBuffer(count: 0)      // [T, H]
+    var scores = FloatBuffer(count: 0)      // [T, E]
     var scratchTokens = 0
+    let routeScratch: UnsafeMutablePointer<Float>   // [E + n_group]
+    let routeExperts: UnsafeMutablePointer<Int32>   // [k]
+    let routeWeights: UnsafeMutablePointer<Float>   // [k]
+    /// Per target: which experts are predicted (bitmap) and the list of them.
+    let chosen: UnsafeMutablePointer<Bool>          // [depth, E]
+    let lists: UnsafeMutablePointer<Int32>          // [depth, E]
+    var listCounts: [Int]
 
     init(cache: ExpertCache, mode: PrefetchMode, depth: Int, resident: ResidentWeights?, config: ModelConfig) {
         self.cache = cache
@@ -39,42 +51,72 @@ final class Prefetcher: @unchecked Sendable {
             }
         }
         routers = r.count == config.moeLayers.count ? r : []
+        targets = (0..<config.numLayers).map { l in
+            Array(config.moeLayers.enumerated().filter { $0.element > l }.prefix(max(1, depth)).map { (ordinal: $0.offset, layer: $0.element) })
+        }
+        let E = config.numRoutedExperts
         learned = CoactivationModel(layers: (mode == .stats || mode == .both) ? config.moeLayers.count : 0,
-                                    experts: config.numRoutedExperts, topK: config.expertsPerToken)
+                                    experts: E, topK: config.expertsPerToken)
+        routeScratch = .allocate(capacity: E + config.nGroup)
+        routeExperts = .allocate(capacity: max(1, config.expertsPerToken))
+        routeWeights = .allocate(capacity: max(1, config.expertsPerToken))
+        chosen = .allocate(capacity: self.depth * E)
+        lists = .allocate(capacity: self.depth * E)
+        listCounts = Array(repeating: 0, count: self.depth)
+    }
+
+    deinit {
+        routeScratch.deallocate()
+        routeExperts.deallocate()
+        routeWeights.deallocate()
+        chosen.deallocate()
+        lists.deallocate()
     }
 
     /// Speculative routing for the MoE layers after `layer` (outside the cache lock: this is compute).
     func hint(afterAttentionOf layer: Int, hidden: UnsafePointer<Float>, tokens T: Int) {
         let prefetching = mode == .router || mode == .both
-        guard prefetching || cache.recorder != nil, !routers.isEmpty else { return }
-        let targets = config.moeLayers.enumerated().filter { $0.element > layer }.prefix(depth)
-        guard !targets.isEmpty else { return }
-        let H = config.hiddenSize, E = config.numRoutedExperts
+        guard prefetching || cache.recorder != nil, !routers.isEmpty, !targets[layer].isEmpty else { return }
+        let H = config.hiddenSize, E = config.numRoutedExperts, k = config.expertsPerToken
         if T > scratchTokens {
             normed = FloatBuffer(count: T * H)
             scores = FloatBuffer(count: T * E)
             scratchTokens = T
         }
-        var plans: [(ordinal: Int, experts: [Int], target: Int)] = []
-        for (ordinal, targetLayer) in targets {
-            let (norm, moe) = routers[ordinal]
+        for (i, target) in targets[layer].enumerated() {
+            let (norm, moe) = routers[target.ordinal]
             for t in 0..<T {
                 VectorOps.rmsNorm(hidden + t * H, weight: norm, eps: config.rmsNormEps, count: H, into: normed.row(t, width: H))
             }
             moe.router.apply(normed.pointer, tokens: T, into: scores.pointer)
-            for i in 0..<(T * E) { scores.pointer[i] = VectorOps.sigmoid(scores.pointer[i]) }
-            var chosen = Set<Int>()
-            for t in 0..<T { chosen.formUnion(router.route(scores: scores.row(t, width: E), bias: moe.correctionBias).experts) }
-            plans.append((ordinal, chosen.sorted(), targetLayer))
+            for j in 0..<(T * E) { scores.pointer[j] = VectorOps.sigmoid(scores.pointer[j]) }
+            let mark = chosen + i * E, list = lists + i * E
+            mark.initialize(repeating: false, count: E)
+            listCounts[i] = 0
+            for t in 0..<T {
+                router.route(scores: scores.row(t, width: E), bias: moe.correctionBias, scratch: routeScratch,
+                             experts: routeExperts, weights: routeWeights)
+                for j in 0..<k where !mark[Int(routeExperts[j])] {
+                    mark[Int(routeExperts[j])] = true
+                    list[listCounts[i]] = routeExperts[j]
+                    listCounts[i] += 1
+                }
+            }
         }
         cache.lock.lock()
         // The first hint of a forward pass comes before its first expert request moves `step` on.
         let step = cache.step + (layer < cache.lastLayer ? 1 : 0)
-        cache.recorder?.record(.prediction(step: step, after: layer,
-                                           predicted: Dictionary(uniqueKeysWithValues: plans.map { ($0.target, $0.experts) })))
+        if let recorder = cache.recorder {
+            var predicted: [Int: [Int]] = [:]
+            for (i, target) in targets[layer].enumerated() {
+                predicted[target.layer] = (0..<listCounts[i]).map { Int(lists[i * E + $0]) }.sorted()
+            }
+            recorder.record(.prediction(step: step, after: layer, predicted: predicted))
+        }
         if prefetching {
-            for p in plans {
-                _ = cache.prefetch(ordinal: p.ordinal, experts: p.experts, target: step * cache.moeOrdinal.count + p.target)
+            for (i, target) in targets[layer].enumerated() {
+                _ = cache.prefetch(ordinal: target.ordinal, experts: UnsafeBufferPointer(start: lists + i * E, count: listCounts[i]),
+                                   target: step * cache.moeOrdinal.count + target.layer)
             }
         }
         cache.lock.unlock()
@@ -85,9 +127,9 @@ final class Prefetcher: @unchecked Sendable {
     func observe(ordinal: Int, experts: [Int]) {
         guard mode == .stats || mode == .both else { return }
         learned.observe(ordinal: ordinal, experts: experts)
-        let next = learned.predictNext(ordinal: ordinal, after: experts)
-        guard !next.isEmpty else { return }
-        _ = cache.prefetch(ordinal: ordinal + 1, experts: next,
+        let n = learned.predictNext(ordinal: ordinal, after: experts, into: routeExperts)
+        guard n > 0 else { return }
+        _ = cache.prefetch(ordinal: ordinal + 1, experts: UnsafeBufferPointer(start: routeExperts, count: n),
                            target: cache.step * cache.moeOrdinal.count + config.moeLayers[ordinal + 1])
     }
 }

@@ -99,7 +99,8 @@ public final class ReadFiles: @unchecked Sendable {
 public func makeBlockReader(_ engine: ReadEngine, files: ReadFiles, depth: Int,
                             registeredRegions: [UnsafeMutableRawBufferPointer]) -> (reader: any BlockReader, fallback: String?) {
     if engine == .uring {
-        do {
+        do throws(SystemError) {
+            if let e = RingSetupOverride.errno { throw SystemError(call: "io_uring_queue_init", path: nil, errno: e) }
             return (try URingReader(files: files, depth: depth, regions: registeredRegions), nil)
         } catch {
             let why = error.errno == ENOSYS ? "the kernel has no io_uring"
@@ -109,4 +110,10 @@ public func makeBlockReader(_ engine: ReadEngine, files: ReadFiles, depth: Int,
         }
     }
     return (PReadReader(files: files, depth: depth), nil)
+}
+
+/// For tests of the fallback: with `MOESTREAM_FAKE_URING_ERRNO=1` (EPERM) or `=38` (ENOSYS) in the environment,
+/// ring setup fails as if the kernel had refused, without touching the machine's io_uring settings.
+public enum RingSetupOverride {
+    public static let errno: Int32? = getenv("MOESTREAM_FAKE_URING_ERRNO").flatMap { Int32(String(cString: $0)) }
 }

@@ -88,6 +88,9 @@ public final class NodeMemory: @unchecked Sendable {
 }
 
 public enum ThreadAffinity {
+    /// Names the calling thread for ps/top (truncated to 15 characters by the kernel).
+    public static func nameCurrentThread(_ name: String) { cmoe_set_thread_name(String(name.prefix(15))) }
+
     /// Pins the calling thread to `cpus`; returns false (and leaves the thread free) when the kernel refuses.
     @discardableResult
     public static func pinCurrentThread(to cpus: [Int]) -> Bool {

@@ -21,7 +21,7 @@ public final class PReadReader: BlockReader, @unchecked Sendable {
         self.depth = max(1, min(depth, 64))
         for i in 0..<self.depth {
             let t = Thread { [unowned self] in self.work() }
-            t.name = "moestream-pread-\(i)"
+            t.name = "moe-pread\(i)"
             threads.append(t)
             t.start()
         }

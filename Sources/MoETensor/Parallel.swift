@@ -7,7 +7,7 @@ import Dispatch
 @inline(__always)
 public func parallelFor(_ chunks: Int, _ body: (Int) -> Void) {
     let workers = min(chunks, Parallelism.threads)
-    if workers <= 1 {
+    if workers <= 1 || Parallelism.isPoolThread {
         for c in 0..<chunks { body(c) }
         return
     }
@@ -27,6 +27,20 @@ public func parallelFor(_ chunks: Int, _ body: (Int) -> Void) {
 /// How many threads compute kernels use (`--threads`); all online cores by default.
 public enum Parallelism {
     nonisolated(unsafe) public static var threads: Int = ProcessInfoCores.active
+
+    /// Marks the calling thread as a worker of a compute pool (one expert per worker): kernels it runs stay on
+    /// it instead of fanning out again, so pinned workers keep their work on their node.
+    public static func markPoolThread() {
+        pthread_setspecific(poolKey, UnsafeRawPointer(bitPattern: 1))
+    }
+
+    public static var isPoolThread: Bool { pthread_getspecific(poolKey) != nil }
+
+    nonisolated(unsafe) static let poolKey: pthread_key_t = {
+        var key = pthread_key_t()
+        pthread_key_create(&key, nil)
+        return key
+    }()
 }
 
 /// Carries a value across a concurrency boundary the compiler cannot check.

@@ -87,6 +87,7 @@ struct CacheOptions: ParsableArguments {
         config.prefetchDepth = prefetchDepth
         config.ioDepth = ioDepth
         config.engine = ioEngine
+        config.computeThreads = threads
         for w in config.warnings(extentBytes: store.manifest.experts.layout.extentBytes, expertsPerToken: store.config.expertsPerToken) {
             notes.append("WARNING: " + w)
         }

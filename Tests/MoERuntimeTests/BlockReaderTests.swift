@@ -50,3 +50,18 @@ import Testing
         }
     }
 }
+
+/// When the kernel refuses io_uring, generation still works, through pread, and says so once.
+@Suite struct FallbackTests {
+    @Test(arguments: [("1", "disabled"), ("38", "no io_uring")])
+    func refusedRingFallsBackToPreadWithOneLine(errno: String, words: String) throws {
+        let store = Fixtures.scratchDirectory("fallback") + "/store"
+        #expect(try runProcess(Fixtures.executable, ["convert", Fixtures.model("kimi_k2"), "-o", store, "--quiet"]).status == 0)
+        let r = try runProcess(Fixtures.executable, ["generate", store, "--tokens", "1,2,3", "--max-tokens", "4", "--cache", "50%"],
+                               environment: ["MOESTREAM_FAKE_URING_ERRNO": errno])
+        #expect(r.status == 0, "\(r.stderr)")
+        let lines = r.stderr.split(separator: "\n").filter { $0.contains("io_uring unavailable") }
+        #expect(lines.count == 1 && lines[0].contains(words) && lines[0].contains("pread"), "\(r.stderr)")
+        #expect(r.stderr.contains("pread reads"), "the statistics name the engine actually used")
+    }
+}

@@ -114,6 +114,43 @@ func runSequence(_ model: KimiModel, _ prompt: [Int], steps: Int = 10) throws ->
             let layer = cache.moeLayers[k / cache.expertsPerLayer], e = k % cache.expertsPerLayer
             #expect(cache.node(ofSlot: slot) == (e + layer) % 2, "expert \(e) of layer \(layer) on the wrong node")
         }
+        // Each expert is computed by a compute worker of the node that caches it.
+        let seen = NSLock()
+        var computedOn: [Int: Int] = [:]
+        try cache.withExperts(layer: 2, Array(0..<12)) { e, _ in
+            seen.lock()
+            computedOn[e] = ComputePools.currentNode ?? -1
+            seen.unlock()
+        }
+        #expect(computedOn.count == 12)
+        for (e, node) in computedOn { #expect(node == (e + 2) % 2, "expert \(e) computed on node \(node)") }
+        cache.shutdown()
+    }
+
+    /// Two models share one cache from two threads: requests interleave, results stay bit-identical.
+    @Test func concurrentModelsShareOneCache() throws {
+        let reference = try runSequence(try store.loadModel(), prompt)
+        let (model, cache) = try cached(slots: 12, prefetch: .both)
+        let twin = KimiModel(config: model.config, weights: model.weights, experts: cache)
+        final class Outputs: @unchecked Sendable {
+            let lock = NSLock()
+            var values: [[Float]] = []
+        }
+        let outputs = Outputs()
+        let group = DispatchGroup()
+        let prompt = self.prompt
+        for m in [model, twin] {
+            group.enter()
+            Thread {
+                let r = try? runSequence(m, prompt)
+                outputs.lock.lock()
+                outputs.values.append(r ?? [])
+                outputs.lock.unlock()
+                group.leave()
+            }.start()
+        }
+        group.wait()
+        #expect(outputs.values.count == 2 && outputs.values.allSatisfy { $0 == reference })
         cache.shutdown()
     }
 

@@ -67,6 +67,10 @@ int cmoe_o_direct(void);
 /// Pins the calling thread to the given CPUs; 0 or an errno. Why a shim: CPU_ZERO/CPU_SET are macros.
 int cmoe_pin_current_thread(const int *cpus, int count);
 
+/// Names the calling thread (15 characters at most), as ps and top show it. Why a shim: pthread_setname_np is
+/// a GNU extension that Swift's Glibc module does not export.
+void cmoe_set_thread_name(const char *name);
+
 #ifdef __cplusplus
 }
 #endif
