@@ -9,7 +9,8 @@ import MoETensor
 /// Work items are indices into the cache's job table; the queues are fixed rings, so dispatching allocates
 /// nothing. All waiting uses the cache's one lock and condition.
 final class ComputePools: @unchecked Sendable {
-    unowned let cache: ExpertCache
+    /// Strong: the workers keep the cache alive until `shutdown()` stops them.
+    let cache: ExpertCache
     /// Per node: ring of job indices.
     private let rings: [UnsafeMutablePointer<Int32>]
     private var heads: [Int]
@@ -34,7 +35,7 @@ final class ComputePools: @unchecked Sendable {
             let pin = topology.isReal ? topology.nodes[n].cpus : []
             for i in 0..<count {
                 let name = "moe-c\(n)-\(i)"  // Linux thread names hold 15 characters
-                let t = Thread { [unowned self] in
+                let t = Thread { [self] in
                     ThreadAffinity.nameCurrentThread(name)
                     pthread_setspecific(Self.nodeKey, UnsafeRawPointer(bitPattern: n + 1))
                     if !pin.isEmpty { ThreadAffinity.pinCurrentThread(to: pin) }

@@ -183,7 +183,8 @@ public final class ExpertCache: ExpertProviding, @unchecked Sendable {
         [pendingExpert, pendingSlot, jobExpert, jobSlot].forEach { $0.deallocate() }
     }
 
-    /// Stops the I/O threads (after their reads in flight finish). The cache serves nothing afterwards.
+    /// Stops the I/O threads (after their reads in flight finish) and the compute workers. The cache serves
+    /// nothing afterwards. Until then its threads keep it alive: call this when done with the model.
     public func shutdown() {
         lock.lock()
         stopping = true

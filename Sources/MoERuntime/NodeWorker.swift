@@ -5,7 +5,8 @@ import MoESystem
 /// drops prefetches the model has already passed, submits in batches up to the queue depth, and hands each
 /// finished read back to the cache (which verifies its checksum and marks the slot ready).
 final class NodeWorker: @unchecked Sendable {
-    unowned let cache: ExpertCache
+    /// Strong: the thread keeps the cache alive until `shutdown()` stops it (never a dangling reference).
+    let cache: ExpertCache
     let node: Int
     let reader: any BlockReader
     let cpus: [Int]
