@@ -33,13 +33,15 @@ let package = Package(
         // verifier and the synchronous expert reader.
         .target(name: "MoEExpertStore", dependencies: ["MoESystem", "MoETensor", "MoECheckpoint", "MoEModel"],
                 swiftSettings: optimized),
+        // Kimi's tiktoken BPE with its pre-tokenizer, special tokens, chat formats.
+        .target(name: "MoETokenizer", swiftSettings: optimized),
         // The expert cache (slots per NUMA node), I/O threads (io_uring or pread), policies, prefetcher, statistics.
         .target(name: "MoERuntime", dependencies: ["MoESystem", "MoETensor", "MoECheckpoint", "MoEModel", "MoEExpertStore"],
                 swiftSettings: optimized),
         .executableTarget(
             name: "moestream",
             dependencies: [
-                "MoEModel", "MoECheckpoint", "MoESystem", "MoEExpertStore", "MoERuntime",
+                "MoEModel", "MoECheckpoint", "MoESystem", "MoEExpertStore", "MoERuntime", "MoETokenizer",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: optimized
@@ -50,6 +52,7 @@ let package = Package(
         .testTarget(name: "MoETensorTests", dependencies: ["MoETensor"]),
         .testTarget(name: "MoECheckpointTests", dependencies: ["MoECheckpoint", "MoETestSupport"]),
         .testTarget(name: "MoEModelTests", dependencies: ["MoEModel", "MoECheckpoint", "MoETestSupport"]),
+        .testTarget(name: "MoETokenizerTests", dependencies: ["MoETokenizer", "MoETestSupport"]),
         .testTarget(name: "MoERuntimeTests",
                     dependencies: ["MoERuntime", "MoEExpertStore", "MoEModel", "MoESystem", "MoETestSupport"]),
         .testTarget(name: "MoEExpertStoreTests",
