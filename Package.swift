@@ -35,13 +35,15 @@ let package = Package(
                 swiftSettings: optimized),
         // Kimi's tiktoken BPE with its pre-tokenizer, special tokens, chat formats.
         .target(name: "MoETokenizer", swiftSettings: optimized),
+        // Samplers and the generation loop (and the engine that serialises requests for the CLI and the server).
+        .target(name: "MoEGeneration", dependencies: ["MoEModel", "MoETokenizer"], swiftSettings: optimized),
         // The expert cache (slots per NUMA node), I/O threads (io_uring or pread), policies, prefetcher, statistics.
         .target(name: "MoERuntime", dependencies: ["MoESystem", "MoETensor", "MoECheckpoint", "MoEModel", "MoEExpertStore"],
                 swiftSettings: optimized),
         .executableTarget(
             name: "moestream",
             dependencies: [
-                "MoEModel", "MoECheckpoint", "MoESystem", "MoEExpertStore", "MoERuntime", "MoETokenizer",
+                "MoEModel", "MoECheckpoint", "MoESystem", "MoEExpertStore", "MoERuntime", "MoETokenizer", "MoEGeneration",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: optimized
@@ -53,8 +55,11 @@ let package = Package(
         .testTarget(name: "MoECheckpointTests", dependencies: ["MoECheckpoint", "MoETestSupport"]),
         .testTarget(name: "MoEModelTests", dependencies: ["MoEModel", "MoECheckpoint", "MoETestSupport"]),
         .testTarget(name: "MoETokenizerTests", dependencies: ["MoETokenizer", "MoETestSupport"]),
+        .testTarget(name: "MoEGenerationTests", dependencies: ["MoEGeneration", "MoEModel", "MoETokenizer", "MoETestSupport"]),
         .testTarget(name: "MoERuntimeTests",
                     dependencies: ["MoERuntime", "MoEExpertStore", "MoEModel", "MoESystem", "MoETestSupport"]),
+        // The command line as a user runs it (a separate process).
+        .testTarget(name: "moestreamTests", dependencies: ["moestream", "MoETokenizer", "MoEModel", "MoETestSupport"]),
         .testTarget(name: "MoEExpertStoreTests",
                     // moestream: the converter is killed mid-run as a separate process.
                     dependencies: ["MoEExpertStore", "MoEModel", "MoECheckpoint", "MoESystem", "MoETestSupport", "moestream"]),

@@ -390,6 +390,26 @@ def kimi_k2_fp8_config():
     return c
 
 
+def build_chat(name, seed):
+    """A Kimi-shaped model whose vocabulary is the tokenizer fixture's (1024 ranks + 256 specials), shipped with
+    the tokenizer files: what `run`, `chat` and the server need. Random weights: the text is noise."""
+    out_dir = os.path.join(ROOT, name)
+    shutil.rmtree(out_dir, ignore_errors=True)
+    tok_dir = os.path.join(ROOT, "..", "tokenizer")
+    with open(os.path.join(tok_dir, "corpus.json")) as f:
+        ranks = json.load(f)["ranks"]
+    cfg = kimi_k2_config()
+    cfg.update(vocab_size=ranks + 256, bos_token_id=ranks, eos_token_id=ranks + 1)
+    model = make_model(cfg, seed, torch.bfloat16)
+    os.makedirs(out_dir)
+    model.save_pretrained(out_dir)
+    store_as(out_dir, torch.bfloat16)
+    write_release_config(out_dir, cfg)
+    for fname in ["tiktoken.model", "tokenizer_config.json"]:
+        shutil.copy(os.path.join(tok_dir, fname), os.path.join(out_dir, fname))
+    print(f"{name}: vocabulary {cfg['vocab_size']}, tokenizer files copied")
+
+
 if __name__ == "__main__":
     torch.set_num_threads(2)
     build("kimi_k2", kimi_k2_config(), torch.bfloat16, seed=11, sharded=True, release_style_config=True)
@@ -397,3 +417,4 @@ if __name__ == "__main__":
     build("odd_dense2", odd_dense2_config(), torch.float16, seed=33, sharded=False, release_style_config=False)
     build_fp8("kimi_k2_fp8", kimi_k2_fp8_config(), seed=44)
     build_int4("kimi_k2_int4", kimi_k2_config(), seed=55)
+    build_chat("kimi_k2_chat", seed=66)  # needs Tools/make_tokenizer_fixture.py's output

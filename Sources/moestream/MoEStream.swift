@@ -4,7 +4,8 @@ struct MoEStream: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "moestream",
         abstract: "Run Kimi K2 on one workstation, streaming routed experts from NVMe.",
-        subcommands: [Convert.self, Verify.self, Inspect.self, Logits.self, Generate.self, Stats.self, Plan.self, Bench.self])
+        subcommands: [Run.self, Chat.self, Tokenize.self, Convert.self, Verify.self, Inspect.self, Logits.self, Generate.self,
+                      Stats.self, Plan.self, Bench.self])
 }
 
 /// Parses `1,17,42` (commas or spaces) into token ids.

@@ -1,0 +1,82 @@
+import Foundation
+import MoEModel
+import MoETokenizer
+
+/// What one generation produced, with its timings.
+public struct GenerationResult: Sendable {
+    public enum StopReason: String, Sendable { case stopToken = "stop", maxTokens = "length", cancelled }
+    public var tokens: [Int]
+    public var text: String
+    public var promptTokens: Int
+    public var stopReason: StopReason
+    public var prefillSeconds: Double
+    public var decodeSeconds: Double
+    public var decodeTokensPerSecond: Double { decodeSeconds > 0 ? Double(max(0, tokens.count - 1)) / decodeSeconds : 0 }
+    public var prefillTokensPerSecond: Double { prefillSeconds > 0 ? Double(promptTokens) / prefillSeconds : 0 }
+}
+
+/// Runs the model on a prompt and samples until a stop token, the token limit, or the caller says stop.
+public struct Generator {
+    public let model: KimiModel
+    public let tokenizer: Tokenizer
+
+    public init(model: KimiModel, tokenizer: Tokenizer) {
+        self.model = model
+        self.tokenizer = tokenizer
+    }
+
+    /// Generates after `prompt` (token ids), continuing the sequence in `cache` (which may hold earlier turns).
+    /// `onText` receives each piece of visible text as soon as it is whole (never half a UTF-8 character;
+    /// special tokens such as tool-call markers are not shown) and returns false to stop (a client that went
+    /// away). The result's `text` is the raw output, special tokens included, for the chat format to parse.
+    public func generate(prompt: [Int], cache: KVCache, sampling: SamplingParameters, maxTokens: Int, stop: Set<Int>,
+                         onText: (String) -> Bool = { _ in true }) throws -> GenerationResult {
+        var sampler = Sampler(sampling)
+        var decoder = StreamingDecoder(tokenizer: tokenizer)
+        var tokens: [Int] = []
+        var text = ""
+        var history = prompt
+        let t0 = ContinuousClock.now
+        var result = try model.forward(prompt, cache: cache, logits: .last)
+        let t1 = ContinuousClock.now
+        var reason = GenerationResult.StopReason.maxTokens
+        while tokens.count < maxTokens {
+            let next = sampler.sample(result.row(0), previous: history)
+            tokens.append(next)
+            history.append(next)
+            if stop.contains(next) {
+                reason = .stopToken
+                break
+            }
+            if tokenizer.isSpecial(next) {
+                let held = decoder.flush()
+                text += held + tokenizer.decode([next])
+                if !held.isEmpty && !onText(held) {
+                    reason = .cancelled
+                    break
+                }
+            } else {
+                let piece = decoder.append(next)
+                text += piece
+                if !piece.isEmpty && !onText(piece) {
+                    reason = .cancelled
+                    break
+                }
+            }
+            guard tokens.count < maxTokens else { break }
+            result = try model.forward([next], cache: cache, logits: .last)
+        }
+        let rest = decoder.flush()
+        if !rest.isEmpty {
+            text += rest
+            _ = onText(rest)
+        }
+        let t2 = ContinuousClock.now
+        return GenerationResult(tokens: tokens, text: text, promptTokens: prompt.count, stopReason: reason,
+                                prefillSeconds: (t1 - t0).seconds, decodeSeconds: (t2 - t1).seconds)
+    }
+}
+
+extension Duration {
+    var seconds: Double { Double(components.seconds) + Double(components.attoseconds) * 1e-18 }
+}

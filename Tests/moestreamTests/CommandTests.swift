@@ -1,0 +1,61 @@
+import Foundation
+import MoEModel
+import MoETestSupport
+import MoETokenizer
+import Testing
+
+/// Runs `moestream` and returns (status, stdout, stderr).
+func moestream(_ args: [String], stdin: String? = nil) throws -> (Int32, String, String) {
+    let p = Process()
+    p.executableURL = URL(fileURLWithPath: Fixtures.executable)
+    p.arguments = args
+    let out = Pipe(), err = Pipe(), input = Pipe()
+    p.standardOutput = out
+    p.standardError = err
+    p.standardInput = input
+    try p.run()
+    if let stdin { input.fileHandleForWriting.write(stdin.data(using: .utf8)!) }
+    try input.fileHandleForWriting.close()
+    let o = out.fileHandleForReading.readDataToEndOfFile(), e = err.fileHandleForReading.readDataToEndOfFile()
+    p.waitUntilExit()
+    return (p.terminationStatus, String(decoding: o, as: UTF8.self), String(decoding: e, as: UTF8.self))
+}
+
+@Suite struct CommandTests {
+    let model = Fixtures.model("kimi_k2_chat")
+
+    @Test func tokenizeRoundTrips() throws {
+        let (s1, ids, _) = try moestream(["tokenize", model, "Hello 世界 <|im_end|>"])
+        #expect(s1 == 0)
+        let tokenizer = try Tokenizer(directory: model)
+        #expect(ids.trimmingCharacters(in: .whitespacesAndNewlines) == tokenizer.encode("Hello 世界 <|im_end|>").map(String.init).joined(separator: ","))
+        let (s2, text, _) = try moestream(["tokenize", model, "--decode", ids.trimmingCharacters(in: .whitespacesAndNewlines)])
+        #expect(s2 == 0 && text == "Hello 世界 <|im_end|>\n")
+    }
+
+    @Test func runAtTemperatureZeroPrintsTheGreedyAnswer() throws {
+        let (status, out, err) = try moestream(["run", model, "-p", "Hi there", "--temperature", "0", "--max-tokens", "10"])
+        #expect(status == 0, "\(err)")
+        let tokenizer = try Tokenizer(directory: model)
+        let m = try KimiModel.load(checkpoint: model)
+        let prompt = tokenizer.encode(KimiChatFormat().render([ChatMessage(role: .user, content: "Hi there")], tools: nil, addGenerationPrompt: true))
+        let greedy = try m.greedy(prompt: prompt, maxTokens: 10)
+        #expect(out == tokenizer.decode(greedy.filter { !tokenizer.isSpecial($0) }) + "\n")
+        #expect(err.contains("generated at"))
+    }
+
+    @Test func chatKeepsHistoryAndResets() throws {
+        let script = "Hello\nAnd again\n/reset\nHello\n/exit\n"
+        let (status, out, err) = try moestream(["chat", model, "--temperature", "0", "--max-tokens", "5", "--no-stats"], stdin: script)
+        #expect(status == 0, "\(err)")
+        let answers = out.split(separator: "\n", omittingEmptySubsequences: false).map(String.init)
+        // After /reset, "Hello" starts a fresh conversation: the same greedy answer as the first turn.
+        #expect(answers.count >= 3 && answers[0] == answers[2], "\(answers)")
+        #expect(err.contains("(conversation reset)"))
+    }
+
+    @Test func badSamplingFlagsAreRefused() throws {
+        let (status, _, err) = try moestream(["run", model, "-p", "x", "--top-p", "0"])
+        #expect(status != 0 && err.contains("top-p"))
+    }
+}
