@@ -14,6 +14,7 @@ let package = Package(
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.0.0"),
     ],
     targets: [
         // C shim over liburing and libnuma: the macros and inline functions Swift cannot import.
@@ -37,13 +38,16 @@ let package = Package(
         .target(name: "MoETokenizer", swiftSettings: optimized),
         // Samplers and the generation loop (and the engine that serialises requests for the CLI and the server).
         .target(name: "MoEGeneration", dependencies: ["MoEModel", "MoETokenizer"], swiftSettings: optimized),
+        // OpenAI-compatible HTTP API (Hummingbird 2): chat and completions, SSE, models, health, Prometheus metrics.
+        .target(name: "MoEServer", dependencies: ["MoEGeneration", "MoETokenizer", "MoERuntime",
+                                                  .product(name: "Hummingbird", package: "hummingbird")]),
         // The expert cache (slots per NUMA node), I/O threads (io_uring or pread), policies, prefetcher, statistics.
         .target(name: "MoERuntime", dependencies: ["MoESystem", "MoETensor", "MoECheckpoint", "MoEModel", "MoEExpertStore"],
                 swiftSettings: optimized),
         .executableTarget(
             name: "moestream",
             dependencies: [
-                "MoEModel", "MoECheckpoint", "MoESystem", "MoEExpertStore", "MoERuntime", "MoETokenizer", "MoEGeneration",
+                "MoEModel", "MoECheckpoint", "MoESystem", "MoEExpertStore", "MoERuntime", "MoETokenizer", "MoEGeneration", "MoEServer",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: optimized

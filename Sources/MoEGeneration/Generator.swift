@@ -6,7 +6,10 @@ import MoETokenizer
 public struct GenerationResult: Sendable {
     public enum StopReason: String, Sendable { case stopToken = "stop", maxTokens = "length", cancelled }
     public var tokens: [Int]
+    /// Everything generated as text, special tokens included (what a chat format parses for tool calls).
     public var text: String
+    /// What was shown: the text without special tokens (what `onText` received).
+    public var visibleText: String
     public var promptTokens: Int
     public var stopReason: StopReason
     public var prefillSeconds: Double
@@ -35,6 +38,7 @@ public struct Generator {
         var decoder = StreamingDecoder(tokenizer: tokenizer)
         var tokens: [Int] = []
         var text = ""
+        var visible = ""
         var history = prompt
         let t0 = ContinuousClock.now
         var result = try model.forward(prompt, cache: cache, logits: .last)
@@ -51,6 +55,7 @@ public struct Generator {
             if tokenizer.isSpecial(next) {
                 let held = decoder.flush()
                 text += held + tokenizer.decode([next])
+                visible += held
                 if !held.isEmpty && !onText(held) {
                     reason = .cancelled
                     break
@@ -58,6 +63,7 @@ public struct Generator {
             } else {
                 let piece = decoder.append(next)
                 text += piece
+                visible += piece
                 if !piece.isEmpty && !onText(piece) {
                     reason = .cancelled
                     break
@@ -69,10 +75,11 @@ public struct Generator {
         let rest = decoder.flush()
         if !rest.isEmpty {
             text += rest
+            visible += rest
             _ = onText(rest)
         }
         let t2 = ContinuousClock.now
-        return GenerationResult(tokens: tokens, text: text, promptTokens: prompt.count, stopReason: reason,
+        return GenerationResult(tokens: tokens, text: text, visibleText: visible, promptTokens: prompt.count, stopReason: reason,
                                 prefillSeconds: (t1 - t0).seconds, decodeSeconds: (t2 - t1).seconds)
     }
 }

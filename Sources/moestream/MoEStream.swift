@@ -1,10 +1,11 @@
 import ArgumentParser
 
-struct MoEStream: ParsableCommand {
+@main
+struct MoEStream: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "moestream",
         abstract: "Run Kimi K2 on one workstation, streaming routed experts from NVMe.",
-        subcommands: [Run.self, Chat.self, Tokenize.self, Convert.self, Verify.self, Inspect.self, Logits.self, Generate.self,
+        subcommands: [Run.self, Chat.self, Serve.self, Tokenize.self, Convert.self, Verify.self, Inspect.self, Logits.self, Generate.self,
                       Stats.self, Plan.self, Bench.self])
 }
 

@@ -1,0 +1,194 @@
+import Foundation
+import MoEModel
+import MoETokenizer
+
+/// Serialises generation requests: one worker thread runs them one at a time (the model and its expert cache
+/// serve one sequence at a time); callers get the text as an `AsyncStream` and may cancel at any point
+/// (a client that disconnects). Requests beyond `maxQueue` waiting are refused, not buffered without bound.
+public final class Engine: @unchecked Sendable {
+    public struct Request: Sendable {
+        public var prompt: [Int]
+        public var sampling: SamplingParameters
+        public var maxTokens: Int
+        public var stop: Set<Int>
+        /// Text that ends generation when it appears (OpenAI's `stop`); it is not returned.
+        public var stopTexts: [String]
+
+        public init(prompt: [Int], sampling: SamplingParameters, maxTokens: Int, stop: Set<Int>, stopTexts: [String] = []) {
+            self.prompt = prompt
+            self.sampling = sampling
+            self.maxTokens = maxTokens
+            self.stop = stop
+            self.stopTexts = stopTexts
+        }
+    }
+
+    public enum Event: Sendable {
+        case text(String)
+        case done(GenerationResult)
+        case failed(String)
+    }
+
+    public enum SubmitError: Error { case queueFull(Int) }
+
+    /// Counters for /metrics.
+    public struct Counters: Sendable {
+        public var requests = 0
+        public var completed = 0
+        public var cancelled = 0
+        public var failed = 0
+        public var rejected = 0
+        public var promptTokens = 0
+        public var generatedTokens = 0
+        public var queued = 0
+        public var running = 0
+        public var prefillSeconds = 0.0
+        public var decodeSeconds = 0.0
+    }
+
+    public final class Cancellation: @unchecked Sendable {
+        private let lock = NSLock()
+        private var flag = false
+        public init() {}
+        public func cancel() { lock.lock(); flag = true; lock.unlock() }
+        public var isCancelled: Bool { lock.lock(); defer { lock.unlock() }; return flag }
+    }
+
+    struct Job {
+        let request: Request
+        let cancellation: Cancellation
+        let continuation: AsyncStream<Event>.Continuation
+    }
+
+    public let generator: Generator
+    public let maxQueue: Int
+    /// Positions one request may use (prompt + generated).
+    public let contextLimit: Int
+    private let lock = NSCondition()
+    private var jobs: [Job] = []
+    private var counters = Counters()
+    private var stopping = false
+
+    public init(generator: Generator, maxQueue: Int = 64, contextLimit: Int) {
+        self.generator = generator
+        self.maxQueue = maxQueue
+        self.contextLimit = contextLimit
+        let t = Thread { [self] in work() }
+        t.name = "moe-engine"
+        t.start()
+    }
+
+    public var counterSnapshot: Counters {
+        lock.lock()
+        defer { lock.unlock() }
+        return counters
+    }
+
+    /// Queues `request`; its events arrive on the stream. Throws when `maxQueue` requests already wait.
+    public func submit(_ request: Request) throws(SubmitError) -> (events: AsyncStream<Event>, cancellation: Cancellation) {
+        let cancellation = Cancellation()
+        let (stream, continuation) = AsyncStream<Event>.makeStream(bufferingPolicy: .unbounded)
+        continuation.onTermination = { _ in cancellation.cancel() }
+        lock.lock()
+        defer { lock.unlock() }
+        guard jobs.count < maxQueue else {
+            counters.rejected += 1
+            throw .queueFull(maxQueue)
+        }
+        counters.requests += 1
+        counters.queued += 1
+        jobs.append(Job(request: request, cancellation: cancellation, continuation: continuation))
+        lock.broadcast()
+        return (stream, cancellation)
+    }
+
+    public func shutdown() {
+        lock.lock()
+        stopping = true
+        lock.broadcast()
+        lock.unlock()
+    }
+
+    private func work() {
+        while true {
+            lock.lock()
+            while jobs.isEmpty && !stopping { lock.wait() }
+            if stopping { lock.unlock(); return }
+            let job = jobs.removeFirst()
+            counters.queued -= 1
+            counters.running += 1
+            lock.unlock()
+            run(job)
+            lock.lock()
+            counters.running -= 1
+            lock.unlock()
+        }
+    }
+
+    private func run(_ job: Job) {
+        let r = job.request
+        guard !job.cancellation.isCancelled else {
+            finish(job, cancelled: true, result: nil)
+            return
+        }
+        let kv = generator.model.makeCache(limit: contextLimit)
+        var produced = ""
+        var held = ""  // text that might be the start of a stop text
+        do {
+            var result = try generator.generate(prompt: r.prompt, cache: kv, sampling: r.sampling, maxTokens: r.maxTokens,
+                                                stop: r.stop) { piece in
+                if job.cancellation.isCancelled { return false }
+                guard !r.stopTexts.isEmpty else {
+                    job.continuation.yield(.text(piece))
+                    return true
+                }
+                held += piece
+                if let hit = r.stopTexts.compactMap({ held.range(of: $0) }).min(by: { $0.lowerBound < $1.lowerBound }) {
+                    let before = String(held[..<hit.lowerBound])
+                    if !before.isEmpty { job.continuation.yield(.text(before)) }
+                    produced += before
+                    held = ""
+                    return false
+                }
+                // Emit all but what could still grow into a stop text.
+                let keep = r.stopTexts.map { $0.count - 1 }.max() ?? 0
+                if held.count > keep {
+                    let emit = String(held.prefix(held.count - keep))
+                    job.continuation.yield(.text(emit))
+                    produced += emit
+                    held = String(held.suffix(keep))
+                }
+                return true
+            }
+            if !held.isEmpty && !job.cancellation.isCancelled {
+                job.continuation.yield(.text(held))
+                produced += held
+            }
+            if !r.stopTexts.isEmpty && result.stopReason == .cancelled && !job.cancellation.isCancelled {
+                result.stopReason = .stopToken  // a stop text, not a cancellation
+                result.visibleText = produced
+            }
+            lock.lock()
+            counters.promptTokens += result.promptTokens
+            counters.generatedTokens += result.tokens.count
+            counters.prefillSeconds += result.prefillSeconds
+            counters.decodeSeconds += result.decodeSeconds
+            lock.unlock()
+            finish(job, cancelled: job.cancellation.isCancelled, result: result)
+        } catch {
+            lock.lock()
+            counters.failed += 1
+            lock.unlock()
+            job.continuation.yield(.failed("\(error)"))
+            job.continuation.finish()
+        }
+    }
+
+    private func finish(_ job: Job, cancelled: Bool, result: GenerationResult?) {
+        lock.lock()
+        if cancelled { counters.cancelled += 1 } else { counters.completed += 1 }
+        lock.unlock()
+        if let result, !cancelled { job.continuation.yield(.done(result)) }
+        job.continuation.finish()
+    }
+}

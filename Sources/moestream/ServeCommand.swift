@@ -1,0 +1,63 @@
+import ArgumentParser
+import Foundation
+import MoEGeneration
+import MoEServer
+import MoETokenizer
+
+struct Serve: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Serve an OpenAI-compatible API: /v1/chat/completions, /v1/completions, /v1/models, /health, /metrics.")
+
+    @OptionGroup var model: ModelOptions
+
+    @Option(help: "Address to listen on.")
+    var host = "127.0.0.1"
+
+    @Option(help: "Port to listen on.")
+    var port = 8080
+
+    @Option(help: "Require `Authorization: Bearer KEY` on /v1/*.")
+    var apiKey: String?
+
+    @Option(help: "Model id reported by /v1/models and in responses.")
+    var modelName = "kimi-k2"
+
+    @Option(help: "Positions per request (prompt + answer); longer prompts get a 400.")
+    var context = 8192
+
+    @Option(help: "Largest max_tokens a request may ask for.")
+    var maxTokensLimit = 4096
+
+    @Option(help: "Requests that may wait for the engine; more get a 503.")
+    var queue = 64
+
+    @Flag(help: "A thinking model (Kimi K2 Thinking).")
+    var thinking = false
+
+    @OptionGroup(title: "Default sampling (requests override)") var sampling: SamplingOptions
+    @OptionGroup(title: "Expert cache") var cacheOptions: CacheOptions
+
+    func run() async throws {
+        let loaded = try LoadedModel.load(model, cacheOptions)
+        let setup = try ChatSetup(path: model.model, config: loaded.model.config, thinking: thinking)
+        var config = ServerConfiguration()
+        config.host = host
+        config.port = port
+        config.apiKey = apiKey
+        config.modelName = modelName
+        config.contextLimit = min(context, loaded.model.config.maxPositionEmbeddings)
+        config.maxTokensLimit = maxTokensLimit
+        config.defaultMaxTokens = min(sampling.maxTokens, maxTokensLimit)
+        config.maxQueue = queue
+        config.sampling = sampling.parameters
+        let engine = Engine(generator: Generator(model: loaded.model, tokenizer: setup.tokenizer), maxQueue: queue,
+                            contextLimit: config.contextLimit)
+        let server = OpenAIServer(configuration: config, engine: engine, tokenizer: setup.tokenizer, format: setup.format,
+                                  stop: setup.stop, cache: loaded.cache)
+        printError("serving \(model.model) as '\(modelName)' on http://\(host):\(port) (context \(config.contextLimit), queue \(queue)"
+            + (apiKey == nil ? ")" : ", API key required)"))
+        try await server.run()
+        engine.shutdown()
+        loaded.cache?.shutdown()
+    }
+}

@@ -1,0 +1,290 @@
+#!/usr/bin/env python3
+"""`moestream serve` against the official `openai` Python client, on loopback.
+
+Starts the server on the chat fixture model (random weights: the text is noise, so the checks are about the
+protocol and the engine: identical greedy answers streamed and whole, exact prompt rendering of a tool-call
+round trip, 20 concurrent clients, a client that disconnects mid-stream, broken JSON, an oversized prompt, a
+missing API key), then checks the server still answers and its memory stayed bounded.
+
+Usage: python3 Tools/test_server.py [path/to/moestream]   Prints 'N passed, N failed'; exits 1 on failure.
+"""
+import base64
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import traceback
+import urllib.error
+import urllib.request
+
+import openai
+import tiktoken
+
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+MODEL = os.path.join(ROOT, "Tests", "Fixtures", "models", "kimi_k2_chat")
+BIN = sys.argv[1] if len(sys.argv) > 1 else os.path.join(ROOT, ".build", "debug", "moestream")
+KEY = "sk-moestream-test"
+CONTEXT = 512
+
+results = []
+
+
+def test(fn):
+    def run():
+        try:
+            fn()
+            results.append((fn.__name__, None))
+            print(f"ok    {fn.__name__}", flush=True)
+        except Exception as e:  # noqa: BLE001 - report every failure and go on
+            results.append((fn.__name__, e))
+            print(f"FAIL  {fn.__name__}: {e!r}", flush=True)
+            traceback.print_exc()
+    run.__name__ = fn.__name__
+    return run
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+PORT = free_port()
+BASE = f"http://127.0.0.1:{PORT}"
+client = openai.OpenAI(base_url=BASE + "/v1", api_key=KEY, max_retries=0, timeout=120)
+
+
+def raw(path, body=None, key=KEY, method=None):
+    req = urllib.request.Request(BASE + path, data=body, method=method or ("POST" if body is not None else "GET"))
+    if key:
+        req.add_header("Authorization", f"Bearer {key}")
+    req.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def metric(text, name, labels=""):
+    for line in text.splitlines():
+        if line.startswith(name + ("{" + labels + "}" if labels else " ")):
+            return float(line.split()[-1])
+    raise AssertionError(f"metric {name}{{{labels}}} missing")
+
+
+def rss_kb(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def kimi_tokenizer():
+    """The fixture vocabulary with Kimi's pattern and specials, through tiktoken itself."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from make_tokenizer_fixture import KIMI_PATTERN
+    ranks = {}
+    with open(os.path.join(MODEL, "tiktoken.model")) as f:
+        for line in f:
+            b, r = line.split()
+            ranks[base64.b64decode(b)] = int(r)
+    with open(os.path.join(MODEL, "tokenizer_config.json")) as f:
+        specials = {v["content"]: int(k) for k, v in json.load(f)["added_tokens_decoder"].items()}
+    return tiktoken.Encoding("kimi-fixture", pat_str=KIMI_PATTERN, mergeable_ranks=ranks, special_tokens=specials)
+
+
+HELLO = [{"role": "user", "content": "Hello, who are you?"}]
+
+
+@test
+def models_are_listed():
+    ids = [m.id for m in client.models.list().data]
+    assert ids == ["kimi-k2"], ids
+
+
+@test
+def whole_and_streamed_chat_agree():
+    whole = client.chat.completions.create(model="kimi-k2", messages=HELLO, max_tokens=12, temperature=0)
+    choice = whole.choices[0]
+    assert choice.finish_reason == "length" and whole.usage.completion_tokens == 12, whole
+    assert whole.usage.prompt_tokens > 0
+    stream = client.chat.completions.create(model="kimi-k2", messages=HELLO, max_tokens=12, temperature=0, stream=True,
+                                            stream_options={"include_usage": True})
+    pieces, finish, usage = [], None, None
+    for chunk in stream:
+        if chunk.usage:
+            usage = chunk.usage
+        for c in chunk.choices:
+            if c.delta.content:
+                pieces.append(c.delta.content)
+            finish = c.finish_reason or finish
+    assert "".join(pieces) == choice.message.content, ("".join(pieces), choice.message.content)
+    assert finish == "length" and usage.completion_tokens == 12
+
+
+@test
+def completions_endpoint():
+    r = client.completions.create(model="kimi-k2", prompt="def main():", max_tokens=5, temperature=0)
+    assert r.choices[0].finish_reason == "length" and r.usage.completion_tokens == 5
+
+
+@test
+def tool_call_round_trip_renders_kimis_format():
+    tools = [{"type": "function", "function": {"name": "get_weather", "description": "Weather of a city",
+                                               "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]
+    messages = [
+        {"role": "user", "content": "Weather in Paris?"},
+        {"role": "assistant", "content": "", "tool_calls": [{"id": "functions.get_weather:0", "type": "function",
+                                                              "function": {"name": "get_weather", "arguments": "{\"city\":\"Paris\"}"}}]},
+        {"role": "tool", "tool_call_id": "functions.get_weather:0", "name": "get_weather", "content": "18°C, sunny"},
+    ]
+    r = client.chat.completions.create(model="kimi-k2", messages=messages, tools=tools, max_tokens=4, temperature=0)
+    declared = json.dumps(tools, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    golden = ("<|im_system|>tool_declare<|im_middle|>" + declared + "<|im_end|>"
+              "<|im_system|>system<|im_middle|>You are Kimi, an AI assistant created by Moonshot AI.<|im_end|>"
+              "<|im_user|>user<|im_middle|>Weather in Paris?<|im_end|>"
+              "<|im_assistant|>assistant<|im_middle|><|tool_calls_section_begin|><|tool_call_begin|>functions.get_weather:0"
+              "<|tool_call_argument_begin|>{\"city\":\"Paris\"}<|tool_call_end|><|tool_calls_section_end|><|im_end|>"
+              "<|im_system|>get_weather<|im_middle|>## Return of functions.get_weather:0\n18°C, sunny<|im_end|>"
+              "<|im_assistant|>assistant<|im_middle|>")
+    expected = len(kimi_tokenizer().encode(golden, allowed_special="all"))
+    assert r.usage.prompt_tokens == expected, (r.usage.prompt_tokens, expected)
+
+
+@test
+def twenty_concurrent_clients():
+    reference = client.chat.completions.create(model="kimi-k2", messages=HELLO, max_tokens=6, temperature=0).choices[0].message.content
+    answers, errors = [], []
+
+    def one(i):
+        try:
+            c = openai.OpenAI(base_url=BASE + "/v1", api_key=KEY, max_retries=0, timeout=300)
+            if i % 2:
+                s = c.chat.completions.create(model="kimi-k2", messages=HELLO, max_tokens=6, temperature=0, stream=True)
+                answers.append("".join(ch.choices[0].delta.content or "" for ch in s if ch.choices))
+            else:
+                answers.append(c.chat.completions.create(model="kimi-k2", messages=HELLO, max_tokens=6, temperature=0)
+                               .choices[0].message.content)
+        except Exception as e:  # noqa: BLE001
+            errors.append(e)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[:3]
+    assert len(answers) == 20 and all(a == reference for a in answers), answers[:3]
+
+
+@test
+def disconnect_mid_stream_cancels():
+    before = metric(raw("/metrics")[1], "moestream_requests_finished_total", 'outcome="cancelled"')
+    s = client.chat.completions.create(model="kimi-k2", messages=HELLO, max_tokens=400, temperature=0.7, stream=True)
+    got = 0
+    for _ in s:
+        got += 1
+        if got == 3:
+            break
+    s.close()
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        if metric(raw("/metrics")[1], "moestream_requests_finished_total", 'outcome="cancelled"') > before:
+            break
+        time.sleep(0.2)
+    else:
+        raise AssertionError("the generation was not cancelled")
+    assert metric(raw("/metrics")[1], "moestream_requests_running") == 0
+
+
+@test
+def broken_json_is_a_400():
+    status, body = raw("/v1/chat/completions", b'{"messages": [ {"role": "user", "content": "hi"')
+    assert status == 400 and "JSON" in json.loads(body)["error"]["message"], (status, body)
+    status, body = raw("/v1/chat/completions", json.dumps({"messages": [{"role": "wizard", "content": "x"}]}).encode())
+    assert status == 400 and json.loads(body)["error"]["param"] == "messages[0].role", body
+
+
+@test
+def oversized_prompt_is_a_400():
+    try:
+        client.chat.completions.create(model="kimi-k2", messages=[{"role": "user", "content": "word " * 2000}], max_tokens=4)
+        raise AssertionError("accepted")
+    except openai.BadRequestError as e:
+        assert e.status_code == 400 and "context" in str(e), e
+    status, _ = raw("/v1/chat/completions", json.dumps({"messages": HELLO, "max_tokens": 100000}).encode())
+    assert status == 400
+    status, _ = raw("/v1/chat/completions", b"x" * (5 << 20))
+    assert status == 413, status
+
+
+@test
+def api_key_is_required():
+    status, body = raw("/v1/models", key=None)
+    assert status == 401 and json.loads(body)["error"]["code"] == "invalid_api_key"
+    assert raw("/health", key=None)[0] == 200
+
+
+@test
+def metrics_are_prometheus_text():
+    status, text = raw("/metrics")
+    assert status == 200
+    assert metric(text, "moestream_requests_total") >= 1
+    assert metric(text, "moestream_tokens_total", 'kind="generated"') > 0
+    assert metric(text, "moestream_expert_bytes_read_total", 'layer="1"') > 0
+    assert metric(text, "moestream_cache_slots", 'node="0"') > 0
+    assert 'moestream_expert_requests_total{layer="2",kind="miss"}' in text
+
+
+def main():
+    import tempfile
+    store = os.path.join(tempfile.mkdtemp(prefix="moestream-serve-"), "store")
+    subprocess.run([BIN, "convert", MODEL, "-o", store, "--quiet"], check=True)
+    server = subprocess.Popen([BIN, "serve", store, "--port", str(PORT), "--api-key", KEY, "--context", str(CONTEXT),
+                               "--max-tokens-limit", "1000", "--cache", "50%"], stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            try:
+                if raw("/health", key=None)[0] == 200:
+                    break
+            except OSError:
+                time.sleep(0.2)
+        else:
+            raise SystemExit("server did not start")
+        models_are_listed()
+        whole_and_streamed_chat_agree()  # warms the model, the cache and the allocator
+        start_rss = rss_kb(server.pid)
+        for t in [completions_endpoint, tool_call_round_trip_renders_kimis_format, twenty_concurrent_clients,
+                  disconnect_mid_stream_cancels, broken_json_is_a_400, oversized_prompt_is_a_400, api_key_is_required,
+                  metrics_are_prometheus_text]:
+            t()
+
+        @test
+        def still_answers_and_memory_is_bounded():
+            r = client.chat.completions.create(model="kimi-k2", messages=HELLO, max_tokens=3, temperature=0)
+            assert r.choices[0].finish_reason == "length"
+            grown = rss_kb(server.pid) - start_rss
+            print(f"      server RSS {start_rss} kB after warm-up, grew {grown} kB over the tests", flush=True)
+            assert grown < 64 * 1024, f"RSS grew by {grown} kB"
+        still_answers_and_memory_is_bounded()
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+    failed = [n for n, e in results if e]
+    print(f"server: {len(results) - len(failed)} passed, {len(failed)} failed")
+    sys.exit(1 if failed else 0)
+
+
+if __name__ == "__main__":
+    main()
