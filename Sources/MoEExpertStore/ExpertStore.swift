@@ -81,8 +81,11 @@ public final class ExpertStore: @unchecked Sendable {
         }
         for f in manifest.experts.files {
             let p = path + "/" + f.path
-            guard f.experts == config.numRoutedExperts, f.checksums.count == f.experts else {
-                throw .badManifest(file: p, reason: "lists \(f.checksums.count) checksums for \(config.numRoutedExperts) experts")
+            guard f.experts == config.numRoutedExperts else {
+                throw .badManifest(file: p, reason: "holds \(f.experts) experts; the model has \(config.numRoutedExperts) per layer")
+            }
+            guard f.checksums.count == f.experts else {
+                throw .badManifest(file: p, reason: "lists \(f.checksums.count) checksums for \(f.experts) experts")
             }
             let expected = f.experts * layout.extentBytes
             let actual = (try? FileManager.default.attributesOfItem(atPath: p)[.size] as? Int) ?? nil

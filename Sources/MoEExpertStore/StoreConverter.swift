@@ -89,7 +89,7 @@ public struct StoreConverter {
         let data: Data
         do { data = try manifest.encoded() } catch { throw .badManifest(file: output, reason: "cannot encode: \(error)") }
         try writeAtomically(data, to: output + "/" + StoreManifest.fileName)
-        cleanUp(plan: plan, src: src)
+        cleanUp(layers: src.config.moeLayers)
         log("store complete: \(output)")
     }
 
@@ -102,10 +102,13 @@ public struct StoreConverter {
         if FileSystem.exists(manifestPath) {
             let data = FileManager.default.contents(atPath: manifestPath) ?? Data()
             let m = try StoreManifest.decode(data, file: manifestPath)
-            guard m.source.expertsOption == experts.rawValue, m.source.residentOption == resident.rawValue else {
-                throw .outputInUse(path: output, reason: "already a complete store made with --experts \(m.source.expertsOption) "
-                    + "--resident \(m.source.residentOption); choose another output directory")
+            guard m.source.expertsOption == experts.rawValue, m.source.residentOption == resident.rawValue,
+                  m.source.path == (source as NSString).standardizingPath else {
+                throw .outputInUse(path: output, reason: "already a complete store made from \(m.source.path) with --experts "
+                    + "\(m.source.expertsOption) --resident \(m.source.residentOption); choose another output directory")
             }
+            // A kill between the manifest and the clean-up leaves sidecars and the state file: remove them.
+            cleanUp(layers: (try? ModelConfig.load(path: output + "/config.json"))?.moeLayers ?? [])
             log("\(output): already a complete store")
             return true
         }
@@ -125,7 +128,8 @@ public struct StoreConverter {
             }
         }
         do { try FileManager.default.createDirectory(atPath: output, withIntermediateDirectories: true) } catch {
-            throw .system(SystemError(call: "mkdir", path: output, errno: EACCES))
+            let code = (error as NSError).userInfo[NSUnderlyingErrorKey].flatMap { ($0 as? NSError)?.code } ?? Int(EIO)
+            throw .system(SystemError(call: "mkdir (\(error.localizedDescription))", path: output, errno: Int32(code)))
         }
         try writeAtomically(Data(fingerprint.utf8), to: statePath)
         return false
@@ -161,9 +165,9 @@ public struct StoreConverter {
         }
     }
 
-    private func cleanUp(plan: Plan, src: ConversionSource) {
+    private func cleanUp(layers: [Int]) {
         FileSystem.remove(output + "/" + StoreManifest.residentFileName + ".sums.json")
-        for layer in src.config.moeLayers {
+        for layer in layers {
             FileSystem.remove(output + "/" + String(format: "experts/layer-%03d.bin", layer) + ".sums.json")
         }
         FileSystem.remove(output + "/" + Self.stateFileName)

@@ -13,13 +13,17 @@ public final class Engine: @unchecked Sendable {
         public var stop: Set<Int>
         /// Text that ends generation when it appears (OpenAI's `stop`); it is not returned.
         public var stopTexts: [String]
+        /// Special tokens after which nothing more is streamed (a tool-call section).
+        public var quietAfter: Set<Int>
 
-        public init(prompt: [Int], sampling: SamplingParameters, maxTokens: Int, stop: Set<Int>, stopTexts: [String] = []) {
+        public init(prompt: [Int], sampling: SamplingParameters, maxTokens: Int, stop: Set<Int>, stopTexts: [String] = [],
+                    quietAfter: Set<Int> = []) {
             self.prompt = prompt
             self.sampling = sampling
             self.maxTokens = maxTokens
             self.stop = stop
-            self.stopTexts = stopTexts
+            self.stopTexts = stopTexts.filter { !$0.isEmpty }
+            self.quietAfter = quietAfter
         }
     }
 
@@ -68,12 +72,16 @@ public final class Engine: @unchecked Sendable {
     private var jobs: [Job] = []
     private var counters = Counters()
     private var stopping = false
+    private let finished = DispatchSemaphore(value: 0)
 
     public init(generator: Generator, maxQueue: Int = 64, contextLimit: Int) {
         self.generator = generator
         self.maxQueue = maxQueue
         self.contextLimit = contextLimit
-        let t = Thread { [self] in work() }
+        let t = Thread { [self] in
+            work()
+            finished.signal()
+        }
         t.name = "moe-engine"
         t.start()
     }
@@ -102,11 +110,25 @@ public final class Engine: @unchecked Sendable {
         return (stream, cancellation)
     }
 
+    /// Refuses what still waits, lets the running request finish, and returns when the worker has stopped.
     public func shutdown() {
         lock.lock()
+        guard !stopping else {
+            lock.unlock()
+            return
+        }
         stopping = true
+        let waiting = jobs
+        jobs.removeAll()
+        counters.queued = 0
+        counters.cancelled += waiting.count
         lock.broadcast()
         lock.unlock()
+        for job in waiting {
+            job.continuation.yield(.failed("the server is shutting down"))
+            job.continuation.finish()
+        }
+        finished.wait()
     }
 
     private func work() {
@@ -134,10 +156,11 @@ public final class Engine: @unchecked Sendable {
         let kv = generator.model.makeCache(limit: contextLimit)
         var produced = ""
         var held = ""  // text that might be the start of a stop text
+        var stopped = false  // a stop text was seen: nothing after it is shown
         do {
             var result = try generator.generate(prompt: r.prompt, cache: kv, sampling: r.sampling, maxTokens: r.maxTokens,
-                                                stop: r.stop) { piece in
-                if job.cancellation.isCancelled { return false }
+                                                stop: r.stop, quietAfter: r.quietAfter) { piece in
+                if job.cancellation.isCancelled || stopped { return false }
                 guard !r.stopTexts.isEmpty else {
                     job.continuation.yield(.text(piece))
                     return true
@@ -148,6 +171,7 @@ public final class Engine: @unchecked Sendable {
                     if !before.isEmpty { job.continuation.yield(.text(before)) }
                     produced += before
                     held = ""
+                    stopped = true
                     return false
                 }
                 // Emit all but what could still grow into a stop text.
@@ -160,7 +184,7 @@ public final class Engine: @unchecked Sendable {
                 }
                 return true
             }
-            if !held.isEmpty && !job.cancellation.isCancelled {
+            if !held.isEmpty && !job.cancellation.isCancelled && !stopped {
                 job.continuation.yield(.text(held))
                 produced += held
             }

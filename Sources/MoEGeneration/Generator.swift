@@ -32,8 +32,10 @@ public struct Generator {
     /// `onText` receives each piece of visible text as soon as it is whole (never half a UTF-8 character;
     /// special tokens such as tool-call markers are not shown) and returns false to stop (a client that went
     /// away). The result's `text` is the raw output, special tokens included, for the chat format to parse.
+    /// Once a token of `quietAfter` is generated (say `<|tool_calls_section_begin|>`), the rest is not streamed
+    /// (the caller parses it from `text` instead).
     public func generate(prompt: [Int], cache: KVCache, sampling: SamplingParameters, maxTokens: Int, stop: Set<Int>,
-                         onText: (String) -> Bool = { _ in true }) throws -> GenerationResult {
+                         quietAfter: Set<Int> = [], onText: (String) -> Bool = { _ in true }) throws -> GenerationResult {
         var sampler = Sampler(sampling)
         var decoder = StreamingDecoder(tokenizer: tokenizer)
         var tokens: [Int] = []
@@ -44,6 +46,8 @@ public struct Generator {
         var result = try model.forward(prompt, cache: cache, logits: .last)
         let t1 = ContinuousClock.now
         var reason = GenerationResult.StopReason.maxTokens
+        var quiet = false
+        func emit(_ piece: String) -> Bool { quiet || piece.isEmpty || onText(piece) }
         while tokens.count < maxTokens {
             let next = sampler.sample(result.row(0), previous: history)
             tokens.append(next)
@@ -55,16 +59,17 @@ public struct Generator {
             if tokenizer.isSpecial(next) {
                 let held = decoder.flush()
                 text += held + tokenizer.decode([next])
-                visible += held
-                if !held.isEmpty && !onText(held) {
+                if !quiet { visible += held }
+                if !emit(held) {
                     reason = .cancelled
                     break
                 }
+                if quietAfter.contains(next) { quiet = true }
             } else {
                 let piece = decoder.append(next)
                 text += piece
-                visible += piece
-                if !piece.isEmpty && !onText(piece) {
+                if !quiet { visible += piece }
+                if !emit(piece) {
                     reason = .cancelled
                     break
                 }
@@ -75,8 +80,10 @@ public struct Generator {
         let rest = decoder.flush()
         if !rest.isEmpty {
             text += rest
-            visible += rest
-            _ = onText(rest)
+            if !quiet && reason != .cancelled {
+                visible += rest
+                _ = onText(rest)
+            }
         }
         let t2 = ContinuousClock.now
         return GenerationResult(tokens: tokens, text: text, visibleText: visible, promptTokens: prompt.count, stopReason: reason,

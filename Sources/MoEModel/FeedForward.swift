@@ -22,9 +22,9 @@ func swiGLU(gate: WeightMatrix, up: WeightMatrix, down: WeightMatrix, _ x: Unsaf
 /// An MoE layer for a batch of tokens: route each token, ask the provider for every expert any token chose
 /// (each once), run each expert on the tokens that chose it, and combine.
 ///
-/// Each (token, choice) result lands in its own slot, and slots are summed per token in ascending expert order
-/// (transformers' order) after all experts are done, so the result is bit-identical whatever order the provider
-/// delivers experts in: a cache that serves hits first cannot change the output.
+/// Each (token, choice) result lands in its own slot, and slots are summed per token in choice order (the
+/// router returns each token's experts ascending) after all experts are done, so the result is bit-identical
+/// whatever order or thread the provider delivers experts in: a cache that serves hits first cannot change it.
 struct MoELayer {
     let config: ModelConfig
     let weights: MoEWeights

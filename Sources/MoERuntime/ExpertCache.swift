@@ -116,6 +116,10 @@ public final class ExpertCache: ExpertProviding, @unchecked Sendable {
         var total = 0
         for (i, node) in configuration.topology.nodes.enumerated() {
             let slots = max(0, configuration.budgets[i] / extent)
+            guard slots > 0 else {
+                throw .badManifest(file: store.path, reason: "the cache budget of node \(node.id) (\(configuration.budgets[i]) bytes) "
+                    + "cannot hold one expert (\(extent) bytes)")
+            }
             start.append(total)
             counts.append(slots)
             do { mem.append(try NodeMemory(bytes: slots * extent, node: node.id, topology: configuration.topology)) } catch {
@@ -187,6 +191,10 @@ public final class ExpertCache: ExpertProviding, @unchecked Sendable {
     /// nothing afterwards. Until then its threads keep it alive: call this when done with the model.
     public func shutdown() {
         lock.lock()
+        if stopping {
+            lock.unlock()
+            return
+        }
         stopping = true
         lock.broadcast()
         lock.unlock()
@@ -282,7 +290,9 @@ public final class ExpertCache: ExpertProviding, @unchecked Sendable {
 
     /// Verifies a finished read and publishes the slot (ready or failed).
     func completed(slot s: Int, result: Int) {
-        let k = Int(slotKey[s])  // stable while loading: loading slots are never evicted
+        lock.lock()
+        let k = Int(slotKey[s])  // stable while loading (loading slots are never evicted), read under the lock
+        lock.unlock()
         let ordinal = k / expertsPerLayer, e = k % expertsPerLayer
         var error: String? = nil
         if result != extent {
@@ -330,7 +340,8 @@ public final class ExpertCache: ExpertProviding, @unchecked Sendable {
     /// expert has been computed. Only one request runs at a time (`requestLock`).
     private func serve(layer: Int, _ experts: [Int], _ body: @escaping (Int, ExpertWeights) throws -> Void) throws {
         let ordinal = moeOrdinal[layer]
-        precondition(experts.count <= expertsPerLayer, "more experts than the layer has")
+        precondition(experts.count <= expertsPerLayer && zip(experts, experts.dropFirst()).allSatisfy { $0 < $1 },
+                     "experts must be distinct and ascending")
         lock.lock()
         if layer <= lastLayer { step += 1 }
         lastLayer = layer

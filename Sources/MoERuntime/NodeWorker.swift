@@ -12,6 +12,8 @@ final class NodeWorker: @unchecked Sendable {
     let cpus: [Int]
     /// Reads submitted and not yet completed (guarded by the cache's lock).
     var inFlightHint = 0
+    /// Set when a submission failed: the reader is not used again and reads fail with this error.
+    private var broken: SystemError?
     private var thread: Thread?
     private let finished = DispatchSemaphore(value: 0)
 
@@ -63,6 +65,7 @@ final class NodeWorker: @unchecked Sendable {
                 let s = Int(c.prefetchQueue[node].removeFirst())
                 if c.slotTarget[s] < c.position && c.slotPins[s] == 0 {
                     c.evict(s)  // stale: the model has passed the layer it was for
+                    c.lock.broadcast()  // a request may be waiting for a free slot on this node
                     continue
                 }
                 slots.append(s)
@@ -78,8 +81,14 @@ final class NodeWorker: @unchecked Sendable {
 
             completions.removeAll(keepingCapacity: true)
             if !batch.isEmpty {
-                do { try reader.submit(batch) } catch {
-                    for r in batch { completions.append(ReadCompletion(tag: r.tag, result: -Int(error.errno))) }
+                if let broken {
+                    for r in batch { completions.append(ReadCompletion(tag: r.tag, result: -Int(broken.errno))) }
+                } else {
+                    do { try reader.submit(batch) } catch {
+                        // Entries may sit half-submitted in the ring: never submit on it again, fail every read.
+                        broken = error
+                        for r in batch { completions.append(ReadCompletion(tag: r.tag, result: -Int(error.errno))) }
+                    }
                 }
             }
             if completions.isEmpty {

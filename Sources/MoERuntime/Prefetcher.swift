@@ -105,7 +105,7 @@ final class Prefetcher: @unchecked Sendable {
         }
         cache.lock.lock()
         // The first hint of a forward pass comes before its first expert request moves `step` on.
-        let step = cache.step + (layer < cache.lastLayer ? 1 : 0)
+        let step = cache.step + (layer <= cache.lastLayer ? 1 : 0)  // the same test `serve` uses
         if let recorder = cache.recorder {
             var predicted: [Int: [Int]] = [:]
             for (i, target) in targets[layer].enumerated() {

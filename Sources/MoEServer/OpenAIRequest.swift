@@ -74,15 +74,22 @@ struct ParsedRequest {
         }
         if let v = try number("temperature") { sampling.temperature = Float(v) }
         if let v = try number("top_p") { sampling.topP = Float(v) }
-        if let v = try number("top_k") { sampling.topK = Int(v) }
+        if let v = try number("top_k") {
+            guard let k = Int(exactly: v.rounded()), k >= 0, k <= 1 << 24 else { throw APIError(400, "'top_k' must be a small non-negative integer", param: "top_k") }
+            sampling.topK = k
+        }
         if let v = try number("min_p") { sampling.minP = Float(v) }
         if let v = try number("repetition_penalty") { sampling.repetitionPenalty = Float(v) }
-        if let v = try number("seed") { sampling.seed = UInt64(max(0, v)) }
+        if let v = try number("seed") {
+            guard v >= 0, v < 1.8e19, let s = UInt64(exactly: v.rounded()) else { throw APIError(400, "'seed' must be a non-negative integer", param: "seed") }
+            sampling.seed = s
+        }
         if let problem = sampling.problem { throw APIError(400, problem) }
         if let s = obj["stop"] {
             if let one = s as? String { stopTexts = [one] } else if let many = s as? [String], many.count <= 4 { stopTexts = many } else if !(s is NSNull) {
                 throw APIError(400, "'stop' must be a string or up to 4 strings", param: "stop")
             }
+            stopTexts.removeAll { $0.isEmpty }  // an empty stop text would end every answer at once
         }
     }
 

@@ -93,8 +93,15 @@ public final class OpenAIServer: Sendable {
             parsed = try ParsedRequest(json: Data(buffer: body), chat: chat, defaults: configuration.sampling,
                                        defaultMaxTokens: configuration.defaultMaxTokens, maxTokensLimit: configuration.maxTokensLimit)
         } catch { return Self.error(error) }
+        // Special tokens come only from the template: text that spells one (`<|im_end|>`) in a message would
+        // otherwise forge a turn boundary.
+        let userTexts = chat ? parsed.messages.flatMap { [$0.content, $0.name ?? ""] + $0.toolCalls.map(\.arguments) } : [parsed.prompt!]
+        if let forged = userTexts.lazy.compactMap({ t in self.tokenizer.specialIDs.keys.first { t.contains($0) } }).first {
+            return Self.error(APIError(400, "message text may not contain the special token \(forged)", param: chat ? "messages" : "prompt"))
+        }
         let text = chat ? format.render(parsed.messages, tools: parsed.tools, addGenerationPrompt: true) : parsed.prompt!
         let ids = tokenizer.encode(text)
+        guard !ids.isEmpty else { return Self.error(APIError(400, "the prompt is empty", param: "prompt")) }
         guard ids.count < configuration.contextLimit else {
             return Self.error(APIError(400, "the prompt has \(ids.count) tokens; this server's context is \(configuration.contextLimit)",
                                        param: chat ? "messages" : "prompt", code: "context_length_exceeded"))
@@ -102,8 +109,9 @@ public final class OpenAIServer: Sendable {
         let maxTokens = min(parsed.maxTokens, configuration.contextLimit - ids.count)
         let submitted: (events: AsyncStream<Engine.Event>, cancellation: Engine.Cancellation)
         do {
+            let quiet = Set(["<|tool_calls_section_begin|>"].compactMap { tokenizer.specialIDs[$0] })
             submitted = try engine.submit(Engine.Request(prompt: ids, sampling: parsed.sampling, maxTokens: maxTokens, stop: stop,
-                                                         stopTexts: parsed.stopTexts))
+                                                         stopTexts: parsed.stopTexts, quietAfter: chat ? quiet : []))
         } catch {
             return Self.error(APIError(503, "the server is busy (\(engine.maxQueue) requests waiting); try again", type: "server_error",
                                        code: "queue_full"))
@@ -129,7 +137,7 @@ public final class OpenAIServer: Sendable {
         if chat {
             let reply = format.parse(result.text)
             // Visible text only: special tokens (tool-call markers, reserved ids) are never content.
-            let content = reply.toolCalls.isEmpty ? result.visibleText : reply.content
+            let content = reply.toolCalls.isEmpty && reply.reasoning == nil ? result.visibleText : reply.content
             var message: [String: Any] = ["role": "assistant", "content": content]
             if let r = reply.reasoning { message["reasoning_content"] = r }
             if !reply.toolCalls.isEmpty { message["tool_calls"] = reply.toolCalls.map(Self.toolCallJSON) }

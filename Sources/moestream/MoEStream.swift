@@ -6,7 +6,7 @@ struct MoEStream: AsyncParsableCommand {
         commandName: "moestream",
         abstract: "Run Kimi K2 on one workstation, streaming routed experts from NVMe.",
         subcommands: [Run.self, Chat.self, Serve.self, Tokenize.self, Convert.self, Verify.self, Inspect.self, Logits.self, Generate.self,
-                      Stats.self, Plan.self, Bench.self])
+                      Perplexity.self, Stats.self, Plan.self, Bench.self])
 }
 
 /// Parses `1,17,42` (commas or spaces) into token ids.
