@@ -5,6 +5,10 @@ import PackageDescription
 /// Release builds of the hot code need the optimiser even when tests build in debug.
 let optimized: [SwiftSetting] = [.unsafeFlags(["-Ounchecked", "-wmo"], .when(configuration: .release))]
 
+/// The kernels are optimised in debug builds too: unoptimised SIMD code is ~50× slower, which made the tests
+/// that run real models (perplexity of the demo model) take minutes.
+let kernels: [SwiftSetting] = optimized + [.unsafeFlags(["-O"], .when(configuration: .debug))]
+
 let package = Package(
     name: "MoEStream",
     platforms: [.macOS(.v14)],
@@ -25,7 +29,7 @@ let package = Package(
         // Syscalls, mapped files, errno errors. Knows nothing of models.
         .target(name: "MoESystem", dependencies: ["CMoEShims"], swiftSettings: optimized),
         // Element types, tensor views and the kernels that read them.
-        .target(name: "MoETensor", swiftSettings: optimized),
+        .target(name: "MoETensor", swiftSettings: kernels),
         // Read-only parsers of what a checkpoint directory holds: safetensors, sharded index, config.json.
         .target(name: "MoECheckpoint", dependencies: ["MoESystem", "MoETensor"], swiftSettings: optimized),
         // The Kimi K2 / DeepSeek-V3 forward pass. Asks an ExpertProviding for routed experts; never does I/O.

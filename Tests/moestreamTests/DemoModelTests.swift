@@ -1,0 +1,50 @@
+import Foundation
+import MoETestSupport
+import Testing
+
+/// The committed demo model (Demo/kimi-demo/int4) against torch: perplexity within 1% and the same greedy
+/// continuations, through a store and an expert cache holding a quarter of the experts.
+@Suite(.serialized) struct DemoModelTests {
+    static let release = URL(fileURLWithPath: Fixtures.root).deletingLastPathComponent().deletingLastPathComponent()
+        .appendingPathComponent("Demo/kimi-demo/int4").path
+
+    struct Reference: Decodable {
+        struct Score: Decodable { let perplexity: Double; let tokens: Int }
+        struct Greedy: Decodable { let prompt: [Int]; let tokens: [Int]; let margins: [Double] }
+        let by_tokens: [String: Score]
+        let greedy: [String: Greedy]
+    }
+
+    static let store: String = {
+        let out = Fixtures.scratchDirectory("demo") + "/store"
+        let (status, _, err) = try! moestream(["convert", release, "-o", out, "--quiet"])
+        precondition(status == 0, err)
+        return out
+    }()
+
+    func reference() throws -> Reference {
+        try JSONDecoder().decode(Reference.self, from: Data(contentsOf: URL(fileURLWithPath: Self.release + "/perplexity.json")))
+    }
+
+    @Test func perplexityAgreesWithTorchWithinOnePercent() throws {
+        let ref = try reference().by_tokens["512"]!
+        let (status, out, err) = try moestream(["perplexity", Self.store, "--file", Self.release + "/heldout.txt", "--max-tokens", "512",
+                                                "--cache", "25%", "--no-stats"])
+        #expect(status == 0, "\(err)")
+        let ours = Double(out.split(separator: " ")[1])!
+        #expect(out.contains("over \(ref.tokens) tokens"), "\(out)")
+        #expect(abs(ours / ref.perplexity - 1) < 0.01, "moestream \(ours) vs torch \(ref.perplexity)")
+    }
+
+    @Test func greedyContinuationsMatchTorch() throws {
+        for (name, g) in try reference().greedy {
+            let decisive = g.margins.firstIndex { $0 < 1e-3 } ?? g.tokens.count
+            guard decisive > 0 else { continue }
+            let (status, out, err) = try moestream(["generate", Self.store, "--tokens", g.prompt.map(String.init).joined(separator: ","),
+                                                    "--max-tokens", "\(decisive)", "--ignore-eos", "--cache", "25%", "--no-stats"])
+            #expect(status == 0, "\(err)")
+            let ids = out.trimmingCharacters(in: .whitespacesAndNewlines).split(separator: ",").map { Int($0)! }
+            #expect(ids == Array(g.tokens.prefix(decisive)), "\(name)")
+        }
+    }
+}
