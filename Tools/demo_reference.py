@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 from transformers import DeepseekV3Config, DeepseekV3ForCausalLM
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from make_fixtures import int4_dequantize, load_checkpoint_values  # noqa: E402
+from make_fixtures import dense_values, load_checkpoint_values  # noqa: E402
 from make_tokenizer_fixture import KIMI_PATTERN  # noqa: E402
 from train_demo_model import perplexity  # noqa: E402
 
@@ -42,13 +42,7 @@ def main():
     for fname in sorted(os.listdir(release)):
         if fname.endswith(".safetensors"):
             values.update(load_file(os.path.join(release, fname)))
-    dense = {}
-    for n, v in values.items():
-        if n.endswith(".weight_packed"):
-            base = n[: -len(".weight_packed")]
-            dense[base + ".weight"] = int4_dequantize(v, values[base + ".weight_scale"], tuple(values[base + ".weight_shape"].tolist()))
-        elif not (n.endswith(".weight_scale") or n.endswith(".weight_shape")):
-            dense[n] = v.float()
+    dense = dense_values(values)
     load_checkpoint_values(model, dense)
     ranks = {}
     with open(os.path.join(release, "tiktoken.model")) as f:

@@ -292,35 +292,12 @@ KIMI_INT4_IGNORE = ["lm_head", "re:.*self_attn.*", "re:.*shared_experts.*", r"re
 def build_int4(name, cfg, seed):
     """Kimi K2 Thinking's format, written by compressed-tensors itself: routed experts pack-quantized INT4
     (group 32, symmetric, BF16 scales), everything else BF16. The reference uses the dequantized values."""
-    from compressed_tensors.compressors import ModelCompressor
-    from compressed_tensors.quantization import (QuantizationArgs, QuantizationConfig, QuantizationScheme,
-                                                 apply_quantization_config)
-    from compressed_tensors.quantization.utils import compute_dynamic_scales_and_zp
-
     out_dir = os.path.join(ROOT, name)
     shutil.rmtree(out_dir, ignore_errors=True)
     model = make_model(cfg, seed, torch.bfloat16)
     state = fp32_state_dict(model)
 
-    # One nn.Linear per routed expert (plus a router and a shared expert, which the ignore list must skip).
-    root = nn.Module()
-    for n, v in state.items():
-        if n.endswith("_proj.weight") and (".mlp.experts." in n or ".shared_experts." in n) or n.endswith("mlp.gate.weight"):
-            linear = nn.Linear(v.shape[1], v.shape[0], bias=False, dtype=torch.bfloat16)
-            linear.weight.data.copy_(v.to(torch.bfloat16))
-            put_module(root, n[: -len(".weight")], linear)
-    scheme = QuantizationScheme(targets=["Linear"], weights=QuantizationArgs(
-        num_bits=4, type="int", symmetric=True, strategy="group", group_size=32))
-    apply_quantization_config(root, QuantizationConfig(config_groups={"group_0": scheme}, format="pack-quantized",
-                                                       ignore=KIMI_INT4_IGNORE))
-    for _, m in root.named_modules():
-        if getattr(m, "quantization_scheme", None) is not None:
-            scale, zero = compute_dynamic_scales_and_zp(m.weight, m.quantization_scheme.weights, m)
-            m.weight_scale.data.copy_(scale)
-            m.weight_zero_point.data.copy_(zero)
-    compressor = ModelCompressor.from_pretrained_model(root, quantization_format="pack-quantized")
-    compressor.compress_model(root)
-    compressed = root.state_dict()
+    compressed, qc = int4_compress_experts(state, with_ignored=True)
 
     stored, dequantized = {}, {}
     for n, v in state.items():
@@ -338,11 +315,57 @@ def build_int4(name, cfg, seed):
     prompt, prefill, tokens, step_logits, margin, attempt = reference_outputs(model, cfg, seed, name)
     os.makedirs(out_dir)
     save_sharded(stored, out_dir, shards=3)
-    qc = compressor.quantization_config.model_dump(mode="json")
-    qc["ignore"] = KIMI_INT4_IGNORE
     write_release_config(out_dir, cfg, qc)
     write_reference(out_dir, name, "int4", prompt, prefill, tokens, step_logits, margin)
     print(f"{name}: {len(dequantized)} INT4 matrices, prompt attempt {attempt}, min greedy margin {margin:.4f}")
+
+
+def int4_compress_experts(state, with_ignored=False):
+    """Routed experts of a checkpoint-named state dict through compressed-tensors itself: one nn.Linear per
+    expert (plus, with `with_ignored`, a router and the shared experts, which Kimi's ignore list must skip),
+    int4 symmetric group 32 with dynamic scales in the weights' dtype (bf16), pack-quantized. Returns the
+    compressed modules' state dict and the quantization_config to write, with Kimi's ignore list."""
+    from compressed_tensors.compressors import ModelCompressor
+    from compressed_tensors.quantization import (QuantizationArgs, QuantizationConfig, QuantizationScheme,
+                                                 apply_quantization_config)
+    from compressed_tensors.quantization.utils import compute_dynamic_scales_and_zp
+
+    root = nn.Module()
+    for n, v in state.items():
+        routed = n.endswith("_proj.weight") and ".mlp.experts." in n
+        ignored = n.endswith("_proj.weight") and ".shared_experts." in n or n.endswith("mlp.gate.weight")
+        if routed or (with_ignored and ignored):
+            linear = nn.Linear(v.shape[1], v.shape[0], bias=False, dtype=torch.bfloat16)
+            linear.weight.data.copy_(v.to(torch.bfloat16))
+            put_module(root, n[: -len(".weight")], linear)
+    scheme = QuantizationScheme(targets=["Linear"], weights=QuantizationArgs(
+        num_bits=4, type="int", symmetric=True, strategy="group", group_size=32))
+    apply_quantization_config(root, QuantizationConfig(config_groups={"group_0": scheme}, format="pack-quantized",
+                                                       ignore=KIMI_INT4_IGNORE))
+    for _, m in root.named_modules():
+        if getattr(m, "quantization_scheme", None) is not None:
+            scale, zero = compute_dynamic_scales_and_zp(m.weight, m.quantization_scheme.weights, m)
+            m.weight_scale.data.copy_(scale)
+            m.weight_zero_point.data.copy_(zero)
+    compressor = ModelCompressor.from_pretrained_model(root, quantization_format="pack-quantized")
+    compressor.compress_model(root)
+    qc = compressor.quantization_config.model_dump(mode="json")
+    qc["ignore"] = KIMI_INT4_IGNORE
+    return root.state_dict(), qc
+
+
+def dense_values(values):
+    """A release's tensors as plain weights: INT4 experts dequantized by the documented formula (their scale
+    and shape tensors dropped), everything else widened to fp32."""
+    dense = {}
+    for n, v in values.items():
+        if n.endswith(".weight_packed"):
+            base = n[: -len(".weight_packed")]
+            shape = tuple(values[base + ".weight_shape"].tolist())
+            dense[base + ".weight"] = int4_dequantize(v, values[base + ".weight_scale"], shape)
+        elif not (n.endswith(".weight_scale") or n.endswith(".weight_shape")):
+            dense[n] = v.float()
+    return dense
 
 
 def int4_dequantize(packed, scale, shape):

@@ -36,7 +36,6 @@ from safetensors.torch import load_file, save_file
 from transformers import DeepseekV3Config, DeepseekV3ForCausalLM
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from make_fixtures import KIMI_INT4_IGNORE, int4_dequantize, put_module  # noqa: E402
 from make_tokenizer_fixture import KIMI_PATTERN, KIMI_SPECIALS  # noqa: E402
 
 STDLIB = os.path.dirname(os.__file__)
@@ -217,11 +216,7 @@ def main():
 
 def write_release(model, cfg, enc, ranks, specials, bf16_dir, int4_dir):
     """BF16 release, then the INT4 release whose routed experts go through compressed-tensors."""
-    from compressed_tensors.compressors import ModelCompressor
-    from compressed_tensors.quantization import (QuantizationArgs, QuantizationConfig, QuantizationScheme,
-                                                 apply_quantization_config)
-    from compressed_tensors.quantization.utils import compute_dynamic_scales_and_zp
-    from make_fixtures import save_sharded, write_release_config, fp32_state_dict
+    from make_fixtures import fp32_state_dict, int4_compress_experts, save_sharded, write_release_config
 
     state = fp32_state_dict(model)
     for d in (bf16_dir, int4_dir):
@@ -241,24 +236,7 @@ def write_release(model, cfg, enc, ranks, specials, bf16_dir, int4_dir):
     save_sharded(bf16, bf16_dir, shards=3)
     write_release_config(bf16_dir, cfg)
 
-    root = nn.Module()
-    for n, v in state.items():
-        if n.endswith("_proj.weight") and ".mlp.experts." in n:
-            linear = nn.Linear(v.shape[1], v.shape[0], bias=False, dtype=torch.bfloat16)
-            linear.weight.data.copy_(v.to(torch.bfloat16))
-            put_module(root, n[: -len(".weight")], linear)
-    scheme = QuantizationScheme(targets=["Linear"], weights=QuantizationArgs(
-        num_bits=4, type="int", symmetric=True, strategy="group", group_size=32))
-    apply_quantization_config(root, QuantizationConfig(config_groups={"group_0": scheme}, format="pack-quantized",
-                                                       ignore=KIMI_INT4_IGNORE))
-    for _, m in root.named_modules():
-        if getattr(m, "quantization_scheme", None) is not None:
-            scale, zero = compute_dynamic_scales_and_zp(m.weight, m.quantization_scheme.weights, m)
-            m.weight_scale.data.copy_(scale)
-            m.weight_zero_point.data.copy_(zero)
-    compressor = ModelCompressor.from_pretrained_model(root, quantization_format="pack-quantized")
-    compressor.compress_model(root)
-    compressed = root.state_dict()
+    compressed, qc = int4_compress_experts(state)
     int4 = {}
     for n, v in bf16.items():
         base = n[: -len(".weight")]
@@ -269,27 +247,18 @@ def write_release(model, cfg, enc, ranks, specials, bf16_dir, int4_dir):
         else:
             int4[n] = v
     save_sharded(int4, int4_dir, shards=3)
-    qc = compressor.quantization_config.model_dump(mode="json")
-    qc["ignore"] = KIMI_INT4_IGNORE
     write_release_config(int4_dir, cfg, qc)
 
 
 def release_perplexity(model, release_dir, held_ids):
     """torch's perplexity of exactly what a release holds (INT4 experts dequantized by the documented formula,
     BF16 elsewhere), computed in fp32 by the trained model object with those values loaded."""
-    from make_fixtures import load_checkpoint_values
+    from make_fixtures import dense_values, load_checkpoint_values
     values = {}
     for fname in sorted(os.listdir(release_dir)):
         if fname.endswith(".safetensors"):
             values.update(load_file(os.path.join(release_dir, fname)))
-    dense = {}
-    for n, v in values.items():
-        if n.endswith(".weight_packed"):
-            base = n[: -len(".weight_packed")]
-            shape = tuple(values[base + ".weight_shape"].tolist())
-            dense[base + ".weight"] = int4_dequantize(v, values[base + ".weight_scale"], shape)
-        elif not (n.endswith(".weight_scale") or n.endswith(".weight_shape")):
-            dense[n] = v.float()
+    dense = dense_values(values)
     load_checkpoint_values(model, dense)
     return perplexity(model.eval(), held_ids)
 
