@@ -13,11 +13,10 @@ import sys
 
 import tiktoken
 import torch
-from safetensors.torch import load_file
 from transformers import DeepseekV3Config, DeepseekV3ForCausalLM
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from make_fixtures import dense_values, load_checkpoint_values  # noqa: E402
+from make_fixtures import dense_values, load_checkpoint_values, release_values  # noqa: E402
 from make_tokenizer_fixture import KIMI_PATTERN  # noqa: E402
 from train_demo_model import perplexity  # noqa: E402
 
@@ -38,12 +37,7 @@ def main():
     config._attn_implementation = "eager"
     config._experts_implementation = "eager"
     model = DeepseekV3ForCausalLM(config).float().eval()
-    values = {}
-    for fname in sorted(os.listdir(release)):
-        if fname.endswith(".safetensors"):
-            values.update(load_file(os.path.join(release, fname)))
-    dense = dense_values(values)
-    load_checkpoint_values(model, dense)
+    load_checkpoint_values(model, dense_values(release_values(release)))
     ranks = {}
     with open(os.path.join(release, "tiktoken.model")) as f:
         for line in f:

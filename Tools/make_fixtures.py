@@ -354,6 +354,15 @@ def int4_compress_experts(state, with_ignored=False):
     return root.state_dict(), qc
 
 
+def release_values(directory):
+    """Every tensor of every safetensors shard in `directory`, by name."""
+    values = {}
+    for fname in sorted(os.listdir(directory)):
+        if fname.endswith(".safetensors"):
+            values.update(load_file(os.path.join(directory, fname)))
+    return values
+
+
 def dense_values(values):
     """A release's tensors as plain weights: INT4 experts dequantized by the documented formula (their scale
     and shape tensors dropped), everything else widened to fp32."""

@@ -73,6 +73,19 @@ def training_text():
     return "\n".join(parts)
 
 
+def merge_pair(word, pair, token):
+    """`word` (a sequence of byte strings) with every adjacent occurrence of `pair` replaced by `token`."""
+    out, i = [], 0
+    while i < len(word):
+        if i + 1 < len(word) and (word[i], word[i + 1]) == pair:
+            out.append(token)
+            i += 2
+        else:
+            out.append(word[i])
+            i += 1
+    return out
+
+
 def train(text, vocab_size):
     """Byte-level BPE: repeatedly merge the most frequent adjacent pair (ties: first seen)."""
     pattern = regex.compile("(?V1)" + KIMI_PATTERN)
@@ -91,15 +104,8 @@ def train(text, vocab_size):
         ranks[token] = len(ranks)
         merged = {}
         for w, c in words.items():
-            out, i = [], 0
-            while i < len(w):
-                if i + 1 < len(w) and (w[i], w[i + 1]) == best:
-                    out.append(token)
-                    i += 2
-                else:
-                    out.append(w[i])
-                    i += 1
-            merged[tuple(out)] = merged.get(tuple(out), 0) + c
+            out = tuple(merge_pair(w, best, token))
+            merged[out] = merged.get(out, 0) + c
         words = merged
     return ranks
 

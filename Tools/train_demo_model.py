@@ -32,11 +32,10 @@ import time
 import regex
 import torch
 import torch.nn as nn
-from safetensors.torch import load_file, save_file
 from transformers import DeepseekV3Config, DeepseekV3ForCausalLM
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from make_tokenizer_fixture import KIMI_PATTERN, KIMI_SPECIALS  # noqa: E402
+from make_tokenizer_fixture import KIMI_PATTERN, KIMI_SPECIALS, merge_pair  # noqa: E402
 
 STDLIB = os.path.dirname(os.__file__)
 RANKS = 4096
@@ -81,14 +80,7 @@ def train_bpe(text, ranks_wanted):
             for a, b in zip(w, w[1:]):
                 pairs[(a, b)] -= freq[i]
                 touched[(a, b)] += 1
-            out, j = [], 0
-            while j < len(w):
-                if j + 1 < len(w) and (w[j], w[j + 1]) == pair:
-                    out.append(token)
-                    j += 2
-                else:
-                    out.append(w[j])
-                    j += 1
+            out = merge_pair(w, pair, token)
             words[i] = out
             for a, b in zip(out, out[1:]):
                 pairs[(a, b)] += freq[i]
@@ -253,13 +245,8 @@ def write_release(model, cfg, enc, ranks, specials, bf16_dir, int4_dir):
 def release_perplexity(model, release_dir, held_ids):
     """torch's perplexity of exactly what a release holds (INT4 experts dequantized by the documented formula,
     BF16 elsewhere), computed in fp32 by the trained model object with those values loaded."""
-    from make_fixtures import dense_values, load_checkpoint_values
-    values = {}
-    for fname in sorted(os.listdir(release_dir)):
-        if fname.endswith(".safetensors"):
-            values.update(load_file(os.path.join(release_dir, fname)))
-    dense = dense_values(values)
-    load_checkpoint_values(model, dense)
+    from make_fixtures import dense_values, load_checkpoint_values, release_values
+    load_checkpoint_values(model, dense_values(release_values(release_dir)))
     return perplexity(model.eval(), held_ids)
 
 

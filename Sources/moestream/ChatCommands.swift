@@ -46,6 +46,16 @@ struct SamplingOptions: ParsableArguments {
     }
 }
 
+/// How the prompt is laid out, shared by `run`, `chat` and `serve`.
+struct ChatOptions: ParsableArguments {
+    @Flag(help: "A thinking model (Kimi K2 Thinking): <think>…</think> comes before the answer.")
+    var thinking = false
+
+    func setup(_ path: String, _ config: ModelConfig) throws -> ChatSetup {
+        try ChatSetup(path: path, config: config, thinking: thinking)
+    }
+}
+
 /// The tokenizer and chat format that go with a model directory or store.
 struct ChatSetup {
     let tokenizer: Tokenizer
@@ -107,8 +117,7 @@ struct Run: ParsableCommand {
     @Flag(help: "Feed the prompt as is, without the chat format.")
     var raw = false
 
-    @Flag(help: "A thinking model (Kimi K2 Thinking): <think>…</think> comes before the answer.")
-    var thinking = false
+    @OptionGroup(title: "Chat format") var chat: ChatOptions
 
     @OptionGroup(title: "Sampling") var sampling: SamplingOptions
     @OptionGroup(title: "Expert cache") var cacheOptions: CacheOptions
@@ -116,7 +125,7 @@ struct Run: ParsableCommand {
 
     func run() throws {
         let loaded = try LoadedModel.load(model, cacheOptions, statsOptions)
-        let setup = try ChatSetup(path: model.model, config: loaded.model.config, thinking: thinking)
+        let setup = try chat.setup(model.model, loaded.model.config)
         var messages: [ChatMessage] = []
         if let system { messages.append(ChatMessage(role: .system, content: system)) }
         messages.append(ChatMessage(role: .user, content: prompt))
@@ -153,8 +162,7 @@ struct Chat: ParsableCommand {
     @Option(help: "System prompt (default: the model's own).")
     var system: String?
 
-    @Flag(help: "A thinking model (Kimi K2 Thinking).")
-    var thinking = false
+    @OptionGroup(title: "Chat format") var chat: ChatOptions
 
     @OptionGroup(title: "Sampling") var sampling: SamplingOptions
     @OptionGroup(title: "Expert cache") var cacheOptions: CacheOptions
@@ -162,7 +170,7 @@ struct Chat: ParsableCommand {
 
     func run() throws {
         let loaded = try LoadedModel.load(model, cacheOptions, statsOptions)
-        let setup = try ChatSetup(path: model.model, config: loaded.model.config, thinking: thinking)
+        let setup = try chat.setup(model.model, loaded.model.config)
         let generator = Generator(model: loaded.model, tokenizer: setup.tokenizer)
         var messages: [ChatMessage] = system.map { [ChatMessage(role: .system, content: $0)] } ?? []
         let kv = loaded.model.makeCache()

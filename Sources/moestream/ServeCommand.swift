@@ -31,15 +31,14 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "Requests that may wait for the engine; more get a 503.")
     var queue = 64
 
-    @Flag(help: "A thinking model (Kimi K2 Thinking).")
-    var thinking = false
+    @OptionGroup(title: "Chat format") var chat: ChatOptions
 
     @OptionGroup(title: "Default sampling (requests override)") var sampling: SamplingOptions
     @OptionGroup(title: "Expert cache") var cacheOptions: CacheOptions
 
     func run() async throws {
         let loaded = try LoadedModel.load(model, cacheOptions)
-        let setup = try ChatSetup(path: model.model, config: loaded.model.config, thinking: thinking)
+        let setup = try chat.setup(model.model, loaded.model.config)
         var config = ServerConfiguration()
         config.host = host
         config.port = port
