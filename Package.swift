@@ -26,10 +26,15 @@ let package = Package(
             name: "CMoEShims",
             linkerSettings: [.linkedLibrary("uring"), .linkedLibrary("numa")]
         ),
+        // The innermost matrix kernels, one per instruction set (AVX2, AVX-512), chosen at run time by MoETensor.
+        .target(
+            name: "CMoEKernels",
+            cSettings: [.unsafeFlags(["-O3", "-ffp-contract=off"])]
+        ),
         // Syscalls, mapped files, errno errors. Knows nothing of models.
         .target(name: "MoESystem", dependencies: ["CMoEShims"], swiftSettings: optimized),
         // Element types, tensor views and the kernels that read them.
-        .target(name: "MoETensor", swiftSettings: kernels),
+        .target(name: "MoETensor", dependencies: ["CMoEKernels"], swiftSettings: kernels),
         // Read-only parsers of what a checkpoint directory holds: safetensors, sharded index, config.json.
         .target(name: "MoECheckpoint", dependencies: ["MoESystem", "MoETensor"], swiftSettings: optimized),
         // The Kimi K2 / DeepSeek-V3 forward pass. Asks an ExpertProviding for routed experts; never does I/O.

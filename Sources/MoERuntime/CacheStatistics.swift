@@ -50,6 +50,11 @@ public struct CacheStatistics: Codable, Sendable, Equatable {
     public var nodes: [Node]
     /// Tokens the model ran (prompt and generated).
     public var tokens = 0
+    /// The matrix kernels and compute threads the run used (`--kernels`, `--threads`).
+    public var kernels = ""
+    public var threads = 0
+    /// Experts read by `--preload` before the first request (not counted as requests or misses).
+    public var preloadedExperts = 0
     /// Seconds at least one read was in flight on some node: bytes read over this is the read bandwidth.
     public var readBusySeconds = 0.0
     public var engine = ""
@@ -95,6 +100,7 @@ public struct CacheStatistics: Codable, Sendable, Equatable {
         out.append(String(format: "  all  %8d  %@  %6d  %8d  %4d  %4d  %6d  %9.1f  %9.1f", t.requests, pct(t.hits, t.requests),
                           t.demandHits, t.prefetchHits, t.latePrefetches, t.misses, t.wastedPrefetches,
                           t.stallSeconds * 1e3, Double(t.bytesRead) / 1e6))
+        if preloadedExperts > 0 { out.append("preloaded \(preloadedExperts) experts before the first request") }
         if t.prefetchesIssued > 0 {
             let used = t.prefetchHits + t.latePrefetches
             out.append(String(format: "prefetch: %d issued, %d used (precision %@), covered %@ of would-be misses",

@@ -512,6 +512,33 @@ public final class ExpertCache: ExpertProviding, @unchecked Sendable {
         return queued
     }
 
+    /// Fills the cache before the first request (`--preload`): every expert of every MoE layer, layer by layer,
+    /// while slots last, read and verified as a demand read is. The statistics then start from zero (the count
+    /// of preloaded experts kept), so hit rates describe the run, not the warm-up. Returns the experts loaded.
+    @discardableResult
+    public func preload() throws -> Int {
+        var loaded = 0
+        let batch = max(1, min(expertsPerLayer, totalSlots / 2))
+        outer: for layer in moeLayers {
+            var first = 0
+            while first < expertsPerLayer {
+                let count = min(batch, expertsPerLayer - first, totalSlots - loaded)
+                guard count > 0 else { break outer }
+                try withExperts(layer: layer, Array(first..<(first + count))) { _, _ in }
+                loaded += count
+                first += count
+            }
+        }
+        lock.lock()
+        stats.layers = stats.layers.map { CacheStatistics.Layer(layer: $0.layer, experts: $0.activations.count) }
+        for i in stats.nodes.indices { stats.nodes[i].bytesRead = 0 }
+        stats.readBusySeconds = 0
+        if let since = busySince, inFlightTotal > 0 { _ = since; busySince = .now }
+        stats.preloadedExperts = loaded
+        lock.unlock()
+        return loaded
+    }
+
     /// A snapshot of the statistics.
     public func statistics() -> CacheStatistics {
         lock.lock()

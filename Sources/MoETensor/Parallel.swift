@@ -1,32 +1,17 @@
-import Dispatch
+import Synchronization
 
-/// Runs `body(chunk)` for `chunks` chunks across the machine's cores and returns when all are done.
+/// Runs `body(chunk)` for `chunks` chunks across the kernel pool and returns when all are done.
 ///
 /// Every output element is written by exactly one chunk with a fixed summation order, so results do not depend
 /// on how many threads ran or in which order: the model's bit-exactness rests on this.
 @inline(__always)
 public func parallelFor(_ chunks: Int, _ body: (Int) -> Void) {
-    let workers = min(chunks, Parallelism.threads)
-    if workers <= 1 || Parallelism.isPoolThread {
-        for c in 0..<chunks { body(c) }
-        return
-    }
-    // The body only touches memory that its chunk owns; Dispatch cannot see that, hence the unchecked box.
-    withoutActuallyEscaping(body) { body in
-        let box = UncheckedSendable(body)
-        DispatchQueue.concurrentPerform(iterations: workers) { w in
-            var c = w
-            while c < chunks {
-                box.value(c)
-                c += workers
-            }
-        }
-    }
+    KernelPool.shared.run(chunks, body)
 }
 
 /// How many threads compute kernels use (`--threads`); all online cores by default.
 public enum Parallelism {
-    nonisolated(unsafe) public static var threads: Int = ProcessInfoCores.active
+    public static var threads: Int { KernelPool.shared.width }
 
     /// Marks the calling thread as a worker of a compute pool (one expert per worker): kernels it runs stay on
     /// it instead of fanning out again, so pinned workers keep their work on their node.
@@ -43,19 +28,178 @@ public enum Parallelism {
     }()
 }
 
-/// Carries a value across a concurrency boundary the compiler cannot check.
-struct UncheckedSendable<T>: @unchecked Sendable {
-    let value: T
-    init(_ value: T) { self.value = value }
+/// Persistent worker threads that split one job at a time into chunks: the rows of a large matrix, the heads
+/// of attention. The calling thread works too, so `width` threads compute.
+///
+/// Nothing is allocated per job: the body is passed by address, chunks are claimed from one atomic word that
+/// also carries the job's generation (a late worker can never claim a chunk of a job that has moved on), and
+/// idle workers spin for a few tens of microseconds (a forward pass launches jobs back to back) before they
+/// sleep on a condition variable, so a waiting pool does not steal cores from the expert workers.
+public final class KernelPool: @unchecked Sendable {
+    /// The pool the model's kernels use; replaced by `configure` at start-up.
+    nonisolated(unsafe) public private(set) static var shared = KernelPool(threads: ProcessInfoCores.active, pin: nil)
+
+    /// Replaces the shared pool: `threads` computing threads (the caller included); `pin(i)` runs first on
+    /// worker `i` (1 ..< threads), e.g. to bind it to a NUMA node's CPUs. Call before any model runs.
+    public static func configure(threads: Int, pin: (@Sendable (Int) -> Void)?) {
+        let old = shared
+        shared = KernelPool(threads: max(1, threads), pin: pin)
+        old.shutdown()
+    }
+
+    public let width: Int
+    /// generation << 32 | next chunk
+    private let claim = Atomic<UInt64>(0)
+    private let finished = Atomic<Int>(0)
+    private let generation = Atomic<UInt32>(0)
+    private let stopping = Atomic<Bool>(false)
+    /// The current job's body (address of a non-escaping closure) and chunk count, valid while it runs.
+    private let bodyAddress = Atomic<UInt>(0)
+    private let chunkCount = Atomic<Int>(0)
+    private let runLock = PthreadMutex()
+    private let sleepLock = PthreadMutex()
+    private var wake = pthread_cond_t()
+    private var threads: [pthread_t] = []
+    private let pin: (@Sendable (Int) -> Void)?
+
+    init(threads: Int, pin: (@Sendable (Int) -> Void)?) {
+        width = max(1, threads)
+        self.pin = pin
+        pthread_cond_init(&wake, nil)
+        for i in 1..<width {
+            let context = Unmanaged.passRetained(WorkerContext(pool: self, index: i)).toOpaque()
+            var thread = pthread_t()
+            let rc = pthread_create(&thread, nil, { raw in
+                let context = Unmanaged<WorkerContext>.fromOpaque(raw!).takeRetainedValue()
+                context.pool.work(index: context.index)
+                return nil
+            }, context)
+            precondition(rc == 0, "pthread_create failed: \(rc)")
+            self.threads.append(thread)
+        }
+    }
+
+    private final class WorkerContext {
+        let pool: KernelPool
+        let index: Int
+        init(pool: KernelPool, index: Int) { self.pool = pool; self.index = index }
+    }
+
+    /// Stops and joins the workers (the pool must be idle).
+    func shutdown() {
+        stopping.store(true, ordering: .releasing)
+        sleepLock.lock()
+        pthread_cond_broadcast(&wake)
+        sleepLock.unlock()
+        for t in threads { pthread_join(t, nil) }
+        threads = []
+    }
+
+    /// Runs `body(k)` for k in 0 ..< chunks on the pool; serially on a thread that is itself a worker of a pool,
+    /// or when one thread would do.
+    public func run(_ chunks: Int, _ body: (Int) -> Void) {
+        if chunks <= 1 || width == 1 || Parallelism.isPoolThread || pthread_getspecific(Self.workerKey) != nil {
+            for k in 0..<chunks { body(k) }
+            return
+        }
+        withoutActuallyEscaping(body) { body in
+            withUnsafePointer(to: body) { address in
+                runLock.lock()
+                // While the job runs, kernels the body calls on this thread run serially (as on the workers).
+                pthread_setspecific(Self.workerKey, UnsafeRawPointer(bitPattern: 1))
+                defer {
+                    pthread_setspecific(Self.workerKey, nil)
+                    runLock.unlock()
+                }
+                let g = generation.load(ordering: .relaxed) &+ 1
+                bodyAddress.store(UInt(bitPattern: address), ordering: .relaxed)
+                chunkCount.store(chunks, ordering: .relaxed)
+                finished.store(0, ordering: .relaxed)
+                claim.store(UInt64(g) << 32, ordering: .releasing)
+                generation.store(g, ordering: .releasing)
+                sleepLock.lock()
+                pthread_cond_broadcast(&wake)
+                sleepLock.unlock()
+                work(generation: g)
+                while finished.load(ordering: .acquiring) < chunks { spinPause() }
+            }
+        }
+    }
+
+    /// Claims and runs chunks of job `g` until none are left.
+    private func work(generation g: UInt32) {
+        let chunks = chunkCount.load(ordering: .acquiring)
+        let body = UnsafePointer<(Int) -> Void>(bitPattern: bodyAddress.load(ordering: .acquiring))!
+        var v = claim.load(ordering: .acquiring)
+        while UInt32(truncatingIfNeeded: v >> 32) == g && Int(v & 0xFFFF_FFFF) < chunks {
+            let (exchanged, original) = claim.compareExchange(expected: v, desired: v + 1, ordering: .acquiringAndReleasing)
+            if exchanged {
+                body.pointee(Int(v & 0xFFFF_FFFF))
+                finished.add(1, ordering: .releasing)
+                v = v + 1
+            } else {
+                v = original
+            }
+        }
+    }
+
+    private func work(index: Int) {
+        pthread_setspecific(Self.workerKey, UnsafeRawPointer(bitPattern: 1))
+        pin?(index)
+        var seen = generation.load(ordering: .acquiring)
+        while true {
+            // Spin ~50 µs for the next job, then sleep.
+            var spins = 0
+            var g = generation.load(ordering: .acquiring)
+            while g == seen && spins < 20_000 && !stopping.load(ordering: .relaxed) {
+                spinPause()
+                spins += 1
+                g = generation.load(ordering: .acquiring)
+            }
+            if g == seen {
+                sleepLock.lock()
+                while generation.load(ordering: .acquiring) == seen && !stopping.load(ordering: .acquiring) {
+                    pthread_cond_wait(&wake, sleepLock.pointer)
+                }
+                sleepLock.unlock()
+                g = generation.load(ordering: .acquiring)
+            }
+            if stopping.load(ordering: .acquiring) { return }
+            seen = g
+            // The job may be stale (finished while this thread slept): then its claim word has moved on and
+            // `work(generation:)` claims nothing. Its body address is only dereferenced after a claim succeeds,
+            // which proves the job is still running.
+            work(generation: g)
+        }
+    }
+
+    nonisolated(unsafe) static let workerKey: pthread_key_t = {
+        var key = pthread_key_t()
+        pthread_key_create(&key, nil)
+        return key
+    }()
 }
 
-/// Splits `count` items into ranges of at least `minimum` items, a few per core so cores stay busy.
-public func chunkRanges(count: Int, minimum: Int) -> [Range<Int>] {
-    guard count > 0 else { return [] }
-    let cores = max(1, ProcessInfoCores.active)
-    let target = max(1, min(cores * 4, count / max(1, minimum)))
-    let size = (count + target - 1) / target
-    return stride(from: 0, to: count, by: size).map { $0..<min($0 + size, count) }
+@inline(__always)
+private func spinPause() {
+    #if arch(x86_64) || arch(i386)
+    // No PAUSE intrinsic in Swift; a relaxed load loop is fine for tens of microseconds.
+    #endif
+}
+
+/// A pthread mutex at a stable address.
+final class PthreadMutex: @unchecked Sendable {
+    let pointer: UnsafeMutablePointer<pthread_mutex_t>
+    init() {
+        pointer = .allocate(capacity: 1)
+        pthread_mutex_init(pointer, nil)
+    }
+    deinit {
+        pthread_mutex_destroy(pointer)
+        pointer.deallocate()
+    }
+    func lock() { pthread_mutex_lock(pointer) }
+    func unlock() { pthread_mutex_unlock(pointer) }
 }
 
 /// Active processor count without Foundation.

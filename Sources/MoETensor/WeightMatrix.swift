@@ -1,3 +1,5 @@
+import CMoEKernels
+
 /// A Linear layer's weight `W [rows = out, cols = in]` in its stored encoding, read by kernels that widen to
 /// fp32 as they go. No fp32 copy of a weight matrix is ever made.
 public struct WeightMatrix: @unchecked Sendable {
@@ -100,16 +102,39 @@ public struct WeightMatrix: @unchecked Sendable {
 
     /// `y[t, r] = Σ_c W[r, c] · x[t, c]` for `tokens` rows of `x [tokens, cols]` into `y [tokens, rows]`.
     ///
-    /// Rows are split across cores; each weight row is widened once per call and used for every token, so a
-    /// prefill batch reads the matrix once.
+    /// Rows are split across the kernel pool's workers (on a worker of a pool already, the caller does it all);
+    /// each worker runs `gemm` on its rows, which reads each weight once for all tokens.
     public func apply(_ x: UnsafePointer<Float>, tokens: Int, into y: UnsafeMutablePointer<Float>) {
-        let ranges = chunkRanges(count: rows, minimum: max(1, 16_384 / max(cols, 1)))
-        parallelFor(ranges.count) { k in
-            for r in ranges[k] {
-                for t in 0..<tokens {
-                    y[t * rows + r] = dot(row: r, x + t * cols)
-                }
+        // Chunks of at least ~64 KB of weights (and whole 4-row tiles), a few per worker so none idles.
+        let minimumRows = max(4, (65_536 / max(1, storedByteCount / max(rows, 1))) & ~3)
+        let workers = KernelPool.shared.width
+        let chunks = max(1, min(workers * 4, rows / minimumRows))
+        let size = ((rows + chunks - 1) / chunks + 3) & ~3
+        let count = (rows + size - 1) / size
+        KernelPool.shared.run(count) { k in
+            gemm(rows: (k * size)..<min(rows, (k + 1) * size), x, tokens: tokens, into: y)
+        }
+    }
+
+    /// `apply` for output rows `rows` only, on the calling thread: the kernel of `Kernels.isa` for this
+    /// encoding, or the generic Swift twin.
+    @inline(__always)
+    public func gemm(rows range: Range<Int>, _ x: UnsafePointer<Float>, tokens: Int, into y: UnsafeMutablePointer<Float>,
+                     isa: KernelISA = Kernels.isa) {
+        guard !range.isEmpty else { return }
+        if let kernel = Kernels.gemm(encoding, isa) {
+            var m = moe_matrix(data: data, scales: nil, rows: Int64(rows), cols: Int64(cols), scales_bf16: 0)
+            switch encoding {
+            case .int4g32(let scales, let type), .int8g32(let scales, let type):
+                m.scales = scales
+                m.scales_bf16 = type == .bf16 ? 1 : 0
+            default: break
             }
+            kernel(&m, Int64(range.lowerBound), Int64(range.upperBound), x, Int64(tokens), y)
+            return
+        }
+        for r in range {
+            for t in 0..<tokens { y[t * rows + r] = dot(row: r, x + t * cols) }
         }
     }
 

@@ -3,10 +3,11 @@ import Foundation
 import MoEExpertStore
 import MoERuntime
 import MoESystem
+import MoETensor
 
 struct Bench: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Benchmarks measured against a baseline in the same run.",
-                                                    subcommands: [BenchIO.self])
+                                                    subcommands: [BenchIO.self, BenchKernels.self])
 }
 
 struct BenchIO: ParsableCommand {
@@ -103,5 +104,60 @@ struct BenchIO: ParsableCommand {
             throw CLIError("fio failed (exit \(p.terminationStatus))")
         }
         return (bw.doubleValue / 1e9, ios.intValue)
+    }
+}
+
+struct BenchKernels: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "kernels",
+        abstract: "Time each matrix kernel (one thread) at Kimi K2's expert size against its generic Swift twin, and check they agree.")
+
+    @Option(help: "Rows of the matrix (an expert's gate is 2048 × 7168).")
+    var rows: Int = 2048
+
+    @Option(help: "Columns of the matrix.")
+    var cols: Int = 7168
+
+    @Option(help: ArgumentHelp("Token counts to time, comma-separated.", valueName: "list"))
+    var tokens: String = "1,4,16"
+
+    @Option(help: "Repeats per measurement (the best is kept).")
+    var repeats: Int = 5
+
+    func run() throws {
+        let counts = tokens.split(separator: ",").compactMap { Int($0.trimmingCharacters(in: .whitespaces)) }
+        guard !counts.isEmpty, counts.allSatisfy({ $0 >= 1 }) else { throw CLIError("--tokens: a list of positive counts, e.g. 1,4,16") }
+        guard rows >= 1, cols >= 32, cols % 32 == 0 else { throw CLIError("--rows ≥ 1 and --cols a multiple of 32") }
+        let isas = KernelISA.allCases.filter(\.isSupported)
+        print("matrix \(rows) × \(cols), one thread; supported: \(isas.map(\.rawValue).joined(separator: ", "))"
+              + (KernelISA.avx512.isSupported ? "" : " (no AVX-512 on this CPU)"))
+        print("kind       tokens  isa       ms      GB/s  GFLOP/s  vs generic  max |Δ|/scale")
+        for kind in KernelBenchmark.Kind.allCases {
+            let m = KernelBenchmark.randomMatrix(kind, rows: rows, cols: cols)
+            for t in counts {
+                let x = KernelBenchmark.randomActivations(t * cols)
+                let reference = FloatBuffer(count: t * rows)
+                m.gemm(rows: 0..<rows, x.pointer, tokens: t, into: reference.pointer, isa: .generic)
+                let scale = (0..<(t * rows)).reduce(Float(0)) { max($0, abs(reference.pointer[$1])) }
+                var base = 0.0
+                for isa in isas {
+                    let s = KernelBenchmark.time(m, tokens: t, isa: isa, repeats: isa == .generic ? max(1, repeats / 2) : repeats)
+                    if isa == .generic { base = s }
+                    let y = FloatBuffer(count: t * rows)
+                    m.gemm(rows: 0..<rows, x.pointer, tokens: t, into: y.pointer, isa: isa)
+                    var worst: Float = 0
+                    for i in 0..<(t * rows) { worst = max(worst, abs(y.pointer[i] - reference.pointer[i])) }
+                    let ms: Double = s * 1e3
+                    let gbps: Double = Double(m.storedByteCount) / s / 1e9
+                    let flops: Double = 2.0 * Double(rows * cols * t) / s / 1e9
+                    let ratio: Double = base / s
+                    let error: Double = Double(worst) / Double(max(scale, 1e-30))
+                    let name = kind.rawValue.padding(toLength: 9, withPad: " ", startingAt: 0)
+                    let isaName = isa.rawValue.padding(toLength: 7, withPad: " ", startingAt: 0)
+                    print(name + String(format: "  %6d  ", t) + isaName
+                          + String(format: " %7.2f  %7.2f  %7.2f  %8.2f×  %.1e", ms, gbps, flops, ratio, error))
+                }
+            }
+        }
     }
 }

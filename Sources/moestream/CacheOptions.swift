@@ -9,6 +9,7 @@ import MoETensor
 extension PolicyKind: ExpressibleByArgument {}
 extension PrefetchMode: ExpressibleByArgument {}
 extension ReadEngine: ExpressibleByArgument {}
+extension KernelISA: ExpressibleByArgument {}
 
 /// The expert cache and compute flags, shared by every command that runs the model from a store.
 struct CacheOptions: ParsableArguments {
@@ -37,6 +38,12 @@ struct CacheOptions: ParsableArguments {
     @Option(help: "Compute threads (default: every online core).")
     var threads: Int = ProcessInfoCores.active
 
+    @Flag(help: "Read experts into the cache before the first request, while the budget lasts (warm start).")
+    var preload = false
+
+    @Option(help: ArgumentHelp("Matrix kernels: avx512, avx2 or generic (default: the best this CPU runs).", valueName: "isa"))
+    var kernels: KernelISA = Kernels.isa
+
     @Option(help: ArgumentHelp("Pretend the machine has N NUMA nodes (testing placement and per-node budgets).", visibility: .hidden))
     var numaNodes: Int?
 
@@ -44,9 +51,26 @@ struct CacheOptions: ParsableArguments {
         guard prefetchDepth >= 1 else { throw ValidationError("--prefetch-depth must be at least 1") }
         guard (1...4096).contains(ioDepth) else { throw ValidationError("--io-depth must be in 1...4096") }
         guard threads >= 1 else { throw ValidationError("--threads must be at least 1") }
+        guard kernels.isSupported else { throw ValidationError(KernelError.unsupported(kernels).description) }
         if let cache, parseSize(cache) == nil && parsePercent(cache) == nil {
             throw ValidationError("--cache '\(cache)' is not a size such as 96G or 512M, nor a share such as 25%")
         }
+    }
+
+    /// Starts the kernel pool: `--threads` threads (the caller and threads − 1 workers), each worker pinned
+    /// to the CPUs of a NUMA node, spread over the nodes in turn; and selects `--kernels`.
+    func startKernels() throws {
+        try Kernels.select(kernels)
+        let topology = self.topology
+        let nodes: [[Int]] = topology.isReal ? topology.nodes.map { $0.cpus }.filter { !$0.isEmpty } : []
+        var pin: (@Sendable (Int) -> Void)? = nil
+        if !nodes.isEmpty {
+            pin = { i in
+                _ = ThreadAffinity.pinCurrentThread(to: nodes[i % nodes.count])
+                ThreadAffinity.nameCurrentThread("moe-k\(i)")
+            }
+        }
+        KernelPool.configure(threads: threads, pin: pin)
     }
 
     var topology: NumaTopology { numaNodes.map { NumaTopology.fake(nodes: $0) } ?? .detect() }

@@ -77,15 +77,25 @@ struct Generate: ParsableCommand {
         let m = loaded.model
         let stop = ignoreEos ? [] : Set(m.config.eosTokenIds)
         let started = ContinuousClock.now
+        var firstToken: ContinuousClock.Instant? = nil
         let ids: [Int]
-        do { ids = try m.greedy(prompt: tokens.ids, maxTokens: maxTokens, stop: stop) } catch let e as ModelError {
+        do {
+            ids = try m.greedy(prompt: tokens.ids, maxTokens: maxTokens, stop: stop) { _ in
+                if firstToken == nil { firstToken = .now }
+            }
+        } catch let e as ModelError {
             throw CLIError(e.description)
         }
-        let elapsed = ContinuousClock.now - started
+        let ended = ContinuousClock.now
         print(ids.map(String.init).joined(separator: ","))
-        let seconds = elapsed.seconds
-        let rate = seconds > 0 ? Double(ids.count) / seconds : 0
-        let line = "generated \(ids.count) tokens in \(String(format: "%.3f", seconds)) s (\(String(format: "%.1f", rate)) tokens/s)"
+        // The prompt's pass ends with the first token; every later token is one decode step.
+        let prefill: Double = ((firstToken ?? ended) - started).seconds
+        let decode: Double = (ended - (firstToken ?? ended)).seconds
+        let steps = max(0, ids.count - 1)
+        let prefillRate: Double = prefill > 0 ? Double(tokens.ids.count) / prefill : 0
+        let decodeRate: Double = decode > 0 ? Double(steps) / decode : 0
+        let line = String(format: "prefill %d tokens in %.3f s (%.2f tokens/s); ", tokens.ids.count, prefill, prefillRate)
+            + String(format: "decode %d tokens in %.3f s (%.2f tokens/s)", steps, decode, decodeRate)
         printError(line)
         try loaded.finish(statsOptions)
     }

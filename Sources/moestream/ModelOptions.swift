@@ -36,8 +36,8 @@ struct LoadedModel {
     let cache: ExpertCache?
 
     static func load(_ options: ModelOptions, _ cacheOptions: CacheOptions, _ stats: StatsOptions? = nil) throws -> LoadedModel {
-        Parallelism.threads = cacheOptions.threads
         do {
+            try cacheOptions.startKernels()
             guard options.isStore else {
                 if cacheOptions.cache != nil || cacheOptions.cacheNode != nil || stats?.trace != nil {
                     throw CLIError("\(options.model) is a checkpoint directory: the expert cache and traces need a store "
@@ -50,6 +50,12 @@ struct LoadedModel {
             notes.forEach { printError($0) }
             let (model, cache) = try store.loadModel(cache: config)
             if let f = cache.fallbackMessage { printError(f) }
+            if cacheOptions.preload {
+                let started = ContinuousClock.now
+                let n = try cache.preload()
+                let seconds: Double = (ContinuousClock.now - started).seconds
+                printError("preloaded \(n) experts in " + String(format: "%.1f", seconds) + " s")
+            }
             if stats?.trace != nil { cache.recorder = RoutingTraceRecorder(header: cache.traceHeader) }
             return LoadedModel(model: model, cache: cache)
         } catch let e as StoreError { throw CLIError(e.description) } catch let e as CheckpointError {
@@ -60,11 +66,15 @@ struct LoadedModel {
     /// Prints the statistics table (stderr) and writes the files `stats` asks for.
     func finish(_ stats: StatsOptions, extra: [String] = []) throws {
         guard let cache else { return }
-        let s = cache.statistics()
+        var s = cache.statistics()
+        s.kernels = Kernels.isa.rawValue
+        s.threads = Parallelism.threads
         cache.shutdown()
         if !stats.noStats {
-            printError(s.report() + (extra.isEmpty ? "" : "\n" + extra.joined(separator: "\n"))
-                + "\nthreads \(Parallelism.threads)")
+            var lines = [s.report()]
+            lines += extra
+            lines.append("threads \(Parallelism.threads), kernels \(Kernels.isa.rawValue)")
+            printError(lines.joined(separator: "\n"))
         }
         if let path = stats.statsJson { try s.json().write(to: URL(fileURLWithPath: path)) }
         if let path = stats.heatmap { try Heatmap.svg(s).write(toFile: path, atomically: true, encoding: .utf8) }

@@ -106,10 +106,13 @@ import Testing
         let (w, _) = makeMatrix(rows: 257, cols: 512, encoding: "bf16", seed: 1)
         var rng = LCG(state: 2)
         let x = FloatBuffer((0..<(2 * 512)).map { _ in rng.next() })
-        let batched = FloatBuffer(count: 2 * 257)
+        let batched = FloatBuffer(count: 2 * 257), one = FloatBuffer(count: 1)
         w.apply(x.pointer, tokens: 2, into: batched.pointer)
         for t in 0..<2 {
-            for r in 0..<257 { #expect(batched.pointer[t * 257 + r] == w.dot(row: r, x.pointer + t * 512)) }
+            for r in 0..<257 {
+                w.gemm(rows: r..<(r + 1), x.pointer + t * 512, tokens: 1, into: one.pointer - r)
+                #expect(batched.pointer[t * 257 + r] == one.pointer[0])
+            }
         }
     }
 }

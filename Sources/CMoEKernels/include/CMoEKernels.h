@@ -1,0 +1,44 @@
+#ifndef CMOEKERNELS_H
+#define CMOEKERNELS_H
+/// The innermost products of MoEStream: a stored weight matrix times fp32 activations, with fp32 accumulation.
+///
+/// C because Swift cannot compile one function for AVX2 and another for AVX-512 in one binary and pick at run
+/// time: its SIMD types compile for the build's baseline (SSE2 on x86-64), which `moestream bench kernels` shows
+/// several times slower. Everything around these loops (tiling over threads, the generic twins, which kernel
+/// runs) is Swift.
+///
+/// Every kernel computes, for rows r in [r0, r1) and tokens t in [0, T):
+///     y[t·rows + r] = Σ_c W[r, c] · x[t·cols + c]
+/// and gives each (r, t) the same sequence of operations whatever the tile it falls in, so a token's result
+/// does not depend on how many other tokens share the call or on how rows are split across threads.
+#include <stdint.h>
+
+typedef struct {
+    /// int4: [rows, cols/2] bytes, groups of 32 in Q4_0 order (byte j: element j low nibble, j+16 high nibble),
+    /// value = (nibble − 8) · scale. int8: [rows, cols] Int8, value = q · scale. bf16: [rows, cols] bf16.
+    const void *data;
+    /// Group scales [rows, cols/32] (int4, int8), bf16 when `scales_bf16`, else fp32; unused for bf16.
+    const void *scales;
+    int64_t rows;
+    int64_t cols;
+    int32_t scales_bf16;
+} moe_matrix;
+
+typedef void (*moe_gemm_fn)(const moe_matrix *m, int64_t r0, int64_t r1, const float *x, int64_t T, float *y);
+
+/// 1 when the CPU (and OS) run this build's AVX2+FMA+F16C kernels / AVX-512 F+BW+VL kernels.
+int moe_cpu_has_avx2(void);
+int moe_cpu_has_avx512(void);
+/// 1 when the AVX kernels were compiled in (x86-64).
+int moe_kernels_compiled_x86(void);
+
+void moe_gemm_q4_avx2(const moe_matrix *m, int64_t r0, int64_t r1, const float *x, int64_t T, float *y);
+void moe_gemm_q8_avx2(const moe_matrix *m, int64_t r0, int64_t r1, const float *x, int64_t T, float *y);
+void moe_gemm_bf16_avx2(const moe_matrix *m, int64_t r0, int64_t r1, const float *x, int64_t T, float *y);
+/// bf16 with a 3 × 4 register tile for four tokens or more (what `Kernels` uses for bf16 on AVX2).
+void moe_gemm_bf16_avx2_blocked(const moe_matrix *m, int64_t r0, int64_t r1, const float *x, int64_t T, float *y);
+void moe_gemm_q4_avx512(const moe_matrix *m, int64_t r0, int64_t r1, const float *x, int64_t T, float *y);
+void moe_gemm_q8_avx512(const moe_matrix *m, int64_t r0, int64_t r1, const float *x, int64_t T, float *y);
+void moe_gemm_bf16_avx512(const moe_matrix *m, int64_t r0, int64_t r1, const float *x, int64_t T, float *y);
+
+#endif

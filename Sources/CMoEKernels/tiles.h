@@ -1,0 +1,51 @@
+// The tiling shared by every ISA's kernels: rows × tokens tiles whose accumulators stay in registers.
+//
+// An ISA file defines, before including this:
+//   VEC                      its vector type
+//   TARGET                   the function attribute that enables it
+//   VZERO()                  a zero vector
+//   STEP(m, r, g, x, acc)    acc += one group (int4/int8: 32 values; bf16: one vector width) of row r
+//   FINISH(m, r, x, acc)     the row's scalar result (horizontal sum, then any scalar tail)
+//   GROUPS(m)                groups per row
+//   KERNEL                   the exported name
+// Each (row, token) pair sees the same operations in the same order in every tile shape.
+#define TILE(R, TT)                                                                                              \
+    TARGET static inline __attribute__((always_inline)) void tile_##R##_##TT(                                     \
+        const moe_matrix *m, int64_t r, const float *x, int64_t t, float *y) {                                   \
+        VEC acc[R][TT];                                                                                          \
+        for (int i = 0; i < R; i++)                                                                              \
+            for (int j = 0; j < TT; j++) acc[i][j] = VZERO();                                                    \
+        const int64_t groups = GROUPS(m);                                                                        \
+        for (int64_t g = 0; g < groups; g++) {                                                                   \
+            for (int i = 0; i < R; i++) {                                                                        \
+                LOADROW(m, r + i, g);                                                                            \
+                for (int j = 0; j < TT; j++) STEP(m, r + i, g, x + (t + j) * m->cols, acc[i][j]);                \
+            }                                                                                                    \
+        }                                                                                                        \
+        for (int i = 0; i < R; i++)                                                                              \
+            for (int j = 0; j < TT; j++)                                                                         \
+                y[(t + j) * m->rows + r + i] = FINISH(m, r + i, x + (t + j) * m->cols, acc[i][j]);               \
+    }
+
+TILE(4, 1)
+TILE(1, 1)
+TILE(2, 4)
+TILE(1, 4)
+TILE(2, 2)
+TILE(1, 2)
+
+#define ROWS(R, TT)                                                                                              \
+    {                                                                                                            \
+        int64_t r = r0;                                                                                          \
+        for (; r + R <= r1; r += R) tile_##R##_##TT(m, r, x, t, y);                                              \
+        for (; r < r1; r++) tile_1_##TT(m, r, x, t, y);                                                          \
+    }
+
+TARGET void KERNEL(const moe_matrix *m, int64_t r0, int64_t r1, const float *x, int64_t T, float *y) {
+    int64_t t = 0;
+    for (; t + 4 <= T; t += 4) ROWS(2, 4)
+    for (; t + 2 <= T; t += 2) ROWS(2, 2)
+    for (; t < T; t++) ROWS(4, 1)
+}
+
+#undef KERNEL

@@ -1,0 +1,89 @@
+/// Random matrices in every kernel encoding, and the timing of one `gemm` over them: what
+/// `moestream bench kernels` prints and what the parity tests feed the kernels.
+public enum KernelBenchmark {
+    public enum Kind: String, CaseIterable, Sendable {
+        case int4 = "int4-g32"
+        case int8 = "int8-g32"
+        case bf16
+    }
+
+    /// A `rows × cols` matrix of `kind` with random values (a fixed seed), scales bf16.
+    public static func randomMatrix(_ kind: Kind, rows: Int, cols: Int, seed: UInt64 = 1) -> WeightMatrix {
+        var rng = SplitMix(seed: seed)
+        let groups = cols / 32
+        switch kind {
+        case .int4, .int8:
+            precondition(cols % 32 == 0)
+            let bytes = kind == .int4 ? rows * cols / 2 : rows * cols
+            let data = AlignedBuffer(byteCount: bytes), scales = AlignedBuffer(byteCount: rows * groups * 2)
+            for i in 0..<bytes { data.pointer.storeBytes(of: UInt8(truncatingIfNeeded: rng.next()), toByteOffset: i, as: UInt8.self) }
+            for i in 0..<(rows * groups) {
+                let s = Float(0.002 + 0.014 * rng.unit())
+                scales.pointer.storeBytes(of: floatToBF16(s), toByteOffset: 2 * i, as: UInt16.self)
+            }
+            let encoding: WeightMatrix.Encoding = kind == .int4
+                ? .int4g32(scales: UnsafeRawPointer(scales.pointer), scaleType: .bf16)
+                : .int8g32(scales: UnsafeRawPointer(scales.pointer), scaleType: .bf16)
+            return WeightMatrix(rows: rows, cols: cols, data: UnsafeRawPointer(data.pointer), encoding: encoding, owners: [data, scales])
+        case .bf16:
+            let data = AlignedBuffer(byteCount: rows * cols * 2)
+            for i in 0..<(rows * cols) {
+                data.pointer.storeBytes(of: floatToBF16(Float(rng.normal() * 0.02)), toByteOffset: 2 * i, as: UInt16.self)
+            }
+            return WeightMatrix(rows: rows, cols: cols, data: UnsafeRawPointer(data.pointer), encoding: .bf16, owners: [data])
+        }
+    }
+
+    /// `count` random activations in [-1, 1).
+    public static func randomActivations(_ count: Int, seed: UInt64 = 2) -> FloatBuffer {
+        var rng = SplitMix(seed: seed)
+        let b = FloatBuffer(count: count)
+        for i in 0..<count { b.pointer[i] = Float(rng.unit() * 2 - 1) }
+        return b
+    }
+
+    /// Seconds for one single-threaded `gemm` of all rows over `tokens` tokens (the best of `repeats`).
+    public static func time(_ m: WeightMatrix, tokens: Int, isa: KernelISA, repeats: Int) -> Double {
+        let x = randomActivations(tokens * m.cols), y = FloatBuffer(count: tokens * m.rows)
+        var best = Double.infinity
+        for _ in 0..<max(1, repeats) {
+            let start = monotonicSeconds()
+            m.gemm(rows: 0..<m.rows, x.pointer, tokens: tokens, into: y.pointer, isa: isa)
+            best = min(best, monotonicSeconds() - start)
+        }
+        return best
+    }
+}
+
+/// A small deterministic generator (SplitMix64) for test and benchmark data.
+public struct SplitMix: Sendable {
+    var state: UInt64
+    public init(seed: UInt64) { state = seed }
+    public mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+    /// Uniform in [0, 1).
+    public mutating func unit() -> Double { Double(next() >> 11) / Double(1 << 53) }
+    /// Standard normal (Box–Muller).
+    public mutating func normal() -> Double {
+        let u = max(unit(), 1e-300), v = unit()
+        return (-2 * _log(u)).squareRoot() * _cos(2 * Double.pi * v)
+    }
+}
+
+public func monotonicSeconds() -> Double {
+    var t = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &t)
+    return Double(t.tv_sec) + Double(t.tv_nsec) * 1e-9
+}
+
+@inline(__always) private func _log(_ x: Double) -> Double { Glibc.log(x) }
+@inline(__always) private func _cos(_ x: Double) -> Double { Glibc.cos(x) }
+
+#if canImport(Glibc)
+import Glibc
+#endif

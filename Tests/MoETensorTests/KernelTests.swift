@@ -1,0 +1,136 @@
+import Testing
+@testable import MoETensor
+
+/// Every C kernel against its generic Swift twin and a float64 product, on every instruction set this CPU runs
+/// (AVX-512 only where present: these tests say so when it is not), at sizes with row, token and column tails.
+@Suite struct KernelTests {
+    static let fast = KernelISA.allCases.filter { $0 != .generic && $0.isSupported }
+
+    /// The exact value of every weight (dequantised in float64 from the stored bytes).
+    func exact(_ m: WeightMatrix, _ r: Int, _ c: Int) -> Double { Double(m.element(r, c)) }
+
+    func check(_ kind: KernelBenchmark.Kind, rows: Int, cols: Int, tokens: Int, isa: KernelISA) {
+        let m = KernelBenchmark.randomMatrix(kind, rows: rows, cols: cols, seed: UInt64(rows * 31 + cols))
+        let x = KernelBenchmark.randomActivations(tokens * cols, seed: UInt64(tokens))
+        let fast = FloatBuffer(count: tokens * rows), twin = FloatBuffer(count: tokens * rows)
+        m.gemm(rows: 0..<rows, x.pointer, tokens: tokens, into: fast.pointer, isa: isa)
+        m.gemm(rows: 0..<rows, x.pointer, tokens: tokens, into: twin.pointer, isa: .generic)
+        for t in 0..<tokens {
+            for r in 0..<rows {
+                var s = 0.0, magnitude = 0.0
+                for c in 0..<cols {
+                    let p = exact(m, r, c) * Double(x.pointer[t * cols + c])
+                    s += p
+                    magnitude += abs(p)
+                }
+                // fp32 accumulation of `cols` products: a few ulps of the magnitude per step at most.
+                let bound = 1e-6 * magnitude * Double(cols).squareRoot() + 1e-30
+                let f = Double(fast.pointer[t * rows + r]), g = Double(twin.pointer[t * rows + r])
+                #expect(abs(f - s) <= bound, "\(kind) \(isa) row \(r) token \(t): \(f) vs exact \(s)")
+                #expect(abs(g - s) <= bound, "\(kind) generic row \(r) token \(t): \(g) vs exact \(s)")
+            }
+        }
+    }
+
+    @Test(arguments: KernelBenchmark.Kind.allCases)
+    func kernelsMatchTheirGenericTwinAndTheExactProduct(kind: KernelBenchmark.Kind) {
+        #expect(KernelISA.generic.isSupported)
+        if !KernelISA.avx512.isSupported { print("note: this CPU has no AVX-512; its kernels are compiled but not run here") }
+        for isa in [KernelISA.generic] + Self.fast {
+            for tokens in [1, 2, 3, 4, 5, 9] {
+                check(kind, rows: 37, cols: kind == .bf16 ? 1031 : 1024, tokens: tokens, isa: isa)
+            }
+            check(kind, rows: 4, cols: 32, tokens: 1, isa: isa)
+        }
+    }
+
+    /// A token's result does not depend on the other tokens of the call or on how rows are split: the tiles
+    /// give each (row, token) the same operations.
+    @Test(arguments: KernelBenchmark.Kind.allCases)
+    func resultsDoNotDependOnTilesOrSplits(kind: KernelBenchmark.Kind) {
+        let (rows, cols, tokens) = (23, kind == .bf16 ? 517 : 512, 7)
+        let m = KernelBenchmark.randomMatrix(kind, rows: rows, cols: cols, seed: 5)
+        let x = KernelBenchmark.randomActivations(tokens * cols, seed: 6)
+        for isa in KernelISA.allCases where isa.isSupported {
+            let whole = FloatBuffer(count: tokens * rows)
+            m.gemm(rows: 0..<rows, x.pointer, tokens: tokens, into: whole.pointer, isa: isa)
+            let single = FloatBuffer(count: rows)
+            for t in 0..<tokens {
+                for split in [1, 5, 22] {
+                    m.gemm(rows: 0..<split, x.pointer + t * cols, tokens: 1, into: single.pointer, isa: isa)
+                    m.gemm(rows: split..<rows, x.pointer + t * cols, tokens: 1, into: single.pointer, isa: isa)
+                    for r in 0..<rows {
+                        #expect(single.pointer[r] == whole.pointer[t * rows + r], "\(kind) \(isa) token \(t) row \(r) split \(split)")
+                    }
+                }
+            }
+            // apply() splits rows across the pool; bit-identical to one call.
+            let pooled = FloatBuffer(count: tokens * rows)
+            let saved = Kernels.isa
+            if isa == saved {
+                m.apply(x.pointer, tokens: tokens, into: pooled.pointer)
+                #expect(pooled.array == whole.array, "\(kind) \(isa) through the pool")
+            }
+        }
+    }
+
+    @Test func unsupportedInstructionSetsAreRefusedByName() {
+        for isa in KernelISA.allCases where !isa.isSupported {
+            #expect(throws: KernelError.unsupported(isa)) { try Kernels.select(isa) }
+            #expect(KernelError.unsupported(isa).description.contains(isa.rawValue))
+        }
+        #expect(KernelISA.best.isSupported)
+    }
+}
+
+/// The kernel pool: every chunk exactly once, callers from several threads, nested calls, replacement.
+@Suite(.serialized) struct KernelPoolTests {
+    final class Counts: @unchecked Sendable {
+        let p = UnsafeMutablePointer<Int>.allocate(capacity: 4096)
+        init() { p.initialize(repeating: 0, count: 4096) }
+        deinit { p.deallocate() }
+    }
+
+    @Test func everyChunkRunsExactlyOnce() {
+        let pool = KernelPool(threads: 3, pin: nil)
+        defer { pool.shutdown() }
+        for n in [0, 1, 2, 7, 100, 4096] {
+            let c = Counts()
+            for _ in 0..<20 { pool.run(n) { k in c.p[k] += 1 } }
+            for k in 0..<n { #expect(c.p[k] == 20, "chunk \(k) of \(n)") }
+        }
+    }
+
+    @Test func concurrentCallersAndNestedCallsAreSafe() async {
+        let pool = KernelPool(threads: 2, pin: nil)
+        defer { pool.shutdown() }
+        let results = Counts()
+        await withTaskGroup(of: Void.self) { group in
+            for caller in 0..<4 {
+                group.addTask {
+                    for _ in 0..<50 {
+                        let c = Counts()
+                        pool.run(64) { k in
+                            // A kernel inside a chunk runs on the same thread (no deadlock, every inner chunk once).
+                            pool.run(4) { i in c.p[k * 4 + i] += 1 }
+                        }
+                        if (0..<256).allSatisfy({ c.p[$0] == 1 }) { results.p[caller] += 1 }
+                    }
+                }
+            }
+        }
+        for caller in 0..<4 { #expect(results.p[caller] == 50) }
+    }
+
+    @Test func configuringReplacesTheSharedPool() {
+        let before = KernelPool.shared.width
+        let pinned = Counts()
+        KernelPool.configure(threads: 3, pin: { i in pinned.p[i] = 1 })
+        #expect(KernelPool.shared.width == 3)
+        let c = Counts()
+        KernelPool.shared.run(30) { k in c.p[k] += 1 }
+        #expect((0..<30).allSatisfy { c.p[$0] == 1 })
+        KernelPool.configure(threads: before, pin: nil)
+        #expect(pinned.p[1] == 1 && pinned.p[2] == 1, "every worker ran the pin hook")
+    }
+}
