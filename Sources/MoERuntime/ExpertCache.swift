@@ -533,7 +533,7 @@ public final class ExpertCache: ExpertProviding, @unchecked Sendable {
         stats.layers = stats.layers.map { CacheStatistics.Layer(layer: $0.layer, experts: $0.activations.count) }
         for i in stats.nodes.indices { stats.nodes[i].bytesRead = 0 }
         stats.readBusySeconds = 0
-        if let since = busySince, inFlightTotal > 0 { _ = since; busySince = .now }
+        if inFlightTotal > 0 { busySince = .now }  // reads still in flight count from now
         stats.preloadedExperts = loaded
         lock.unlock()
         return loaded
