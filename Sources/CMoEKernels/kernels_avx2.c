@@ -1,13 +1,13 @@
 // AVX2 + FMA kernels (Haswell and later, Zen). 8 fp32 lanes.
 #include "CMoEKernels.h"
-#include <string.h>
 
 #if defined(__x86_64__)
-#include <immintrin.h>
+#include "common.h"
 
 #define TARGET __attribute__((target("avx2,fma,f16c")))
 #define VEC __m256
 #define VZERO() _mm256_setzero_ps()
+#define VSET1(s) _mm256_set1_ps(s)
 
 TARGET static inline float hsum8(__m256 v) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));  // i + (i+4)
@@ -16,19 +16,15 @@ TARGET static inline float hsum8(__m256 v) {
     return _mm_cvtss_f32(s);
 }
 
-static inline float group_scale(const moe_matrix *m, int64_t index) {
-    if (m->scales_bf16) {
-        uint32_t u = (uint32_t)((const uint16_t *)m->scales)[index] << 16;
-        float f;
-        memcpy(&f, &u, 4);
-        return f;
-    }
-    return ((const float *)m->scales)[index];
+/// 16 signed bytes → elements 0-7 and 8-15 as fp32.
+TARGET static inline void widen16(__m128i q, __m256 *w) {
+    w[0] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q));
+    w[1] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(q, 8)));
 }
 
 // Per group of 32 (w0..w3: elements 0-7, 8-15, 16-23, 24-31 as fp32; s the group's scale):
 //   p = w0·x0;  p += w1·x1;  p += w2·x2;  p += w3·x3;  acc += p · s        (all fused multiply-adds)
-#define GROUP_FMA(x, acc)                                                                                        \
+#define STEP(m, r, g, x, acc)                                                                                    \
     do {                                                                                                         \
         const float *xp_ = (x) + 32 * g_;                                                                        \
         __m256 p_ = _mm256_mul_ps(w_[0], _mm256_loadu_ps(xp_));                                                  \
@@ -37,104 +33,56 @@ static inline float group_scale(const moe_matrix *m, int64_t index) {
         p_ = _mm256_fmadd_ps(w_[3], _mm256_loadu_ps(xp_ + 24), p_);                                              \
         (acc) = _mm256_fmadd_ps(p_, s_, (acc));                                                                  \
     } while (0)
-
 #define GROUPS(m) ((m)->cols / 32)
 #define FINISH(m, r, x, acc) hsum8(acc)
 
 // ---- int4, group 32 ----
 #define LOADROW(m, r, g)                                                                                         \
-    __m256 w_[4];                                                                                                \
-    const int64_t g_ = (g);                                                                                      \
-    const __m256 s_ = _mm256_set1_ps(group_scale(m, (r) * GROUPS(m) + g));                                       \
+    GROUP_HEAD(m, r, g, 4)                                                                                       \
     {                                                                                                            \
-        const __m128i b_ = _mm_loadu_si128((const __m128i *)((const uint8_t *)(m)->data + (r) * ((m)->cols / 2) + 16 * g)); \
-        const __m128i lo_ = _mm_sub_epi8(_mm_and_si128(b_, _mm_set1_epi8(0x0F)), _mm_set1_epi8(8));              \
-        const __m128i hi_ = _mm_sub_epi8(_mm_and_si128(_mm_srli_epi16(b_, 4), _mm_set1_epi8(0x0F)), _mm_set1_epi8(8)); \
-        w_[0] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(lo_));                                                   \
-        w_[1] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(lo_, 8)));                                \
-        w_[2] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(hi_));                                                   \
-        w_[3] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(hi_, 8)));                                \
+        __m128i lo_, hi_;                                                                                        \
+        int4_unpack(m, r, g_, &lo_, &hi_);                                                                       \
+        widen16(lo_, w_);                                                                                        \
+        widen16(hi_, w_ + 2);                                                                                    \
     }
-#define STEP(m, r, g, x, acc) GROUP_FMA(x, acc)
+#define PREFIX q4
 #define KERNEL moe_gemm_q4_avx2
-#define tile_4_1 q4_tile_4_1
-#define tile_1_1 q4_tile_1_1
-#define tile_2_4 q4_tile_2_4
-#define tile_1_4 q4_tile_1_4
-#define tile_2_2 q4_tile_2_2
-#define tile_1_2 q4_tile_1_2
 #include "tiles.h"
-#undef tile_4_1
-#undef tile_1_1
-#undef tile_2_4
-#undef tile_1_4
-#undef tile_2_2
-#undef tile_1_2
-#undef LOADROW
 
 // ---- int8, group 32 ----
 #define LOADROW(m, r, g)                                                                                         \
-    __m256 w_[4];                                                                                                \
-    const int64_t g_ = (g);                                                                                      \
-    const __m256 s_ = _mm256_set1_ps(group_scale(m, (r) * GROUPS(m) + g));                                       \
+    GROUP_HEAD(m, r, g, 4)                                                                                       \
     {                                                                                                            \
-        const int8_t *q_ = (const int8_t *)(m)->data + (r) * (m)->cols + 32 * g;                                 \
-        for (int k_ = 0; k_ < 4; k_++)                                                                           \
-            w_[k_] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(q_ + 8 * k_)))); \
+        const int8_t *q_ = (const int8_t *)(m)->data + (r) * (m)->cols + 32 * g_;                                \
+        widen16(_mm_loadu_si128((const __m128i *)q_), w_);                                                       \
+        widen16(_mm_loadu_si128((const __m128i *)(q_ + 16)), w_ + 2);                                            \
     }
+#define PREFIX q8
 #define KERNEL moe_gemm_q8_avx2
-#define tile_4_1 q8_tile_4_1
-#define tile_1_1 q8_tile_1_1
-#define tile_2_4 q8_tile_2_4
-#define tile_1_4 q8_tile_1_4
-#define tile_2_2 q8_tile_2_2
-#define tile_1_2 q8_tile_1_2
 #include "tiles.h"
-#undef tile_4_1
-#undef tile_1_1
-#undef tile_2_4
-#undef tile_1_4
-#undef tile_2_2
-#undef tile_1_2
-#undef LOADROW
 #undef STEP
 #undef GROUPS
 #undef FINISH
 
 // ---- bf16: acc += w·x per 8 values, then a scalar tail for cols % 8 ----
+TARGET static inline __attribute__((always_inline)) __m256 bf16_load8(const uint16_t *p) {
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p)), 16));
+}
 TARGET static inline float bf16_finish(const moe_matrix *m, int64_t r, const float *x, __m256 acc) {
-    float s = hsum8(acc);
-    const uint16_t *w = (const uint16_t *)m->data + r * m->cols;
-    for (int64_t c = m->cols & ~(int64_t)7; c < m->cols; c++) {
-        uint32_t u = (uint32_t)w[c] << 16;
-        float f;
-        memcpy(&f, &u, 4);
-        s = __builtin_fmaf(f, x[c], s);
-    }
-    return s;
+    return bf16_tail(m, r, x, m->cols & ~(int64_t)7, hsum8(acc));
 }
 #define GROUPS(m) ((m)->cols / 8)
 #define LOADROW(m, r, g)                                                                                         \
     const int64_t g_ = (g);                                                                                      \
-    const __m256 w8_ = _mm256_castsi256_ps(_mm256_slli_epi32(                                                    \
-        _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)((const uint16_t *)(m)->data + (r) * (m)->cols + 8 * g))), 16));
+    const __m256 w8_ = bf16_load8((const uint16_t *)(m)->data + (r) * (m)->cols + 8 * g_);
 #define STEP(m, r, g, x, acc) (acc) = _mm256_fmadd_ps(w8_, _mm256_loadu_ps((x) + 8 * g_), (acc))
 #define FINISH(m, r, x, acc) bf16_finish(m, r, x, acc)
+#define PREFIX bf
 #define KERNEL moe_gemm_bf16_avx2
-#define tile_4_1 bf_tile_4_1
-#define tile_1_1 bf_tile_1_1
-#define tile_2_4 bf_tile_2_4
-#define tile_1_4 bf_tile_1_4
-#define tile_2_2 bf_tile_2_2
-#define tile_1_2 bf_tile_1_2
 #include "tiles.h"
 
 // ---- bf16 for four or more tokens: a 3-row × 4-token tile with each activation vector loaded once for the
 // three rows (the generic tile reloads it per row). Same per-(row, token) operations as the tiles above.
-TARGET static inline __attribute__((always_inline)) __m256 bf16_load8(const uint16_t *p) {
-    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p)), 16));
-}
-
 TARGET static void bf16_tile_3x4(const moe_matrix *m, int64_t r, const float *x, int64_t t, float *y) {
     const int64_t cols = m->cols, groups = cols / 8;
     const uint16_t *w0 = (const uint16_t *)m->data + r * cols, *w1 = w0 + cols, *w2 = w1 + cols;
@@ -181,50 +129,6 @@ int moe_cpu_has_avx2(void) {
 int moe_kernels_compiled_x86(void) { return 1; }
 
 #else  // not x86-64: the Swift generic twins run (and compile to NEON on arm64).
-// ---- bf16 for four or more tokens: a 3-row × 4-token tile with each activation vector loaded once for the
-// three rows (the generic tile reloads it per row). Same per-(row, token) operations as the tiles above.
-TARGET static inline __attribute__((always_inline)) __m256 bf16_load8(const uint16_t *p) {
-    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p)), 16));
-}
-
-TARGET static void bf16_tile_3x4(const moe_matrix *m, int64_t r, const float *x, int64_t t, float *y) {
-    const int64_t cols = m->cols, groups = cols / 8;
-    const uint16_t *w0 = (const uint16_t *)m->data + r * cols, *w1 = w0 + cols, *w2 = w1 + cols;
-    const float *x0 = x + t * cols, *x1 = x0 + cols, *x2 = x1 + cols, *x3 = x2 + cols;
-    __m256 a00 = _mm256_setzero_ps(), a01 = a00, a02 = a00, a03 = a00, a10 = a00, a11 = a00, a12 = a00, a13 = a00,
-           a20 = a00, a21 = a00, a22 = a00, a23 = a00;
-    for (int64_t g = 0; g < groups; g++) {
-        const __m256 v0 = bf16_load8(w0 + 8 * g), v1 = bf16_load8(w1 + 8 * g), v2 = bf16_load8(w2 + 8 * g);
-        __m256 xv = _mm256_loadu_ps(x0 + 8 * g);
-        a00 = _mm256_fmadd_ps(v0, xv, a00); a10 = _mm256_fmadd_ps(v1, xv, a10); a20 = _mm256_fmadd_ps(v2, xv, a20);
-        xv = _mm256_loadu_ps(x1 + 8 * g);
-        a01 = _mm256_fmadd_ps(v0, xv, a01); a11 = _mm256_fmadd_ps(v1, xv, a11); a21 = _mm256_fmadd_ps(v2, xv, a21);
-        xv = _mm256_loadu_ps(x2 + 8 * g);
-        a02 = _mm256_fmadd_ps(v0, xv, a02); a12 = _mm256_fmadd_ps(v1, xv, a12); a22 = _mm256_fmadd_ps(v2, xv, a22);
-        xv = _mm256_loadu_ps(x3 + 8 * g);
-        a03 = _mm256_fmadd_ps(v0, xv, a03); a13 = _mm256_fmadd_ps(v1, xv, a13); a23 = _mm256_fmadd_ps(v2, xv, a23);
-    }
-    const int64_t R = m->rows;
-    y[t * R + r] = bf16_finish(m, r, x0, a00);           y[(t + 1) * R + r] = bf16_finish(m, r, x1, a01);
-    y[(t + 2) * R + r] = bf16_finish(m, r, x2, a02);     y[(t + 3) * R + r] = bf16_finish(m, r, x3, a03);
-    y[t * R + r + 1] = bf16_finish(m, r + 1, x0, a10);   y[(t + 1) * R + r + 1] = bf16_finish(m, r + 1, x1, a11);
-    y[(t + 2) * R + r + 1] = bf16_finish(m, r + 1, x2, a12); y[(t + 3) * R + r + 1] = bf16_finish(m, r + 1, x3, a13);
-    y[t * R + r + 2] = bf16_finish(m, r + 2, x0, a20);   y[(t + 1) * R + r + 2] = bf16_finish(m, r + 2, x1, a21);
-    y[(t + 2) * R + r + 2] = bf16_finish(m, r + 2, x2, a22); y[(t + 3) * R + r + 2] = bf16_finish(m, r + 2, x3, a23);
-}
-
-/// Blocks of four tokens through the 3 × 4 tile (remaining rows through the generic 1 × 4 tile), the rest as
-/// `moe_gemm_bf16_avx2` does.
-TARGET void moe_gemm_bf16_avx2_blocked(const moe_matrix *m, int64_t r0, int64_t r1, const float *x, int64_t T, float *y) {
-    int64_t t = 0;
-    for (; t + 4 <= T; t += 4) {
-        int64_t r = r0;
-        for (; r + 3 <= r1; r += 3) bf16_tile_3x4(m, r, x, t, y);
-        for (; r < r1; r++) bf_tile_1_4(m, r, x, t, y);
-    }
-    if (t < T) moe_gemm_bf16_avx2(m, r0, r1, x + t * m->cols, T - t, y + t * m->rows);
-}
-
 int moe_cpu_has_avx2(void) { return 0; }
 int moe_kernels_compiled_x86(void) { return 0; }
 void moe_gemm_q4_avx2(const moe_matrix *m, int64_t r0, int64_t r1, const float *x, int64_t T, float *y) {}

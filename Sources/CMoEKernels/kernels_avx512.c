@@ -1,13 +1,13 @@
 // AVX-512 F/BW/VL kernels (Skylake-SP and later, Zen 4). 16 fp32 lanes: one int4/int8 group is two vectors.
 #include "CMoEKernels.h"
-#include <string.h>
 
 #if defined(__x86_64__)
-#include <immintrin.h>
+#include "common.h"
 
 #define TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx2,fma,f16c")))
 #define VEC __m512
 #define VZERO() _mm512_setzero_ps()
+#define VSET1(s) _mm512_set1_ps(s)
 
 /// Fixed tree: 16 → 8 → 4 → 2 → 1.
 TARGET static inline float hsum16(__m512 v) {
@@ -18,109 +18,61 @@ TARGET static inline float hsum16(__m512 v) {
     return _mm_cvtss_f32(s);
 }
 
-static inline float group_scale(const moe_matrix *m, int64_t index) {
-    if (m->scales_bf16) {
-        uint32_t u = (uint32_t)((const uint16_t *)m->scales)[index] << 16;
-        float f;
-        memcpy(&f, &u, 4);
-        return f;
-    }
-    return ((const float *)m->scales)[index];
-}
+/// 16 signed bytes → 16 fp32 lanes.
+#define WIDEN16(q) _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q))
 
 // Per group of 32 (w0, w1: elements 0-15, 16-31 as fp32): p = w0·x0; p += w1·x1; acc += p · s
-#define GROUP_FMA(x, acc)                                                                                        \
+#define STEP(m, r, g, x, acc)                                                                                    \
     do {                                                                                                         \
         const float *xp_ = (x) + 32 * g_;                                                                        \
         __m512 p_ = _mm512_mul_ps(w_[0], _mm512_loadu_ps(xp_));                                                  \
         p_ = _mm512_fmadd_ps(w_[1], _mm512_loadu_ps(xp_ + 16), p_);                                              \
         (acc) = _mm512_fmadd_ps(p_, s_, (acc));                                                                  \
     } while (0)
-
 #define GROUPS(m) ((m)->cols / 32)
 #define FINISH(m, r, x, acc) hsum16(acc)
-#define STEP(m, r, g, x, acc) GROUP_FMA(x, acc)
 
+// ---- int4, group 32 ----
 #define LOADROW(m, r, g)                                                                                         \
-    __m512 w_[2];                                                                                                \
-    const int64_t g_ = (g);                                                                                      \
-    const __m512 s_ = _mm512_set1_ps(group_scale(m, (r) * GROUPS(m) + g));                                       \
+    GROUP_HEAD(m, r, g, 2)                                                                                       \
     {                                                                                                            \
-        const __m128i b_ = _mm_loadu_si128((const __m128i *)((const uint8_t *)(m)->data + (r) * ((m)->cols / 2) + 16 * g)); \
-        const __m128i lo_ = _mm_sub_epi8(_mm_and_si128(b_, _mm_set1_epi8(0x0F)), _mm_set1_epi8(8));              \
-        const __m128i hi_ = _mm_sub_epi8(_mm_and_si128(_mm_srli_epi16(b_, 4), _mm_set1_epi8(0x0F)), _mm_set1_epi8(8)); \
-        w_[0] = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(lo_));                                                   \
-        w_[1] = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(hi_));                                                   \
+        __m128i lo_, hi_;                                                                                        \
+        int4_unpack(m, r, g_, &lo_, &hi_);                                                                       \
+        w_[0] = WIDEN16(lo_);                                                                                    \
+        w_[1] = WIDEN16(hi_);                                                                                    \
     }
+#define PREFIX q4
 #define KERNEL moe_gemm_q4_avx512
-#define tile_4_1 q4_tile_4_1
-#define tile_1_1 q4_tile_1_1
-#define tile_2_4 q4_tile_2_4
-#define tile_1_4 q4_tile_1_4
-#define tile_2_2 q4_tile_2_2
-#define tile_1_2 q4_tile_1_2
 #include "tiles.h"
-#undef tile_4_1
-#undef tile_1_1
-#undef tile_2_4
-#undef tile_1_4
-#undef tile_2_2
-#undef tile_1_2
-#undef LOADROW
 
+// ---- int8, group 32 ----
 #define LOADROW(m, r, g)                                                                                         \
-    __m512 w_[2];                                                                                                \
-    const int64_t g_ = (g);                                                                                      \
-    const __m512 s_ = _mm512_set1_ps(group_scale(m, (r) * GROUPS(m) + g));                                       \
+    GROUP_HEAD(m, r, g, 2)                                                                                       \
     {                                                                                                            \
-        const int8_t *q_ = (const int8_t *)(m)->data + (r) * (m)->cols + 32 * g;                                 \
-        w_[0] = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)q_)));                  \
-        w_[1] = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(q_ + 16))));           \
+        const int8_t *q_ = (const int8_t *)(m)->data + (r) * (m)->cols + 32 * g_;                                \
+        w_[0] = WIDEN16(_mm_loadu_si128((const __m128i *)q_));                                                   \
+        w_[1] = WIDEN16(_mm_loadu_si128((const __m128i *)(q_ + 16)));                                            \
     }
+#define PREFIX q8
 #define KERNEL moe_gemm_q8_avx512
-#define tile_4_1 q8_tile_4_1
-#define tile_1_1 q8_tile_1_1
-#define tile_2_4 q8_tile_2_4
-#define tile_1_4 q8_tile_1_4
-#define tile_2_2 q8_tile_2_2
-#define tile_1_2 q8_tile_1_2
 #include "tiles.h"
-#undef tile_4_1
-#undef tile_1_1
-#undef tile_2_4
-#undef tile_1_4
-#undef tile_2_2
-#undef tile_1_2
-#undef LOADROW
 #undef STEP
 #undef GROUPS
 #undef FINISH
 
+// ---- bf16: acc += w·x per 16 values, then a scalar tail for cols % 16 ----
 TARGET static inline float bf16_finish(const moe_matrix *m, int64_t r, const float *x, __m512 acc) {
-    float s = hsum16(acc);
-    const uint16_t *w = (const uint16_t *)m->data + r * m->cols;
-    for (int64_t c = m->cols & ~(int64_t)15; c < m->cols; c++) {
-        uint32_t u = (uint32_t)w[c] << 16;
-        float f;
-        memcpy(&f, &u, 4);
-        s = __builtin_fmaf(f, x[c], s);
-    }
-    return s;
+    return bf16_tail(m, r, x, m->cols & ~(int64_t)15, hsum16(acc));
 }
 #define GROUPS(m) ((m)->cols / 16)
 #define LOADROW(m, r, g)                                                                                         \
     const int64_t g_ = (g);                                                                                      \
     const __m512 w16_ = _mm512_castsi512_ps(_mm512_slli_epi32(                                                   \
-        _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)((const uint16_t *)(m)->data + (r) * (m)->cols + 16 * g))), 16));
+        _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)((const uint16_t *)(m)->data + (r) * (m)->cols + 16 * g_))), 16));
 #define STEP(m, r, g, x, acc) (acc) = _mm512_fmadd_ps(w16_, _mm512_loadu_ps((x) + 16 * g_), (acc))
 #define FINISH(m, r, x, acc) bf16_finish(m, r, x, acc)
+#define PREFIX bf
 #define KERNEL moe_gemm_bf16_avx512
-#define tile_4_1 bf_tile_4_1
-#define tile_1_1 bf_tile_1_1
-#define tile_2_4 bf_tile_2_4
-#define tile_1_4 bf_tile_1_4
-#define tile_2_2 bf_tile_2_2
-#define tile_1_2 bf_tile_1_2
 #include "tiles.h"
 
 int moe_cpu_has_avx512(void) {

@@ -4,13 +4,20 @@
 //   VEC                      its vector type
 //   TARGET                   the function attribute that enables it
 //   VZERO()                  a zero vector
-//   STEP(m, r, g, x, acc)    acc += one group (int4/int8: 32 values; bf16: one vector width) of row r
+//   LOADROW(m, r, g)         declares what STEP needs of group g of row r (its weights, widened)
+//   STEP(m, r, g, x, acc)    acc += that group times the activations x
 //   FINISH(m, r, x, acc)     the row's scalar result (horizontal sum, then any scalar tail)
 //   GROUPS(m)                groups per row
+//   PREFIX                   names this encoding's tiles (PREFIX_tile_R_T)
 //   KERNEL                   the exported name
 // Each (row, token) pair sees the same operations in the same order in every tile shape.
+// KERNEL, PREFIX and LOADROW are undefined at the end, ready for the next encoding.
+#define TILE_CAT_(a, b) a##b
+#define TILE_CAT(a, b) TILE_CAT_(a, b)
+#define TILE_NAME(R, TT) TILE_CAT(PREFIX, _tile_##R##_##TT)
+
 #define TILE(R, TT)                                                                                              \
-    TARGET static inline __attribute__((always_inline)) void tile_##R##_##TT(                                     \
+    TARGET static inline __attribute__((always_inline)) void TILE_NAME(R, TT)(                                   \
         const moe_matrix *m, int64_t r, const float *x, int64_t t, float *y) {                                   \
         VEC acc[R][TT];                                                                                          \
         for (int i = 0; i < R; i++)                                                                              \
@@ -37,8 +44,8 @@ TILE(1, 2)
 #define ROWS(R, TT)                                                                                              \
     {                                                                                                            \
         int64_t r = r0;                                                                                          \
-        for (; r + R <= r1; r += R) tile_##R##_##TT(m, r, x, t, y);                                              \
-        for (; r < r1; r++) tile_1_##TT(m, r, x, t, y);                                                          \
+        for (; r + R <= r1; r += R) TILE_NAME(R, TT)(m, r, x, t, y);                                             \
+        for (; r < r1; r++) TILE_NAME(1, TT)(m, r, x, t, y);                                                     \
     }
 
 TARGET void KERNEL(const moe_matrix *m, int64_t r0, int64_t r1, const float *x, int64_t T, float *y) {
@@ -49,3 +56,5 @@ TARGET void KERNEL(const moe_matrix *m, int64_t r0, int64_t r1, const float *x, 
 }
 
 #undef KERNEL
+#undef PREFIX
+#undef LOADROW

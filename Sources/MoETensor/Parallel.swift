@@ -21,7 +21,7 @@ public enum Parallelism {
 
     public static var isPoolThread: Bool { pthread_getspecific(poolKey) != nil }
 
-    nonisolated(unsafe) static let poolKey: pthread_key_t = {
+    static let poolKey: pthread_key_t = {
         var key = pthread_key_t()
         pthread_key_create(&key, nil)
         return key
@@ -173,7 +173,7 @@ public final class KernelPool: @unchecked Sendable {
         }
     }
 
-    nonisolated(unsafe) static let workerKey: pthread_key_t = {
+    static let workerKey: pthread_key_t = {
         var key = pthread_key_t()
         pthread_key_create(&key, nil)
         return key
