@@ -15,7 +15,8 @@ slice independently and writes
 
 Nothing large is held in memory: one expert matrix at a time.
 
-Usage: python3 Tools/make_k2_gguf.py SLICE_DIR OUT.gguf
+Usage: python3 Tools/make_k2_gguf.py SLICE_DIR OUT.gguf   (SLICE_DIR: the slice, or any Kimi K2 INT4 checkpoint
+       such as Tests/Fixtures/models/kimi_k2_int4, which Tools/compare_long_context.py uses)
 Pinned: gguf==0.19.0, numpy==2.4.6 (Tools/bench-requirements.txt).
 """
 import argparse
@@ -136,6 +137,7 @@ def main():
     tokens += [f"\u2581t{i}" for i in range(len(tokens), V)]
     types = [gguf.TokenType.UNKNOWN, gguf.TokenType.CONTROL, gguf.TokenType.CONTROL] + [gguf.TokenType.BYTE] * 256
     types += [gguf.TokenType.NORMAL] * (V - len(types))
+    tokens, types = tokens[:V], types[:V]  # a toy vocabulary (the fixtures' 256) keeps the first byte tokens
     w.add_tokenizer_model("llama")
     w.add_token_list(tokens)
     w.add_token_scores([0.0] * V)

@@ -35,6 +35,27 @@ func convert(_ name: String, experts: StoreConverter.ExpertsOption = .source, re
         #expect((model.experts as! StoreExperts).reads > 0, "experts came from the expert files")
     }
 
+    /// 512 positions instead of the fixtures' 12: where YaRN's interpolated rope frequencies, the softmax over
+    /// hundreds of latent keys and the KV cache at depth matter. transformers' logits at positions 0, 63, ..., 511
+    /// (Tools/compare_long_context.py --write-reference); the prompt runs in one pass, and again as 500 tokens
+    /// followed by 12 decode steps through the cache.
+    @Test func longPromptMatchesTransformers() throws {
+        struct Long: Decodable { let prompt: [Int]; let positions: [Int]; let logits: [[Float]] }
+        let url = URL(fileURLWithPath: Fixtures.root + "/long-context/kimi_k2_int4.json")
+        let ref = try JSONDecoder().decode(Long.self, from: Data(contentsOf: url))
+        #expect(ref.prompt.count == 512 && ref.positions.last == 511)
+        let model = try ExpertStore(path: try convert("kimi_k2_int4", experts: .int4, resident: .bf16)).loadModel()
+        let whole = try model.forward(ref.prompt, cache: model.makeCache(), logits: .all)
+        for (p, expected) in zip(ref.positions, ref.logits) {
+            #expect(maxAbsDiff(whole.row(p), expected) <= 1e-4, "position \(p)")
+        }
+        let cache = model.makeCache()
+        _ = try model.forward(Array(ref.prompt[..<500]), cache: cache, logits: .last)
+        var last = whole
+        for t in ref.prompt[500...] { last = try model.forward([t], cache: cache, logits: .last) }
+        #expect(maxAbsDiff(last.row(0), ref.logits.last!) <= 1e-4, "position 511 by decode")
+    }
+
     /// Kimi K2 Thinking's INT4 values, decoded here straight from the compressed-tensors tensors by the
     /// documented formula, are exactly the values the store's int4 extents hold.
     @Test func int4StoreHoldsTheSourceValuesBitForBit() throws {
