@@ -110,15 +110,19 @@ TARGET static void bf16_tile_3x4(const moe_matrix *m, int64_t r, const float *x,
 }
 
 /// Blocks of four tokens through the 3 × 4 tile (remaining rows through the generic 1 × 4 tile), the rest as
-/// `moe_gemm_bf16_avx2` does.
+/// `moe_gemm_bf16_avx2` does; rows in cache blocks as the generic kernel takes them.
 TARGET void moe_gemm_bf16_avx2_blocked(const moe_matrix *m, int64_t r0, int64_t r1, const float *x, int64_t T, float *y) {
-    int64_t t = 0;
-    for (; t + 4 <= T; t += 4) {
-        int64_t r = r0;
-        for (; r + 3 <= r1; r += 3) bf16_tile_3x4(m, r, x, t, y);
-        for (; r < r1; r++) bf_tile_1_4(m, r, x, t, y);
+    const int64_t block = T > 4 ? row_block(bf_row_bytes(m)) : r1 - r0;
+    for (int64_t b0 = r0; b0 < r1; b0 += block) {
+        const int64_t b1 = b0 + block < r1 ? b0 + block : r1;
+        int64_t t = 0;
+        for (; t + 4 <= T; t += 4) {
+            int64_t r = b0;
+            for (; r + 3 <= b1; r += 3) bf16_tile_3x4(m, r, x, t, y);
+            for (; r < b1; r++) bf_tile_1_4(m, r, x, t, y);
+        }
+        if (t < T) moe_gemm_bf16_avx2(m, b0, b1, x + t * m->cols, T - t, y + t * m->rows);
     }
-    if (t < T) moe_gemm_bf16_avx2(m, r0, r1, x + t * m->cols, T - t, y + t * m->rows);
 }
 
 int moe_cpu_has_avx2(void) {

@@ -8,7 +8,7 @@
 //   STEP(m, r, g, x, acc)    acc += that group times the activations x
 //   FINISH(m, r, x, acc)     the row's scalar result (horizontal sum, then any scalar tail)
 //   GROUPS(m)                groups per row
-//   PREFIX                   names this encoding's tiles (PREFIX_tile_R_T)
+//   PREFIX                   names this encoding's tiles (PREFIX_tile_R_T); PREFIX_row_bytes gives a row's bytes
 //   KERNEL                   the exported name
 // Each (row, token) pair sees the same operations in the same order in every tile shape.
 // KERNEL, PREFIX and LOADROW are undefined at the end, ready for the next encoding.
@@ -41,18 +41,24 @@ TILE(1, 4)
 TILE(2, 2)
 TILE(1, 2)
 
-#define ROWS(R, TT)                                                                                              \
+#define ROWS(R, TT, b0, b1)                                                                                      \
     {                                                                                                            \
-        int64_t r = r0;                                                                                          \
-        for (; r + R <= r1; r += R) TILE_NAME(R, TT)(m, r, x, t, y);                                             \
-        for (; r < r1; r++) TILE_NAME(1, TT)(m, r, x, t, y);                                                     \
+        int64_t r = b0;                                                                                          \
+        for (; r + R <= b1; r += R) TILE_NAME(R, TT)(m, r, x, t, y);                                             \
+        for (; r < b1; r++) TILE_NAME(1, TT)(m, r, x, t, y);                                                     \
     }
 
+/// Rows in cache-sized blocks when more than four tokens pass (see `row_block`), every token over a block
+/// before the next; one block for a single token block.
 TARGET void KERNEL(const moe_matrix *m, int64_t r0, int64_t r1, const float *x, int64_t T, float *y) {
-    int64_t t = 0;
-    for (; t + 4 <= T; t += 4) ROWS(2, 4)
-    for (; t + 2 <= T; t += 2) ROWS(2, 2)
-    for (; t < T; t++) ROWS(4, 1)
+    const int64_t block = T > 4 ? row_block(TILE_CAT(PREFIX, _row_bytes)(m)) : r1 - r0;
+    for (int64_t b0 = r0; b0 < r1; b0 += block) {
+        const int64_t b1 = b0 + block < r1 ? b0 + block : r1;
+        int64_t t = 0;
+        for (; t + 4 <= T; t += 4) ROWS(2, 4, b0, b1)
+        for (; t + 2 <= T; t += 2) ROWS(2, 2, b0, b1)
+        for (; t < T; t++) ROWS(4, 1, b0, b1)
+    }
 }
 
 #undef KERNEL

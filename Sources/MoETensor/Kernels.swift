@@ -47,7 +47,7 @@ public enum Kernels {
         case (.avx2, .bf16): moe_gemm_bf16_avx2_blocked
         case (.avx512, .int4g32): moe_gemm_q4_avx512
         case (.avx512, .int8g32): moe_gemm_q8_avx512
-        case (.avx512, .bf16): moe_gemm_bf16_avx512
+        case (.avx512, .bf16): moe_gemm_bf16_avx512_blocked
         default: nil
         }
     }

@@ -45,10 +45,11 @@ import Testing
     }
 
     /// A token's result does not depend on the other tokens of the call or on how rows are split: the tiles
-    /// give each (row, token) the same operations.
-    @Test(arguments: KernelBenchmark.Kind.allCases)
-    func resultsDoNotDependOnTilesOrSplits(kind: KernelBenchmark.Kind) {
-        let (rows, cols, tokens) = (23, kind == .bf16 ? 517 : 512, 7)
+    /// give each (row, token) the same operations. The second shape is large enough that more than four tokens
+    /// walk the rows in several cache blocks (`row_block`: 24 bf16 rows of 4103, 108 int4 rows of 4096).
+    @Test(arguments: KernelBenchmark.Kind.allCases, [false, true])
+    func resultsDoNotDependOnTilesOrSplits(kind: KernelBenchmark.Kind, large: Bool) {
+        let (rows, cols, tokens) = large ? (263, kind == .bf16 ? 4103 : 4096, 9) : (23, kind == .bf16 ? 517 : 512, 7)
         let m = KernelBenchmark.randomMatrix(kind, rows: rows, cols: cols, seed: 5)
         let x = KernelBenchmark.randomActivations(tokens * cols, seed: 6)
         for isa in KernelISA.allCases where isa.isSupported {
@@ -56,7 +57,7 @@ import Testing
             m.gemm(rows: 0..<rows, x.pointer, tokens: tokens, into: whole.pointer, isa: isa)
             let single = FloatBuffer(count: rows)
             for t in 0..<tokens {
-                for split in [1, 5, 22] {
+                for split in [1, 5, rows - 1] {
                     m.gemm(rows: 0..<split, x.pointer + t * cols, tokens: 1, into: single.pointer, isa: isa)
                     m.gemm(rows: split..<rows, x.pointer + t * cols, tokens: 1, into: single.pointer, isa: isa)
                     for r in 0..<rows {

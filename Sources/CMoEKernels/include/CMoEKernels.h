@@ -40,5 +40,7 @@ void moe_gemm_bf16_avx2_blocked(const moe_matrix *m, int64_t r0, int64_t r1, con
 void moe_gemm_q4_avx512(const moe_matrix *m, int64_t r0, int64_t r1, const float *x, int64_t T, float *y);
 void moe_gemm_q8_avx512(const moe_matrix *m, int64_t r0, int64_t r1, const float *x, int64_t T, float *y);
 void moe_gemm_bf16_avx512(const moe_matrix *m, int64_t r0, int64_t r1, const float *x, int64_t T, float *y);
+/// bf16 with a 4 × 4 register tile for four tokens or more (what `Kernels` uses for bf16 on AVX-512).
+void moe_gemm_bf16_avx512_blocked(const moe_matrix *m, int64_t r0, int64_t r1, const float *x, int64_t T, float *y);
 
 #endif
