@@ -46,6 +46,14 @@ static inline int64_t row_block(int64_t row_bytes) {
 static inline int64_t q4_row_bytes(const moe_matrix *m) { return m->cols / 2 + m->cols / 32 * (m->scales_bf16 ? 2 : 4); }
 static inline int64_t q8_row_bytes(const moe_matrix *m) { return m->cols + m->cols / 32 * (m->scales_bf16 ? 2 : 4); }
 static inline int64_t bf_row_bytes(const moe_matrix *m) { return 2 * m->cols; }
+static inline int64_t f32_row_bytes(const moe_matrix *m) { return 4 * m->cols; }
+
+/// `s + Σ w[c]·x[c]` for c in [from, cols) of fp32 row `r`, one fused multiply-add at a time.
+static inline float f32_tail(const moe_matrix *m, int64_t r, const float *x, int64_t from, float s) {
+    const float *w = (const float *)m->data + r * m->cols;
+    for (int64_t c = from; c < m->cols; c++) s = __builtin_fmaf(w[c], x[c], s);
+    return s;
+}
 
 /// Starts a group step of row `r`: `w_` (NW vectors, filled by the caller), `g_`, and the broadcast scale `s_`.
 /// Needs VEC, VSET1 and GROUPS from the ISA file.

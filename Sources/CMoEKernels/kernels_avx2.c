@@ -125,6 +125,23 @@ TARGET void moe_gemm_bf16_avx2_blocked(const moe_matrix *m, int64_t r0, int64_t 
     }
 }
 
+// ---- f32 (attention's cached latent keys): acc += w·x per 8 values, then a scalar tail for cols % 8 ----
+#undef STEP
+#undef GROUPS
+#undef FINISH
+TARGET static inline float f32_finish(const moe_matrix *m, int64_t r, const float *x, __m256 acc) {
+    return f32_tail(m, r, x, m->cols & ~(int64_t)7, hsum8(acc));
+}
+#define GROUPS(m) ((m)->cols / 8)
+#define LOADROW(m, r, g)                                                                                         \
+    const int64_t g_ = (g);                                                                                      \
+    const __m256 w8_ = _mm256_loadu_ps((const float *)(m)->data + (r) * (m)->cols + 8 * g_);
+#define STEP(m, r, g, x, acc) (acc) = _mm256_fmadd_ps(w8_, _mm256_loadu_ps((x) + 8 * g_), (acc))
+#define FINISH(m, r, x, acc) f32_finish(m, r, x, acc)
+#define PREFIX f32
+#define KERNEL moe_gemm_f32_avx2
+#include "tiles.h"
+
 int moe_cpu_has_avx2(void) {
     __builtin_cpu_init();
     return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
@@ -139,4 +156,5 @@ void moe_gemm_q4_avx2(const moe_matrix *m, int64_t r0, int64_t r1, const float *
 void moe_gemm_q8_avx2(const moe_matrix *m, int64_t r0, int64_t r1, const float *x, int64_t T, float *y) {}
 void moe_gemm_bf16_avx2(const moe_matrix *m, int64_t r0, int64_t r1, const float *x, int64_t T, float *y) {}
 void moe_gemm_bf16_avx2_blocked(const moe_matrix *m, int64_t r0, int64_t r1, const float *x, int64_t T, float *y) {}
+void moe_gemm_f32_avx2(const moe_matrix *m, int64_t r0, int64_t r1, const float *x, int64_t T, float *y) {}
 #endif

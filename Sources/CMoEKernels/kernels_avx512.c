@@ -117,6 +117,23 @@ TARGET void moe_gemm_bf16_avx512_blocked(const moe_matrix *m, int64_t r0, int64_
     }
 }
 
+// ---- f32 (attention's cached latent keys): acc += w·x per 16 values, then a scalar tail for cols % 16 ----
+#undef STEP
+#undef GROUPS
+#undef FINISH
+TARGET static inline float f32_finish(const moe_matrix *m, int64_t r, const float *x, __m512 acc) {
+    return f32_tail(m, r, x, m->cols & ~(int64_t)15, hsum16(acc));
+}
+#define GROUPS(m) ((m)->cols / 16)
+#define LOADROW(m, r, g)                                                                                         \
+    const int64_t g_ = (g);                                                                                      \
+    const __m512 w16_ = _mm512_loadu_ps((const float *)(m)->data + (r) * (m)->cols + 16 * g_);
+#define STEP(m, r, g, x, acc) (acc) = _mm512_fmadd_ps(w16_, _mm512_loadu_ps((x) + 16 * g_), (acc))
+#define FINISH(m, r, x, acc) f32_finish(m, r, x, acc)
+#define PREFIX f32
+#define KERNEL moe_gemm_f32_avx512
+#include "tiles.h"
+
 int moe_cpu_has_avx512(void) {
     __builtin_cpu_init();
     return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
@@ -129,4 +146,5 @@ void moe_gemm_q4_avx512(const moe_matrix *m, int64_t r0, int64_t r1, const float
 void moe_gemm_q8_avx512(const moe_matrix *m, int64_t r0, int64_t r1, const float *x, int64_t T, float *y) {}
 void moe_gemm_bf16_avx512(const moe_matrix *m, int64_t r0, int64_t r1, const float *x, int64_t T, float *y) {}
 void moe_gemm_bf16_avx512_blocked(const moe_matrix *m, int64_t r0, int64_t r1, const float *x, int64_t T, float *y) {}
+void moe_gemm_f32_avx512(const moe_matrix *m, int64_t r0, int64_t r1, const float *x, int64_t T, float *y) {}
 #endif

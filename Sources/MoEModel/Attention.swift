@@ -7,18 +7,27 @@ import MoETensor
 ///   q = q_b(RMSNorm₁ₑ₋₆(q_a(x)))            [n, dn + p]   (or q_proj(x))
 ///   c | k_pe = kv_a_proj_with_mqa(x)          [r] | [p]
 ///   c = RMSNorm₁ₑ₋₆(c) → cache;  k_pe = RoPE(k_pe) → cache
-///   per head h:  q̃ = W_kᵀ·q_nope              [r]   (W_k: kv_b's key rows of head h, [dn, r])
-///                s_j = (q̃·c_j + RoPE(q_pe)·k_pe_j) · scale,  j ≤ position
+///   per head h:  q̂ = W_kᵀ·q_nope | RoPE(q_pe)   [r + p]  (W_k: kv_b's key rows of head h, [dn, r])
+///                s_j = q̂ · (c_j | k_pe_j) · scale,  j ≤ position
 ///                o_h = W_v·(Σ_j softmax(s)_j · c_j)   [dv]  (W_v: kv_b's value rows, [dv, r])
 ///   out = o_proj(concat_h o_h)                [H]
 /// This equals transformers' `softmax(q·kᵀ)·v` with k and v expanded through kv_b, without ever forming them:
 /// the cache holds r + p values per token instead of n·(dn + p + dv).
+///
+/// The prompt is attended in blocks: per head and block of `queryBlock` tokens, the scores against every cached
+/// row up to the block's last position are one fp32 matrix product (the kernels' f32 tiles, each row read once
+/// for the block), and the context sums walk the cached rows once for the block. A token's operations are the
+/// same in a block as alone (the tiles' guarantee; the context adds keys in position order), so decode through
+/// the cache reproduces a whole-prompt pass bit for bit.
 struct LatentAttention {
     let config: ModelConfig
     let weights: AttentionWeights
     let rope: RoPE
     let scale: Float
     let layer: Int
+
+    /// Query tokens attended together: their scores are one kernel call over the cached rows.
+    static let queryBlock = 16
 
     /// Attends `x [T, H]` at positions `start ..< start + T`, appending to `cache`; writes `out [T, H]`.
     func callAsFunction(_ x: UnsafePointer<Float>, tokens T: Int, start: Int, cache: KVCache,
@@ -56,25 +65,42 @@ struct LatentAttention {
 
         let attended = FloatBuffer(count: T * heads * dv)  // [T, n·dv]
         let kvB = weights.kvB
-        parallelFor(T * heads) { job in
-            let t = job / heads, h = job % heads
-            let length = start + t + 1
-            let qHead = q.pointer + t * heads * qk + h * qk
-            let cs = angles.row(t, width: dp)
-            withUnsafeTemporaryAllocation(of: Float.self, capacity: 2 * r + length) { scratch in
-                let qLatent = scratch.baseAddress!, context = qLatent + r, scores = context + r
-                qLatent.initialize(repeating: 0, count: 2 * r)
-                kvB.accumulateRows(from: h * (dn + dv), count: dn, weights: qHead, into: qLatent)  // q̃ = W_kᵀ q_nope
-                let qPe = qHead + dn
-                rope.rotate(qPe, cos: cs, sin: cs + dp / 2)
-                for j in 0..<length {
-                    scores[j] = (VectorOps.dot(qLatent, cache.latent(layer, j), count: r)
-                        + VectorOps.dot(qPe, cache.ropeKey(layer, j), count: dp)) * scale
+        let width = r + dp
+        let blocks = (T + Self.queryBlock - 1) / Self.queryBlock
+        parallelFor(heads * blocks) { job in
+            let h = job / blocks, t0 = (job % blocks) * Self.queryBlock
+            let tb = min(Self.queryBlock, T - t0)
+            let length = start + t0 + tb  // cached rows the block's last token sees
+            withUnsafeTemporaryAllocation(of: Float.self, capacity: tb * (width + length + r)) { scratch in
+                let queries = scratch.baseAddress!           // [tb, r + p]: q̂ per token
+                let scores = queries + tb * width            // [tb, length]
+                let context = scores + tb * length           // [tb, r]
+                for i in 0..<tb {
+                    let t = t0 + i
+                    let qHead = q.pointer + t * heads * qk + h * qk, qHat = queries + i * width
+                    qHat.initialize(repeating: 0, count: r)
+                    kvB.accumulateRows(from: h * (dn + dv), count: dn, weights: qHead, into: qHat)  // W_kᵀ q_nope
+                    (qHat + r).update(from: qHead + dn, count: dp)
+                    let cs = angles.row(t, width: dp)
+                    rope.rotate(qHat + r, cos: cs, sin: cs + dp / 2)
                 }
-                VectorOps.softmax(scores, count: length)
-                for j in 0..<length { VectorOps.axpy(scores[j], cache.latent(layer, j), context, count: r) }
-                let oHead = attended.pointer + t * heads * dv + h * dv
-                for i in 0..<dv { oHead[i] = kvB.dot(row: h * (dn + dv) + dn + i, context) }  // o_h = W_v · context
+                let keys = WeightMatrix(rows: length, cols: width, data: UnsafeRawPointer(cache.rows(layer)),
+                                        encoding: .f32, owners: [])
+                keys.gemm(rows: 0..<length, queries, tokens: tb, into: scores)  // scores[i, j] = q̂_i · row_j
+                for i in 0..<tb {
+                    let row = scores + i * length, visible = start + t0 + i + 1
+                    for j in 0..<visible { row[j] *= scale }
+                    VectorOps.softmax(row, count: visible)
+                }
+                context.initialize(repeating: 0, count: tb * r)
+                for j in 0..<length {  // each cached c_j once for the block
+                    let c = cache.latent(layer, j)
+                    for i in max(0, j - start - t0)..<tb { VectorOps.axpy(scores[i * length + j], c, context + i * r, count: r) }
+                }
+                for i in 0..<tb {
+                    let oHead = attended.pointer + (t0 + i) * heads * dv + h * dv
+                    for d in 0..<dv { oHead[d] = kvB.dot(row: h * (dn + dv) + dn + d, context + i * r) }  // W_v · context
+                }
             }
         }
         weights.output.apply(attended.pointer, tokens: T, into: out)

@@ -1,7 +1,9 @@
 /// MLA's latent cache: per layer and position, only the normed latent `c` [kv_lora] and the roped shared key
 /// `k_pe` [rope] (DeepSeek's "absorbed" form; keys and values are never materialised per head).
 ///
-/// Kept in fp32 so decode through the cache computes exactly what a whole-prompt pass computes.
+/// One row `c | k_pe` [kv_lora + rope] per position, so a layer's rows are an fp32 matrix [positions, kv_lora +
+/// rope] that a block of queries multiplies in one kernel call. Kept in fp32 so decode through the cache computes
+/// exactly what a whole-prompt pass computes.
 public final class KVCache: @unchecked Sendable {
     public let layers: Int
     public let latentDim: Int
@@ -10,10 +12,10 @@ public final class KVCache: @unchecked Sendable {
     public let limit: Int
     public private(set) var count = 0
     private(set) var capacity: Int
-    /// [layer][capacity · latentDim]
-    private var latent: [UnsafeMutablePointer<Float>]
-    /// [layer][capacity · ropeDim]
-    private var ropeKeys: [UnsafeMutablePointer<Float>]
+    /// Floats per position: latentDim + ropeDim.
+    public var width: Int { latentDim + ropeDim }
+    /// [layer][capacity · width]: row p = c_p | k_pe_p.
+    private var storage: [UnsafeMutablePointer<Float>]
 
     public init(layers: Int, latentDim: Int, ropeDim: Int, limit: Int, initialCapacity: Int = 256) {
         self.layers = layers
@@ -21,13 +23,11 @@ public final class KVCache: @unchecked Sendable {
         self.ropeDim = ropeDim
         self.limit = limit
         capacity = max(1, min(initialCapacity, limit))
-        latent = (0..<layers).map { _ in .allocate(capacity: max(1, min(initialCapacity, limit)) * latentDim) }
-        ropeKeys = (0..<layers).map { _ in .allocate(capacity: max(1, min(initialCapacity, limit)) * ropeDim) }
+        storage = (0..<layers).map { _ in .allocate(capacity: max(1, min(initialCapacity, limit)) * (latentDim + ropeDim)) }
     }
 
     deinit {
-        latent.forEach { $0.deallocate() }
-        ropeKeys.forEach { $0.deallocate() }
+        storage.forEach { $0.deallocate() }
     }
 
     /// Bytes one cached position takes over all layers.
@@ -41,26 +41,25 @@ public final class KVCache: @unchecked Sendable {
         while newCapacity < needed { newCapacity *= 2 }
         newCapacity = min(max(newCapacity, needed), limit)
         for l in 0..<layers {
-            let a = UnsafeMutablePointer<Float>.allocate(capacity: newCapacity * latentDim)
-            a.update(from: latent[l], count: count * latentDim)
-            latent[l].deallocate()
-            latent[l] = a
-            let b = UnsafeMutablePointer<Float>.allocate(capacity: newCapacity * ropeDim)
-            b.update(from: ropeKeys[l], count: count * ropeDim)
-            ropeKeys[l].deallocate()
-            ropeKeys[l] = b
+            let a = UnsafeMutablePointer<Float>.allocate(capacity: newCapacity * width)
+            a.update(from: storage[l], count: count * width)
+            storage[l].deallocate()
+            storage[l] = a
         }
         capacity = newCapacity
     }
 
+    /// `layer`'s rows [capacity, width], valid up to the positions written.
+    @inline(__always) func rows(_ layer: Int) -> UnsafeMutablePointer<Float> { storage[layer] }
+
     /// `c` of `position` in `layer` [latentDim].
     @inline(__always) func latent(_ layer: Int, _ position: Int) -> UnsafeMutablePointer<Float> {
-        latent[layer] + position * latentDim
+        storage[layer] + position * width
     }
 
     /// Roped `k_pe` of `position` in `layer` [ropeDim].
     @inline(__always) func ropeKey(_ layer: Int, _ position: Int) -> UnsafeMutablePointer<Float> {
-        ropeKeys[layer] + position * ropeDim
+        storage[layer] + position * width + latentDim
     }
 
     /// Marks `n` positions, written by the forward pass, as part of the sequence.

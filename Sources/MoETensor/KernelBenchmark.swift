@@ -5,6 +5,10 @@ public enum KernelBenchmark {
         case int4 = "int4-g32"
         case int8 = "int8-g32"
         case bf16
+        case f32
+
+        /// int4/int8 come in groups of 32 columns; bf16 and f32 take any width (a scalar tail).
+        public var grouped: Bool { self == .int4 || self == .int8 }
     }
 
     /// A `rows × cols` matrix of `kind` with random values (a fixed seed), scales bf16.
@@ -31,6 +35,12 @@ public enum KernelBenchmark {
                 data.pointer.storeBytes(of: floatToBF16(Float(rng.normal() * 0.02)), toByteOffset: 2 * i, as: UInt16.self)
             }
             return WeightMatrix(rows: rows, cols: cols, data: UnsafeRawPointer(data.pointer), encoding: .bf16, owners: [data])
+        case .f32:
+            let data = AlignedBuffer(byteCount: rows * cols * 4)
+            for i in 0..<(rows * cols) {
+                data.pointer.storeBytes(of: Float(rng.normal()), toByteOffset: 4 * i, as: Float.self)
+            }
+            return WeightMatrix(rows: rows, cols: cols, data: UnsafeRawPointer(data.pointer), encoding: .f32, owners: [data])
         }
     }
 

@@ -47,6 +47,21 @@ import MoETestSupport
         #expect(tokens == ref.generated)
     }
 
+    /// A sequence attended in query blocks (three of 16 and a remainder of 4) gives every position the logits
+    /// that decoding it one token at a time through the cache gives, bit for bit.
+    @Test func blockedPassEqualsTokenByTokenBitForBit() throws {
+        let ref = try Reference.load("kimi_k2")
+        let model = try KimiModel.load(checkpoint: Fixtures.model("kimi_k2"))
+        let tokens = ref.prompt + ref.generated
+        #expect(tokens.count == 52)
+        let whole = try model.forward(tokens, cache: model.makeCache(), logits: .all)
+        let cache = model.makeCache()
+        for (i, t) in tokens.enumerated() {
+            let step = try model.forward([t], cache: cache, logits: .last)
+            #expect(Array(step.row(0)) == Array(whole.row(i)), "position \(i)")
+        }
+    }
+
     /// Decode after a prefill continues the same sequence: prefill(a) then decode(b) equals prefill(a + b).
     @Test func prefillThenDecodeEqualsOnePass() throws {
         let ref = try Reference.load("kimi_k2")

@@ -38,7 +38,7 @@ import Testing
         if !KernelISA.avx512.isSupported { print("note: this CPU has no AVX-512; its kernels are compiled but not run here") }
         for isa in [KernelISA.generic] + Self.fast {
             for tokens in [1, 2, 3, 4, 5, 9] {
-                check(kind, rows: 37, cols: kind == .bf16 ? 1031 : 1024, tokens: tokens, isa: isa)
+                check(kind, rows: 37, cols: kind.grouped ? 1024 : 1031, tokens: tokens, isa: isa)
             }
             check(kind, rows: 4, cols: 32, tokens: 1, isa: isa)
         }
@@ -49,7 +49,7 @@ import Testing
     /// walk the rows in several cache blocks (`row_block`: 24 bf16 rows of 4103, 108 int4 rows of 4096).
     @Test(arguments: KernelBenchmark.Kind.allCases, [false, true])
     func resultsDoNotDependOnTilesOrSplits(kind: KernelBenchmark.Kind, large: Bool) {
-        let (rows, cols, tokens) = large ? (263, kind == .bf16 ? 4103 : 4096, 9) : (23, kind == .bf16 ? 517 : 512, 7)
+        let (rows, cols, tokens) = large ? (263, kind.grouped ? 4096 : 4103, 9) : (23, kind.grouped ? 512 : 517, 7)
         let m = KernelBenchmark.randomMatrix(kind, rows: rows, cols: cols, seed: 5)
         let x = KernelBenchmark.randomActivations(tokens * cols, seed: 6)
         for isa in KernelISA.allCases where isa.isSupported {

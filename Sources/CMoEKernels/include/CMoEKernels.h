@@ -16,6 +16,7 @@
 typedef struct {
     /// int4: [rows, cols/2] bytes, groups of 32 in Q4_0 order (byte j: element j low nibble, j+16 high nibble),
     /// value = (nibble − 8) · scale. int8: [rows, cols] Int8, value = q · scale. bf16: [rows, cols] bf16.
+    /// f32: [rows, cols] fp32.
     const void *data;
     /// Group scales [rows, cols/32] (int4, int8), bf16 when `scales_bf16`, else fp32; unused for bf16.
     const void *scales;
@@ -37,9 +38,12 @@ void moe_gemm_q8_avx2(const moe_matrix *m, int64_t r0, int64_t r1, const float *
 void moe_gemm_bf16_avx2(const moe_matrix *m, int64_t r0, int64_t r1, const float *x, int64_t T, float *y);
 /// bf16 with a 3 × 4 register tile for four tokens or more (what `Kernels` uses for bf16 on AVX2).
 void moe_gemm_bf16_avx2_blocked(const moe_matrix *m, int64_t r0, int64_t r1, const float *x, int64_t T, float *y);
+/// fp32 rows (the attention's latent keys: scores of a block of queries).
+void moe_gemm_f32_avx2(const moe_matrix *m, int64_t r0, int64_t r1, const float *x, int64_t T, float *y);
 void moe_gemm_q4_avx512(const moe_matrix *m, int64_t r0, int64_t r1, const float *x, int64_t T, float *y);
 void moe_gemm_q8_avx512(const moe_matrix *m, int64_t r0, int64_t r1, const float *x, int64_t T, float *y);
 void moe_gemm_bf16_avx512(const moe_matrix *m, int64_t r0, int64_t r1, const float *x, int64_t T, float *y);
+void moe_gemm_f32_avx512(const moe_matrix *m, int64_t r0, int64_t r1, const float *x, int64_t T, float *y);
 /// bf16 with a 4 × 4 register tile for four tokens or more (what `Kernels` uses for bf16 on AVX-512).
 void moe_gemm_bf16_avx512_blocked(const moe_matrix *m, int64_t r0, int64_t r1, const float *x, int64_t T, float *y);
 
