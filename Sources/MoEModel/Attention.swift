@@ -30,32 +30,32 @@ struct LatentAttention {
     static let queryBlock = 16
 
     /// Attends `x [T, H]` at positions `start ..< start + T`, appending to `cache`; writes `out [T, H]`.
-    func callAsFunction(_ x: UnsafePointer<Float>, tokens T: Int, start: Int, cache: KVCache,
+    func callAsFunction(_ x: UnsafePointer<Float>, tokens T: Int, start: Int, cache: KVCache, workspace ws: Workspace,
                         into out: UnsafeMutablePointer<Float>) {
         let c = config
         let (heads, dn, dp, dv, r) = (c.numHeads, c.qkNopeHeadDim, c.qkRopeHeadDim, c.vHeadDim, c.kvLoraRank)
         let qk = dn + dp
 
-        let q = FloatBuffer(count: T * heads * qk)  // [T, n·(dn + dp)]
+        let q = ws.floats(T * heads * qk)  // [T, n·(dn + dp)]
         switch weights.query {
         case .full(let proj):
-            proj.apply(x, tokens: T, into: q.pointer)
+            proj.apply(x, tokens: T, into: q)
         case .lowRank(let a, let norm, let b):
-            let qa = FloatBuffer(count: T * a.rows)  // [T, q_lora]
-            a.apply(x, tokens: T, into: qa.pointer)
+            let qa = ws.floats(T * a.rows)  // [T, q_lora]
+            a.apply(x, tokens: T, into: qa)
             for t in 0..<T {
-                let row = qa.row(t, width: a.rows)
+                let row = qa + t * a.rows
                 VectorOps.rmsNorm(row, weight: norm, eps: 1e-6, count: a.rows, into: row)
             }
-            b.apply(qa.pointer, tokens: T, into: q.pointer)
+            b.apply(qa, tokens: T, into: q)
         }
 
-        let kv = FloatBuffer(count: T * (r + dp))  // [T, r + dp]: c | k_pe
-        let angles = FloatBuffer(count: T * dp)    // [T, dp]: cos [dp/2] | sin [dp/2]
-        weights.kvA.apply(x, tokens: T, into: kv.pointer)
+        let kv = ws.floats(T * (r + dp))  // [T, r + dp]: c | k_pe
+        let angles = ws.floats(T * dp)    // [T, dp]: cos [dp/2] | sin [dp/2]
+        weights.kvA.apply(x, tokens: T, into: kv)
         for t in 0..<T {
-            let row = kv.row(t, width: r + dp)
-            let cs = angles.row(t, width: dp)
+            let row = kv + t * (r + dp)
+            let cs = angles + t * dp
             rope.angles(position: start + t, cos: cs, sin: cs + dp / 2)
             VectorOps.rmsNorm(row, weight: weights.kvANorm, eps: 1e-6, count: r, into: cache.latent(layer, start + t))
             let kPe = cache.ropeKey(layer, start + t)
@@ -63,7 +63,7 @@ struct LatentAttention {
             rope.rotate(kPe, cos: cs, sin: cs + dp / 2)
         }
 
-        let attended = FloatBuffer(count: T * heads * dv)  // [T, n·dv]
+        let attended = ws.floats(T * heads * dv)  // [T, n·dv]
         let kvB = weights.kvB
         let width = r + dp
         let blocks = (T + Self.queryBlock - 1) / Self.queryBlock
@@ -71,17 +71,17 @@ struct LatentAttention {
             let h = job / blocks, t0 = (job % blocks) * Self.queryBlock
             let tb = min(Self.queryBlock, T - t0)
             let length = start + t0 + tb  // cached rows the block's last token sees
-            withUnsafeTemporaryAllocation(of: Float.self, capacity: tb * (width + length + r)) { scratch in
-                let queries = scratch.baseAddress!           // [tb, r + p]: q̂ per token
+            do {
+                let queries = ThreadScratch.floats(tb * (width + length + r))  // [tb, r + p]: q̂ per token
                 let scores = queries + tb * width            // [tb, length]
                 let context = scores + tb * length           // [tb, r]
                 for i in 0..<tb {
                     let t = t0 + i
-                    let qHead = q.pointer + t * heads * qk + h * qk, qHat = queries + i * width
+                    let qHead = q + t * heads * qk + h * qk, qHat = queries + i * width
                     qHat.initialize(repeating: 0, count: r)
                     kvB.accumulateRows(from: h * (dn + dv), count: dn, weights: qHead, into: qHat)  // W_kᵀ q_nope
                     (qHat + r).update(from: qHead + dn, count: dp)
-                    let cs = angles.row(t, width: dp)
+                    let cs = angles + t * dp
                     rope.rotate(qHat + r, cos: cs, sin: cs + dp / 2)
                 }
                 let keys = WeightMatrix(rows: length, cols: width, data: UnsafeRawPointer(cache.rows(layer)),
@@ -98,11 +98,11 @@ struct LatentAttention {
                     for i in max(0, j - start - t0)..<tb { VectorOps.axpy(scores[i * length + j], c, context + i * r, count: r) }
                 }
                 for i in 0..<tb {
-                    let oHead = attended.pointer + (t0 + i) * heads * dv + h * dv
+                    let oHead = attended + (t0 + i) * heads * dv + h * dv
                     for d in 0..<dv { oHead[d] = kvB.dot(row: h * (dn + dv) + dn + d, context + i * r) }  // W_v · context
                 }
             }
         }
-        weights.output.apply(attended.pointer, tokens: T, into: out)
+        weights.output.apply(attended, tokens: T, into: out)
     }
 }

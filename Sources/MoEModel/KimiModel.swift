@@ -1,3 +1,4 @@
+import Foundation
 import MoECheckpoint
 import MoETensor
 
@@ -31,6 +32,14 @@ public final class KimiModel: @unchecked Sendable {
     public let experts: any ExpertProviding
     let attention: [LatentAttention]
     let router: NoAuxRouter
+    /// Activations of a forward pass, kept from pass to pass so decoding allocates none (see `Workspace`).
+    private let workspace = Workspace()
+    /// Held by the pass using `workspace`; a pass that finds it held (another thread's, on the same model)
+    /// takes a workspace of its own.
+    private let workspaceLock = NSLock()
+
+    /// Bytes the forward-pass workspace holds: the largest pass so far (steady while decoding).
+    public var workspaceBytes: Int { workspace.bytes }
 
     public init(config: ModelConfig, weights: ResidentWeights, experts: any ExpertProviding) {
         self.config = config
@@ -67,34 +76,37 @@ public final class KimiModel: @unchecked Sendable {
         guard start + T <= cache.limit else { throw ModelError.contextFull(position: start + T - 1, limit: cache.limit) }
         cache.reserve(T)
 
-        let x = FloatBuffer(count: T * H)       // [T, H] residual stream
-        let normed = FloatBuffer(count: T * H)  // [T, H]
-        let delta = FloatBuffer(count: T * H)   // [T, H]
-        for (t, token) in tokens.enumerated() { weights.embedding.copyRow(token, into: x.row(t, width: H)) }
+        let shared = workspaceLock.try()
+        defer { if shared { workspaceLock.unlock() } }
+        let ws = shared ? workspace : Workspace(bytes: 0)
+        ws.reset()
+        let x = ws.floats(T * H)       // [T, H] residual stream
+        let normed = ws.floats(T * H)  // [T, H]
+        let delta = ws.floats(T * H)   // [T, H]
+        for (t, token) in tokens.enumerated() { weights.embedding.copyRow(token, into: x + t * H) }
 
         var routing: [[Routing]] = []
         for (l, layer) in weights.layers.enumerated() {
             for t in 0..<T {
-                VectorOps.rmsNorm(x.row(t, width: H), weight: layer.inputNorm, eps: config.rmsNormEps, count: H,
-                                  into: normed.row(t, width: H))
+                VectorOps.rmsNorm(x + t * H, weight: layer.inputNorm, eps: config.rmsNormEps, count: H, into: normed + t * H)
             }
-            attention[l](normed.pointer, tokens: T, start: start, cache: cache, into: delta.pointer)
-            for i in 0..<(T * H) { x.pointer[i] += delta.pointer[i] }
-            experts.hint(afterAttentionOf: l, hidden: x.pointer, tokens: T)
+            attention[l](normed, tokens: T, start: start, cache: cache, workspace: ws, into: delta)
+            for i in 0..<(T * H) { x[i] += delta[i] }
+            experts.hint(afterAttentionOf: l, hidden: x, tokens: T)
 
             for t in 0..<T {
-                VectorOps.rmsNorm(x.row(t, width: H), weight: layer.postAttentionNorm, eps: config.rmsNormEps, count: H,
-                                  into: normed.row(t, width: H))
+                VectorOps.rmsNorm(x + t * H, weight: layer.postAttentionNorm, eps: config.rmsNormEps, count: H,
+                                  into: normed + t * H)
             }
             switch layer.feedForward {
             case .dense(let mlp):
-                mlp(normed.pointer, tokens: T, into: delta.pointer)
+                mlp(normed, tokens: T, workspace: ws, into: delta)
                 routing.append([])
             case .moe(let moe):
                 let moeLayer = MoELayer(config: config, weights: moe, router: router, layer: l)
-                routing.append(try moeLayer(normed.pointer, tokens: T, experts: experts, into: delta.pointer))
+                routing.append(try moeLayer(normed, tokens: T, experts: experts, workspace: ws, into: delta))
             }
-            for i in 0..<(T * H) { x.pointer[i] += delta.pointer[i] }
+            for i in 0..<(T * H) { x[i] += delta[i] }
         }
         cache.commit(T)
         experts.forwardDidFinish(tokens: T)
@@ -102,12 +114,15 @@ public final class KimiModel: @unchecked Sendable {
         let first = request == .all ? 0 : T - 1
         let rows = T - first
         for t in first..<T {
-            VectorOps.rmsNorm(x.row(t, width: H), weight: weights.finalNorm, eps: config.rmsNormEps, count: H,
-                              into: normed.row(t - first, width: H))
+            VectorOps.rmsNorm(x + t * H, weight: weights.finalNorm, eps: config.rmsNormEps, count: H,
+                              into: normed + (t - first) * H)
         }
-        let logits = FloatBuffer(count: rows * V)  // [rows, V]
-        weights.lmHead.apply(normed.pointer, tokens: rows, into: logits.pointer)
-        return ForwardResult(logits: logits.array, rows: rows, vocabSize: V, routing: routing)
+        // The logits are the caller's: the one activation array a pass allocates.
+        let logits = [Float](unsafeUninitializedCapacity: rows * V) { buffer, count in
+            weights.lmHead.apply(normed, tokens: rows, into: buffer.baseAddress!)  // [rows, V]
+            count = rows * V
+        }
+        return ForwardResult(logits: logits, rows: rows, vocabSize: V, routing: routing)
     }
 
     /// Greedy decoding: the prompt in one pass, then one token at a time through the cache. Stops after

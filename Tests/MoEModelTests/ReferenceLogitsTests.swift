@@ -62,6 +62,18 @@ import MoETestSupport
         }
     }
 
+    /// Decoding takes its activations from the workspace the prompt sized: it does not grow token after token.
+    @Test func decodeReusesThePromptsWorkspace() throws {
+        let ref = try Reference.load("kimi_k2")
+        let model = try KimiModel.load(checkpoint: Fixtures.model("kimi_k2"))
+        let cache = model.makeCache()
+        _ = try model.forward(ref.prompt, cache: cache, logits: .last)
+        _ = try model.forward([ref.generated[0]], cache: cache, logits: .last)
+        let sized = model.workspaceBytes
+        for t in ref.generated.dropFirst() { _ = try model.forward([t], cache: cache, logits: .last) }
+        #expect(model.workspaceBytes == sized)
+    }
+
     /// Decode after a prefill continues the same sequence: prefill(a) then decode(b) equals prefill(a + b).
     @Test func prefillThenDecodeEqualsOnePass() throws {
         let ref = try Reference.load("kimi_k2")

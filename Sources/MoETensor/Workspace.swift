@@ -1,0 +1,102 @@
+import Glibc
+
+/// The activations and scratch of one forward pass, handed out from one slab that is kept from pass to pass.
+///
+/// A pass takes what it needs with `floats`/`ints` (zeroed, 64-byte aligned) and `reset` returns everything at
+/// the start of the next pass. The slab grows to the largest pass seen (a pass that outgrows it takes overflow
+/// chunks, and the next `reset` replaces slab and chunks by one slab of their total), so once a prompt has sized
+/// it, decoding allocates nothing. Not thread-safe: one pass at a time (`KimiModel` holds it under a lock).
+public final class Workspace: @unchecked Sendable {
+    private var slab: UnsafeMutableRawPointer
+    private var capacity: Int
+    private var used = 0
+    /// Chunks taken when the slab ran out during this pass; merged into the slab by `reset`.
+    private var overflow: [(pointer: UnsafeMutableRawPointer, bytes: Int)] = []
+    private var overflowBytes = 0
+
+    public init(bytes: Int = 1 << 20) {
+        capacity = max(bytes, 64)
+        slab = .allocate(byteCount: capacity, alignment: 64)
+    }
+
+    deinit {
+        slab.deallocate()
+        overflow.forEach { $0.pointer.deallocate() }
+    }
+
+    /// Bytes the slab holds (what a pass of the largest size so far needs).
+    public var bytes: Int { capacity }
+
+    /// Starts a pass: everything handed out before is free again.
+    public func reset() {
+        if !overflow.isEmpty {
+            let total = capacity + overflowBytes
+            slab.deallocate()
+            overflow.forEach { $0.pointer.deallocate() }
+            overflow.removeAll(keepingCapacity: true)
+            overflowBytes = 0
+            capacity = total
+            slab = .allocate(byteCount: capacity, alignment: 64)
+        }
+        used = 0
+    }
+
+    /// `count` zeroed floats, valid until the next `reset`.
+    public func floats(_ count: Int) -> UnsafeMutablePointer<Float> {
+        take(max(count, 1) * MemoryLayout<Float>.stride).bindMemory(to: Float.self, capacity: max(count, 1))
+    }
+
+    /// `count` zeroed Ints, valid until the next `reset`.
+    public func ints(_ count: Int) -> UnsafeMutablePointer<Int> {
+        take(max(count, 1) * MemoryLayout<Int>.stride).bindMemory(to: Int.self, capacity: max(count, 1))
+    }
+
+    private func take(_ byteCount: Int) -> UnsafeMutableRawPointer {
+        let size = (byteCount + 63) & ~63
+        let p: UnsafeMutableRawPointer
+        if used + size <= capacity {
+            p = slab + used
+            used += size
+        } else {
+            p = .allocate(byteCount: size, alignment: 64)
+            overflow.append((p, size))
+            overflowBytes += size
+        }
+        memset(p, 0, size)
+        return p
+    }
+}
+
+/// Scratch memory private to the calling thread and kept between calls: a parallel job's temporary arrays
+/// (attention's scores for a block of queries, an expert's inputs and outputs) without an allocation per job
+/// once the thread has seen the largest size. What `floats` returns is valid until the thread's next call.
+public enum ThreadScratch {
+    /// `count` floats (not zeroed) owned by this thread.
+    public static func floats(_ count: Int) -> UnsafeMutablePointer<Float> {
+        let box: Box
+        if let raw = pthread_getspecific(key) {
+            box = Unmanaged<Box>.fromOpaque(raw).takeUnretainedValue()
+        } else {
+            box = Box()
+            pthread_setspecific(key, Unmanaged.passRetained(box).toOpaque())
+        }
+        if box.capacity < count {
+            box.pointer.deallocate()
+            box.capacity = max(count, 2 * box.capacity)
+            box.pointer = .allocate(capacity: box.capacity)
+        }
+        return box.pointer
+    }
+
+    private final class Box {
+        var pointer = UnsafeMutablePointer<Float>.allocate(capacity: 1024)
+        var capacity = 1024
+        deinit { pointer.deallocate() }
+    }
+
+    private static let key: pthread_key_t = {
+        var key = pthread_key_t()
+        pthread_key_create(&key) { raw in if let raw { Unmanaged<Box>.fromOpaque(raw).release() } }
+        return key
+    }()
+}
