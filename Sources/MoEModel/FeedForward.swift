@@ -20,6 +20,28 @@ func swiGLU(gate: WeightMatrix, up: WeightMatrix, down: WeightMatrix, _ x: Unsaf
     down.apply(g, tokens: T, into: out)
 }
 
+/// `swiGLU` with the activations quantised to int8 per 32 values before each product (`--expert-activations q8`,
+/// int4 weights only); `scratch` holds 2·T·inter floats and `Q8Activations.floatsNeeded` for max(cols, inter).
+func swiGLUQ8(gate: WeightMatrix, up: WeightMatrix, down: WeightMatrix, _ x: UnsafePointer<Float>, tokens T: Int,
+              scratch: UnsafeMutablePointer<Float>, into out: UnsafeMutablePointer<Float>) {
+    let inter = gate.rows
+    let g = scratch, u = scratch + T * inter, quantised = u + T * inter  // [T, inter] each, then the int8 copy
+    let xq = Q8Activations(x, tokens: T, cols: gate.cols, memory: quantised)
+    gate.applyQ8(xq, into: g)
+    up.applyQ8(xq, into: u)
+    for i in 0..<(T * inter) { g[i] = VectorOps.silu(g[i]) * u[i] }
+    down.applyQ8(Q8Activations(g, tokens: T, cols: inter, memory: quantised), into: out)
+}
+
+/// Whether an expert takes the q8 path: asked for, and int4 weights throughout.
+func usesQ8(_ expert: ExpertWeights) -> Bool {
+    guard Kernels.expertActivations == .q8 else { return false }
+    for m in [expert.gate, expert.up, expert.down] {
+        guard case .int4g32 = m.encoding, m.cols % 32 == 0 else { return false }
+    }
+    return true
+}
+
 /// An MoE layer for a batch of tokens: route each token, ask the provider for every expert any token chose
 /// (each once), run each expert on the tokens that chose it, and combine.
 ///
@@ -50,10 +72,15 @@ struct MoELayer {
         try provider.withExperts(layer: layer, users.keys.sorted()) { e, expert in
             guard let list = users[e] else { return }
             // Inputs, hidden and outputs of this expert in the running thread's scratch (experts run in parallel).
-            let m = list.count, inter = expert.gate.rows
-            let xs = ThreadScratch.floats(2 * m * H + 2 * m * inter), ys = xs + m * H, hidden = ys + m * H  // [m, H] ×2
-            for (i, u) in list.enumerated() { (xs + i * H).update(from: x + u.token * H, count: H) }
-            swiGLU(gate: expert.gate, up: expert.up, down: expert.down, xs, tokens: m, scratch: hidden, into: ys)
+            let m = list.count, inter = expert.gate.rows, q8 = usesQ8(expert)
+            let quantised = q8 ? Q8Activations.floatsNeeded(tokens: m, cols: max(H, inter)) : 0
+            let xs = ThreadScratch.floats(2 * m * H + 2 * m * inter + quantised), ys = xs + m * H, hidden = ys + m * H
+            for (i, u) in list.enumerated() { (xs + i * H).update(from: x + u.token * H, count: H) }  // [m, H]
+            if q8 {
+                swiGLUQ8(gate: expert.gate, up: expert.up, down: expert.down, xs, tokens: m, scratch: hidden, into: ys)
+            } else {
+                swiGLU(gate: expert.gate, up: expert.up, down: expert.down, xs, tokens: m, scratch: hidden, into: ys)
+            }
             for (i, u) in list.enumerated() {
                 let w = routings[u.token].weights[u.slot]
                 let dst = slots + (u.token * k + u.slot) * H, src = ys + i * H

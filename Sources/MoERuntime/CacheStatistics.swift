@@ -52,6 +52,8 @@ public struct CacheStatistics: Codable, Sendable, Equatable {
     public var tokens = 0
     /// The matrix kernels and compute threads the run used (`--kernels`, `--threads`).
     public var kernels = ""
+    /// `--expert-activations`: fp32 or q8.
+    public var expertActivations = "fp32"
     public var threads = 0
     /// Experts read by `--preload` before the first request (not counted as requests or misses).
     public var preloadedExperts = 0

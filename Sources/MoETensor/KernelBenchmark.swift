@@ -52,6 +52,21 @@ public enum KernelBenchmark {
         return b
     }
 
+    /// Seconds for one single-threaded `gemmQ8` of all rows of an int4 matrix over already-quantised activations
+    /// (the best of `repeats`), and the result.
+    public static func timeQ8(_ m: WeightMatrix, _ x: FloatBuffer, tokens: Int, isa: KernelISA, repeats: Int) -> (Double, FloatBuffer) {
+        let memory = FloatBuffer(count: Q8Activations.floatsNeeded(tokens: tokens, cols: m.cols))
+        let q = Q8Activations(x.pointer, tokens: tokens, cols: m.cols, memory: memory.pointer)
+        let y = FloatBuffer(count: tokens * m.rows)
+        var best = Double.infinity
+        for _ in 0..<max(1, repeats) {
+            let start = monotonicSeconds()
+            m.gemmQ8(rows: 0..<m.rows, q, into: y.pointer, isa: isa)
+            best = min(best, monotonicSeconds() - start)
+        }
+        return (best, y)
+    }
+
     /// Seconds for one single-threaded `gemm` of all rows over `tokens` tokens (the best of `repeats`).
     public static func time(_ m: WeightMatrix, tokens: Int, isa: KernelISA, repeats: Int) -> Double {
         let x = randomActivations(tokens * m.cols), y = FloatBuffer(count: tokens * m.rows)

@@ -159,5 +159,28 @@ struct BenchKernels: ParsableCommand {
                 }
             }
         }
+        // int4 weights × activations quantised to int8 (`--expert-activations q8`): speed against the fp32
+        // generic product, and its error against it (the quantisation's, not float rounding).
+        let m = KernelBenchmark.randomMatrix(.int4, rows: rows, cols: cols)
+        for t in counts {
+            let x = KernelBenchmark.randomActivations(t * cols)
+            let reference = FloatBuffer(count: t * rows)
+            m.gemm(rows: 0..<rows, x.pointer, tokens: t, into: reference.pointer, isa: .generic)
+            let scale = (0..<(t * rows)).reduce(Float(0)) { max($0, abs(reference.pointer[$1])) }
+            let base = KernelBenchmark.time(m, tokens: t, isa: .generic, repeats: max(1, repeats / 2))
+            for isa in isas {
+                let (s, y) = KernelBenchmark.timeQ8(m, x, tokens: t, isa: isa, repeats: isa == .generic ? max(1, repeats / 2) : repeats)
+                var worst: Float = 0
+                for i in 0..<(t * rows) { worst = max(worst, abs(y.pointer[i] - reference.pointer[i])) }
+                let ms: Double = s * 1e3
+                let gbps: Double = Double(m.storedByteCount) / s / 1e9
+                let flops: Double = 2.0 * Double(rows * cols * t) / s / 1e9
+                let ratio: Double = base / s
+                let error: Double = Double(worst) / Double(max(scale, 1e-30))
+                let isaName = isa.rawValue.padding(toLength: 7, withPad: " ", startingAt: 0)
+                print("int4×q8  " + String(format: "  %6d  ", t) + isaName
+                      + String(format: " %7.2f  %7.2f  %7.2f  %8.2f×  %.1e", ms, gbps, flops, ratio, error))
+            }
+        }
     }
 }

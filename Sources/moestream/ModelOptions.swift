@@ -68,12 +68,13 @@ struct LoadedModel {
         guard let cache else { return }
         var s = cache.statistics()
         s.kernels = Kernels.isa.rawValue
+        s.expertActivations = Kernels.expertActivations.rawValue
         s.threads = Parallelism.threads
         cache.shutdown()
         if !stats.noStats {
             var lines = [s.report()]
             lines += extra
-            lines.append("threads \(Parallelism.threads), kernels \(Kernels.isa.rawValue)")
+            lines.append("threads \(Parallelism.threads), kernels \(Kernels.isa.rawValue), expert activations \(Kernels.expertActivations.rawValue)")
             printError(lines.joined(separator: "\n"))
         }
         if let path = stats.statsJson { try s.json().write(to: URL(fileURLWithPath: path)) }

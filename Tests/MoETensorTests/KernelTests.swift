@@ -82,6 +82,44 @@ import Testing
         }
         #expect(KernelISA.best.isSupported)
     }
+
+    /// int4 weights × Q8 activations: the AVX2 kernel and the generic twin give Σ_c W[r, c]·(q·d)[t, c] (float64
+    /// of the quantised values) within float rounding; a token's result is the same alone or in a block of four;
+    /// and the quantisation itself is within half a step of each value.
+    @Test func q8ActivationKernelsMatchTheExactProductOfTheQuantisedValues() {
+        let (rows, cols, tokens) = (37, 1024, 9)
+        let m = KernelBenchmark.randomMatrix(.int4, rows: rows, cols: cols, seed: 3)
+        let x = KernelBenchmark.randomActivations(tokens * cols, seed: 4)
+        let memory = FloatBuffer(count: Q8Activations.floatsNeeded(tokens: tokens, cols: cols))
+        let q = Q8Activations(x.pointer, tokens: tokens, cols: cols, memory: memory.pointer)
+        var worst: Float = 0
+        for i in 0..<(tokens * cols) { worst = max(worst, abs(q.value(i / cols, i % cols) - x.pointer[i]) / q.d[i / 32]) }
+        #expect(worst <= 0.5001)
+        for isa in [KernelISA.generic] + Self.fast where isa != .avx512 || KernelISA.avx2.isSupported {
+            let y = FloatBuffer(count: tokens * rows)
+            m.gemmQ8(rows: 0..<rows, q, into: y.pointer, isa: isa)
+            for t in 0..<tokens {
+                for r in 0..<rows {
+                    var sum = 0.0, magnitude = 0.0
+                    for c in 0..<cols {
+                        let p = exact(m, r, c) * Double(q.value(t, c))
+                        sum += p
+                        magnitude += abs(p)
+                    }
+                    let got = Double(y.pointer[t * rows + r])
+                    #expect(abs(got - sum) <= 1e-6 * magnitude + 1e-30, "\(isa) row \(r) token \(t): \(got) vs \(sum)")
+                }
+            }
+            // Alone: the same value bit for bit.
+            let single = FloatBuffer(count: rows)
+            let one = FloatBuffer(count: Q8Activations.floatsNeeded(tokens: 1, cols: cols))
+            for t in [0, 5, 8] {
+                let qt = Q8Activations(x.pointer + t * cols, tokens: 1, cols: cols, memory: one.pointer)
+                m.gemmQ8(rows: 0..<rows, qt, into: single.pointer, isa: isa)
+                for r in 0..<rows { #expect(single.pointer[r] == y.pointer[t * rows + r], "\(isa) token \(t) row \(r)") }
+            }
+        }
+    }
 }
 
 /// The kernel pool: every chunk exactly once, callers from several threads, nested calls, replacement.

@@ -54,4 +54,25 @@ import Testing
             #expect(ids == Array(g.tokens.prefix(decisive)), "\(name) with \(kernels) kernels")
         }
     }
+
+    /// `--expert-activations q8` (llama.cpp's int8 activations on the routed experts) keeps torch's greedy tokens
+    /// wherever torch's margin between the best two logits exceeds 0.1, with the generic twin and the AVX2 kernel.
+    @Test(arguments: ["generic", "avx2"])
+    func q8ExpertActivationsKeepDecisiveGreedyTokens(kernels: String) throws {
+        var compared = 0
+        for (name, g) in try reference().greedy {
+            let decisive = g.margins.firstIndex { $0 < 0.1 } ?? g.tokens.count
+            guard decisive > 0 else { continue }
+            let (status, out, err) = try moestream(["generate", Self.store, "--tokens", g.prompt.map(String.init).joined(separator: ","),
+                                                    "--max-tokens", "\(decisive)", "--ignore-eos", "--cache", "25%",
+                                                    "--kernels", kernels, "--expert-activations", "q8"])
+            if status != 0 && err.contains("this CPU cannot run the \(kernels) kernels") { return }
+            #expect(status == 0, "\(err)")
+            #expect(err.contains("expert activations q8"), "the statistics report the mode")
+            let ids = out.split(separator: "\n").last.map { $0.split(separator: ",").compactMap { Int($0) } } ?? []
+            #expect(ids == Array(g.tokens.prefix(decisive)), "\(name) with q8 activations, \(kernels) kernels")
+            compared += decisive
+        }
+        #expect(compared >= 10)
+    }
 }

@@ -25,6 +25,14 @@ typedef struct {
     int32_t scales_bf16;
 } moe_matrix;
 
+/// Activations quantised per 32 values for `--expert-activations q8`: x[t, c] ≈ q[t, c] · d[t, c/32], with
+/// sums[t, g] = Σ q over group g (for the int4 nibbles' offset of 8).
+typedef struct {
+    const int8_t *q;       // [T, cols]
+    const float *d;        // [T, cols/32]
+    const int32_t *sums;   // [T, cols/32]
+} moe_q8_acts;
+
 typedef void (*moe_gemm_fn)(const moe_matrix *m, int64_t r0, int64_t r1, const float *x, int64_t T, float *y);
 
 /// 1 when the CPU (and OS) run this build's AVX2+FMA+F16C kernels / AVX-512 F+BW+VL kernels.
@@ -38,6 +46,8 @@ void moe_gemm_q8_avx2(const moe_matrix *m, int64_t r0, int64_t r1, const float *
 void moe_gemm_bf16_avx2(const moe_matrix *m, int64_t r0, int64_t r1, const float *x, int64_t T, float *y);
 /// bf16 with a 3 × 4 register tile for four tokens or more (what `Kernels` uses for bf16 on AVX2).
 void moe_gemm_bf16_avx2_blocked(const moe_matrix *m, int64_t r0, int64_t r1, const float *x, int64_t T, float *y);
+/// int4 weights × Q8 activations: y[t·rows + r] = Σ_g w_scale·x_scale·(Σ nibble·q − 8·Σq), AVX2 (maddubs).
+void moe_gemm_q4_q8_avx2(const moe_matrix *m, int64_t r0, int64_t r1, const moe_q8_acts *x, int64_t T, float *y);
 /// fp32 rows (the attention's latent keys: scores of a block of queries).
 void moe_gemm_f32_avx2(const moe_matrix *m, int64_t r0, int64_t r1, const float *x, int64_t T, float *y);
 void moe_gemm_q4_avx512(const moe_matrix *m, int64_t r0, int64_t r1, const float *x, int64_t T, float *y);

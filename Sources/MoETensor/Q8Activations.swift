@@ -1,0 +1,106 @@
+import CMoEKernels
+
+/// How routed experts multiply: with the activations in fp32 (exact to float rounding; the default), or quantised
+/// to int8 per 32 values (`q8`: llama.cpp's Q4_0 × Q8_0 arithmetic, integer products, about 0.02 logit from
+/// transformers on the fixtures; see docs/performance.md). Only int4 experts take the q8 path.
+public enum ExpertActivations: String, CaseIterable, Sendable {
+    case fp32, q8
+}
+
+extension Kernels {
+    /// `--expert-activations` (default fp32).
+    nonisolated(unsafe) public static var expertActivations: ExpertActivations = .fp32
+}
+
+/// `tokens` rows of `cols` activations quantised per group of 32: `x ≈ q · d` with d = max|x|/127 and
+/// q = round(x/d), plus Σq per group. A view over memory the caller owns (`floatsNeeded` sizes it).
+public struct Q8Activations {
+    public let q: UnsafeMutablePointer<Int8>      // [tokens, cols]
+    public let d: UnsafeMutablePointer<Float>     // [tokens, cols/32]
+    public let sums: UnsafeMutablePointer<Int32>  // [tokens, cols/32]
+    public let tokens: Int
+    public let cols: Int
+
+    /// Floats of memory `init(memory:)` takes for `tokens × cols`.
+    public static func floatsNeeded(tokens: Int, cols: Int) -> Int { tokens * cols / 4 + 2 * tokens * cols / 32 }
+
+    /// Quantises `x [tokens, cols]` (cols a multiple of 32) into `memory` (`floatsNeeded` floats).
+    public init(_ x: UnsafePointer<Float>, tokens: Int, cols: Int, memory: UnsafeMutablePointer<Float>) {
+        precondition(cols % 32 == 0)
+        let groups = tokens * cols / 32
+        self.tokens = tokens
+        self.cols = cols
+        d = memory
+        sums = UnsafeMutableRawPointer(memory + groups).bindMemory(to: Int32.self, capacity: groups)
+        q = UnsafeMutableRawPointer(memory + 2 * groups).bindMemory(to: Int8.self, capacity: tokens * cols)
+        for g in 0..<groups {
+            let v = x + 32 * g
+            var amax: Float = 0
+            for i in 0..<32 { amax = max(amax, abs(v[i])) }
+            let scale = amax / 127
+            let inverse: Float = scale > 0 ? 1 / scale : 0
+            var sum: Int32 = 0
+            for i in 0..<32 {
+                let n = Int8((v[i] * inverse).rounded(.toNearestOrAwayFromZero))
+                q[32 * g + i] = n
+                sum += Int32(n)
+            }
+            d[g] = scale
+            sums[g] = sum
+        }
+    }
+
+    /// The value of element `c` of token `t` as the products see it (`q · d`).
+    public func value(_ t: Int, _ c: Int) -> Float { Float(q[t * cols + c]) * d[(t * cols + c) / 32] }
+}
+
+extension WeightMatrix {
+    /// `y[t, r] = Σ_c W[r, c] · x̃[t, c]` with x̃ the quantised activations, for int4 weights; rows split over
+    /// the kernel pool as `apply` does.
+    public func applyQ8(_ x: Q8Activations, into y: UnsafeMutablePointer<Float>) {
+        let minimumRows = max(4, (65_536 / max(1, storedByteCount / max(rows, 1))) & ~3)
+        let workers = KernelPool.shared.width
+        let chunks = max(1, min(workers * 4, rows / minimumRows))
+        let size = ((rows + chunks - 1) / chunks + 3) & ~3
+        let count = (rows + size - 1) / size
+        KernelPool.shared.run(count) { k in
+            gemmQ8(rows: (k * size)..<min(rows, (k + 1) * size), x, into: y)
+        }
+    }
+
+    /// `applyQ8` for output rows `rows` on the calling thread: the AVX2 kernel (on AVX2 and AVX-512 CPUs) or the
+    /// generic twin: per group, the exact integer Σ nibble·q less 8·Σq, scaled by w_scale · d.
+    public func gemmQ8(rows range: Range<Int>, _ x: Q8Activations, into y: UnsafeMutablePointer<Float>,
+                       isa: KernelISA = Kernels.isa) {
+        guard case .int4g32(let scales, let type) = encoding else {
+            preconditionFailure("Q8 activations are for int4 weights")
+        }
+        precondition(x.cols == cols)
+        guard !range.isEmpty else { return }
+        if isa != .generic {
+            var m = moe_matrix(data: data, scales: scales, rows: Int64(rows), cols: Int64(cols),
+                               scales_bf16: type == .bf16 ? 1 : 0)
+            var acts = moe_q8_acts(q: x.q, d: x.d, sums: x.sums)
+            moe_gemm_q4_q8_avx2(&m, Int64(range.lowerBound), Int64(range.upperBound), &acts, Int64(x.tokens), y)
+            return
+        }
+        let groups = cols / 32
+        let bytes = data.assumingMemoryBound(to: UInt8.self)
+        for r in range {
+            for t in 0..<x.tokens {
+                var acc: Float = 0, correction: Float = 0
+                for g in 0..<groups {
+                    let packed = bytes + r * (cols / 2) + 16 * g, q = x.q + t * cols + 32 * g
+                    var dot: Int32 = 0
+                    for j in 0..<16 {
+                        dot += Int32(packed[j] & 0x0F) * Int32(q[j]) + Int32(packed[j] >> 4) * Int32(q[j + 16])
+                    }
+                    let k = Self.groupScale(scales, type, r * groups + g) * x.d[t * groups + g]
+                    acc = k * Float(dot) + acc
+                    correction = k * Float(x.sums[t * groups + g]) + correction
+                }
+                y[t * rows + r] = acc - 8 * correction
+            }
+        }
+    }
+}
