@@ -5,7 +5,8 @@ The benchmark slice is too large for transformers, so this checks the long-conte
 the Kimi K2 INT4 fixture (Kimi K2 Thinking's format, yarn rope, MLA, top-8 sigmoid router). For a random prompt of
 LENGTH tokens it computes the logits of every position
   - with transformers in fp32 (the expert weights dequantized by compressed-tensors' formula, eager attention),
-  - with `moestream logits` on a store converted from the fixture directory,
+  - with `moestream logits` on a store converted from the fixture directory, and again with
+    `--expert-activations q8` (llama.cpp's int8 rounding of the routed experts' inputs),
   - with llama.cpp on a GGUF that Tools/make_k2_gguf.py writes from the same directory (Q4_0 experts, same values),
 and prints, per implementation and position range, the largest |Δ logit| against transformers and how many
 positions have a different argmax, next to transformers with llama.cpp's Q8_0 rounding of expert inputs added.
@@ -72,11 +73,12 @@ def q8_0(x):
     return (q * d).reshape(x.shape)
 
 
-def ours_logits(binary, model_dir, prompt, work):
+def ours_logits(binary, model_dir, prompt, work, *flags):
     """The INT4 release runs from a store (`moestream convert`), as a user runs it."""
     store = os.path.join(work, "store")
-    subprocess.run([binary, "convert", model_dir, "-o", store, "--quiet"], check=True)
-    out = subprocess.run([binary, "logits", store, "--tokens", ",".join(map(str, prompt)), "--json"],
+    if not os.path.exists(store):
+        subprocess.run([binary, "convert", model_dir, "-o", store, "--quiet"], check=True)
+    out = subprocess.run([binary, "logits", store, "--tokens", ",".join(map(str, prompt)), "--json", *flags],
                          check=True, capture_output=True, text=True).stdout
     return np.array(json.loads(out)["logits"], dtype=np.float32)
 
@@ -128,6 +130,7 @@ def main():
     q8 = transformers_logits(a.model, prompt, q8_expert_inputs=True)
     with tempfile.TemporaryDirectory() as work:
         ours = ours_logits(a.binary, a.model, prompt, work)
+        ours_q8 = ours_logits(a.binary, a.model, prompt, work, "--expert-activations", "q8")
         llama = llama_logits(a.llama_python, a.model, prompt, work)
 
     edges = [0, 32, 128, 256, 512, 1024, 2048, 4096, 8192]
@@ -138,10 +141,11 @@ def main():
           "many positions have another argmax")
     print(f"{'':34} " + "  ".join(f"{f'[{x},{y})':>21}" for x, y in ranges))
     worst, flips = report("moestream", ours, ref, ranges)
+    report("moestream --expert-activations q8", ours_q8, ref, ranges)
     report("llama.cpp", llama, ref, ranges)
     report("transformers, Q8_0 expert inputs", q8, ref, ranges)
-    print("(llama.cpp rounds the activations it multiplies with Q4_0 experts to Q8_0; the last row is transformers "
-          "with only that rounding added)")
+    print("(llama.cpp rounds the activations it multiplies with Q4_0 experts to Q8_0, as moestream's opt-in q8 mode "
+          "does; the last row is transformers with only that rounding added)")
     sys.exit(1 if flips or worst > 1e-3 else 0)
 
 

@@ -87,6 +87,8 @@ public final class KimiModel: @unchecked Sendable {
 
         var routing: [[Routing]] = []
         for (l, layer) in weights.layers.enumerated() {
+            let layerStart = ws.mark()  // a layer's buffers are the next layer's
+            defer { ws.release(to: layerStart) }
             for t in 0..<T {
                 VectorOps.rmsNorm(x + t * H, weight: layer.inputNorm, eps: config.rmsNormEps, count: H, into: normed + t * H)
             }

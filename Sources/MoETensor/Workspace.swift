@@ -3,16 +3,26 @@ import Glibc
 /// The activations and scratch of one forward pass, handed out from one slab that is kept from pass to pass.
 ///
 /// A pass takes what it needs with `floats`/`ints` (zeroed, 64-byte aligned) and `reset` returns everything at
-/// the start of the next pass. The slab grows to the largest pass seen (a pass that outgrows it takes overflow
-/// chunks, and the next `reset` replaces slab and chunks by one slab of their total), so once a prompt has sized
-/// it, decoding allocates nothing. Not thread-safe: one pass at a time (`KimiModel` holds it under a lock).
+/// the start of the next pass; `mark`/`release` return what a stage took (a layer's buffers) so the next stage
+/// reuses the memory. The slab grows to the largest amount a pass held at once (a pass that outgrows it takes
+/// overflow chunks, and the next `reset` replaces them and the slab by one slab of that high-water size), so once
+/// a prompt has sized it, decoding allocates nothing. Not thread-safe: one pass at a time (`KimiModel` holds it
+/// under a lock).
 public final class Workspace: @unchecked Sendable {
     private var slab: UnsafeMutableRawPointer
     private var capacity: Int
     private var used = 0
-    /// Chunks taken when the slab ran out during this pass; merged into the slab by `reset`.
+    /// Chunks taken when the slab ran out during this pass, live ones only; replaced by a larger slab at `reset`.
     private var overflow: [(pointer: UnsafeMutableRawPointer, bytes: Int)] = []
     private var overflowBytes = 0
+    /// The most this pass has held at once (slab part plus live overflow).
+    private var highWater = 0
+
+    /// What has been taken so far in this pass.
+    public struct Mark: Sendable {
+        let used: Int
+        let chunks: Int
+    }
 
     public init(bytes: Int = 1 << 20) {
         capacity = max(bytes, 64)
@@ -29,16 +39,28 @@ public final class Workspace: @unchecked Sendable {
 
     /// Starts a pass: everything handed out before is free again.
     public func reset() {
-        if !overflow.isEmpty {
-            let total = capacity + overflowBytes
+        overflow.forEach { $0.pointer.deallocate() }
+        overflow.removeAll(keepingCapacity: true)
+        overflowBytes = 0
+        if highWater > capacity {
             slab.deallocate()
-            overflow.forEach { $0.pointer.deallocate() }
-            overflow.removeAll(keepingCapacity: true)
-            overflowBytes = 0
-            capacity = total
+            capacity = highWater
             slab = .allocate(byteCount: capacity, alignment: 64)
         }
         used = 0
+        highWater = 0
+    }
+
+    public func mark() -> Mark { Mark(used: used, chunks: overflow.count) }
+
+    /// Returns everything taken since `mark` (its memory is handed out again by the next `floats`/`ints`).
+    public func release(to mark: Mark) {
+        while overflow.count > mark.chunks {
+            let chunk = overflow.removeLast()
+            chunk.pointer.deallocate()
+            overflowBytes -= chunk.bytes
+        }
+        used = min(used, mark.used)
     }
 
     /// `count` zeroed floats, valid until the next `reset`.
@@ -62,6 +84,7 @@ public final class Workspace: @unchecked Sendable {
             overflow.append((p, size))
             overflowBytes += size
         }
+        highWater = max(highWater, used + overflowBytes)
         memset(p, 0, size)
         return p
     }
