@@ -85,6 +85,115 @@ TARGET void moe_gemm_q4_q8_avx2(const moe_matrix *m, int64_t r0, int64_t r1, con
     }
 }
 
+// ---- AVX-512 VNNI: two groups per instruction (vpdpbusd: 64 nibble × int8 products summed by fours into 16
+// int32 lanes, lanes 0-7 group g and 8-15 group g + 1), the scale pair broadcast to the two halves. An odd
+// last group takes the 256-bit form. Same operations for a token alone as in a block of four.
+#define TARGETV __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")))
+
+TARGETV static inline float hsum16q(__m512 v) {
+    __m256 a = _mm256_add_ps(_mm512_castps512_ps256(v), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+/// The 64 nibbles of groups g and g + 1 of row `r` as unsigned bytes in element order.
+TARGETV static inline __m512i nibbles64(const moe_matrix *m, int64_t r, int64_t g) {
+    const __m256i b = _mm256_loadu_si256((const __m256i *)((const uint8_t *)m->data + r * (m->cols / 2) + 16 * g));
+    const __m256i mask = _mm256_set1_epi8(0x0F);
+    const __m512i v = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_and_si256(b, mask)),
+                                         _mm256_and_si256(_mm256_srli_epi16(b, 4), mask), 1);  // lo g, lo g+1, hi g, hi g+1
+    return _mm512_shuffle_i64x2(v, v, _MM_SHUFFLE(3, 1, 2, 0));                              // lo g, hi g, lo g+1, hi g+1
+}
+
+/// acc += (Σ nibble·q per lane) · [k0 ×8 | k1 ×8] for groups g, g + 1 of one token; c += k0·Σq_g + k1·Σq_g+1.
+#define VNNI_PAIR(w, q, d, s, g, ws0, ws1, acc, c)                                                               \
+    do {                                                                                                         \
+        const float k0_ = (ws0) * (d)[g], k1_ = (ws1) * (d)[(g) + 1];                                            \
+        const __m512i p_ = _mm512_dpbusd_epi32(_mm512_setzero_si512(), (w), _mm512_loadu_si512((q) + 32 * (g))); \
+        const __m512 k_ = _mm512_castpd_ps(_mm512_insertf64x4(_mm512_castps_pd(_mm512_set1_ps(k0_)),            \
+                                                              _mm256_castps_pd(_mm256_set1_ps(k1_)), 1));        \
+        (acc) = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p_), k_, (acc));                                              \
+        (c) = __builtin_fmaf(k0_, (float)(s)[g], (c));                                                           \
+        (c) = __builtin_fmaf(k1_, (float)(s)[(g) + 1], (c));                                                     \
+    } while (0)
+
+/// The last group when the count is odd: 256-bit dpbusd into the low half.
+#define VNNI_LAST(wl, q, d, s, g, ws, acc, c)                                                                    \
+    do {                                                                                                         \
+        const float k_ = (ws) * (d)[g];                                                                          \
+        const __m256i p_ = _mm256_dpbusd_epi32(_mm256_setzero_si256(), (wl), _mm256_loadu_si256((const __m256i *)((q) + 32 * (g)))); \
+        (acc) = _mm512_fmadd_ps(_mm512_castps256_ps512(_mm256_cvtepi32_ps(p_)),                                  \
+                                _mm512_castps256_ps512(_mm256_set1_ps(k_)), (acc));                              \
+        (c) = __builtin_fmaf(k_, (float)(s)[g], (c));                                                            \
+    } while (0)
+
+TARGETV static inline void vnni_row_4(const moe_matrix *m, int64_t r, const moe_q8_acts *x, int64_t t, float *y) {
+    const int64_t groups = m->cols / 32, cols = m->cols, pairs = groups & ~(int64_t)1;
+    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    float c0 = 0, c1 = 0, c2 = 0, c3 = 0;
+    const int8_t *q = x->q + t * cols;
+    const float *d = x->d + t * groups;
+    const int32_t *s = x->sums + t * groups;
+    for (int64_t g = 0; g < pairs; g += 2) {
+        const __m512i w = nibbles64(m, r, g);
+        const float ws0 = group_scale(m, r * groups + g), ws1 = group_scale(m, r * groups + g + 1);
+        VNNI_PAIR(w, q, d, s, g, ws0, ws1, a0, c0);
+        VNNI_PAIR(w, q + cols, d + groups, s + groups, g, ws0, ws1, a1, c1);
+        VNNI_PAIR(w, q + 2 * cols, d + 2 * groups, s + 2 * groups, g, ws0, ws1, a2, c2);
+        VNNI_PAIR(w, q + 3 * cols, d + 3 * groups, s + 3 * groups, g, ws0, ws1, a3, c3);
+    }
+    if (pairs < groups) {
+        const __m256i wl = nibbles32(m, r, pairs);
+        const float ws = group_scale(m, r * groups + pairs);
+        VNNI_LAST(wl, q, d, s, pairs, ws, a0, c0);
+        VNNI_LAST(wl, q + cols, d + groups, s + groups, pairs, ws, a1, c1);
+        VNNI_LAST(wl, q + 2 * cols, d + 2 * groups, s + 2 * groups, pairs, ws, a2, c2);
+        VNNI_LAST(wl, q + 3 * cols, d + 3 * groups, s + 3 * groups, pairs, ws, a3, c3);
+    }
+    const int64_t R = m->rows;
+    y[t * R + r] = hsum16q(a0) - 8 * c0;
+    y[(t + 1) * R + r] = hsum16q(a1) - 8 * c1;
+    y[(t + 2) * R + r] = hsum16q(a2) - 8 * c2;
+    y[(t + 3) * R + r] = hsum16q(a3) - 8 * c3;
+}
+
+TARGETV static inline void vnni_row_1(const moe_matrix *m, int64_t r, const moe_q8_acts *x, int64_t t, float *y) {
+    const int64_t groups = m->cols / 32, pairs = groups & ~(int64_t)1;
+    __m512 a = _mm512_setzero_ps();
+    float c = 0;
+    const int8_t *q = x->q + t * m->cols;
+    const float *d = x->d + t * groups;
+    const int32_t *s = x->sums + t * groups;
+    for (int64_t g = 0; g < pairs; g += 2) {
+        const __m512i w = nibbles64(m, r, g);
+        VNNI_PAIR(w, q, d, s, g, group_scale(m, r * groups + g), group_scale(m, r * groups + g + 1), a, c);
+    }
+    if (pairs < groups) VNNI_LAST(nibbles32(m, r, pairs), q, d, s, pairs, group_scale(m, r * groups + pairs), a, c);
+    y[t * m->rows + r] = hsum16q(a) - 8 * c;
+}
+
+TARGETV void moe_gemm_q4_q8_avx512vnni(const moe_matrix *m, int64_t r0, int64_t r1, const moe_q8_acts *x, int64_t T,
+                                       float *y) {
+    const int64_t block = T > 4 ? row_block(q4_row_bytes(m)) : r1 - r0;
+    for (int64_t b0 = r0; b0 < r1; b0 += block) {
+        const int64_t b1 = b0 + block < r1 ? b0 + block : r1;
+        int64_t t = 0;
+        for (; t + 4 <= T; t += 4)
+            for (int64_t r = b0; r < b1; r++) vnni_row_4(m, r, x, t, y);
+        for (; t < T; t++)
+            for (int64_t r = b0; r < b1; r++) vnni_row_1(m, r, x, t, y);
+    }
+}
+
+int moe_cpu_has_avx512vnni(void) {
+    __builtin_cpu_init();
+    return moe_cpu_has_avx512() && __builtin_cpu_supports("avx512vnni");
+}
+
 #else
+int moe_cpu_has_avx512vnni(void) { return 0; }
+void moe_gemm_q4_q8_avx512vnni(const moe_matrix *m, int64_t r0, int64_t r1, const moe_q8_acts *x, int64_t T, float *y) {}
 void moe_gemm_q4_q8_avx2(const moe_matrix *m, int64_t r0, int64_t r1, const moe_q8_acts *x, int64_t T, float *y) {}
 #endif

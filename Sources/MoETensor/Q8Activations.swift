@@ -68,8 +68,12 @@ extension WeightMatrix {
         }
     }
 
-    /// `applyQ8` for output rows `rows` on the calling thread: the AVX2 kernel (on AVX2 and AVX-512 CPUs) or the
-    /// generic twin: per group, the exact integer Σ nibble·q less 8·Σq, scaled by w_scale · d.
+    /// Whether the AVX-512 q8 kernel (VNNI) runs here; without VNNI, AVX-512 machines use the AVX2 one.
+    static let hasVNNI = moe_cpu_has_avx512vnni() != 0
+
+    /// `applyQ8` for output rows `rows` on the calling thread: with `.avx512` the VNNI kernel where the CPU has
+    /// it, else the AVX2 kernel; with `.generic` the twin: per group, the exact integer Σ nibble·q less 8·Σq,
+    /// scaled by w_scale · d.
     public func gemmQ8(rows range: Range<Int>, _ x: Q8Activations, into y: UnsafeMutablePointer<Float>,
                        isa: KernelISA = Kernels.isa) {
         guard case .int4g32(let scales, let type) = encoding else {
@@ -81,7 +85,8 @@ extension WeightMatrix {
             var m = moe_matrix(data: data, scales: scales, rows: Int64(rows), cols: Int64(cols),
                                scales_bf16: type == .bf16 ? 1 : 0)
             var acts = moe_q8_acts(q: x.q, d: x.d, sums: x.sums)
-            moe_gemm_q4_q8_avx2(&m, Int64(range.lowerBound), Int64(range.upperBound), &acts, Int64(x.tokens), y)
+            let kernel = isa == .avx512 && Self.hasVNNI ? moe_gemm_q4_q8_avx512vnni : moe_gemm_q4_q8_avx2
+            kernel(&m, Int64(range.lowerBound), Int64(range.upperBound), &acts, Int64(x.tokens), y)
             return
         }
         let groups = cols / 32

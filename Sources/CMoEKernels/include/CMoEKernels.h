@@ -48,6 +48,9 @@ void moe_gemm_bf16_avx2(const moe_matrix *m, int64_t r0, int64_t r1, const float
 void moe_gemm_bf16_avx2_blocked(const moe_matrix *m, int64_t r0, int64_t r1, const float *x, int64_t T, float *y);
 /// int4 weights × Q8 activations: y[t·rows + r] = Σ_g w_scale·x_scale·(Σ nibble·q − 8·Σq), AVX2 (maddubs).
 void moe_gemm_q4_q8_avx2(const moe_matrix *m, int64_t r0, int64_t r1, const moe_q8_acts *x, int64_t T, float *y);
+/// The same with AVX-512 VNNI (vpdpbusd, two groups per instruction), where `moe_cpu_has_avx512vnni`.
+void moe_gemm_q4_q8_avx512vnni(const moe_matrix *m, int64_t r0, int64_t r1, const moe_q8_acts *x, int64_t T, float *y);
+int moe_cpu_has_avx512vnni(void);
 /// fp32 rows (the attention's latent keys: scores of a block of queries).
 void moe_gemm_f32_avx2(const moe_matrix *m, int64_t r0, int64_t r1, const float *x, int64_t T, float *y);
 void moe_gemm_q4_avx512(const moe_matrix *m, int64_t r0, int64_t r1, const float *x, int64_t T, float *y);
