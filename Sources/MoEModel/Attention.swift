@@ -71,36 +71,34 @@ struct LatentAttention {
             let h = job / blocks, t0 = (job % blocks) * Self.queryBlock
             let tb = min(Self.queryBlock, T - t0)
             let length = start + t0 + tb  // cached rows the block's last token sees
-            do {
-                let queries = ThreadScratch.floats(tb * (width + length + r))  // [tb, r + p]: q̂ per token
-                let scores = queries + tb * width            // [tb, length]
-                let context = scores + tb * length           // [tb, r]
-                for i in 0..<tb {
-                    let t = t0 + i
-                    let qHead = q + t * heads * qk + h * qk, qHat = queries + i * width
-                    qHat.initialize(repeating: 0, count: r)
-                    kvB.accumulateRows(from: h * (dn + dv), count: dn, weights: qHead, into: qHat)  // W_kᵀ q_nope
-                    (qHat + r).update(from: qHead + dn, count: dp)
-                    let cs = angles + t * dp
-                    rope.rotate(qHat + r, cos: cs, sin: cs + dp / 2)
-                }
-                let keys = WeightMatrix(rows: length, cols: width, data: UnsafeRawPointer(cache.rows(layer)),
-                                        encoding: .f32, owners: [])
-                keys.gemm(rows: 0..<length, queries, tokens: tb, into: scores)  // scores[i, j] = q̂_i · row_j
-                for i in 0..<tb {
-                    let row = scores + i * length, visible = start + t0 + i + 1
-                    for j in 0..<visible { row[j] *= scale }
-                    VectorOps.softmax(row, count: visible)
-                }
-                context.initialize(repeating: 0, count: tb * r)
-                for j in 0..<length {  // each cached c_j once for the block
-                    let c = cache.latent(layer, j)
-                    for i in max(0, j - start - t0)..<tb { VectorOps.axpy(scores[i * length + j], c, context + i * r, count: r) }
-                }
-                for i in 0..<tb {
-                    let oHead = attended + (t0 + i) * heads * dv + h * dv
-                    for d in 0..<dv { oHead[d] = kvB.dot(row: h * (dn + dv) + dn + d, context + i * r) }  // W_v · context
-                }
+            let queries = ThreadScratch.floats(tb * (width + length + r))  // [tb, r + p]: q̂ per token
+            let scores = queries + tb * width            // [tb, length]
+            let context = scores + tb * length           // [tb, r]
+            for i in 0..<tb {
+                let t = t0 + i
+                let qHead = q + t * heads * qk + h * qk, qHat = queries + i * width
+                qHat.initialize(repeating: 0, count: r)
+                kvB.accumulateRows(from: h * (dn + dv), count: dn, weights: qHead, into: qHat)  // W_kᵀ q_nope
+                (qHat + r).update(from: qHead + dn, count: dp)
+                let cs = angles + t * dp
+                rope.rotate(qHat + r, cos: cs, sin: cs + dp / 2)
+            }
+            let keys = WeightMatrix(rows: length, cols: width, data: UnsafeRawPointer(cache.rows(layer)),
+                                    encoding: .f32, owners: [])
+            keys.gemm(rows: 0..<length, queries, tokens: tb, into: scores)  // scores[i, j] = q̂_i · row_j
+            for i in 0..<tb {
+                let row = scores + i * length, visible = start + t0 + i + 1
+                for j in 0..<visible { row[j] *= scale }
+                VectorOps.softmax(row, count: visible)
+            }
+            context.initialize(repeating: 0, count: tb * r)
+            for j in 0..<length {  // each cached c_j once for the block
+                let c = cache.latent(layer, j)
+                for i in max(0, j - start - t0)..<tb { VectorOps.axpy(scores[i * length + j], c, context + i * r, count: r) }
+            }
+            for i in 0..<tb {
+                let oHead = attended + (t0 + i) * heads * dv + h * dv
+                for d in 0..<dv { oHead[d] = kvB.dot(row: h * (dn + dv) + dn + d, context + i * r) }  // W_v · context
             }
         }
         weights.output.apply(attended, tokens: T, into: out)

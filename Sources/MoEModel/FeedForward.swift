@@ -36,10 +36,11 @@ func swiGLUQ8(gate: WeightMatrix, up: WeightMatrix, down: WeightMatrix, _ x: Uns
 /// Whether an expert takes the q8 path: asked for, and int4 weights throughout.
 func usesQ8(_ expert: ExpertWeights) -> Bool {
     guard Kernels.expertActivations == .q8 else { return false }
-    for m in [expert.gate, expert.up, expert.down] {
-        guard case .int4g32 = m.encoding, m.cols % 32 == 0 else { return false }
+    func int4(_ m: WeightMatrix) -> Bool {
+        if case .int4g32 = m.encoding { return m.cols % 32 == 0 }
+        return false
     }
-    return true
+    return int4(expert.gate) && int4(expert.up) && int4(expert.down)
 }
 
 /// An MoE layer for a batch of tokens: route each token, ask the provider for every expert any token chose
