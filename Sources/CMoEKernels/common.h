@@ -13,6 +13,18 @@ static inline float bf16_value(uint16_t bits) {
     return f;
 }
 
+/// Horizontal sums in a fixed tree (8 → 4 → 2 → 1; 16 → 8 → …), the same in every kernel of an ISA.
+__attribute__((target("avx2,fma,f16c"))) static inline float hsum8(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));  // i + (i+4)
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));                                          // (0+2), (1+3)
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));                                           // (0+2) + (1+3)
+    return _mm_cvtss_f32(s);
+}
+__attribute__((target("avx512f,avx512bw,avx512vl,avx2,fma,f16c"))) static inline float hsum16(__m512 v) {
+    __m256 a = _mm256_add_ps(_mm512_castps512_ps256(v), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
+    return hsum8(a);
+}
+
 /// Scale `index` of a group-32 matrix (bf16 or fp32).
 static inline float group_scale(const moe_matrix *m, int64_t index) {
     return m->scales_bf16 ? bf16_value(((const uint16_t *)m->scales)[index]) : ((const float *)m->scales)[index];
@@ -41,6 +53,12 @@ static inline int64_t row_block(int64_t row_bytes) {
     n -= n % 12;
     return n < 12 ? 12 : n;
 }
+
+/// Loops over rows [r0, r1) as blocks [b0, b1): cache blocks of `row_block(row_bytes)` rows when more than four
+/// tokens pass (every token then goes over a block before the next), one block otherwise.
+#define FOR_ROW_BLOCKS(T, r0, r1, row_bytes, b0, b1)                                                             \
+    for (int64_t blk_ = (T) > 4 ? row_block(row_bytes) : (r1) - (r0), b0 = (r0), b1 = 0;                         \
+         b0 < (r1) && ((b1 = b0 + blk_ < (r1) ? b0 + blk_ : (r1)), 1); b0 += blk_)
 
 /// Bytes of one row: int4/int8 values plus their group scales, or bf16 values.
 static inline int64_t q4_row_bytes(const moe_matrix *m) { return m->cols / 2 + m->cols / 32 * (m->scales_bf16 ? 2 : 4); }

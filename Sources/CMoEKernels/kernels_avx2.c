@@ -9,13 +9,6 @@
 #define VZERO() _mm256_setzero_ps()
 #define VSET1(s) _mm256_set1_ps(s)
 
-TARGET static inline float hsum8(__m256 v) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));  // i + (i+4)
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));                                          // (0+2), (1+3)
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));                                           // (0+2) + (1+3)
-    return _mm_cvtss_f32(s);
-}
-
 /// 16 signed bytes → elements 0-7 and 8-15 as fp32.
 TARGET static inline void widen16(__m128i q, __m256 *w) {
     w[0] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q));
@@ -112,9 +105,7 @@ TARGET static void bf16_tile_3x4(const moe_matrix *m, int64_t r, const float *x,
 /// Blocks of four tokens through the 3 × 4 tile (remaining rows through the generic 1 × 4 tile), the rest as
 /// `moe_gemm_bf16_avx2` does; rows in cache blocks as the generic kernel takes them.
 TARGET void moe_gemm_bf16_avx2_blocked(const moe_matrix *m, int64_t r0, int64_t r1, const float *x, int64_t T, float *y) {
-    const int64_t block = T > 4 ? row_block(bf_row_bytes(m)) : r1 - r0;
-    for (int64_t b0 = r0; b0 < r1; b0 += block) {
-        const int64_t b1 = b0 + block < r1 ? b0 + block : r1;
+    FOR_ROW_BLOCKS(T, r0, r1, bf_row_bytes(m), b0, b1) {
         int64_t t = 0;
         for (; t + 4 <= T; t += 4) {
             int64_t r = b0;

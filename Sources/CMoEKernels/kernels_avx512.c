@@ -9,15 +9,6 @@
 #define VZERO() _mm512_setzero_ps()
 #define VSET1(s) _mm512_set1_ps(s)
 
-/// Fixed tree: 16 → 8 → 4 → 2 → 1.
-TARGET static inline float hsum16(__m512 v) {
-    __m256 a = _mm256_add_ps(_mm512_castps512_ps256(v), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
-}
-
 /// 16 signed bytes → 16 fp32 lanes.
 #define WIDEN16(q) _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q))
 
@@ -104,9 +95,7 @@ TARGET static void bf16_tile_4x4(const moe_matrix *m, int64_t r, const float *x,
 /// `moe_gemm_bf16_avx512` does; rows in cache blocks as the generic kernel takes them.
 TARGET void moe_gemm_bf16_avx512_blocked(const moe_matrix *m, int64_t r0, int64_t r1, const float *x, int64_t T,
                                          float *y) {
-    const int64_t block = T > 4 ? row_block(bf_row_bytes(m)) : r1 - r0;
-    for (int64_t b0 = r0; b0 < r1; b0 += block) {
-        const int64_t b1 = b0 + block < r1 ? b0 + block : r1;
+    FOR_ROW_BLOCKS(T, r0, r1, bf_row_bytes(m), b0, b1) {
         int64_t t = 0;
         for (; t + 4 <= T; t += 4) {
             int64_t r = b0;

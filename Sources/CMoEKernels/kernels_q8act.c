@@ -9,13 +9,6 @@
 
 #define TARGET __attribute__((target("avx2,fma,f16c")))
 
-TARGET static inline float hsum8q(__m256 v) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
-}
-
 /// The 32 nibbles of int4 group `g` of row `r` as unsigned bytes in element order (0-15 low, 16-31 high).
 TARGET static inline __m256i nibbles32(const moe_matrix *m, int64_t r, int64_t g) {
     const __m128i b = _mm_loadu_si128((const __m128i *)((const uint8_t *)m->data + r * (m->cols / 2) + 16 * g));
@@ -51,10 +44,10 @@ TARGET static inline void row_4(const moe_matrix *m, int64_t r, const moe_q8_act
         c3 = __builtin_fmaf(k, (float)s[3 * groups + g], c3);
     }
     const int64_t R = m->rows;
-    y[t * R + r] = hsum8q(acc0) - 8 * c0;
-    y[(t + 1) * R + r] = hsum8q(acc1) - 8 * c1;
-    y[(t + 2) * R + r] = hsum8q(acc2) - 8 * c2;
-    y[(t + 3) * R + r] = hsum8q(acc3) - 8 * c3;
+    y[t * R + r] = hsum8(acc0) - 8 * c0;
+    y[(t + 1) * R + r] = hsum8(acc1) - 8 * c1;
+    y[(t + 2) * R + r] = hsum8(acc2) - 8 * c2;
+    y[(t + 3) * R + r] = hsum8(acc3) - 8 * c3;
 }
 
 /// One row, one token: the same operations per token as `row_4`.
@@ -70,13 +63,11 @@ TARGET static inline void row_1(const moe_matrix *m, int64_t r, const moe_q8_act
         acc = _mm256_fmadd_ps(group_dot(nibbles32(m, r, g), q + 32 * g), _mm256_set1_ps(k), acc);
         c = __builtin_fmaf(k, (float)s[g], c);
     }
-    y[t * m->rows + r] = hsum8q(acc) - 8 * c;
+    y[t * m->rows + r] = hsum8(acc) - 8 * c;
 }
 
 TARGET void moe_gemm_q4_q8_avx2(const moe_matrix *m, int64_t r0, int64_t r1, const moe_q8_acts *x, int64_t T, float *y) {
-    const int64_t block = T > 4 ? row_block(q4_row_bytes(m)) : r1 - r0;
-    for (int64_t b0 = r0; b0 < r1; b0 += block) {
-        const int64_t b1 = b0 + block < r1 ? b0 + block : r1;
+    FOR_ROW_BLOCKS(T, r0, r1, q4_row_bytes(m), b0, b1) {
         int64_t t = 0;
         for (; t + 4 <= T; t += 4)
             for (int64_t r = b0; r < b1; r++) row_4(m, r, x, t, y);
@@ -89,14 +80,6 @@ TARGET void moe_gemm_q4_q8_avx2(const moe_matrix *m, int64_t r0, int64_t r1, con
 // int32 lanes, lanes 0-7 group g and 8-15 group g + 1), the scale pair broadcast to the two halves. An odd
 // last group takes the 256-bit form. Same operations for a token alone as in a block of four.
 #define TARGETV __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")))
-
-TARGETV static inline float hsum16q(__m512 v) {
-    __m256 a = _mm256_add_ps(_mm512_castps512_ps256(v), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
-}
 
 /// The 64 nibbles of groups g and g + 1 of row `r` as unsigned bytes in element order.
 TARGETV static inline __m512i nibbles64(const moe_matrix *m, int64_t r, int64_t g) {
@@ -153,10 +136,10 @@ TARGETV static inline void vnni_row_4(const moe_matrix *m, int64_t r, const moe_
         VNNI_LAST(wl, q + 3 * cols, d + 3 * groups, s + 3 * groups, pairs, ws, a3, c3);
     }
     const int64_t R = m->rows;
-    y[t * R + r] = hsum16q(a0) - 8 * c0;
-    y[(t + 1) * R + r] = hsum16q(a1) - 8 * c1;
-    y[(t + 2) * R + r] = hsum16q(a2) - 8 * c2;
-    y[(t + 3) * R + r] = hsum16q(a3) - 8 * c3;
+    y[t * R + r] = hsum16(a0) - 8 * c0;
+    y[(t + 1) * R + r] = hsum16(a1) - 8 * c1;
+    y[(t + 2) * R + r] = hsum16(a2) - 8 * c2;
+    y[(t + 3) * R + r] = hsum16(a3) - 8 * c3;
 }
 
 TARGETV static inline void vnni_row_1(const moe_matrix *m, int64_t r, const moe_q8_acts *x, int64_t t, float *y) {
@@ -171,14 +154,12 @@ TARGETV static inline void vnni_row_1(const moe_matrix *m, int64_t r, const moe_
         VNNI_PAIR(w, q, d, s, g, group_scale(m, r * groups + g), group_scale(m, r * groups + g + 1), a, c);
     }
     if (pairs < groups) VNNI_LAST(nibbles32(m, r, pairs), q, d, s, pairs, group_scale(m, r * groups + pairs), a, c);
-    y[t * m->rows + r] = hsum16q(a) - 8 * c;
+    y[t * m->rows + r] = hsum16(a) - 8 * c;
 }
 
 TARGETV void moe_gemm_q4_q8_avx512vnni(const moe_matrix *m, int64_t r0, int64_t r1, const moe_q8_acts *x, int64_t T,
                                        float *y) {
-    const int64_t block = T > 4 ? row_block(q4_row_bytes(m)) : r1 - r0;
-    for (int64_t b0 = r0; b0 < r1; b0 += block) {
-        const int64_t b1 = b0 + block < r1 ? b0 + block : r1;
+    FOR_ROW_BLOCKS(T, r0, r1, q4_row_bytes(m), b0, b1) {
         int64_t t = 0;
         for (; t + 4 <= T; t += 4)
             for (int64_t r = b0; r < b1; r++) vnni_row_4(m, r, x, t, y);

@@ -51,9 +51,7 @@ TILE(1, 2)
 /// Rows in cache-sized blocks when more than four tokens pass (see `row_block`), every token over a block
 /// before the next; one block for a single token block.
 TARGET void KERNEL(const moe_matrix *m, int64_t r0, int64_t r1, const float *x, int64_t T, float *y) {
-    const int64_t block = T > 4 ? row_block(TILE_CAT(PREFIX, _row_bytes)(m)) : r1 - r0;
-    for (int64_t b0 = r0; b0 < r1; b0 += block) {
-        const int64_t b1 = b0 + block < r1 ? b0 + block : r1;
+    FOR_ROW_BLOCKS(T, r0, r1, TILE_CAT(PREFIX, _row_bytes)(m), b0, b1) {
         int64_t t = 0;
         for (; t + 4 <= T; t += 4) ROWS(2, 4, b0, b1)
         for (; t + 2 <= T; t += 2) ROWS(2, 2, b0, b1)

@@ -58,14 +58,7 @@ extension WeightMatrix {
     /// `y[t, r] = Σ_c W[r, c] · x̃[t, c]` with x̃ the quantised activations, for int4 weights; rows split over
     /// the kernel pool as `apply` does.
     public func applyQ8(_ x: Q8Activations, into y: UnsafeMutablePointer<Float>) {
-        let minimumRows = max(4, (65_536 / max(1, storedByteCount / max(rows, 1))) & ~3)
-        let workers = KernelPool.shared.width
-        let chunks = max(1, min(workers * 4, rows / minimumRows))
-        let size = ((rows + chunks - 1) / chunks + 3) & ~3
-        let count = (rows + size - 1) / size
-        KernelPool.shared.run(count) { k in
-            gemmQ8(rows: (k * size)..<min(rows, (k + 1) * size), x, into: y)
-        }
+        splitRows { gemmQ8(rows: $0, x, into: y) }
     }
 
     /// Whether the AVX-512 q8 kernel (VNNI) runs here; without VNNI, AVX-512 machines use the AVX2 one.

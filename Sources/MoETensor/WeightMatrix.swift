@@ -105,15 +105,19 @@ public struct WeightMatrix: @unchecked Sendable {
     /// Rows are split across the kernel pool's workers (on a worker of a pool already, the caller does it all);
     /// each worker runs `gemm` on its rows, which reads each weight once for all tokens.
     public func apply(_ x: UnsafePointer<Float>, tokens: Int, into y: UnsafeMutablePointer<Float>) {
-        // Chunks of at least ~64 KB of weights (and whole 4-row tiles), a few per worker so none idles.
+        splitRows { gemm(rows: $0, x, tokens: tokens, into: y) }
+    }
+
+    /// Runs `body` on row ranges across the kernel pool: chunks of at least ~64 KB of weights (and whole 4-row
+    /// tiles), a few per worker so none idles.
+    @inline(__always)
+    func splitRows(_ body: (Range<Int>) -> Void) {
         let minimumRows = max(4, (65_536 / max(1, storedByteCount / max(rows, 1))) & ~3)
         let workers = KernelPool.shared.width
         let chunks = max(1, min(workers * 4, rows / minimumRows))
         let size = ((rows + chunks - 1) / chunks + 3) & ~3
         let count = (rows + size - 1) / size
-        KernelPool.shared.run(count) { k in
-            gemm(rows: (k * size)..<min(rows, (k + 1) * size), x, tokens: tokens, into: y)
-        }
+        KernelPool.shared.run(count) { k in body((k * size)..<min(rows, (k + 1) * size)) }
     }
 
     /// `apply` for output rows `rows` only, on the calling thread: the kernel of `Kernels.isa` for this

@@ -145,17 +145,8 @@ struct BenchKernels: ParsableCommand {
                     if isa == .generic { base = s }
                     let y = FloatBuffer(count: t * rows)
                     m.gemm(rows: 0..<rows, x.pointer, tokens: t, into: y.pointer, isa: isa)
-                    var worst: Float = 0
-                    for i in 0..<(t * rows) { worst = max(worst, abs(y.pointer[i] - reference.pointer[i])) }
-                    let ms: Double = s * 1e3
-                    let gbps: Double = Double(m.storedByteCount) / s / 1e9
-                    let flops: Double = 2.0 * Double(rows * cols * t) / s / 1e9
-                    let ratio: Double = base / s
-                    let error: Double = Double(worst) / Double(max(scale, 1e-30))
-                    let name = kind.rawValue.padding(toLength: 9, withPad: " ", startingAt: 0)
-                    let isaName = isa.rawValue.padding(toLength: 7, withPad: " ", startingAt: 0)
-                    print(name + String(format: "  %6d  ", t) + isaName
-                          + String(format: " %7.2f  %7.2f  %7.2f  %8.2f×  %.1e", ms, gbps, flops, ratio, error))
+                    printRow(kind.rawValue, t, isa, seconds: s, base: base, bytes: m.storedByteCount, y: y, reference: reference,
+                             scale: scale)
                 }
             }
         }
@@ -170,17 +161,26 @@ struct BenchKernels: ParsableCommand {
             let base = KernelBenchmark.time(m, tokens: t, isa: .generic, repeats: max(1, repeats / 2))
             for isa in isas {
                 let (s, y) = KernelBenchmark.timeQ8(m, x, tokens: t, isa: isa, repeats: isa == .generic ? max(1, repeats / 2) : repeats)
-                var worst: Float = 0
-                for i in 0..<(t * rows) { worst = max(worst, abs(y.pointer[i] - reference.pointer[i])) }
-                let ms: Double = s * 1e3
-                let gbps: Double = Double(m.storedByteCount) / s / 1e9
-                let flops: Double = 2.0 * Double(rows * cols * t) / s / 1e9
-                let ratio: Double = base / s
-                let error: Double = Double(worst) / Double(max(scale, 1e-30))
-                let isaName = isa.rawValue.padding(toLength: 7, withPad: " ", startingAt: 0)
-                print("int4×q8  " + String(format: "  %6d  ", t) + isaName
-                      + String(format: " %7.2f  %7.2f  %7.2f  %8.2f×  %.1e", ms, gbps, flops, ratio, error))
+                printRow("int4×q8", t, isa, seconds: s, base: base, bytes: m.storedByteCount, y: y, reference: reference,
+                         scale: scale)
             }
         }
+    }
+
+    /// One line: time, bandwidth, GFLOP/s, speed against the generic fp32 product, and the largest difference
+    /// from it relative to the largest output.
+    func printRow(_ name: String, _ tokens: Int, _ isa: KernelISA, seconds s: Double, base: Double, bytes: Int,
+                  y: FloatBuffer, reference: FloatBuffer, scale: Float) {
+        var worst: Float = 0
+        for i in 0..<(tokens * rows) { worst = max(worst, abs(y.pointer[i] - reference.pointer[i])) }
+        let ms: Double = s * 1e3
+        let gbps: Double = Double(bytes) / s / 1e9
+        let flops: Double = 2.0 * Double(rows * cols * tokens) / s / 1e9
+        let ratio: Double = base / s
+        let error: Double = Double(worst) / Double(max(scale, 1e-30))
+        let label = name.padding(toLength: 9, withPad: " ", startingAt: 0)
+        let isaName = isa.rawValue.padding(toLength: 7, withPad: " ", startingAt: 0)
+        print(label + String(format: "  %6d  ", tokens) + isaName
+              + String(format: " %7.2f  %7.2f  %7.2f  %8.2f×  %.1e", ms, gbps, flops, ratio, error))
     }
 }
