@@ -10,14 +10,28 @@ extension MLPWeights {
 }
 
 /// The SwiGLU MLP every FFN in the model is: `down(silu(gate(x)) · up(x))`; `scratch` holds 2·T·inter floats.
+///
+/// Gate, up and SiLU are fused: each chunk of intermediate rows runs both products over the same activations and
+/// gates its own rows, one pool job instead of two products and a serial pass; then `down`. The weights are read
+/// where they lie (a cache slot, the mapped checkpoint).
 func swiGLU(gate: WeightMatrix, up: WeightMatrix, down: WeightMatrix, _ x: UnsafePointer<Float>, tokens T: Int,
             scratch: UnsafeMutablePointer<Float>, into out: UnsafeMutablePointer<Float>) {
     let inter = gate.rows
     let g = scratch, u = scratch + T * inter  // [T, inter] each
-    gate.apply(x, tokens: T, into: g)
-    up.apply(x, tokens: T, into: u)
-    for i in 0..<(T * inter) { g[i] = VectorOps.silu(g[i]) * u[i] }
+    gate.splitRows { rows in
+        gate.gemm(rows: rows, x, tokens: T, into: g)
+        up.gemm(rows: rows, x, tokens: T, into: u)
+        gateRows(rows, tokens: T, inter: inter, g, u)
+    }
     down.apply(g, tokens: T, into: out)
+}
+
+/// `g ← silu(g) · u` on rows `rows` of every token (`g`, `u`: [T, inter]).
+@inline(__always)
+func gateRows(_ rows: Range<Int>, tokens T: Int, inter: Int, _ g: UnsafeMutablePointer<Float>, _ u: UnsafePointer<Float>) {
+    for t in 0..<T {
+        for i in rows { g[t * inter + i] = VectorOps.silu(g[t * inter + i]) * u[t * inter + i] }
+    }
 }
 
 /// `swiGLU` with the activations quantised to int8 per 32 values before each product (`--expert-activations q8`,
@@ -27,9 +41,11 @@ func swiGLUQ8(gate: WeightMatrix, up: WeightMatrix, down: WeightMatrix, _ x: Uns
     let inter = gate.rows
     let g = scratch, u = scratch + T * inter, quantised = u + T * inter  // [T, inter] each, then the int8 copy
     let xq = Q8Activations(x, tokens: T, cols: gate.cols, memory: quantised)
-    gate.applyQ8(xq, into: g)
-    up.applyQ8(xq, into: u)
-    for i in 0..<(T * inter) { g[i] = VectorOps.silu(g[i]) * u[i] }
+    gate.splitRows { rows in
+        gate.gemmQ8(rows: rows, xq, into: g)
+        up.gemmQ8(rows: rows, xq, into: u)
+        gateRows(rows, tokens: T, inter: inter, g, u)
+    }
     down.applyQ8(Q8Activations(g, tokens: T, cols: inter, memory: quantised), into: out)
 }
 

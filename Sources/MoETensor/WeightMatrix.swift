@@ -111,7 +111,7 @@ public struct WeightMatrix: @unchecked Sendable {
     /// Runs `body` on row ranges across the kernel pool: chunks of at least ~64 KB of weights (and whole 4-row
     /// tiles), a few per worker so none idles.
     @inline(__always)
-    func splitRows(_ body: (Range<Int>) -> Void) {
+    public func splitRows(_ body: (Range<Int>) -> Void) {
         let minimumRows = max(4, (65_536 / max(1, storedByteCount / max(rows, 1))) & ~3)
         let workers = KernelPool.shared.width
         let chunks = max(1, min(workers * 4, rows / minimumRows))

@@ -181,3 +181,35 @@ enum ModelConfigFixture {
      "mscale_all_dim": 1.0, "original_max_position_embeddings": 4096, "type": "yarn"}}
     """
 }
+
+/// The fused expert (gate, up and SiLU per chunk of rows, then down) computes what the three products and the
+/// gating pass compute one after another, bit for bit, in fp32 and with q8 activations; on 1 and 7 tokens.
+@Suite struct FusedExpertTests {
+    @Test(arguments: [1, 7])
+    func fusedEqualsTheProductsOneAfterAnother(tokens T: Int) {
+        let (H, inter) = (2048, 1024)  // gate and up split into several chunks of rows across the pool
+        let gate = KernelBenchmark.randomMatrix(.int4, rows: inter, cols: H, seed: 11)
+        let up = KernelBenchmark.randomMatrix(.int4, rows: inter, cols: H, seed: 12)
+        let down = KernelBenchmark.randomMatrix(.int4, rows: H, cols: inter, seed: 13)
+        let x = KernelBenchmark.randomActivations(T * H, seed: 14)
+
+        let g = FloatBuffer(count: T * inter), u = FloatBuffer(count: T * inter), expected = FloatBuffer(count: T * H)
+        gate.apply(x.pointer, tokens: T, into: g.pointer)
+        up.apply(x.pointer, tokens: T, into: u.pointer)
+        for i in 0..<(T * inter) { g.pointer[i] = VectorOps.silu(g.pointer[i]) * u.pointer[i] }
+        down.apply(g.pointer, tokens: T, into: expected.pointer)
+        let scratch = FloatBuffer(count: 2 * T * inter), fused = FloatBuffer(count: T * H)
+        swiGLU(gate: gate, up: up, down: down, x.pointer, tokens: T, scratch: scratch.pointer, into: fused.pointer)
+        #expect(fused.array == expected.array)
+
+        let q = FloatBuffer(count: Q8Activations.floatsNeeded(tokens: T, cols: H))
+        let xq = Q8Activations(x.pointer, tokens: T, cols: H, memory: q.pointer)
+        gate.applyQ8(xq, into: g.pointer)
+        up.applyQ8(xq, into: u.pointer)
+        for i in 0..<(T * inter) { g.pointer[i] = VectorOps.silu(g.pointer[i]) * u.pointer[i] }
+        down.applyQ8(Q8Activations(g.pointer, tokens: T, cols: inter, memory: q.pointer), into: expected.pointer)
+        let scratchQ8 = FloatBuffer(count: 2 * T * inter + Q8Activations.floatsNeeded(tokens: T, cols: H))
+        swiGLUQ8(gate: gate, up: up, down: down, x.pointer, tokens: T, scratch: scratchQ8.pointer, into: fused.pointer)
+        #expect(fused.array == expected.array)
+    }
+}
