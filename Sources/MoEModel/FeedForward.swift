@@ -72,35 +72,44 @@ struct MoELayer {
     let layer: Int
 
     func callAsFunction(_ x: UnsafePointer<Float>, tokens T: Int, experts provider: any ExpertProviding,
-                        workspace ws: Workspace, into out: UnsafeMutablePointer<Float>) throws -> [Routing] {
+                        scratch: ForwardScratch, into out: UnsafeMutablePointer<Float>) throws -> [Routing] {
         let H = config.hiddenSize, n = config.numRoutedExperts, k = config.expertsPerToken
+        let ws = scratch.workspace
 
         let logits = ws.floats(T * n)  // [T, n_routed]
         weights.router.apply(x, tokens: T, into: logits)
         for i in 0..<(T * n) { logits[i] = VectorOps.sigmoid(logits[i]) }
         let routings = (0..<T).map { t in router.route(scores: logits + t * n, bias: weights.correctionBias) }
 
-        // Tokens of each chosen expert, with the slot (choice rank) each result goes to.
-        var users: [Int: [(token: Int, slot: Int)]] = [:]
+        // Each chosen expert's users as `token · k + slot` (slot: the choice rank the result goes to), grouped by
+        // expert in ascending order and by token within an expert: a counting sort into the workspace.
+        let users = ws.ints(T * k), first = ws.ints(n + 1), next = ws.ints(n)  // first[e] ..< first[e + 1]
+        for r in routings { for e in r.experts { first[e + 1] += 1 } }
+        for e in 0..<n { first[e + 1] += first[e] }
+        next.update(from: first, count: n)
         for (t, r) in routings.enumerated() {
-            for (slot, e) in r.experts.enumerated() { users[e, default: []].append((t, slot)) }
+            for (slot, e) in r.experts.enumerated() { users[next[e]] = t * k + slot; next[e] += 1 }
         }
+        scratch.experts.removeAll(keepingCapacity: true)
+        for e in 0..<n where first[e + 1] > first[e] { scratch.experts.append(e) }
+
         let slots = ws.floats(T * k * H)  // [T, k, H]
-        try provider.withExperts(layer: layer, users.keys.sorted()) { e, expert in
-            guard let list = users[e] else { return }
+        try provider.withExperts(layer: layer, scratch.experts) { e, expert in
+            let list = UnsafeBufferPointer(start: users + first[e], count: first[e + 1] - first[e])
+            guard !list.isEmpty else { return }
             // Inputs, hidden and outputs of this expert in the running thread's scratch (experts run in parallel).
             let m = list.count, inter = expert.gate.rows, q8 = usesQ8(expert)
             let quantised = q8 ? Q8Activations.floatsNeeded(tokens: m, cols: max(H, inter)) : 0
             let xs = ThreadScratch.floats(2 * m * H + 2 * m * inter + quantised), ys = xs + m * H, hidden = ys + m * H
-            for (i, u) in list.enumerated() { (xs + i * H).update(from: x + u.token * H, count: H) }  // [m, H]
+            for (i, u) in list.enumerated() { (xs + i * H).update(from: x + (u / k) * H, count: H) }  // [m, H]
             if q8 {
                 swiGLUQ8(gate: expert.gate, up: expert.up, down: expert.down, xs, tokens: m, scratch: hidden, into: ys)
             } else {
                 swiGLU(gate: expert.gate, up: expert.up, down: expert.down, xs, tokens: m, scratch: hidden, into: ys)
             }
             for (i, u) in list.enumerated() {
-                let w = routings[u.token].weights[u.slot]
-                let dst = slots + (u.token * k + u.slot) * H, src = ys + i * H
+                let w = routings[u / k].weights[u % k]
+                let dst = slots + u * H, src = ys + i * H
                 for j in 0..<H { dst[j] = src[j] * w }
             }
         }

@@ -22,6 +22,15 @@ public struct ForwardResult: Sendable {
     public func row(_ i: Int) -> ArraySlice<Float> { logits[(i * vocabSize)..<((i + 1) * vocabSize)] }
 }
 
+/// What a forward pass reuses from the last one: the activation `Workspace` and the list of chosen experts handed
+/// to the expert provider (an array kept with its capacity).
+final class ForwardScratch {
+    let workspace: Workspace
+    var experts: [Int] = []
+
+    init(bytes: Int = 1 << 20) { workspace = Workspace(bytes: bytes) }
+}
+
 /// Kimi K2 / DeepSeek-V3: embeddings → layers (MLA, dense MLP or MoE) → final norm → lm_head.
 ///
 /// `h = x + Attn(RMSNorm(x))`, `out = h + FFN(RMSNorm(h))`. Math in fp32; weights stay in their stored
@@ -32,14 +41,14 @@ public final class KimiModel: @unchecked Sendable {
     public let experts: any ExpertProviding
     let attention: [LatentAttention]
     let router: NoAuxRouter
-    /// Activations of a forward pass, kept from pass to pass so decoding allocates none (see `Workspace`).
-    private let workspace = Workspace()
-    /// Held by the pass using `workspace`; a pass that finds it held (another thread's, on the same model)
-    /// takes a workspace of its own.
-    private let workspaceLock = NSLock()
+    /// Activations and bookkeeping of a forward pass, kept from pass to pass so decoding allocates none.
+    private let scratch = ForwardScratch()
+    /// Held by the pass using `scratch`; a pass that finds it held (another thread's, on the same model) takes
+    /// scratch of its own.
+    private let scratchLock = NSLock()
 
     /// Bytes the forward-pass workspace holds: the largest pass so far (steady while decoding).
-    public var workspaceBytes: Int { workspace.bytes }
+    public var workspaceBytes: Int { scratch.workspace.bytes }
 
     public init(config: ModelConfig, weights: ResidentWeights, experts: any ExpertProviding) {
         self.config = config
@@ -76,9 +85,10 @@ public final class KimiModel: @unchecked Sendable {
         guard start + T <= cache.limit else { throw ModelError.contextFull(position: start + T - 1, limit: cache.limit) }
         cache.reserve(T)
 
-        let shared = workspaceLock.try()
-        defer { if shared { workspaceLock.unlock() } }
-        let ws = shared ? workspace : Workspace(bytes: 0)
+        let shared = scratchLock.try()
+        defer { if shared { scratchLock.unlock() } }
+        let scratch = shared ? self.scratch : ForwardScratch(bytes: 0)
+        let ws = scratch.workspace
         ws.reset()
         let x = ws.floats(T * H)       // [T, H] residual stream
         let normed = ws.floats(T * H)  // [T, H]
@@ -106,7 +116,7 @@ public final class KimiModel: @unchecked Sendable {
                 routing.append([])
             case .moe(let moe):
                 let moeLayer = MoELayer(config: config, weights: moe, router: router, layer: l)
-                routing.append(try moeLayer(normed, tokens: T, experts: experts, workspace: ws, into: delta))
+                routing.append(try moeLayer(normed, tokens: T, experts: experts, scratch: scratch, into: delta))
             }
             for i in 0..<(T * H) { x[i] += delta[i] }
         }
