@@ -61,6 +61,11 @@ public struct NumaTopology: Sendable, Equatable {
 
 /// Memory that lives on one NUMA node (`numa_alloc_onnode`), or ordinary page-aligned memory when the
 /// topology is fake or libnuma refuses. Zero-filled by the kernel, so pages are only committed when touched.
+///
+/// Asks for transparent huge pages (`MADV_HUGEPAGE`): an expert cache's slab is faulted in all at once when
+/// io_uring registers it, and 2 MB pages make that start-up faster (a 19 GB cache here: 9–23 s with the advice,
+/// 23–32 s without, over two runs each) and spare the TLB on every expert read. Advice only: ignored where THP is
+/// off.
 public final class NodeMemory: @unchecked Sendable {
     public let pointer: UnsafeMutableRawPointer
     public let count: Int
@@ -72,12 +77,14 @@ public final class NodeMemory: @unchecked Sendable {
         count = max(bytes, 4096)
         self.node = node
         if topology.isReal, let p = cmoe_numa_alloc_onnode(count, Int32(node)) {
+            _ = madvise(p, count, MADV_HUGEPAGE)
             pointer = p
             bound = true
             return
         }
         let p = mmap(nil, count, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
         guard let p, p != MAP_FAILED else { throw SystemError(call: "mmap", path: "(\(bytes) bytes for node \(node))", errno: lastErrno()) }
+        _ = madvise(p, count, MADV_HUGEPAGE)
         pointer = p
         bound = false
     }
