@@ -60,6 +60,20 @@ static inline int64_t row_block(int64_t row_bytes) {
     for (int64_t blk_ = (T) > 4 ? row_block(row_bytes) : (r1) - (r0), b0 = (r0), b1 = 0;                         \
          b0 < (r1) && ((b1 = b0 + blk_ < (r1) ? b0 + blk_ : (r1)), 1); b0 += blk_)
 
+/// The body of a bf16 kernel with a hand-written R-row × 4-token TILE: blocks of four tokens through TILE, rows
+/// left over through the generic 1 × 4 tile (`bf_tile_1_4`, from tiles.h), tokens left over through FALLBACK (the
+/// generic bf16 kernel of the ISA); rows in cache blocks. Needs the kernel's parameters m, r0, r1, x, T, y.
+#define BLOCKED_BF16_BODY(R, TILE, FALLBACK)                                                                     \
+    FOR_ROW_BLOCKS(T, r0, r1, bf_row_bytes(m), b0, b1) {                                                         \
+        int64_t t = 0;                                                                                           \
+        for (; t + 4 <= T; t += 4) {                                                                             \
+            int64_t r = b0;                                                                                      \
+            for (; r + (R) <= b1; r += (R)) TILE(m, r, x, t, y);                                                 \
+            for (; r < b1; r++) bf_tile_1_4(m, r, x, t, y);                                                      \
+        }                                                                                                        \
+        if (t < T) FALLBACK(m, b0, b1, x + t * m->cols, T - t, y + t * m->rows);                                 \
+    }
+
 /// Bytes of one row: int4/int8 values plus their group scales, or bf16 values.
 static inline int64_t q4_row_bytes(const moe_matrix *m) { return m->cols / 2 + m->cols / 32 * (m->scales_bf16 ? 2 : 4); }
 static inline int64_t q8_row_bytes(const moe_matrix *m) { return m->cols + m->cols / 32 * (m->scales_bf16 ? 2 : 4); }

@@ -57,19 +57,23 @@ TARGET static inline void widen16(__m128i q, __m256 *w) {
 #undef GROUPS
 #undef FINISH
 
-// ---- bf16: acc += w·x per 8 values, then a scalar tail for cols % 8 ----
+// ---- dense encodings, bf16 and f32 (attention's cached latent rows): acc += w·x per 8 values, then the
+// encoding's scalar tail for cols % 8. Each sets ELEM (its stored type), LOADW (8 weights at a pointer as fp32)
+// and TAIL (`bf16_tail`, `f32_tail`).
 TARGET static inline __attribute__((always_inline)) __m256 bf16_load8(const uint16_t *p) {
     return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p)), 16));
 }
-TARGET static inline float bf16_finish(const moe_matrix *m, int64_t r, const float *x, __m256 acc) {
-    return bf16_tail(m, r, x, m->cols & ~(int64_t)7, hsum8(acc));
-}
 #define GROUPS(m) ((m)->cols / 8)
-#define LOADROW(m, r, g)                                                                                         \
+#define DENSE_LOADROW(m, r, g)                                                                                   \
     const int64_t g_ = (g);                                                                                      \
-    const __m256 w8_ = bf16_load8((const uint16_t *)(m)->data + (r) * (m)->cols + 8 * g_);
+    const __m256 w8_ = LOADW((const ELEM *)(m)->data + (r) * (m)->cols + 8 * g_);
 #define STEP(m, r, g, x, acc) (acc) = _mm256_fmadd_ps(w8_, _mm256_loadu_ps((x) + 8 * g_), (acc))
-#define FINISH(m, r, x, acc) bf16_finish(m, r, x, acc)
+#define FINISH(m, r, x, acc) TAIL(m, r, x, (m)->cols & ~(int64_t)7, hsum8(acc))
+
+#define ELEM uint16_t
+#define LOADW bf16_load8
+#define TAIL bf16_tail
+#define LOADROW(m, r, g) DENSE_LOADROW(m, r, g)
 #define PREFIX bf
 #define KERNEL moe_gemm_bf16_avx2
 #include "tiles.h"
@@ -94,41 +98,27 @@ TARGET static void bf16_tile_3x4(const moe_matrix *m, int64_t r, const float *x,
         a03 = _mm256_fmadd_ps(v0, xv, a03); a13 = _mm256_fmadd_ps(v1, xv, a13); a23 = _mm256_fmadd_ps(v2, xv, a23);
     }
     const int64_t R = m->rows;
-    y[t * R + r] = bf16_finish(m, r, x0, a00);           y[(t + 1) * R + r] = bf16_finish(m, r, x1, a01);
-    y[(t + 2) * R + r] = bf16_finish(m, r, x2, a02);     y[(t + 3) * R + r] = bf16_finish(m, r, x3, a03);
-    y[t * R + r + 1] = bf16_finish(m, r + 1, x0, a10);   y[(t + 1) * R + r + 1] = bf16_finish(m, r + 1, x1, a11);
-    y[(t + 2) * R + r + 1] = bf16_finish(m, r + 1, x2, a12); y[(t + 3) * R + r + 1] = bf16_finish(m, r + 1, x3, a13);
-    y[t * R + r + 2] = bf16_finish(m, r + 2, x0, a20);   y[(t + 1) * R + r + 2] = bf16_finish(m, r + 2, x1, a21);
-    y[(t + 2) * R + r + 2] = bf16_finish(m, r + 2, x2, a22); y[(t + 3) * R + r + 2] = bf16_finish(m, r + 2, x3, a23);
+    y[t * R + r] = FINISH(m, r, x0, a00);           y[(t + 1) * R + r] = FINISH(m, r, x1, a01);
+    y[(t + 2) * R + r] = FINISH(m, r, x2, a02);     y[(t + 3) * R + r] = FINISH(m, r, x3, a03);
+    y[t * R + r + 1] = FINISH(m, r + 1, x0, a10);   y[(t + 1) * R + r + 1] = FINISH(m, r + 1, x1, a11);
+    y[(t + 2) * R + r + 1] = FINISH(m, r + 1, x2, a12); y[(t + 3) * R + r + 1] = FINISH(m, r + 1, x3, a13);
+    y[t * R + r + 2] = FINISH(m, r + 2, x0, a20);   y[(t + 1) * R + r + 2] = FINISH(m, r + 2, x1, a21);
+    y[(t + 2) * R + r + 2] = FINISH(m, r + 2, x2, a22); y[(t + 3) * R + r + 2] = FINISH(m, r + 2, x3, a23);
 }
 
 /// Blocks of four tokens through the 3 × 4 tile (remaining rows through the generic 1 × 4 tile), the rest as
 /// `moe_gemm_bf16_avx2` does; rows in cache blocks as the generic kernel takes them.
 TARGET void moe_gemm_bf16_avx2_blocked(const moe_matrix *m, int64_t r0, int64_t r1, const float *x, int64_t T, float *y) {
-    FOR_ROW_BLOCKS(T, r0, r1, bf_row_bytes(m), b0, b1) {
-        int64_t t = 0;
-        for (; t + 4 <= T; t += 4) {
-            int64_t r = b0;
-            for (; r + 3 <= b1; r += 3) bf16_tile_3x4(m, r, x, t, y);
-            for (; r < b1; r++) bf_tile_1_4(m, r, x, t, y);
-        }
-        if (t < T) moe_gemm_bf16_avx2(m, b0, b1, x + t * m->cols, T - t, y + t * m->rows);
-    }
+    BLOCKED_BF16_BODY(3, bf16_tile_3x4, moe_gemm_bf16_avx2)
 }
 
-// ---- f32 (attention's cached latent keys): acc += w·x per 8 values, then a scalar tail for cols % 8 ----
-#undef STEP
-#undef GROUPS
-#undef FINISH
-TARGET static inline float f32_finish(const moe_matrix *m, int64_t r, const float *x, __m256 acc) {
-    return f32_tail(m, r, x, m->cols & ~(int64_t)7, hsum8(acc));
-}
-#define GROUPS(m) ((m)->cols / 8)
-#define LOADROW(m, r, g)                                                                                         \
-    const int64_t g_ = (g);                                                                                      \
-    const __m256 w8_ = _mm256_loadu_ps((const float *)(m)->data + (r) * (m)->cols + 8 * g_);
-#define STEP(m, r, g, x, acc) (acc) = _mm256_fmadd_ps(w8_, _mm256_loadu_ps((x) + 8 * g_), (acc))
-#define FINISH(m, r, x, acc) f32_finish(m, r, x, acc)
+#undef ELEM
+#undef LOADW
+#undef TAIL
+#define ELEM float
+#define LOADW _mm256_loadu_ps
+#define TAIL f32_tail
+#define LOADROW(m, r, g) DENSE_LOADROW(m, r, g)
 #define PREFIX f32
 #define KERNEL moe_gemm_f32_avx2
 #include "tiles.h"

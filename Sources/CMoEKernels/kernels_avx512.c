@@ -51,17 +51,23 @@
 #undef GROUPS
 #undef FINISH
 
-// ---- bf16: acc += w·x per 16 values, then a scalar tail for cols % 16 ----
-TARGET static inline float bf16_finish(const moe_matrix *m, int64_t r, const float *x, __m512 acc) {
-    return bf16_tail(m, r, x, m->cols & ~(int64_t)15, hsum16(acc));
+// ---- dense encodings, bf16 and f32 (attention's cached latent rows): acc += w·x per 16 values, then the
+// encoding's scalar tail for cols % 16. Each sets ELEM (its stored type), LOADW (16 weights at a pointer as fp32)
+// and TAIL (`bf16_tail`, `f32_tail`).
+TARGET static inline __attribute__((always_inline)) __m512 bf16_load16(const uint16_t *p) {
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p)), 16));
 }
 #define GROUPS(m) ((m)->cols / 16)
-#define LOADROW(m, r, g)                                                                                         \
+#define DENSE_LOADROW(m, r, g)                                                                                   \
     const int64_t g_ = (g);                                                                                      \
-    const __m512 w16_ = _mm512_castsi512_ps(_mm512_slli_epi32(                                                   \
-        _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)((const uint16_t *)(m)->data + (r) * (m)->cols + 16 * g_))), 16));
+    const __m512 w16_ = LOADW((const ELEM *)(m)->data + (r) * (m)->cols + 16 * g_);
 #define STEP(m, r, g, x, acc) (acc) = _mm512_fmadd_ps(w16_, _mm512_loadu_ps((x) + 16 * g_), (acc))
-#define FINISH(m, r, x, acc) bf16_finish(m, r, x, acc)
+#define FINISH(m, r, x, acc) TAIL(m, r, x, (m)->cols & ~(int64_t)15, hsum16(acc))
+
+#define ELEM uint16_t
+#define LOADW bf16_load16
+#define TAIL bf16_tail
+#define LOADROW(m, r, g) DENSE_LOADROW(m, r, g)
 #define PREFIX bf
 #define KERNEL moe_gemm_bf16_avx512
 #include "tiles.h"
@@ -69,9 +75,6 @@ TARGET static inline float bf16_finish(const moe_matrix *m, int64_t r, const flo
 // ---- bf16 for four or more tokens: a 4-row × 4-token tile, each weight vector widened once for four tokens and
 // each activation vector loaded once for four rows (16 of the 32 zmm registers accumulate). Same per-(row, token)
 // operations as the tiles above: acc += w·x per 16 values, the fixed horizontal sum, the scalar tail.
-TARGET static inline __attribute__((always_inline)) __m512 bf16_load16(const uint16_t *p) {
-    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p)), 16));
-}
 TARGET static void bf16_tile_4x4(const moe_matrix *m, int64_t r, const float *x, int64_t t, float *y) {
     const int64_t cols = m->cols, groups = cols / 16;
     const uint16_t *w = (const uint16_t *)m->data + r * cols;
@@ -88,37 +91,23 @@ TARGET static void bf16_tile_4x4(const moe_matrix *m, int64_t r, const float *x,
         }
     }
     for (int i = 0; i < 4; i++)
-        for (int j = 0; j < 4; j++) y[(t + j) * m->rows + r + i] = bf16_finish(m, r + i, xt + j * cols, acc[i][j]);
+        for (int j = 0; j < 4; j++) y[(t + j) * m->rows + r + i] = FINISH(m, r + i, xt + j * cols, acc[i][j]);
 }
 
 /// Blocks of four tokens through the 4 × 4 tile (remaining rows through the generic 1 × 4 tile), the rest as
 /// `moe_gemm_bf16_avx512` does; rows in cache blocks as the generic kernel takes them.
 TARGET void moe_gemm_bf16_avx512_blocked(const moe_matrix *m, int64_t r0, int64_t r1, const float *x, int64_t T,
                                          float *y) {
-    FOR_ROW_BLOCKS(T, r0, r1, bf_row_bytes(m), b0, b1) {
-        int64_t t = 0;
-        for (; t + 4 <= T; t += 4) {
-            int64_t r = b0;
-            for (; r + 4 <= b1; r += 4) bf16_tile_4x4(m, r, x, t, y);
-            for (; r < b1; r++) bf_tile_1_4(m, r, x, t, y);
-        }
-        if (t < T) moe_gemm_bf16_avx512(m, b0, b1, x + t * m->cols, T - t, y + t * m->rows);
-    }
+    BLOCKED_BF16_BODY(4, bf16_tile_4x4, moe_gemm_bf16_avx512)
 }
 
-// ---- f32 (attention's cached latent keys): acc += w·x per 16 values, then a scalar tail for cols % 16 ----
-#undef STEP
-#undef GROUPS
-#undef FINISH
-TARGET static inline float f32_finish(const moe_matrix *m, int64_t r, const float *x, __m512 acc) {
-    return f32_tail(m, r, x, m->cols & ~(int64_t)15, hsum16(acc));
-}
-#define GROUPS(m) ((m)->cols / 16)
-#define LOADROW(m, r, g)                                                                                         \
-    const int64_t g_ = (g);                                                                                      \
-    const __m512 w16_ = _mm512_loadu_ps((const float *)(m)->data + (r) * (m)->cols + 16 * g_);
-#define STEP(m, r, g, x, acc) (acc) = _mm512_fmadd_ps(w16_, _mm512_loadu_ps((x) + 16 * g_), (acc))
-#define FINISH(m, r, x, acc) f32_finish(m, r, x, acc)
+#undef ELEM
+#undef LOADW
+#undef TAIL
+#define ELEM float
+#define LOADW _mm512_loadu_ps
+#define TAIL f32_tail
+#define LOADROW(m, r, g) DENSE_LOADROW(m, r, g)
 #define PREFIX f32
 #define KERNEL moe_gemm_f32_avx512
 #include "tiles.h"

@@ -22,32 +22,26 @@ TARGET static inline __m256 group_dot(__m256i w, const int8_t *q) {
     return _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, _mm256_set1_epi16(1)));
 }
 
-/// One row, four tokens: the nibbles are unpacked once per group for the four.
+/// One row, four tokens: the nibbles are unpacked once per group for the four (the loops over j unroll, the
+/// accumulators stay in registers).
 TARGET static inline void row_4(const moe_matrix *m, int64_t r, const moe_q8_acts *x, int64_t t, float *y) {
     const int64_t groups = m->cols / 32, cols = m->cols;
-    __m256 acc0 = _mm256_setzero_ps(), acc1 = acc0, acc2 = acc0, acc3 = acc0;
-    float c0 = 0, c1 = 0, c2 = 0, c3 = 0;
+    __m256 acc[4];
+    float c[4];
+    for (int j = 0; j < 4; j++) { acc[j] = _mm256_setzero_ps(); c[j] = 0; }
     const int8_t *q = x->q + t * cols;
     const float *d = x->d + t * groups;
     const int32_t *s = x->sums + t * groups;
     for (int64_t g = 0; g < groups; g++) {
         const __m256i w = nibbles32(m, r, g);
         const float ws = group_scale(m, r * groups + g);
-        float k;
-        k = ws * d[g];              acc0 = _mm256_fmadd_ps(group_dot(w, q + 32 * g), _mm256_set1_ps(k), acc0);
-        c0 = __builtin_fmaf(k, (float)s[g], c0);
-        k = ws * d[groups + g];     acc1 = _mm256_fmadd_ps(group_dot(w, q + cols + 32 * g), _mm256_set1_ps(k), acc1);
-        c1 = __builtin_fmaf(k, (float)s[groups + g], c1);
-        k = ws * d[2 * groups + g]; acc2 = _mm256_fmadd_ps(group_dot(w, q + 2 * cols + 32 * g), _mm256_set1_ps(k), acc2);
-        c2 = __builtin_fmaf(k, (float)s[2 * groups + g], c2);
-        k = ws * d[3 * groups + g]; acc3 = _mm256_fmadd_ps(group_dot(w, q + 3 * cols + 32 * g), _mm256_set1_ps(k), acc3);
-        c3 = __builtin_fmaf(k, (float)s[3 * groups + g], c3);
+        for (int j = 0; j < 4; j++) {
+            const float k = ws * d[j * groups + g];
+            acc[j] = _mm256_fmadd_ps(group_dot(w, q + j * cols + 32 * g), _mm256_set1_ps(k), acc[j]);
+            c[j] = __builtin_fmaf(k, (float)s[j * groups + g], c[j]);
+        }
     }
-    const int64_t R = m->rows;
-    y[t * R + r] = hsum8(acc0) - 8 * c0;
-    y[(t + 1) * R + r] = hsum8(acc1) - 8 * c1;
-    y[(t + 2) * R + r] = hsum8(acc2) - 8 * c2;
-    y[(t + 3) * R + r] = hsum8(acc3) - 8 * c3;
+    for (int j = 0; j < 4; j++) y[(t + j) * m->rows + r] = hsum8(acc[j]) - 8 * c[j];
 }
 
 /// One row, one token: the same operations per token as `row_4`.
@@ -114,32 +108,24 @@ TARGETV static inline __m512i nibbles64(const moe_matrix *m, int64_t r, int64_t 
 
 TARGETV static inline void vnni_row_4(const moe_matrix *m, int64_t r, const moe_q8_acts *x, int64_t t, float *y) {
     const int64_t groups = m->cols / 32, cols = m->cols, pairs = groups & ~(int64_t)1;
-    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-    float c0 = 0, c1 = 0, c2 = 0, c3 = 0;
+    __m512 acc[4];
+    float c[4];
+    for (int j = 0; j < 4; j++) { acc[j] = _mm512_setzero_ps(); c[j] = 0; }
     const int8_t *q = x->q + t * cols;
     const float *d = x->d + t * groups;
     const int32_t *s = x->sums + t * groups;
     for (int64_t g = 0; g < pairs; g += 2) {
         const __m512i w = nibbles64(m, r, g);
         const float ws0 = group_scale(m, r * groups + g), ws1 = group_scale(m, r * groups + g + 1);
-        VNNI_PAIR(w, q, d, s, g, ws0, ws1, a0, c0);
-        VNNI_PAIR(w, q + cols, d + groups, s + groups, g, ws0, ws1, a1, c1);
-        VNNI_PAIR(w, q + 2 * cols, d + 2 * groups, s + 2 * groups, g, ws0, ws1, a2, c2);
-        VNNI_PAIR(w, q + 3 * cols, d + 3 * groups, s + 3 * groups, g, ws0, ws1, a3, c3);
+        for (int j = 0; j < 4; j++)
+            VNNI_PAIR(w, q + j * cols, d + j * groups, s + j * groups, g, ws0, ws1, acc[j], c[j]);
     }
     if (pairs < groups) {
         const __m256i wl = nibbles32(m, r, pairs);
         const float ws = group_scale(m, r * groups + pairs);
-        VNNI_LAST(wl, q, d, s, pairs, ws, a0, c0);
-        VNNI_LAST(wl, q + cols, d + groups, s + groups, pairs, ws, a1, c1);
-        VNNI_LAST(wl, q + 2 * cols, d + 2 * groups, s + 2 * groups, pairs, ws, a2, c2);
-        VNNI_LAST(wl, q + 3 * cols, d + 3 * groups, s + 3 * groups, pairs, ws, a3, c3);
+        for (int j = 0; j < 4; j++) VNNI_LAST(wl, q + j * cols, d + j * groups, s + j * groups, pairs, ws, acc[j], c[j]);
     }
-    const int64_t R = m->rows;
-    y[t * R + r] = hsum16(a0) - 8 * c0;
-    y[(t + 1) * R + r] = hsum16(a1) - 8 * c1;
-    y[(t + 2) * R + r] = hsum16(a2) - 8 * c2;
-    y[(t + 3) * R + r] = hsum16(a3) - 8 * c3;
+    for (int j = 0; j < 4; j++) y[(t + j) * m->rows + r] = hsum16(acc[j]) - 8 * c[j];
 }
 
 TARGETV static inline void vnni_row_1(const moe_matrix *m, int64_t r, const moe_q8_acts *x, int64_t t, float *y) {
