@@ -2,18 +2,22 @@
 // MoEStream: Kimi K2 on one workstation, routed experts streamed from NVMe.
 import PackageDescription
 
-/// Release builds of the hot code need the optimiser even when tests build in debug.
-let optimized: [SwiftSetting] = [.unsafeFlags(["-Ounchecked", "-wmo"], .when(configuration: .release))]
+/// Release builds optimise with Swift's checks kept (bounds, overflow, preconditions): the libraries read files
+/// and requests from outside, and a check that traps is better than a crafted download reading out of bounds.
+let optimized: [SwiftSetting] = [.unsafeFlags(["-O", "-wmo"], .when(configuration: .release))]
 
-/// The kernels are optimised in debug builds too: unoptimised SIMD code is ~50× slower, which made the tests
-/// that run real models (perplexity of the demo model) take minutes.
-let kernels: [SwiftSetting] = optimized + [.unsafeFlags(["-O"], .when(configuration: .debug))]
+/// Only the innermost kernels (MoETensor: element loops over already-validated buffers) drop the checks. They
+/// are optimised in debug builds too: unoptimised SIMD code is ~50× slower, which made the tests that run real
+/// models (perplexity of the demo model) take minutes.
+let kernels: [SwiftSetting] = [.unsafeFlags(["-Ounchecked", "-wmo"], .when(configuration: .release)),
+                               .unsafeFlags(["-O"], .when(configuration: .debug))]
 
 let package = Package(
     name: "MoEStream",
     platforms: [.macOS(.v14)],
     products: [
         .executable(name: "moestream", targets: ["moestream"]),
+        .executable(name: "moestream-fuzz", targets: ["moestream-fuzz"]),
         .library(name: "MoEModel", targets: ["MoEModel"]),
     ],
     dependencies: [
@@ -44,7 +48,7 @@ let package = Package(
         .target(name: "MoEExpertStore", dependencies: ["MoESystem", "MoETensor", "MoECheckpoint", "MoEModel"],
                 swiftSettings: optimized),
         // Kimi's tiktoken BPE with its pre-tokenizer, special tokens, chat formats.
-        .target(name: "MoETokenizer", swiftSettings: optimized),
+        .target(name: "MoETokenizer", dependencies: ["MoESystem"], swiftSettings: optimized),
         // Samplers and the generation loop (and the engine that serialises requests for the CLI and the server).
         .target(name: "MoEGeneration", dependencies: ["MoEModel", "MoETokenizer"], swiftSettings: optimized),
         // OpenAI-compatible HTTP API (Hummingbird 2): chat and completions, SSE, models, health, Prometheus metrics.
@@ -61,6 +65,12 @@ let package = Package(
             ],
             swiftSettings: optimized
         ),
+        // The mutation fuzzer over every file kind the engine reads (driven by Tools/fuzz).
+        .executableTarget(
+            name: "moestream-fuzz",
+            dependencies: ["MoECheckpoint", "MoEModel", "MoEExpertStore", "MoERuntime", "MoETokenizer"],
+            swiftSettings: optimized
+        ),
         // Shared by the test targets: fixture paths, reference outputs, a safetensors writer for planting damage.
         .target(name: "MoETestSupport", dependencies: ["MoETensor"], path: "Tests/MoETestSupport"),
         .testTarget(name: "MoESystemTests", dependencies: ["MoESystem"]),
@@ -72,7 +82,7 @@ let package = Package(
         .testTarget(name: "MoERuntimeTests",
                     dependencies: ["MoERuntime", "MoEExpertStore", "MoEModel", "MoESystem", "MoETestSupport"]),
         // The command line as a user runs it (a separate process).
-        .testTarget(name: "moestreamTests", dependencies: ["moestream", "MoETokenizer", "MoEModel", "MoETestSupport"]),
+        .testTarget(name: "moestreamTests", dependencies: ["moestream", "MoETokenizer", "MoEModel", "MoETensor", "MoETestSupport"]),
         .testTarget(name: "MoEExpertStoreTests",
                     // moestream: the converter is killed mid-run as a separate process.
                     dependencies: ["MoEExpertStore", "MoEModel", "MoECheckpoint", "MoESystem", "MoETestSupport", "moestream"]),

@@ -1,4 +1,5 @@
 import Foundation
+import MoESystem
 import MoETensor
 
 /// A Hugging Face checkpoint directory: config.json plus one or many safetensors shards.
@@ -13,15 +14,18 @@ public final class Checkpoint: @unchecked Sendable {
     private let location: [String: Int]
 
     public static let indexFileName = "model.safetensors.index.json"
+    /// Kimi K2's index is ~10 MB (every expert's tensors are listed).
+    static let maxIndexBytes = 512 << 20
 
-    public init(path: String) throws(CheckpointError) {
+    /// Opens the checkpoint at `path`, its shards mapped, or with `copy` read into memory (a store's resident file).
+    public init(path: String, copy: Bool = false) throws(CheckpointError) {
         var isDir: ObjCBool = false
         guard FileManager.default.fileExists(atPath: path, isDirectory: &isDir) else {
             throw .system(.init(call: "open", path: path, errno: ENOENT))
         }
         if !isDir.boolValue {
             directory = (path as NSString).deletingLastPathComponent
-            let file = try SafetensorsFile(path: path)
+            let file = try SafetensorsFile(path: path, copy: copy)
             files = [file]
             location = Dictionary(uniqueKeysWithValues: file.entries.keys.map { ($0, 0) })
             return
@@ -37,10 +41,9 @@ public final class Checkpoint: @unchecked Sendable {
 
     private static func openIndexed(directory: String, indexPath: String) throws(CheckpointError)
         -> ([SafetensorsFile], [String: Int]) {
-        guard let data = FileManager.default.contents(atPath: indexPath) else {
-            throw .system(.init(call: "read", path: indexPath, errno: EIO))
-        }
-        guard let json = try? JSONSerialization.jsonObject(with: data) as? [String: Any] else {
+        let data: [UInt8]
+        do { data = try FileSystem.contents(indexPath, limit: maxIndexBytes) } catch { throw .system(error) }
+        guard let json = try? JSONSerialization.jsonObject(with: Data(data)) as? [String: Any] else {
             throw .badIndex(file: indexPath, reason: "not a JSON object")
         }
         guard let map = json["weight_map"] as? [String: String] else {

@@ -1,4 +1,5 @@
 import Foundation
+import MoESystem
 
 /// Rotary position embedding settings, normalised from either spelling config.json uses:
 /// releases (`rope_theta` + `rope_scaling`) or transformers 5 (`rope_parameters`).
@@ -72,15 +73,17 @@ public struct ModelConfig: Sendable, Equatable {
 
     public var moeLayers: [Int] { (0..<numLayers).filter { isMoE(layer: $0) } }
 
+    /// Real configs are a few KB.
+    static let maxConfigBytes = 16 << 20
+
     /// Reads and validates `config.json` in `directory` (or the file itself when `path` is a file).
     public static func load(path: String) throws(CheckpointError) -> ModelConfig {
         var isDir: ObjCBool = false
         let file = FileManager.default.fileExists(atPath: path, isDirectory: &isDir) && isDir.boolValue
             ? (path as NSString).appendingPathComponent("config.json") : path
-        guard let data = FileManager.default.contents(atPath: file) else {
-            throw .system(.init(call: "open", path: file, errno: ENOENT))
-        }
-        return try parse(data, file: file)
+        let data: [UInt8]
+        do { data = try FileSystem.contents(file, limit: maxConfigBytes) } catch { throw .system(error) }
+        return try parse(Data(data), file: file)
     }
 
     public static func parse(_ data: Data, file: String) throws(CheckpointError) -> ModelConfig {
@@ -191,7 +194,7 @@ public struct ModelConfig: Sendable, Equatable {
                 throw .badConfig(file: r.file, key: f.path("fmt"), reason: "'\(fmt)' is not supported (only e4m3)")
             }
             let block = try f.intOrList("weight_block_size")
-            guard block.count == 2, block.allSatisfy({ $0 > 0 }) else {
+            guard block.count == 2, block.allSatisfy({ $0 > 0 && $0 <= 1 << 16 }) else {
                 throw .badConfig(file: r.file, key: f.path("weight_block_size"), reason: "expected [rows, cols]")
             }
             return .fp8Block(blockRows: block[0], blockCols: block[1])
@@ -205,7 +208,12 @@ public struct ModelConfig: Sendable, Equatable {
                 throw .badConfig(file: r.file, key: f.path("config_groups"), reason: "no weights scheme")
             }
             let w = f.nested(weights, at: "config_groups.*.weights")
-            return .packQuantized(numBits: try w.int("num_bits"), groupSize: try w.int("group_size"),
+            let bits = try w.int("num_bits"), group = try w.int("group_size")
+            guard [4, 8].contains(bits) else { throw .badConfig(file: r.file, key: w.path("num_bits"), reason: "\(bits) is not 4 or 8") }
+            guard group > 0, group <= 1 << 16 else {
+                throw .badConfig(file: r.file, key: w.path("group_size"), reason: "\(group) is outside 1...65536")
+            }
+            return .packQuantized(numBits: bits, groupSize: group,
                                   symmetric: try w.bool("symmetric", default: true),
                                   ignore: (f.dict["ignore"] as? [String]) ?? [])
         default:
@@ -236,6 +244,58 @@ public struct ModelConfig: Sendable, Equatable {
             if moeIntermediateSize <= 0 { throw fail("moe_intermediate_size", "must be positive") }
         }
         if rope.kind == .yarn && !(rope.factor > 0) { throw fail("rope_scaling.factor", "must be positive") }
+        try checkLimits(fail)
+    }
+
+    /// Upper limits far beyond any real model (Kimi K2: hidden 7168, 61 layers, 384 experts, vocab 163840), so a
+    /// damaged or hostile config is refused before its sizes multiply into allocations, and floating-point values
+    /// that would turn the forward pass into NaN or infinity are refused by name.
+    private func checkLimits(_ fail: (String, String) -> CheckpointError) throws(CheckpointError) {
+        let limits: [(String, Int, ClosedRange<Int>)] = [
+            ("vocab_size", vocabSize, 1...(1 << 24)), ("hidden_size", hiddenSize, 1...(1 << 18)),
+            ("intermediate_size", intermediateSize, 0...(1 << 20)), ("moe_intermediate_size", moeIntermediateSize, 0...(1 << 20)),
+            ("num_hidden_layers", numLayers, 1...4096), ("num_attention_heads", numHeads, 1...4096),
+            ("n_shared_experts", numSharedExperts, 0...64), ("n_routed_experts", numRoutedExperts, 0...(1 << 16)),
+            ("num_experts_per_tok", expertsPerToken, 0...(1 << 16)), ("n_group", nGroup, 1...(1 << 16)),
+            ("topk_group", topkGroup, 0...(1 << 16)), ("first_k_dense_replace", firstKDenseReplace, 0...numLayers),
+            ("moe_layer_freq", moeLayerFreq, 1...4096), ("kv_lora_rank", kvLoraRank, 1...(1 << 16)),
+            ("qk_nope_head_dim", qkNopeHeadDim, 0...(1 << 12)), ("qk_rope_head_dim", qkRopeHeadDim, 2...(1 << 12)),
+            ("v_head_dim", vHeadDim, 1...(1 << 12)), ("max_position_embeddings", maxPositionEmbeddings, 1...(1 << 24)),
+        ]
+        for (key, value, range) in limits where !range.contains(value) {
+            throw fail(key, "\(value) is outside \(range.lowerBound)...\(range.upperBound)")
+        }
+        if let q = qLoraRank, q > 1 << 18 { throw fail("q_lora_rank", "\(q) is outside 1...\(1 << 18)") }
+        if numRoutedExperts > 0 && intermediateSize == 0 && firstKDenseReplace > 0 {
+            throw fail("intermediate_size", "must be positive when there are dense layers")
+        }
+        if numRoutedExperts == 0 && intermediateSize == 0 { throw fail("intermediate_size", "must be positive") }
+        for id in eosTokenIds + (bosTokenId.map { [$0] } ?? []) where id < 0 || id >= vocabSize {
+            throw fail(bosTokenId == id ? "bos_token_id" : "eos_token_id", "\(id) is not a token id (0..<\(vocabSize))")
+        }
+        if !(routedScalingFactor.isFinite && routedScalingFactor > 0 && routedScalingFactor <= 1000) {
+            throw fail("routed_scaling_factor", "\(routedScalingFactor) is not in (0, 1000]")
+        }
+        if !(rmsNormEps.isNormal && rmsNormEps > 0 && rmsNormEps <= 1) {
+            throw fail("rms_norm_eps", "\(rmsNormEps) is not a positive normal number ≤ 1")
+        }
+        if !(rope.theta.isFinite && rope.theta >= 1 && rope.theta <= 1e12) {
+            throw fail("rope_theta", "\(rope.theta) is not in [1, 1e12]")
+        }
+        guard rope.kind == .yarn else { return }
+        let yarn: [(String, Double?, ClosedRange<Double>)] = [
+            ("factor", rope.factor, 1...1024), ("beta_fast", rope.betaFast, 0...1e6), ("beta_slow", rope.betaSlow, 0...1e6),
+            ("mscale", rope.mscale, 0...100), ("mscale_all_dim", rope.mscaleAllDim, 0...100),
+            ("attention_factor", rope.attentionFactor, 1e-3...1e3),
+        ]
+        for (key, value, range) in yarn {
+            if let value, !(value.isFinite && range.contains(value)) {
+                throw fail("rope_scaling." + key, "\(value) is not in [\(range.lowerBound), \(range.upperBound)]")
+            }
+        }
+        if !(1...(1 << 24)).contains(rope.originalMaxPositionEmbeddings) {
+            throw fail("rope_scaling.original_max_position_embeddings", "\(rope.originalMaxPositionEmbeddings) is outside 1...\(1 << 24)")
+        }
     }
 }
 

@@ -25,18 +25,20 @@ public final class SafetensorsFile: @unchecked Sendable {
     /// Largest header we accept: real headers are a few hundred KB; a huge length means a damaged file.
     static let maxHeaderBytes = 100 << 20
 
-    public init(path: String) throws(CheckpointError) {
+    /// Opens `path`, mapped, or with `copy` read into memory the process owns (see `MappedFile`).
+    public init(path: String, copy: Bool = false) throws(CheckpointError) {
         self.path = path
-        do { file = try MappedFile(path: path) } catch { throw .system(error) }
+        do { file = try MappedFile(path: path, copy: copy) } catch { throw .system(error) }
         let name = path
         guard file.count >= 8 else {
             throw .malformedHeader(file: name, reason: "file is \(file.count) bytes, shorter than the 8-byte length")
         }
         let lengthBytes = file.bytes(0..<8)
-        let headerLength = Int(UInt64(littleEndian: lengthBytes.loadUnaligned(as: UInt64.self)))
-        guard headerLength > 0, headerLength <= Self.maxHeaderBytes else {
-            throw .malformedHeader(file: name, reason: "header length \(headerLength) is out of range")
+        let rawLength = UInt64(littleEndian: lengthBytes.loadUnaligned(as: UInt64.self))
+        guard rawLength > 0, rawLength <= UInt64(Self.maxHeaderBytes) else {
+            throw .malformedHeader(file: name, reason: "header length \(rawLength) is out of range (1...\(Self.maxHeaderBytes))")
         }
+        let headerLength = Int(rawLength)
         guard 8 + headerLength <= file.count else {
             throw .malformedHeader(
                 file: name, reason: "header length \(headerLength) runs past the end of the file (\(file.count) bytes)")
@@ -71,8 +73,8 @@ public final class SafetensorsFile: @unchecked Sendable {
         guard let dtype = DType(rawValue: dtypeName) else {
             throw .badTensor(file: file, tensor: tensor, reason: "unsupported dtype \(dtypeName)")
         }
-        guard let shapeAny = e["shape"] as? [Any], let shape = Self.ints(shapeAny), shape.allSatisfy({ $0 >= 0 }) else {
-            throw .badTensor(file: file, tensor: tensor, reason: "shape is not a list of non-negative integers")
+        guard let shapeAny = e["shape"] as? [Any], shapeAny.count <= 8, let shape = Self.ints(shapeAny), shape.allSatisfy({ $0 >= 0 }) else {
+            throw .badTensor(file: file, tensor: tensor, reason: "shape is not a list of at most 8 non-negative integers")
         }
         guard let offAny = e["data_offsets"] as? [Any], let offsets = Self.ints(offAny), offsets.count == 2 else {
             throw .badTensor(file: file, tensor: tensor, reason: "data_offsets is not [begin, end]")
@@ -90,8 +92,10 @@ public final class SafetensorsFile: @unchecked Sendable {
             throw .badTensor(file: file, tensor: tensor,
                              reason: "shape \(shape) × \(dtype.rawValue) is not the \(end - begin) bytes of data_offsets")
         }
-        guard dataStart + end <= fileSize else {
-            throw .truncated(file: file, tensor: tensor, needed: dataStart + end, actual: fileSize)
+        // `end` comes from the file: compare it with the room left, never add it to anything first.
+        guard end <= fileSize - dataStart else {
+            let (needed, overflow) = dataStart.addingReportingOverflow(end)
+            throw .truncated(file: file, tensor: tensor, needed: overflow ? Int.max : needed, actual: fileSize)
         }
         return Entry(dtype: dtype, shape: shape, range: (dataStart + begin)..<(dataStart + end))
     }

@@ -18,32 +18,42 @@ public final class ExpertStore: @unchecked Sendable {
         FileSystem.exists(path + "/" + StoreManifest.fileName) || FileSystem.exists(path + "/" + StoreConverter.stateFileName)
     }
 
-    /// Opens `path`. With `verifyResident`, every resident tensor is checksummed (seconds for Kimi K2's
-    /// 23 GB; the forward pass then never computes with damaged resident weights).
+    /// Opens `path`. With `verifyResident` (a store opened to compute with), resident.safetensors is read into
+    /// memory the process owns and every resident tensor is checksummed there (seconds for Kimi K2's 23 GB): the
+    /// forward pass then never computes with damaged resident weights, and a resident file truncated or rewritten
+    /// while the engine runs cannot reach them (a mapping would raise SIGBUS or change under the model). Without
+    /// it (inspect, plan, bench) the file is only mapped for its header.
     public init(path: String, verifyResident: Bool = true) throws(StoreError) {
         self.path = path
         let manifestPath = path + "/" + StoreManifest.fileName
-        guard let data = FileManager.default.contents(atPath: manifestPath) else { throw .incomplete(store: path) }
-        manifest = try StoreManifest.decode(data, file: manifestPath)
+        guard FileSystem.exists(manifestPath) else { throw .incomplete(store: path) }
+        manifest = try StoreManifest.load(manifestPath)
         for f in manifest.files where f.name == "config.json" {
             try Self.checkCarried(f, in: path)
         }
         do { config = try ModelConfig.load(path: path + "/config.json") } catch { throw .checkpoint(error) }
         let residentPath = path + "/" + manifest.resident.file
-        do { resident = try Checkpoint(path: residentPath) } catch { throw .checkpoint(error) }
-        try checkResidentTable(residentPath)
+        do { resident = try Checkpoint(path: residentPath, copy: verifyResident) } catch { throw .checkpoint(error) }
+        try Self.checkResidentTable(resident, residentPath, manifest: manifest)
         if verifyResident { try verifyResidentChecksums() }
         try checkExpertFiles()
     }
 
     static func checkCarried(_ f: CarriedFile, in dir: String) throws(StoreError) {
         let p = dir + "/" + f.name
-        guard let data = FileManager.default.contents(atPath: p), data.count == f.bytes,
+        guard f.bytes >= 0, let data = try? FileSystem.contents(p, limit: f.bytes), data.count == f.bytes,
               data.withUnsafeBytes({ XXHash64.hex(XXHash64.hash($0)) }) == f.xxh64 else { throw .fileChecksum(file: p) }
     }
 
+    /// Parses the resident file's header (mapped, nothing read but the header) and checks it against the manifest.
+    static func checkResidentHeader(_ file: String, manifest: StoreManifest) throws(StoreError) {
+        let resident: Checkpoint
+        do { resident = try Checkpoint(path: file) } catch { throw .checkpoint(error) }
+        try checkResidentTable(resident, file, manifest: manifest)
+    }
+
     /// The safetensors header and the manifest must agree on every tensor.
-    private func checkResidentTable(_ file: String) throws(StoreError) {
+    private static func checkResidentTable(_ resident: Checkpoint, _ file: String, manifest: StoreManifest) throws(StoreError) {
         guard resident.tensorNames.count == manifest.resident.tensors.count else {
             throw .badManifest(file: file, reason: "holds \(resident.tensorNames.count) tensors, the manifest lists \(manifest.resident.tensors.count)")
         }
@@ -88,8 +98,8 @@ public final class ExpertStore: @unchecked Sendable {
                 throw .badManifest(file: p, reason: "lists \(f.checksums.count) checksums for \(f.experts) experts")
             }
             let expected = f.experts * layout.extentBytes
-            let actual = (try? FileManager.default.attributesOfItem(atPath: p)[.size] as? Int) ?? nil
-            guard let actual else { throw .system(SystemError(call: "stat", path: p, errno: ENOENT)) }
+            let actual: Int
+            do { actual = try FileSystem.regularFileSize(p) } catch { throw .system(error) }
             guard actual == expected else {
                 throw .wrongFileSize(file: p, expected: expected, actual: actual,
                                      firstMissingExpert: actual < expected ? actual / layout.extentBytes : nil)

@@ -1,4 +1,5 @@
 import Foundation
+import MoESystem
 import MoETensor
 
 /// How routed experts are encoded in a store.
@@ -186,6 +187,16 @@ public struct StoreManifest: Codable, Sendable, Equatable {
         return try Self.encoder().encode(m)
     }
 
+    /// Kimi K2's manifest is a few MB (23,040 expert checksums).
+    static let maxBytes = 512 << 20
+
+    /// Reads `path` (a regular file of at most `maxBytes`) and decodes it.
+    public static func load(_ path: String) throws(StoreError) -> StoreManifest {
+        let data: [UInt8]
+        do { data = try FileSystem.contents(path, limit: maxBytes) } catch { throw .system(error) }
+        return try decode(Data(data), file: path)
+    }
+
     /// Parses and checks format, version and self-checksum.
     public static func decode(_ data: Data, file: String) throws(StoreError) -> StoreManifest {
         let m: StoreManifest
@@ -202,6 +213,75 @@ public struct StoreManifest: Codable, Sendable, Equatable {
         guard expected == m.checksum else {
             throw .badManifest(file: file, reason: "self-checksum mismatch: the manifest was edited or damaged")
         }
+        try m.validate(file: file)
         return m
+    }
+
+    /// Every number that will size a read, an allocation or a loop, checked against sane limits with overflow-safe
+    /// arithmetic, and every path checked to stay inside the store. A self-checksum proves only that the manifest
+    /// is what some writer wrote, not that the writer was ours.
+    func validate(file: String) throws(StoreError) {
+        func fail(_ why: String) -> StoreError { .badManifest(file: file, reason: why) }
+        let l = experts.layout
+        guard l.alignment >= 512, l.alignment <= 1 << 24, l.alignment & (l.alignment - 1) == 0 else {
+            throw fail("alignment \(l.alignment) is not a power of two in 512...16M")
+        }
+        guard l.extentBytes > 0, l.extentBytes <= Self.maxExtentBytes, l.extentBytes % l.alignment == 0 else {
+            throw fail("extentBytes \(l.extentBytes) is not a positive multiple of the alignment up to \(Self.maxExtentBytes)")
+        }
+        for (name, m) in [("gate", l.gate), ("up", l.up), ("down", l.down)] {
+            let parts = [(m.offset, m.bytes)] + (m.scaleOffset.map { [($0, m.scaleBytes ?? -1)] } ?? [])
+            guard m.rows > 0, m.cols > 0, m.rows <= 1 << 20, m.cols <= 1 << 20,
+                  parts.allSatisfy({ $0.0 >= 0 && $0.1 >= 0 && $0.1 <= l.extentBytes - $0.0 }) else {
+                throw fail("the \(name) matrix's shape or byte ranges do not fit in an extent of \(l.extentBytes) bytes")
+            }
+        }
+        if let r = l.blockRows, !(1...(1 << 16)).contains(r) { throw fail("blockRows \(r) is outside 1...65536") }
+        if let c = l.blockCols, !(1...(1 << 16)).contains(c) { throw fail("blockCols \(c) is outside 1...65536") }
+        var layers = Set<Int>()
+        for f in experts.files {
+            guard (0..<4096).contains(f.layer), layers.insert(f.layer).inserted else {
+                throw fail("expert file layer \(f.layer) is outside 0..<4096 or listed twice")
+            }
+            guard Self.isInside(f.path) else { throw fail("expert file path '\(f.path)' leaves the store") }
+            guard (0...(1 << 16)).contains(f.experts), f.checksums.count == f.experts else {
+                throw fail("layer \(f.layer): \(f.experts) experts with \(f.checksums.count) checksums")
+            }
+            guard f.experts.multipliedReportingOverflow(by: l.extentBytes).overflow == false else {
+                throw fail("layer \(f.layer): \(f.experts) experts of \(l.extentBytes) bytes overflow a file offset")
+            }
+            if let bad = f.checksums.firstIndex(where: { !Self.isChecksum($0) }) {
+                throw fail("layer \(f.layer) expert \(bad): checksum '\(f.checksums[bad].prefix(32))' is not 16 hex digits")
+            }
+        }
+        guard Self.isInside(resident.file), resident.bytes >= 0 else { throw fail("resident file '\(resident.file)' is not a file in the store") }
+        for (name, t) in resident.tensors {
+            guard t.offset >= 0, t.bytes >= 0, t.bytes <= Int.max - t.offset, t.shape.count <= 8, t.shape.allSatisfy({ $0 >= 0 }),
+                  Self.isChecksum(t.xxh64) else {
+                throw fail("resident tensor '\(name)': offset \(t.offset), \(t.bytes) bytes, shape \(t.shape) or checksum is invalid")
+            }
+        }
+        for f in files {
+            guard Self.isInside(f.name), !f.name.contains("/"), f.bytes >= 0, f.bytes <= 1 << 30, Self.isChecksum(f.xxh64) else {
+                throw fail("carried file '\(f.name)' has a bad name, size or checksum")
+            }
+        }
+    }
+
+    /// An extent holds one expert's three matrices: Kimi K2's are ~22 MB at int4, 88 MB at bf16.
+    static let maxExtentBytes = 4 << 30
+
+    /// A relative path that stays inside the store: no leading '/', no '..' component, not empty.
+    static func isInside(_ path: String) -> Bool {
+        !path.isEmpty && !path.hasPrefix("/") && !path.split(separator: "/", omittingEmptySubsequences: false).contains { $0 == ".." || $0.isEmpty }
+    }
+
+    static func isChecksum(_ s: String) -> Bool { s.utf8.count == 16 && s.utf8.allSatisfy { $0 < 128 && UInt8($0).isHexDigit } }
+}
+
+extension UInt8 {
+    var isHexDigit: Bool {
+        (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(self) || (UInt8(ascii: "a")...UInt8(ascii: "f")).contains(self)
+            || (UInt8(ascii: "A")...UInt8(ascii: "F")).contains(self)
     }
 }

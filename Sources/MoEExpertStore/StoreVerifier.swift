@@ -19,12 +19,12 @@ public struct StoreVerifier {
     public func run(progress: (Int) -> Void = { _ in }) -> Report {
         var report = Report()
         let manifestPath = path + "/" + StoreManifest.fileName
-        guard let data = FileManager.default.contents(atPath: manifestPath) else {
+        guard FileSystem.exists(manifestPath) else {
             report.problems.append(StoreError.incomplete(store: path).description)
             return report
         }
         let manifest: StoreManifest
-        do { manifest = try StoreManifest.decode(data, file: manifestPath) } catch {
+        do { manifest = try StoreManifest.load(manifestPath) } catch {
             report.problems.append(error.description)
             return report
         }
@@ -34,8 +34,21 @@ public struct StoreVerifier {
         // Resident tensors, straight from the file (not through the checkpoint parser, which could refuse the
         // whole file on one bad header entry).
         let residentPath = path + "/" + manifest.resident.file
-        if let file = try? File(path: residentPath, mode: .read) {
+        if let file = try? File(path: residentPath, mode: .read), let size = try? file.size() {
+            if size != manifest.resident.bytes {
+                report.problems.append("\(residentPath): \(size) bytes, the manifest says \(manifest.resident.bytes)")
+            }
+            // The resident header must be one the engine would load (the manifest's table checked against it).
+            do { _ = try ExpertStore.checkResidentHeader(residentPath, manifest: manifest) } catch {
+                report.problems.append(error.description)
+            }
             for (name, t) in manifest.resident.tensors.sorted(by: { $0.key < $1.key }) {
+                // Validated non-negative and overflow-free by the manifest; checked against the real file before
+                // anything is allocated for it.
+                guard t.bytes <= size - min(size, t.offset), t.offset <= size else {
+                    report.problems.append("\(residentPath): tensor '\(name)': bytes \(t.offset)..<\(t.offset + t.bytes) lie past the end of the file (\(size) bytes)")
+                    continue
+                }
                 let buf = UnsafeMutableRawPointer.allocate(byteCount: max(t.bytes, 1), alignment: 64)
                 defer { buf.deallocate() }
                 do {
@@ -51,12 +64,16 @@ public struct StoreVerifier {
             report.problems.append("\(residentPath): cannot be opened")
         }
         let extent = manifest.experts.layout.extentBytes
-        let buf = UnsafeMutableRawPointer.allocate(byteCount: extent, alignment: 4096)
-        defer { buf.deallocate() }
+        var buffer: UnsafeMutableRawPointer? = nil
+        defer { buffer?.deallocate() }
         for f in manifest.experts.files {
             let p = path + "/" + f.path
-            guard let file = try? File(path: p, mode: .read) else { report.problems.append("\(p): cannot be opened"); continue }
+            let file: File
+            do { file = try File(path: p, mode: .read) } catch { report.problems.append("\(p): cannot be opened: \(error)"); continue }
             let size = (try? file.size()) ?? 0
+            // The extent buffer is allocated only once a file on disk really holds an extent's bytes: a manifest
+            // cannot make verify allocate more than the store occupies.
+            if buffer == nil && size >= extent { buffer = .allocate(byteCount: extent, alignment: 4096) }
             if size != f.experts * extent {
                 report.problems.append(StoreError.wrongFileSize(file: p, expected: f.experts * extent, actual: size,
                                                                 firstMissingExpert: size < f.experts * extent ? size / extent : nil).description)
@@ -67,6 +84,7 @@ public struct StoreVerifier {
                     report.problems.append("layer \(f.layer) expert \(e): missing from \(p) (the file ends at \(size))")
                     continue
                 }
+                guard let buf = buffer else { continue }
                 do {
                     try file.read(into: buf, count: extent, at: offset)
                     if XXHash64.hex(XXHash64.hash(buf, count: extent)) != f.checksums[e] {

@@ -134,6 +134,7 @@ public final class KimiModel: @unchecked Sendable {
             weights.lmHead.apply(normed, tokens: rows, into: buffer.baseAddress!)  // [rows, V]
             count = rows * V
         }
+        if let bad = logits.firstIndex(where: { !$0.isFinite }) { throw ModelError.nonFiniteLogits(position: start + first + bad / V) }
         return ForwardResult(logits: logits, rows: rows, vocabSize: V, routing: routing)
     }
 

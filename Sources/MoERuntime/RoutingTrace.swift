@@ -1,4 +1,5 @@
 import Foundation
+import MoESystem
 
 /// A recording of what the model asked the expert cache for, and what speculative routing predicted, so cache
 /// policies and prefetchers can be compared offline (`moestream stats TRACE`).
@@ -69,16 +70,31 @@ public struct RoutingTrace: Sendable, Equatable {
         return out
     }
 
+    /// Traces are replayed whole in memory; a day of decoding records well under this.
+    static let maxFileBytes = 4 << 30
+
     public static func load(path: String) throws -> RoutingTrace {
-        guard let text = try? String(contentsOfFile: path, encoding: .utf8) else {
-            throw TraceError(file: path, line: 0, reason: "cannot be read")
+        let raw: [UInt8]
+        do { raw = try FileSystem.contents(path, limit: maxFileBytes) } catch {
+            throw TraceError(file: path, line: 0, reason: "cannot be read: \(error)")
         }
+        guard let text = String(validating: raw, as: UTF8.self) else { throw TraceError(file: path, line: 0, reason: "is not UTF-8 text") }
         var lines = text.split(separator: "\n", omittingEmptySubsequences: true).makeIterator()
         guard let first = lines.next(), let header = try? JSONDecoder().decode(Header.self, from: Data(first.utf8)),
               header.format == "moestream-trace" else {
             throw TraceError(file: path, line: 1, reason: "not a moestream routing trace header")
         }
         guard header.version == 1 else { throw TraceError(file: path, line: 1, reason: "version \(header.version) is not 1") }
+        // The header's numbers size the simulator's tables and divide budgets: checked before anything uses them.
+        guard (1...4096).contains(header.experts), (1...header.experts).contains(header.topK),
+              // The co-activation statistics replayed with the trace hold layers × experts² counts.
+              header.moeLayers.count * header.experts * header.experts <= 1 << 28,
+              (1...4096).contains(header.moeLayers.count), Set(header.moeLayers).count == header.moeLayers.count,
+              header.moeLayers.allSatisfy({ (0..<4096).contains($0) }), (1...(1 << 34)).contains(header.extentBytes),
+              (0...4096).contains(header.prefetchDepth) else {
+            throw TraceError(file: path, line: 1, reason: "header numbers out of range (experts 1...4096, layers × experts² ≤ 2^28, top_k 1...experts, "
+                + "1...4096 distinct MoE layers below 4096, extent_bytes 1...16G, prefetch_depth 0...4096)")
+        }
         var events: [Event] = []
         var n = 1
         let dec = JSONDecoder()
@@ -95,6 +111,9 @@ public struct RoutingTrace: Sendable, Equatable {
                 for (k, v) in p {
                     guard let layer = Int(k), header.moeLayers.contains(layer) else {
                         throw TraceError(file: path, line: n, reason: "prediction for unknown layer \(k)")
+                    }
+                    guard v.allSatisfy({ (0..<header.experts).contains($0) }) else {
+                        throw TraceError(file: path, line: n, reason: "prediction for layer \(k) names an expert outside 0..<\(header.experts)")
                     }
                     predicted[layer] = v
                 }

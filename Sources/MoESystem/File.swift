@@ -26,8 +26,20 @@ public final class File: @unchecked Sendable {
         case .createTruncate: flags = O_WRONLY | O_CREAT | O_TRUNC
         case .readWriteCreate: flags = O_RDWR | O_CREAT
         }
-        let fd = open(path, flags | O_CLOEXEC, 0o644)
+        // O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer forever; it has no effect on
+        // regular files, and anything else is refused below.
+        let fd = open(path, flags | O_CLOEXEC | (mode == .read ? O_NONBLOCK : 0), 0o644)
         guard fd >= 0 else { throw SystemError(call: "open", path: path, errno: lastErrno()) }
+        var st = stat()
+        guard fstat(fd, &st) == 0 else {
+            let e = lastErrno()
+            close(fd)
+            throw SystemError(call: "fstat", path: path, errno: e)
+        }
+        guard st.st_mode & S_IFMT == S_IFREG else {
+            close(fd)
+            throw SystemError(call: "open (not a regular file)", path: path, errno: EINVAL)
+        }
         descriptor = fd
     }
 
@@ -87,6 +99,30 @@ public final class File: @unchecked Sendable {
 
 /// Filesystem operations by path.
 public enum FileSystem {
+    /// The whole of a small file (a config, an index, a manifest, a tokenizer file), read through `File` so a
+    /// FIFO or device is refused instead of blocking or streaming forever, and refused past `limit` bytes before
+    /// anything is allocated.
+    public static func contents(_ path: String, limit: Int) throws(SystemError) -> [UInt8] {
+        let file = try File(path: path, mode: .read)
+        let size = try file.size()
+        guard size <= limit else {
+            throw SystemError(call: "read (\(size) bytes, more than the \(limit) this file may have)", path: path, errno: EFBIG)
+        }
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: max(size, 1), alignment: 16)
+        defer { buffer.deallocate() }
+        try file.read(into: buffer.baseAddress!, count: size, at: 0)
+        return Array(buffer.prefix(size))
+    }
+
+    /// Size of the regular file at `path`, following symbolic links (a store may link its expert files to other
+    /// drives); anything but a regular file is refused.
+    public static func regularFileSize(_ path: String) throws(SystemError) -> Int {
+        var st = stat()
+        guard stat(path, &st) == 0 else { throw SystemError(call: "stat", path: path, errno: lastErrno()) }
+        guard st.st_mode & S_IFMT == S_IFREG else { throw SystemError(call: "stat (not a regular file)", path: path, errno: EINVAL) }
+        return Int(st.st_size)
+    }
+
     /// Atomically replaces `to` with `from` (`rename`).
     public static func rename(_ from: String, _ to: String) throws(SystemError) {
         guard Glibc.rename(from, to) == 0 else { throw SystemError(call: "rename", path: "\(from) → \(to)", errno: lastErrno()) }

@@ -18,6 +18,9 @@ public enum KernelISA: String, CaseIterable, Sendable, Codable {
     }
 
     /// The fastest supported.
+    /// The names of the kernel sets this CPU runs (tests pick their arguments from it).
+    public static var supportedNames: [String] { allCases.filter(\.isSupported).map(\.rawValue) }
+
     public static let best: KernelISA = [.avx512, .avx2].first { $0.isSupported } ?? .generic
 }
 

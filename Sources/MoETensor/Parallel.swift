@@ -6,12 +6,12 @@ import Synchronization
 /// on how many threads ran or in which order: the model's bit-exactness rests on this.
 @inline(__always)
 public func parallelFor(_ chunks: Int, _ body: (Int) -> Void) {
-    KernelPool.shared.run(chunks, body)
+    KernelPool.current.run(chunks, body)
 }
 
 /// How many threads compute kernels use (`--threads`); all online cores by default.
 public enum Parallelism {
-    public static var threads: Int { KernelPool.shared.width }
+    public static var threads: Int { KernelPool.current.width }
 
     /// Marks the calling thread as a worker of a compute pool (one expert per worker): kernels it runs stay on
     /// it instead of fanning out again, so pinned workers keep their work on their node.
@@ -46,6 +46,30 @@ public final class KernelPool: @unchecked Sendable {
         shared = KernelPool(threads: max(1, threads), pin: pin)
         old.shutdown()
     }
+
+    /// The pool kernels called on this thread use: the one `using` installed here, else `shared`.
+    public static var current: KernelPool {
+        guard let p = pthread_getspecific(overrideKey) else { return shared }
+        return Unmanaged<KernelPool>.fromOpaque(p).takeUnretainedValue()
+    }
+
+    /// Runs `body` with the kernels it calls on this thread split over `pool` instead of the shared pool: a test
+    /// can compare thread counts without replacing the pool other tests are using.
+    public static func using<T>(_ pool: KernelPool, _ body: () throws -> T) rethrows -> T {
+        let previous = pthread_getspecific(overrideKey)
+        pthread_setspecific(overrideKey, Unmanaged.passUnretained(pool).toOpaque())
+        defer { pthread_setspecific(overrideKey, previous) }
+        return try withExtendedLifetime(pool) { try body() }
+    }
+
+    private static let overrideKey: pthread_key_t = {
+        var key = pthread_key_t()
+        pthread_key_create(&key, nil)
+        return key
+    }()
+
+    /// A pool that is not the shared one (tests; `using`). Stop it with `shutdown()`.
+    public static func make(threads: Int) -> KernelPool { KernelPool(threads: threads, pin: nil) }
 
     public let width: Int
     /// generation << 32 | next chunk
@@ -86,7 +110,7 @@ public final class KernelPool: @unchecked Sendable {
     }
 
     /// Stops and joins the workers (the pool must be idle).
-    func shutdown() {
+    public func shutdown() {
         stopping.store(true, ordering: .releasing)
         sleepLock.lock()
         pthread_cond_broadcast(&wake)

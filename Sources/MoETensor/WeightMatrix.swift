@@ -113,11 +113,12 @@ public struct WeightMatrix: @unchecked Sendable {
     @inline(__always)
     public func splitRows(_ body: (Range<Int>) -> Void) {
         let minimumRows = max(4, (65_536 / max(1, storedByteCount / max(rows, 1))) & ~3)
-        let workers = KernelPool.shared.width
+        let pool = KernelPool.current
+        let workers = pool.width
         let chunks = max(1, min(workers * 4, rows / minimumRows))
         let size = ((rows + chunks - 1) / chunks + 3) & ~3
         let count = (rows + size - 1) / size
-        KernelPool.shared.run(count) { k in body((k * size)..<min(rows, (k + 1) * size)) }
+        pool.run(count) { k in body((k * size)..<min(rows, (k + 1) * size)) }
     }
 
     /// `apply` for output rows `rows` only, on the calling thread: the kernel of `Kernels.isa` for this

@@ -1,4 +1,5 @@
 import Foundation
+import MoESystem
 
 /// Kimi K2's tokenizer: tiktoken-format BPE ranks, Kimi's pre-tokenizer, and special tokens from
 /// tokenizer_config.json (ids after the ranks; unnamed ones are `<|reserved_token_{id}|>`).
@@ -17,6 +18,9 @@ public final class Tokenizer: @unchecked Sendable {
     /// …and runs of whitespace or of non-whitespace longer than this into shorter ones.
     static let maxRun = 25_000
 
+    /// Special ids may follow the ranks by at most this much (Kimi K2 has 256 specials).
+    static let maxSpecials = 1 << 20
+
     public var vocabularySize: Int { bpe.tokens.count + specialIDs.count }
 
     /// Loads `tiktoken.model` and (if present) `tokenizer_config.json` from `directory`. Without a config, the
@@ -25,10 +29,15 @@ public final class Tokenizer: @unchecked Sendable {
         bpe = try BytePairEncoder(tiktokenFile: directory + "/tiktoken.model")
         let n = bpe.tokens.count
         var specials: [String: Int] = [:]
+        var names: [Int: String] = [:]
         let configPath = directory + "/tokenizer_config.json"
         var bos: String? = nil, eos: String? = nil
-        if let data = FileManager.default.contents(atPath: configPath) {
-            guard let json = (try? JSONSerialization.jsonObject(with: data)) as? [String: Any] else {
+        if FileSystem.exists(configPath) {
+            let data: [UInt8]
+            do { data = try FileSystem.contents(configPath, limit: 64 << 20) } catch {
+                throw TokenizerError(file: configPath, reason: "cannot be read: \(error)")
+            }
+            guard let json = (try? JSONSerialization.jsonObject(with: Data(data))) as? [String: Any] else {
                 throw TokenizerError(file: configPath, reason: "not a JSON object")
             }
             if let added = json["added_tokens_decoder"] as? [String: Any] {
@@ -39,7 +48,18 @@ public final class Tokenizer: @unchecked Sendable {
                     guard id >= n else {
                         throw TokenizerError(file: configPath, reason: "special token \(content) has id \(id) inside the BPE ranks (0..<\(n))")
                     }
+                    guard id - n < Self.maxSpecials else {
+                        throw TokenizerError(file: configPath, reason: "special token \(content) has id \(id), more than \(Self.maxSpecials) past the ranks")
+                    }
+                    guard !content.isEmpty else { throw TokenizerError(file: configPath, reason: "special token \(id) has empty text") }
+                    if let other = specials[content], other != id {
+                        throw TokenizerError(file: configPath, reason: "special token \(content) has two ids, \(other) and \(id)")
+                    }
+                    if let other = names[id], other != content {
+                        throw TokenizerError(file: configPath, reason: "special id \(id) is given twice, as \(other) and \(content)")
+                    }
                     specials[content] = id
+                    names[id] = content
                 }
             }
             bos = Self.tokenName(json["bos_token"])

@@ -105,4 +105,31 @@ import MoETestSupport
             (e as? CheckpointError)?.description.contains(dir + "/config.json") ?? false
         }
     }
+
+    /// Values that passed the old checks and then allocated until abort, trapped, or gave NaN logits: each is
+    /// refused naming its key (`num_hidden_layers` 2^32, `rope_theta` 0, absurd `mscale`, ...).
+    @Test(arguments: [
+        ("\"num_hidden_layers\": 61", "\"num_hidden_layers\": 4294967296", "num_hidden_layers"),
+        ("\"vocab_size\": 163840", "\"vocab_size\": 1099511627776", "vocab_size"),
+        ("\"n_routed_experts\": 384", "\"n_routed_experts\": 1048576", "n_routed_experts"),
+        ("\"rope_theta\": 50000.0", "\"rope_theta\": 0", "rope_theta"),
+        ("\"rope_theta\": 50000.0", "\"rope_theta\": -5", "rope_theta"),
+        ("\"mscale\": 1.0,", "\"mscale\": 1e30,", "rope_scaling.mscale"),
+        ("\"factor\": 32.0", "\"factor\": 1e300", "rope_scaling.factor"),
+        ("\"beta_fast\": 1.0", "\"beta_fast\": -1e308", "rope_scaling.beta_fast"),
+        ("\"routed_scaling_factor\": 2.827", "\"routed_scaling_factor\": 1e38", "routed_scaling_factor"),
+        ("\"rms_norm_eps\": 1e-06", "\"rms_norm_eps\": 0", "rms_norm_eps"),
+        ("\"rms_norm_eps\": 1e-06", "\"rms_norm_eps\": 1e-300", "rms_norm_eps"),
+        ("\"eos_token_id\": 163585", "\"eos_token_id\": 163840", "eos_token_id"),
+        ("\"max_position_embeddings\": 131072", "\"max_position_embeddings\": -1", "max_position_embeddings"),
+        ("\"weight_block_size\": [128, 128]", "\"weight_block_size\": [128, 4294967296]", "quantization_config.weight_block_size"),
+    ])
+    func hostileValuesAreRefusedByName(original: String, hostile: String, key: String) throws {
+        #expect(Self.kimiK2Release.contains(original))
+        let json = Self.kimiK2Release.replacingOccurrences(of: original, with: hostile)
+        #expect { try parse(json) } throws: { e in
+            guard case .badConfig(_, let k, _) = e as! CheckpointError else { return false }
+            return k == key
+        }
+    }
 }

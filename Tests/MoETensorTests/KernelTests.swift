@@ -163,15 +163,19 @@ import Testing
         for caller in 0..<4 { #expect(results.p[caller] == 50) }
     }
 
-    @Test func configuringReplacesTheSharedPool() {
-        let before = KernelPool.shared.width
+    /// A pool with a pin hook, installed for this thread only (the shared pool other suites use is untouched).
+    @Test func pinnedPoolRunsItsHookAndServesThisThread() {
+        let before = KernelPool.shared
         let pinned = Counts()
-        KernelPool.configure(threads: 3, pin: { i in pinned.p[i] = 1 })
-        #expect(KernelPool.shared.width == 3)
+        let pool = KernelPool(threads: 3, pin: { i in pinned.p[i] = 1 })
         let c = Counts()
-        KernelPool.shared.run(30) { k in c.p[k] += 1 }
+        KernelPool.using(pool) {
+            #expect(Parallelism.threads == 3)
+            parallelFor(30) { k in c.p[k] += 1 }
+        }
+        pool.shutdown()  // joins the workers: each has run its hook
         #expect((0..<30).allSatisfy { c.p[$0] == 1 })
-        KernelPool.configure(threads: before, pin: nil)
+        #expect(KernelPool.shared === before && KernelPool.current === before)
         #expect(pinned.p[1] == 1 && pinned.p[2] == 1, "every worker ran the pin hook")
     }
 }

@@ -101,18 +101,32 @@ import Testing
         #expect(out.array == Array(exact[(129 * 129)..<(130 * 129)]))
     }
 
-    @Test func resultsDoNotDependOnThreadCount() {
-        // Each output is one sequential dot product: the parallel split cannot change a bit.
-        let (w, _) = makeMatrix(rows: 257, cols: 512, encoding: "bf16", seed: 1)
+    @Test(arguments: ["bf16", "f16", "f32"])
+    func resultsDoNotDependOnThreadCount(encoding: String) {
+        // Each output is one sequential dot product: the parallel split cannot change a bit. The matrix runs on
+        // pools of 1, 2, 3 and 5 threads (different row splits), each installed for this thread only.
+        let (w, _) = makeMatrix(rows: 1031, cols: 512, encoding: encoding, seed: 1)
         var rng = LCG(state: 2)
-        let x = FloatBuffer((0..<(2 * 512)).map { _ in rng.next() })
-        let batched = FloatBuffer(count: 2 * 257), one = FloatBuffer(count: 1)
-        w.apply(x.pointer, tokens: 2, into: batched.pointer)
-        for t in 0..<2 {
-            for r in 0..<257 {
-                w.gemm(rows: r..<(r + 1), x.pointer + t * 512, tokens: 1, into: one.pointer - r)
-                #expect(batched.pointer[t * 257 + r] == one.pointer[0])
+        let x = FloatBuffer((0..<(5 * 512)).map { _ in rng.next() })
+        var outputs: [[Float]] = []
+        for threads in [1, 2, 3, 5] {
+            let pool = KernelPool.make(threads: threads)
+            defer { pool.shutdown() }
+            for tokens in [1, 5] {
+                let y = FloatBuffer(count: tokens * 1031)
+                KernelPool.using(pool) {
+                    #expect(Parallelism.threads == threads)
+                    w.apply(x.pointer, tokens: tokens, into: y.pointer)
+                }
+                outputs.append(Array(UnsafeBufferPointer(start: y.pointer, count: tokens * 1031)))
             }
+        }
+        for (i, o) in outputs.enumerated() { #expect(o == outputs[i % 2], "\(encoding): run \(i)") }
+        // And row by row on the calling thread.
+        let one = FloatBuffer(count: 1)
+        for r in stride(from: 0, to: 1031, by: 97) {
+            w.gemm(rows: r..<(r + 1), x.pointer + 512, tokens: 1, into: one.pointer - r)
+            #expect(outputs[1][1031 + r] == one.pointer[0])
         }
     }
 }

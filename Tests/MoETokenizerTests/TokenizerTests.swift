@@ -91,3 +91,60 @@ struct Corpus: Decodable {
         }
     }
 }
+
+/// Tokenizer files from outside: sizes and ids are checked before they size anything.
+@Suite struct HostileTokenizerFileTests {
+    func directory(tiktoken: String? = nil, config: String? = nil) throws -> String {
+        let dir = Fixtures.scratchDirectory("tok")
+        let src = Fixtures.root + "/tokenizer/"
+        try (tiktoken.map { Data($0.utf8) } ?? Data(contentsOf: URL(fileURLWithPath: src + "tiktoken.model")))
+            .write(to: URL(fileURLWithPath: dir + "/tiktoken.model"))
+        try (config.map { Data($0.utf8) } ?? Data(contentsOf: URL(fileURLWithPath: src + "tokenizer_config.json")))
+            .write(to: URL(fileURLWithPath: dir + "/tokenizer_config.json"))
+        return dir
+    }
+
+    /// A rank far past the number of tokens (the old loader grew its table to the rank and died).
+    @Test func hugeRankIsRefused() throws {
+        let ranks = try String(contentsOfFile: Fixtures.root + "/tokenizer/tiktoken.model", encoding: .utf8)
+        let dir = try directory(tiktoken: ranks + "QUJDREVGR0g= 4611686018427387903\n")
+        #expect { try Tokenizer(directory: dir) } throws: { ($0 as! TokenizerError).reason.contains("4611686018427387903") }
+    }
+
+    /// One special id under two spellings of its key (the old loader trapped building the id → text table).
+    @Test func specialIdGivenTwiceIsRefused() throws {
+        let config = #"{"added_tokens_decoder": {"1024": {"content": "[BOS]"}, "01024": {"content": "<|forged|>"}}}"#
+        let dir = try directory(config: config)
+        #expect { try Tokenizer(directory: dir) } throws: { ($0 as! TokenizerError).reason.contains("1024") }
+    }
+
+    /// The merge loop runs in O(n log n): a piece of 200,000 identical bytes and one of 200,000 distinct-ish
+    /// bytes encode to the ids the quadratic reference loop gives on a prefix, and decode back to the input.
+    @Test func longPiecesEncodeLikeTheReferenceLoop() throws {
+        let t = try Tokenizer(directory: Fixtures.root + "/tokenizer")
+        for piece in [[UInt8](repeating: UInt8(ascii: "a"), count: 2000), (0..<2000).map { UInt8(truncatingIfNeeded: $0 * 7 % 97 + 32) }] {
+            var fast: [Int] = []
+            t.bpe.encode(piece, into: &fast)
+            #expect(fast == referenceMerge(t.bpe, piece))
+        }
+        let long = [UInt8](repeating: UInt8(ascii: "a"), count: 200_000)
+        var ids: [Int] = []
+        t.bpe.encode(long, into: &ids)
+        #expect(t.decodeBytes(ids) == long)
+    }
+
+    /// tiktoken's own loop: scan every pair, merge the lowest rank (leftmost on ties), repeat.
+    func referenceMerge(_ bpe: BytePairEncoder, _ piece: [UInt8]) -> [Int] {
+        var parts = piece.map { [$0] }
+        while parts.count > 1 {
+            var best: (rank: Int, at: Int)? = nil
+            for i in 0..<(parts.count - 1) {
+                if let r = bpe.ranks[Data(parts[i] + parts[i + 1])], best == nil || r < best!.rank { best = (r, i) }
+            }
+            guard let b = best else { break }
+            parts[b.at] += parts[b.at + 1]
+            parts.remove(at: b.at + 1)
+        }
+        return parts.map { bpe.ranks[Data($0)]! }
+    }
+}

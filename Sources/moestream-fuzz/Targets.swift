@@ -1,0 +1,137 @@
+import Foundation
+import MoECheckpoint
+import MoEExpertStore
+import MoEModel
+import MoERuntime
+import MoETokenizer
+
+/// One kind of file the engine reads from outside, with the directory it sits in and what the engine does with
+/// it. A case replaces one file of a seed directory with mutated bytes and runs the engine's own entry points
+/// over the directory: each must either refuse with an error or succeed with finite results.
+struct FileKind: Sendable {
+    let name: String
+    /// The seed directory this kind mutates (a checkpoint, a store, a tokenizer, traces).
+    let seed: Seed
+    /// Files of the seed directory (relative paths) a case may mutate.
+    let targets: @Sendable (Seeds) -> [String]
+    let style: MutationStyle
+    /// After mutation: whether to put a fresh self-checksum on a manifest, so mutations reach past it.
+    let resign: Bool
+
+    enum Seed: String, Sendable { case checkpoint, store, tokenizer, traces }
+
+    static let all: [FileKind] = [
+        FileKind(name: "shard", seed: .checkpoint, targets: { s in s.files(.checkpoint).filter { $0.hasSuffix(".safetensors") } },
+                 style: .safetensors, resign: false),
+        FileKind(name: "config", seed: .checkpoint, targets: { _ in ["config.json"] }, style: .text, resign: false),
+        FileKind(name: "index", seed: .checkpoint, targets: { _ in [Checkpoint.indexFileName] }, style: .text, resign: false),
+        FileKind(name: "manifest", seed: .store, targets: { _ in [StoreManifest.fileName] }, style: .text, resign: true),
+        FileKind(name: "extents", seed: .store, targets: { s in s.files(.store).filter { $0.hasPrefix("experts/") } },
+                 style: .binary, resign: false),
+        FileKind(name: "resident", seed: .store, targets: { _ in [StoreManifest.residentFileName] }, style: .safetensors,
+                 resign: false),
+        FileKind(name: "tiktoken", seed: .tokenizer, targets: { _ in ["tiktoken.model"] }, style: .text, resign: false),
+        FileKind(name: "tokenizer-config", seed: .tokenizer, targets: { _ in ["tokenizer_config.json"] }, style: .text,
+                 resign: false),
+        FileKind(name: "trace", seed: .traces, targets: { s in s.files(.traces) }, style: .text, resign: false),
+    ]
+
+    static func named(_ name: String) -> FileKind? { all.first { $0.name == name } }
+}
+
+/// The seed directories, built once per run from the committed fixtures: the sharded BF16 fixture checkpoint,
+/// a store converted from it, the tokenizer fixture and the committed routing traces.
+struct Seeds {
+    let root: String
+
+    func directory(_ s: FileKind.Seed) -> String { root + "/" + s.rawValue }
+
+    /// Regular files under the seed directory, relative, sorted.
+    func files(_ s: FileKind.Seed) -> [String] {
+        let dir = directory(s)
+        let all = (FileManager.default.enumerator(atPath: dir)?.allObjects as? [String]) ?? []
+        return all.filter { p in
+            var isDir: ObjCBool = false
+            return FileManager.default.fileExists(atPath: dir + "/" + p, isDirectory: &isDir) && !isDir.boolValue
+        }.sorted()
+    }
+
+    /// Copies the fixtures and converts the store (skipped when `root` already holds them).
+    static func prepare(root: String, fixtures: String) throws -> Seeds {
+        let s = Seeds(root: root)
+        let fm = FileManager.default
+        if fm.fileExists(atPath: root + "/ready") { return s }
+        try? fm.removeItem(atPath: root)
+        try fm.createDirectory(atPath: root, withIntermediateDirectories: true)
+        try fm.copyItem(atPath: fixtures + "/models/kimi_k2", toPath: s.directory(.checkpoint))
+        try? fm.removeItem(atPath: s.directory(.checkpoint) + "/reference.json")  // not read by the engine
+        try fm.createDirectory(atPath: s.directory(.tokenizer), withIntermediateDirectories: true)
+        for f in ["tiktoken.model", "tokenizer_config.json"] {
+            try fm.copyItem(atPath: fixtures + "/tokenizer/" + f, toPath: s.directory(.tokenizer) + "/" + f)
+        }
+        try fm.createDirectory(atPath: s.directory(.traces), withIntermediateDirectories: true)
+        for f in ["kimi_k2.trace", "deepseek_v3.trace"] {
+            try fm.copyItem(atPath: fixtures + "/traces/" + f, toPath: s.directory(.traces) + "/" + f)
+        }
+        try StoreConverter(source: s.directory(.checkpoint), output: s.directory(.store)).run()
+        fm.createFile(atPath: root + "/ready", contents: Data())
+        return s
+    }
+}
+
+/// What a case came to.
+enum Outcome: String {
+    /// The engine refused the input with an error (the expected end of most mutations).
+    case refused
+    /// The engine accepted it and every result was finite.
+    case accepted
+    /// Accepted, but with non-finite logits: a value that should have been refused was not.
+    case nonFinite = "non-finite"
+}
+
+/// Runs the engine over `dir` as `kind` would be used.
+func exercise(_ kind: FileKind, directory dir: String) -> (Outcome, String) {
+    do {
+        switch kind.seed {
+        case .checkpoint:
+            let model = try KimiModel.load(checkpoint: dir)
+            if let bad = try nonFinite(model) { return (.nonFinite, bad) }
+            // The converter reads the same download through its own path.
+            let out = dir + ".store"
+            defer { try? FileManager.default.removeItem(atPath: out) }
+            try StoreConverter(source: dir, output: out).run()
+            return (.accepted, "")
+        case .store:
+            let report = StoreVerifier(path: dir).run()
+            let store = try ExpertStore(path: dir)
+            let model = try store.loadModel()
+            if let bad = try nonFinite(model) { return (.nonFinite, bad) }
+            return (.accepted, report.ok ? "" : "verify: \(report.problems.count) problems")
+        case .tokenizer:
+            let t = try Tokenizer(directory: dir)
+            let text = "def f(x):\n    return x + 1  # <|im_end|> [EOS] naïve 漢字 🙂"
+            let ids = t.encode(text, allowSpecial: true) + t.encode(text, allowSpecial: false)
+            _ = t.decode(ids)
+            return (.accepted, "")
+        case .traces:
+            for f in try FileManager.default.contentsOfDirectory(atPath: dir).sorted() {
+                let trace = try RoutingTrace.load(path: dir + "/" + f)
+                let sim = CacheSimulator(trace: trace, slots: 16)
+                _ = sim.run(policy: .lru, prefetch: .both)
+                _ = sim.run(policy: .lfu)
+                _ = sim.belady()
+            }
+            return (.accepted, "")
+        }
+    } catch {
+        return (.refused, "\(error)")
+    }
+}
+
+/// A short prompt through `model`; a description of the first non-finite logit, if any.
+func nonFinite(_ model: KimiModel) throws -> String? {
+    let tokens = [1, 2, 3].map { $0 % max(1, model.config.vocabSize) }
+    let r = try model.forward(tokens, cache: model.makeCache(), logits: .all)
+    if let i = r.logits.firstIndex(where: { !$0.isFinite }) { return "logit \(i) is \(r.logits[i])" }
+    return nil
+}
