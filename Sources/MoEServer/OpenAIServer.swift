@@ -37,6 +37,8 @@ public final class OpenAIServer: Sendable {
     let stop: Set<Int>
     let cache: ExpertCache?
     let started = Date()
+    /// Bytes of the tokenizer's longest token (for refusing oversized prompts untokenized).
+    let maxTokenBytes: Int
 
     public init(configuration: ServerConfiguration, engine: Engine, tokenizer: Tokenizer, format: any ChatFormat,
                 stop: Set<Int>, cache: ExpertCache?) {
@@ -46,6 +48,7 @@ public final class OpenAIServer: Sendable {
         self.format = format
         self.stop = stop
         self.cache = cache
+        maxTokenBytes = tokenizer.maxTokenBytes
     }
 
     public func makeRouter() -> Router<BasicRequestContext> {
@@ -73,10 +76,42 @@ public final class OpenAIServer: Sendable {
     }
 
     func authorize(_ request: Request) -> Response? {
-        guard let key = configuration.apiKey else { return nil }
+        guard let key = configuration.apiKey else { return checkOrigin(request) }
         if request.headers[.authorization] == "Bearer \(key)" { return nil }
         return Self.error(APIError(401, "missing or wrong API key (send Authorization: Bearer <key>)", type: "authentication_error",
                                    code: "invalid_api_key"))
+    }
+
+    /// Without a key, the server trusts whoever can reach it — so a web page in the user's browser must not be
+    /// able to: a request whose `Origin` is not this machine (a cross-site fetch) is refused, and on a loopback
+    /// address so is one whose `Host` is not a loopback name (DNS rebinding: evil.example resolving to 127.0.0.1).
+    func checkOrigin(_ request: Request) -> Response? {
+        if let origin = request.headers[.origin] {
+            // scheme://host[:port]; "null" (a sandboxed or file: page) has no host and is foreign too.
+            let authority = origin.split(separator: "/", omittingEmptySubsequences: true).dropFirst().first.map(String.init) ?? ""
+            if !Self.isLoopbackName(Self.hostPart(of: authority)) {
+                return Self.error(APIError(403, "cross-origin request from \(origin) refused (start the server with an API key to allow it)",
+                                           type: "permission_error", code: "foreign_origin"))
+            }
+        }
+        if Self.isLoopbackName(configuration.host), let hostHeader = request.head.authority,
+           !Self.isLoopbackName(Self.hostPart(of: hostHeader)) {
+            return Self.error(APIError(403, "Host '\(hostHeader)' is not this machine's loopback name (DNS rebinding?); "
+                + "start the server with an API key to allow it", type: "permission_error", code: "foreign_host"))
+        }
+        return nil
+    }
+
+    /// `host`, `host:port`, `[v6]:port` → the host.
+    static func hostPart(of s: String) -> String {
+        if s.hasPrefix("["), let end = s.firstIndex(of: "]") { return String(s[s.index(after: s.startIndex)..<end]) }
+        return String(s.split(separator: ":", maxSplits: 1).first ?? "")
+    }
+
+    /// localhost, 127.0.0.0/8, ::1.
+    public static func isLoopbackName(_ host: String) -> Bool {
+        let h = host.lowercased()
+        return h == "localhost" || h.hasSuffix(".localhost") || h == "::1" || h.hasPrefix("127.")
     }
 
     // MARK: - Completions
@@ -93,14 +128,18 @@ public final class OpenAIServer: Sendable {
             parsed = try ParsedRequest(json: Data(buffer: body), chat: chat, defaults: configuration.sampling,
                                        defaultMaxTokens: configuration.defaultMaxTokens, maxTokensLimit: configuration.maxTokensLimit)
         } catch { return Self.error(error) }
-        // Special tokens come only from the template: text that spells one (`<|im_end|>`) in a message would
-        // otherwise forge a turn boundary.
-        let userTexts = chat ? parsed.messages.flatMap { [$0.content, $0.name ?? ""] + $0.toolCalls.map(\.arguments) } : [parsed.prompt!]
-        if let forged = userTexts.lazy.compactMap({ t in self.tokenizer.specialIDs.keys.first { t.contains($0) } }).first {
-            return Self.error(APIError(400, "message text may not contain the special token \(forged)", param: chat ? "messages" : "prompt"))
+        // Special tokens come only from the template, by id: every field a client wrote (content, names, ids,
+        // tool declarations, reasoning, a raw prompt) is encoded with specials spelled in it as plain text, so
+        // none can forge a turn boundary, whatever its Unicode.
+        let pieces: [PromptPiece] = chat ? format.pieces(parsed.messages, tools: parsed.tools, addGenerationPrompt: true)
+            : [.text(parsed.prompt!)]
+        // A prompt with more bytes than the context's tokens can cover is refused before it is tokenized.
+        let promptBytes = pieces.reduce(0) { n, p in switch p { case .special(let s), .text(let s): n + s.utf8.count } }
+        guard promptBytes <= configuration.contextLimit * maxTokenBytes else {
+            return Self.error(APIError(400, "the prompt has \(promptBytes) bytes, more than this server's context of "
+                + "\(configuration.contextLimit) tokens can hold", param: chat ? "messages" : "prompt", code: "context_length_exceeded"))
         }
-        let text = chat ? format.render(parsed.messages, tools: parsed.tools, addGenerationPrompt: true) : parsed.prompt!
-        let ids = tokenizer.encode(text)
+        let ids = tokenizer.encode(pieces)
         guard !ids.isEmpty else { return Self.error(APIError(400, "the prompt is empty", param: "prompt")) }
         guard ids.count < configuration.contextLimit else {
             return Self.error(APIError(400, "the prompt has \(ids.count) tokens; this server's context is \(configuration.contextLimit)",

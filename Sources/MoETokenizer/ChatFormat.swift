@@ -39,15 +39,46 @@ public struct ToolCall: Sendable, Equatable, Codable {
     }
 }
 
+/// One piece of a rendered prompt: the template's own special tokens, kept apart from text so that nothing a
+/// client wrote (content, names, ids, tool declarations, reasoning) can ever become a special token.
+public enum PromptPiece: Sendable, Equatable {
+    /// A special token of the template (`<|im_end|>`), inserted by id.
+    case special(String)
+    /// Text, encoded with every special token spelled in it as plain text.
+    case text(String)
+}
+
 /// A chat template, hard-coded (no Jinja engine) and pinned by golden strings in the tests.
 public protocol ChatFormat: Sendable {
-    /// The prompt text for `messages`, ending with the assistant's turn header when `addGenerationPrompt`.
-    /// `tools` is the tool declaration JSON (an array), or nil.
-    func render(_ messages: [ChatMessage], tools: String?, addGenerationPrompt: Bool) -> String
+    /// The prompt for `messages` as template specials and text, ending with the assistant's turn header when
+    /// `addGenerationPrompt`. `tools` is the tool declaration JSON (an array), or nil.
+    func pieces(_ messages: [ChatMessage], tools: String?, addGenerationPrompt: Bool) -> [PromptPiece]
     /// Token texts that end the assistant's turn.
     var stopTexts: [String] { get }
     /// Splits what the assistant generated into reasoning, visible content and tool calls.
     func parse(_ generated: String) -> ChatMessage
+}
+
+extension ChatFormat {
+    /// The prompt as one string (specials spelled out): what the golden tests compare.
+    public func render(_ messages: [ChatMessage], tools: String?, addGenerationPrompt: Bool) -> String {
+        pieces(messages, tools: tools, addGenerationPrompt: addGenerationPrompt).map {
+            switch $0 { case .special(let s), .text(let s): s }
+        }.joined()
+    }
+}
+
+/// Builds a prompt from template specials and text, merging adjacent text so it tokenizes exactly as the
+/// joined string would.
+struct PieceWriter {
+    var pieces: [PromptPiece] = []
+
+    mutating func special(_ s: String) { pieces.append(.special(s)) }
+
+    mutating func text(_ s: String) {
+        guard !s.isEmpty else { return }
+        if case .text(let previous)? = pieces.last { pieces[pieces.count - 1] = .text(previous + s) } else { pieces.append(.text(s)) }
+    }
 }
 
 /// Kimi K2's chat format: `<|im_{role}|>{role or name}<|im_middle|>{content}<|im_end|>` per turn, no newlines
@@ -62,39 +93,54 @@ public struct KimiChatFormat: ChatFormat {
 
     public var stopTexts: [String] { ["<|im_end|>", "[EOS]"] }
 
-    public func render(_ messages: [ChatMessage], tools: String?, addGenerationPrompt: Bool) -> String {
-        var out = ""
-        if let tools { out += "<|im_system|>tool_declare<|im_middle|>\(tools)<|im_end|>" }
+    public func pieces(_ messages: [ChatMessage], tools: String?, addGenerationPrompt: Bool) -> [PromptPiece] {
+        var w = PieceWriter()
+        func header(_ role: String, _ name: String) {
+            w.special(role)
+            w.text(name)
+            w.special("<|im_middle|>")
+        }
+        if let tools {
+            header("<|im_system|>", "tool_declare")
+            w.text(tools)
+            w.special("<|im_end|>")
+        }
         if messages.first?.role != .system {
-            out += "<|im_system|>system<|im_middle|>\(Self.defaultSystemPrompt)<|im_end|>"
+            header("<|im_system|>", "system")
+            w.text(Self.defaultSystemPrompt)
+            w.special("<|im_end|>")
         }
         for m in messages {
             let name = m.name ?? m.role.rawValue
             switch m.role {
-            case .user: out += "<|im_user|>\(name)<|im_middle|>"
-            case .assistant: out += "<|im_assistant|>\(name)<|im_middle|>"
-            case .system, .tool: out += "<|im_system|>\(name)<|im_middle|>"
+            case .user: header("<|im_user|>", name)
+            case .assistant: header("<|im_assistant|>", name)
+            case .system, .tool: header("<|im_system|>", name)
             }
             switch m.role {
             case .assistant:
-                if thinking { out += "<think>\(m.reasoning ?? "")</think>" }
-                out += m.content
+                if thinking { w.text("<think>\(m.reasoning ?? "")</think>") }
+                w.text(m.content)
                 if !m.toolCalls.isEmpty {
-                    out += "<|tool_calls_section_begin|>"
+                    w.special("<|tool_calls_section_begin|>")
                     for c in m.toolCalls {
-                        out += "<|tool_call_begin|>\(c.id)<|tool_call_argument_begin|>\(c.arguments)<|tool_call_end|>"
+                        w.special("<|tool_call_begin|>")
+                        w.text(c.id)
+                        w.special("<|tool_call_argument_begin|>")
+                        w.text(c.arguments)
+                        w.special("<|tool_call_end|>")
                     }
-                    out += "<|tool_calls_section_end|>"
+                    w.special("<|tool_calls_section_end|>")
                 }
             case .tool:
-                out += "## Return of \(m.toolCallID ?? "")\n\(m.content)"
+                w.text("## Return of \(m.toolCallID ?? "")\n\(m.content)")
             default:
-                out += m.content
+                w.text(m.content)
             }
-            out += "<|im_end|>"
+            w.special("<|im_end|>")
         }
-        if addGenerationPrompt { out += "<|im_assistant|>assistant<|im_middle|>" }
-        return out
+        if addGenerationPrompt { header("<|im_assistant|>", "assistant") }
+        return w.pieces
     }
 
     public func parse(_ generated: String) -> ChatMessage {
@@ -131,19 +177,28 @@ public struct DeepSeekV3ChatFormat: ChatFormat {
 
     public var stopTexts: [String] { ["<｜end▁of▁sentence｜>"] }
 
-    public func render(_ messages: [ChatMessage], tools: String?, addGenerationPrompt: Bool) -> String {
-        var out = "<｜begin▁of▁sentence｜>"
-        for m in messages where m.role == .system { out += m.content }
+    public func pieces(_ messages: [ChatMessage], tools: String?, addGenerationPrompt: Bool) -> [PromptPiece] {
+        var w = PieceWriter()
+        w.special("<｜begin▁of▁sentence｜>")
+        for m in messages where m.role == .system { w.text(m.content) }
         for m in messages {
             switch m.role {
             case .system: continue
-            case .user: out += "<｜User｜>\(m.content)"
-            case .assistant: out += "<｜Assistant｜>\(m.content)<｜end▁of▁sentence｜>"
-            case .tool: out += "<｜tool▁outputs▁begin｜><｜tool▁output▁begin｜>\(m.content)<｜tool▁output▁end｜><｜tool▁outputs▁end｜>"
+            case .user:
+                w.special("<｜User｜>")
+                w.text(m.content)
+            case .assistant:
+                w.special("<｜Assistant｜>")
+                w.text(m.content)
+                w.special("<｜end▁of▁sentence｜>")
+            case .tool:
+                for s in ["<｜tool▁outputs▁begin｜>", "<｜tool▁output▁begin｜>"] { w.special(s) }
+                w.text(m.content)
+                for s in ["<｜tool▁output▁end｜>", "<｜tool▁outputs▁end｜>"] { w.special(s) }
             }
         }
-        if addGenerationPrompt { out += "<｜Assistant｜>" }
-        return out
+        if addGenerationPrompt { w.special("<｜Assistant｜>") }
+        return w.pieces
     }
 
     public func parse(_ generated: String) -> ChatMessage {

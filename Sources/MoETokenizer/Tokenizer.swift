@@ -100,6 +100,36 @@ public final class Tokenizer: @unchecked Sendable {
         return out
     }
 
+    /// Ids of a rendered prompt: each template special by its id, and every text piece with specials spelled in
+    /// it encoded as plain text (so no field a client wrote can forge a turn, whatever its Unicode). A special the
+    /// vocabulary lacks (another model's template) is encoded as the text it is.
+    public func encode(_ pieces: [PromptPiece]) -> [Int] {
+        var out: [Int] = []
+        var pending = ""
+        func flush() {
+            if !pending.isEmpty { out += encode(pending, allowSpecial: false) }
+            pending = ""
+        }
+        for piece in pieces {
+            switch piece {
+            case .special(let s):
+                if let id = specialIDs[s] {
+                    flush()
+                    out.append(id)
+                } else {
+                    pending += s
+                }
+            case .text(let s): pending += s
+            }
+        }
+        flush()
+        return out
+    }
+
+    /// Bytes of the longest token: a text of more than `limit × maxTokenBytes` bytes has more than `limit` tokens,
+    /// which lets a server refuse an oversized prompt before tokenizing it.
+    public var maxTokenBytes: Int { max(1, bpe.tokens.lazy.map(\.count).max() ?? 1) }
+
     func encodeOrdinary(_ text: Substring, into out: inout [Int]) {
         guard !text.isEmpty else { return }
         for piece in KimiPreTokenizer.split(String(text)) { bpe.encode(Array(piece.utf8), into: &out) }

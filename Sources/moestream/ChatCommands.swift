@@ -129,8 +129,10 @@ struct Run: ParsableCommand {
         var messages: [ChatMessage] = []
         if let system { messages.append(ChatMessage(role: .system, content: system)) }
         messages.append(ChatMessage(role: .user, content: prompt))
-        let text = raw ? prompt : setup.format.render(messages, tools: nil, addGenerationPrompt: true)
-        let ids = setup.tokenizer.encode(text)
+        // --raw: the text as typed, specials included (a local user's own prompt); otherwise the template's
+        // specials by id and the message as plain text.
+        let ids = raw ? setup.tokenizer.encode(prompt)
+            : setup.tokenizer.encode(setup.format.pieces(messages, tools: nil, addGenerationPrompt: true))
         let generator = Generator(model: loaded.model, tokenizer: setup.tokenizer)
         let result: GenerationResult
         do {
@@ -190,7 +192,7 @@ struct Chat: ParsableCommand {
                 continue
             }
             messages.append(ChatMessage(role: .user, content: input))
-            let all = setup.tokenizer.encode(setup.format.render(messages, tools: nil, addGenerationPrompt: true))
+            let all = setup.tokenizer.encode(setup.format.pieces(messages, tools: nil, addGenerationPrompt: true))
             // Reuse the cached prefix of the conversation; feed only what is new.
             var common = 0
             while common < min(all.count, fed.count) && all[common] == fed[common] { common += 1 }

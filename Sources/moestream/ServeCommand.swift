@@ -16,8 +16,11 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "Port to listen on.")
     var port = 8080
 
-    @Option(help: "Require `Authorization: Bearer KEY` on /v1/*.")
+    @Option(help: "Require `Authorization: Bearer KEY` on /v1/*. Visible in `ps`: prefer --api-key-file or MOESTREAM_API_KEY.")
     var apiKey: String?
+
+    @Option(help: ArgumentHelp("Read the API key from the first line of this file.", valueName: "file"))
+    var apiKeyFile: String?
 
     @Option(help: "Model id reported by /v1/models and in responses.")
     var modelName = "kimi-k2"
@@ -36,13 +39,25 @@ struct Serve: AsyncParsableCommand {
     @OptionGroup(title: "Default sampling (requests override)") var sampling: SamplingOptions
     @OptionGroup(title: "Expert cache") var cacheOptions: CacheOptions
 
+    /// --api-key, else the first line of --api-key-file, else $MOESTREAM_API_KEY; an empty key is refused.
+    func resolvedKey() throws -> String? {
+        var key = apiKey
+        if key == nil, let file = apiKeyFile {
+            guard let text = try? String(contentsOfFile: file, encoding: .utf8) else { throw CLIError("--api-key-file \(file): cannot be read") }
+            key = text.split(whereSeparator: \.isNewline).first.map(String.init) ?? ""
+        }
+        if key == nil { key = ProcessInfo.processInfo.environment["MOESTREAM_API_KEY"] }
+        if let k = key, k.trimmingCharacters(in: .whitespaces).isEmpty { throw CLIError("the API key is empty") }
+        return key
+    }
+
     func run() async throws {
         let loaded = try LoadedModel.load(model, cacheOptions)
         let setup = try chat.setup(model.model, loaded.model.config)
         var config = ServerConfiguration()
         config.host = host
         config.port = port
-        config.apiKey = apiKey
+        config.apiKey = try resolvedKey()
         config.modelName = modelName
         config.contextLimit = min(context, loaded.model.config.maxPositionEmbeddings)
         config.maxTokensLimit = maxTokensLimit
@@ -54,7 +69,13 @@ struct Serve: AsyncParsableCommand {
         let server = OpenAIServer(configuration: config, engine: engine, tokenizer: setup.tokenizer, format: setup.format,
                                   stop: setup.stop, cache: loaded.cache)
         printError("serving \(model.model) as '\(modelName)' on http://\(host):\(port) (context \(config.contextLimit), queue \(queue)"
-            + (apiKey == nil ? ")" : ", API key required)"))
+            + (config.apiKey == nil ? ", no API key: cross-origin and foreign-Host requests refused)" : ", API key required)"))
+        if config.apiKey == nil && !OpenAIServer.isLoopbackName(host) {
+            printError("""
+                WARNING: listening on \(host) without an API key: anyone who can reach this port can use the model.
+                WARNING: set one with --api-key-file FILE or MOESTREAM_API_KEY, or listen on 127.0.0.1.
+                """)
+        }
         try await server.run()
         engine.shutdown()
         loaded.cache?.shutdown()
