@@ -291,7 +291,8 @@ def metrics_are_prometheus_text():
 def keyless_server_refuses_other_origins(store):
     """Without a key: a browser page elsewhere (Origin) or a rebound DNS name (Host) is refused; this machine is not."""
     port = PORT + 1
-    server = subprocess.Popen([BIN, "serve", store, "--port", str(port), "--cache", "50%"], stderr=subprocess.PIPE, text=True)
+    server = subprocess.Popen([BIN, "serve", store, "--port", str(port), "--cache", "50%", "--queue", "1",
+                               "--idle-timeout", "1", "--max-connections", "8"], stderr=subprocess.PIPE, text=True)
 
     def get(headers):
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
@@ -319,6 +320,50 @@ def keyless_server_refuses_other_origins(store):
                 status, body = get(headers)
                 assert status == 403 and json.loads(body)["error"]["code"] in ("foreign_origin", "foreign_host"), (headers, body)
         foreign_origin_and_host_are_refused_without_a_key()
+
+        @test
+        def silent_and_slow_connections_are_closed():
+            # 20 connections that never finish their headers, against a limit of 8: the idle timeout (1 s)
+            # closes them, so the server answers again within seconds instead of stalling.
+            socks = []
+            for _ in range(20):
+                s = socket.create_connection(("127.0.0.1", port), timeout=10)
+                s.sendall(b"GET /health HTTP/1.1\r\nHo")
+                socks.append(s)
+            started = time.time()
+            assert get({})[0] == 200
+            waited = time.time() - started
+            closed = 0
+            for s in socks[:8]:
+                s.settimeout(5)
+                try:
+                    closed += s.recv(100) == b""
+                except (ConnectionResetError, socket.timeout):
+                    closed += 1
+                s.close()
+            for s in socks[8:]:
+                s.close()
+            assert closed == 8 and waited < 10, (closed, waited)
+        silent_and_slow_connections_are_closed()
+
+        @test
+        def a_full_queue_is_a_503():
+            # --queue 1: one request runs, one waits, the third is refused with 503 queue_full.
+            body = json.dumps({"messages": HELLO, "max_tokens": 400, "stream": True}).encode()
+            held = []
+            for _ in range(2):
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+                conn.request("POST", "/v1/chat/completions", body=body, headers={"Content-Type": "application/json"})
+                held.append(conn)
+                time.sleep(0.3)
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+            conn.request("POST", "/v1/chat/completions", body=body, headers={"Content-Type": "application/json"})
+            r = conn.getresponse()
+            text = r.read().decode()
+            assert r.status == 503 and json.loads(text)["error"]["code"] == "queue_full", (r.status, text)
+            for c in held:
+                c.close()
+        a_full_queue_is_a_503()
     finally:
         server.terminate()
         server.wait(timeout=20)

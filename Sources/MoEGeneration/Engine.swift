@@ -159,7 +159,8 @@ public final class Engine: @unchecked Sendable {
         var stopped = false  // a stop text was seen: nothing after it is shown
         do {
             var result = try generator.generate(prompt: r.prompt, cache: kv, sampling: r.sampling, maxTokens: r.maxTokens,
-                                                stop: r.stop, quietAfter: r.quietAfter) { piece in
+                                                stop: r.stop, quietAfter: r.quietAfter,
+                                                cancel: CancelCheck { job.cancellation.isCancelled }) { piece in
                 if job.cancellation.isCancelled || stopped { return false }
                 guard !r.stopTexts.isEmpty else {
                     job.continuation.yield(.text(piece))

@@ -18,6 +18,13 @@ public struct GenerationResult: Sendable {
     public var prefillTokensPerSecond: Double { prefillSeconds > 0 ? Double(promptTokens) / prefillSeconds : 0 }
 }
 
+/// Asked between the prompt's layers and before every token: true stops the generation. (A struct, not a bare
+/// closure, so a trailing closure still means `onText`.)
+public struct CancelCheck {
+    public let isCancelled: () -> Bool
+    public init(_ isCancelled: @escaping () -> Bool) { self.isCancelled = isCancelled }
+}
+
 /// Runs the model on a prompt and samples until a stop token, the token limit, or the caller says stop.
 public struct Generator {
     public let model: KimiModel
@@ -34,8 +41,11 @@ public struct Generator {
     /// away). The result's `text` is the raw output, special tokens included, for the chat format to parse.
     /// Once a token of `quietAfter` is generated (say `<|tool_calls_section_begin|>`), the rest is not streamed
     /// (the caller parses it from `text` instead).
+    /// `cancel` is asked between the prompt's layers and before every token, streamed or not (a tool-call
+    /// section is not streamed, a stop text may hold text back): a request whose client left stops at once.
     public func generate(prompt: [Int], cache: KVCache, sampling: SamplingParameters, maxTokens: Int, stop: Set<Int>,
-                         quietAfter: Set<Int> = [], onText: (String) -> Bool = { _ in true }) throws -> GenerationResult {
+                         quietAfter: Set<Int> = [], cancel: CancelCheck? = nil,
+                         onText: (String) -> Bool = { _ in true }) throws -> GenerationResult {
         var sampler = Sampler(sampling)
         var decoder = StreamingDecoder(tokenizer: tokenizer)
         var tokens: [Int] = []
@@ -43,9 +53,13 @@ public struct Generator {
         var visible = ""
         var history = prompt
         let t0 = ContinuousClock.now
-        var result = try model.forward(prompt, cache: cache, logits: .last)
-        let t1 = ContinuousClock.now
         var reason = GenerationResult.StopReason.maxTokens
+        var result: ForwardResult
+        do { result = try model.forward(prompt, cache: cache, logits: .last, cancelled: cancel?.isCancelled) } catch ModelError.cancelled {
+            return GenerationResult(tokens: [], text: "", visibleText: "", promptTokens: prompt.count, stopReason: .cancelled,
+                                    prefillSeconds: (ContinuousClock.now - t0).seconds, decodeSeconds: 0)
+        }
+        let t1 = ContinuousClock.now
         var quiet = false
         func emit(_ piece: String) -> Bool { quiet || piece.isEmpty || onText(piece) }
         while tokens.count < maxTokens {
@@ -75,6 +89,10 @@ public struct Generator {
                 }
             }
             guard tokens.count < maxTokens else { break }
+            if let cancel, cancel.isCancelled() {
+                reason = .cancelled
+                break
+            }
             result = try model.forward([next], cache: cache, logits: .last)
         }
         let rest = decoder.flush()

@@ -76,8 +76,11 @@ public final class KimiModel: @unchecked Sendable {
     }
 
     /// Runs `tokens` at the positions after what `cache` holds (a whole prompt in one pass, or one decode token)
-    /// and appends them to the cache.
-    public func forward(_ tokens: [Int], cache: KVCache, logits request: LogitsRequest = .last) throws -> ForwardResult {
+    /// and appends them to the cache. `cancelled` is asked between layers: when it says yes the pass stops with
+    /// `ModelError.cancelled` and the cache keeps what it held before (a long prefill stops within one layer
+    /// of a client going away).
+    public func forward(_ tokens: [Int], cache: KVCache, logits request: LogitsRequest = .last,
+                        cancelled: (() -> Bool)? = nil) throws -> ForwardResult {
         let T = tokens.count, H = config.hiddenSize, V = config.vocabSize
         guard T > 0 else { throw ModelError.emptyInput }
         for t in tokens where t < 0 || t >= V { throw ModelError.tokenOutOfRange(token: t, vocabSize: V) }
@@ -97,6 +100,7 @@ public final class KimiModel: @unchecked Sendable {
 
         var routing: [[Routing]] = []
         for (l, layer) in weights.layers.enumerated() {
+            if let cancelled, cancelled() { throw ModelError.cancelled(layer: l) }
             let layerStart = ws.mark()  // a layer's buffers are the next layer's
             defer { ws.release(to: layerStart) }
             for t in 0..<T {

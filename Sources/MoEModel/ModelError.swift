@@ -12,6 +12,8 @@ public enum ModelError: Error, CustomStringConvertible {
     /// The checkpoint's tensors use an encoding this path cannot compute with.
     case unsupportedEncoding(tensor: String, reason: String)
     case emptyInput
+    /// The caller cancelled the pass (before `layer`); the KV cache holds what it held before the pass.
+    case cancelled(layer: Int)
     /// The logits hold NaN or infinity: weights with non-finite values (a damaged checkpoint without checksums)
     /// or values that overflow. Refused rather than sampled from.
     case nonFiniteLogits(position: Int)
@@ -24,6 +26,7 @@ public enum ModelError: Error, CustomStringConvertible {
         case .expertUnavailable(let l, let e, let r): return "layer \(l) expert \(e) unavailable: \(r)"
         case .unsupportedEncoding(let t, let r): return "tensor '\(t)': \(r)"
         case .emptyInput: return "no input tokens"
+        case .cancelled(let l): return "cancelled before layer \(l)"
         case .nonFiniteLogits(let p):
             return "the logits at position \(p) are not finite (NaN or infinity): the weights hold non-finite values "
                 + "or overflow; the checkpoint may be damaged (a store's checksums would have named the tensor)"

@@ -16,8 +16,7 @@ final class ComputePools: @unchecked Sendable {
     private var heads: [Int]
     private var counts: [Int]
     private let capacity: Int
-    private var threads: [Thread] = []
-    private let finished: DispatchSemaphore
+    private var threads: [JoinableThread] = []
     let threadsPerNode: [Int]
 
     init(cache: ExpertCache, topology: NumaTopology, threads total: Int, capacity: Int) {
@@ -30,23 +29,19 @@ final class ComputePools: @unchecked Sendable {
         rings = (0..<nodes).map { _ in .allocate(capacity: max(1, capacity)) }
         heads = Array(repeating: 0, count: nodes)
         counts = Array(repeating: 0, count: nodes)
-        finished = DispatchSemaphore(value: 0)
         for (n, count) in threadsPerNode.enumerated() {
             let pin = topology.isReal ? topology.nodes[n].cpus : []
             for i in 0..<count {
                 let name = "moe-c\(n)-\(i)"  // Linux thread names hold 15 characters
-                let t = Thread { [self] in
+                threads.append(JoinableThread { [self] in
                     ThreadAffinity.nameCurrentThread(name)
                     pthread_setspecific(Self.nodeKey, UnsafeRawPointer(bitPattern: n + 1))
                     if !pin.isEmpty { ThreadAffinity.pinCurrentThread(to: pin) }
                     Parallelism.markPoolThread()
                     work(node: n)
-                    finished.signal()
-                }
-                threads.append(t)
+                })
             }
         }
-        threads.forEach { $0.start() }
     }
 
     deinit { rings.forEach { $0.deallocate() } }
@@ -89,5 +84,9 @@ final class ComputePools: @unchecked Sendable {
     }
 
     /// Waits for every worker to exit (after `cache.stopping` is set and broadcast).
-    func join() { for _ in threads { finished.wait() } }
+    /// Waits for every worker to exit (after `cache.stopping` is set and broadcast) and let go of this pool.
+    func join() {
+        threads.forEach { $0.join() }
+        threads = []
+    }
 }

@@ -187,8 +187,11 @@ public final class ExpertCache: ExpertProviding, @unchecked Sendable {
         [pendingExpert, pendingSlot, jobExpert, jobSlot].forEach { $0.deallocate() }
     }
 
-    /// Stops the I/O threads (after their reads in flight finish) and the compute workers. The cache serves
-    /// nothing afterwards. Until then its threads keep it alive: call this when done with the model.
+    /// Stops the I/O threads (after their reads in flight finish) and the compute workers, and lets go of them:
+    /// the workers hold the cache strongly while they run (a thread must never see it freed), so until this is
+    /// called the cache, its slot memory, rings, descriptors and threads stay. Afterwards nothing refers back to
+    /// the cache and dropping the model frees all of it (`moestream bench lifecycle` measures this). The cache
+    /// serves nothing afterwards; calling it again does nothing.
     public func shutdown() {
         lock.lock()
         if stopping {
@@ -199,7 +202,13 @@ public final class ExpertCache: ExpertProviding, @unchecked Sendable {
         lock.broadcast()
         lock.unlock()
         workers.forEach { $0.join() }
-        pools.join()
+        pools?.join()
+        // The threads are gone: break the cycles (worker → cache → worker) so the rings and memory go with the cache.
+        lock.lock()
+        workers = []
+        pools = nil
+        prefetcher = nil
+        lock.unlock()
     }
 
     public var totalSlots: Int { slotKey.count }
@@ -329,6 +338,10 @@ public final class ExpertCache: ExpertProviding, @unchecked Sendable {
 
     public func withExperts(layer: Int, _ experts: [Int], _ body: (Int, ExpertWeights) throws -> Void) throws {
         precondition(moeOrdinal[layer] >= 0, "layer \(layer) has no routed experts")
+        lock.lock()
+        let stopped = stopping
+        lock.unlock()
+        if stopped { throw ModelError.expertUnavailable(layer: layer, expert: experts.first ?? -1, reason: "the expert cache was shut down") }
         // One request at a time: its job table and pending list are reused by every request.
         requestLock.lock()
         defer { requestLock.unlock() }
@@ -406,7 +419,7 @@ public final class ExpertCache: ExpertProviding, @unchecked Sendable {
                     case .ready:
                         jobExpert[jobCount] = Int32(e)
                         jobSlot[jobCount] = Int32(s)
-                        pools.enqueue(jobCount, node: node(ofSlot: s))
+                        pools!.enqueue(jobCount, node: node(ofSlot: s))
                         jobCount += 1
                         jobsPending += 1
                     case .failed:
@@ -487,7 +500,10 @@ public final class ExpertCache: ExpertProviding, @unchecked Sendable {
     }
 
     public func hint(afterAttentionOf layer: Int, hidden: UnsafePointer<Float>, tokens: Int) {
-        prefetcher?.hint(afterAttentionOf: layer, hidden: hidden, tokens: tokens)
+        lock.lock()
+        let p = prefetcher  // read under the lock: `shutdown` clears it
+        lock.unlock()
+        p?.hint(afterAttentionOf: layer, hidden: hidden, tokens: tokens)
     }
 
     public func forwardDidFinish(tokens: Int) {
@@ -499,6 +515,7 @@ public final class ExpertCache: ExpertProviding, @unchecked Sendable {
     /// Asks for `keys` to be read ahead, best first, within what the node can take without evicting anything
     /// pinned or prefetched-but-unused; returns how many reads were queued. Called by the prefetcher.
     func prefetch(ordinal: Int, experts: UnsafeBufferPointer<Int32>, target: Int) -> Int {
+        guard !stopping else { return 0 }
         var queued = 0
         for e in experts {
             let k = key(ordinal, Int(e))

@@ -14,8 +14,7 @@ final class NodeWorker: @unchecked Sendable {
     var inFlightHint = 0
     /// Set when a submission failed: the reader is not used again and reads fail with this error.
     private var broken: SystemError?
-    private var thread: Thread?
-    private let finished = DispatchSemaphore(value: 0)
+    private var thread: JoinableThread?
 
     init(cache: ExpertCache, node: Int, reader: any BlockReader, cpus: [Int]) {
         self.cache = cache
@@ -26,16 +25,17 @@ final class NodeWorker: @unchecked Sendable {
 
     func start() {
         let name = "moe-io\(node)"
-        let t = Thread { [self] in
+        thread = JoinableThread { [self] in
             ThreadAffinity.nameCurrentThread(name)
             run()
-            finished.signal()
         }
-        thread = t
-        t.start()
     }
 
-    func join() { if thread != nil { finished.wait() } }
+    /// Waits for the thread to exit (and let go of this worker), then drops it.
+    func join() {
+        thread?.join()
+        thread = nil
+    }
 
     private func run() {
         if !cpus.isEmpty { ThreadAffinity.pinCurrentThread(to: cpus) }

@@ -14,6 +14,12 @@ import MoETensor
 ///
 /// Every buffer is allocated up front (grown only when a larger prefill batch arrives): the decode path
 /// allocates nothing.
+///
+/// Concurrency (why `@unchecked Sendable` is true): two forward passes may share one cache. The speculation
+/// scratch (`normed`, `scores`, `route*`, `chosen`, `lists`, `listCounts`) belongs to `hint`, which holds
+/// `hintLock` from start to end (it computes outside the cache lock, then takes it to queue reads: the order is
+/// always hintLock → cache lock). The statistics (`learned`, `statsExperts`) belong to `observe`, which runs
+/// only with the cache lock held. Nothing else is mutable.
 final class Prefetcher: @unchecked Sendable {
     unowned let cache: ExpertCache
     let mode: PrefetchMode
@@ -37,6 +43,10 @@ final class Prefetcher: @unchecked Sendable {
     let chosen: UnsafeMutablePointer<Bool>          // [depth, E]
     let lists: UnsafeMutablePointer<Int32>          // [depth, E]
     var listCounts: [Int]
+    /// Serialises `hint` (its scratch is one per prefetcher).
+    let hintLock = NSLock()
+    /// `observe`'s predictions (cache lock held), apart from `hint`'s buffers.
+    let statsExperts: UnsafeMutablePointer<Int32>   // [k]
 
     init(cache: ExpertCache, mode: PrefetchMode, depth: Int, resident: ResidentWeights?, config: ModelConfig) {
         self.cache = cache
@@ -63,6 +73,7 @@ final class Prefetcher: @unchecked Sendable {
         chosen = .allocate(capacity: self.depth * E)
         lists = .allocate(capacity: self.depth * E)
         listCounts = Array(repeating: 0, count: self.depth)
+        statsExperts = .allocate(capacity: max(1, config.expertsPerToken))
     }
 
     deinit {
@@ -71,12 +82,15 @@ final class Prefetcher: @unchecked Sendable {
         routeWeights.deallocate()
         chosen.deallocate()
         lists.deallocate()
+        statsExperts.deallocate()
     }
 
     /// Speculative routing for the MoE layers after `layer` (outside the cache lock: this is compute).
     func hint(afterAttentionOf layer: Int, hidden: UnsafePointer<Float>, tokens T: Int) {
         let prefetching = mode == .router || mode == .both
         guard prefetching || cache.recorder != nil, !routers.isEmpty, !targets[layer].isEmpty else { return }
+        hintLock.lock()
+        defer { hintLock.unlock() }
         let H = config.hiddenSize, E = config.numRoutedExperts, k = config.expertsPerToken
         if T > scratchTokens {
             normed = FloatBuffer(count: T * H)
@@ -127,9 +141,9 @@ final class Prefetcher: @unchecked Sendable {
     func observe(ordinal: Int, experts: [Int]) {
         guard mode == .stats || mode == .both else { return }
         learned.observe(ordinal: ordinal, experts: experts)
-        let n = learned.predictNext(ordinal: ordinal, after: experts, into: routeExperts)
+        let n = learned.predictNext(ordinal: ordinal, after: experts, into: statsExperts)
         guard n > 0 else { return }
-        _ = cache.prefetch(ordinal: ordinal + 1, experts: UnsafeBufferPointer(start: routeExperts, count: n),
+        _ = cache.prefetch(ordinal: ordinal + 1, experts: UnsafeBufferPointer(start: statsExperts, count: n),
                            target: cache.step * cache.moeOrdinal.count + config.moeLayers[ordinal + 1])
     }
 }

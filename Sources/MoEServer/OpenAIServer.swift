@@ -1,5 +1,6 @@
 import Foundation
 import Hummingbird
+import HummingbirdCore
 import MoEGeneration
 import MoERuntime
 import MoETokenizer
@@ -22,6 +23,11 @@ public struct ServerConfiguration: Sendable {
     public var maxBodyBytes = 4 << 20
     /// Requests allowed to wait for the engine (503 beyond).
     public var maxQueue = 64
+    /// Seconds a connection may sit with no request in progress (silent, half-open, or sending a header byte by
+    /// byte) before it is closed.
+    public var idleTimeoutSeconds = 30
+    /// Connections held open at once; more wait in the listen backlog until one closes.
+    public var maxConnections = 256
     public var sampling = SamplingParameters()
 
     public init() {}
@@ -71,7 +77,9 @@ public final class OpenAIServer: Sendable {
     /// Runs until SIGINT/SIGTERM.
     public func run() async throws {
         let app = Application(router: makeRouter(),
-                              configuration: .init(address: .hostname(configuration.host, port: configuration.port), serverName: "moestream"))
+                              server: .http1(configuration: .init(idleTimeout: .seconds(Int64(configuration.idleTimeoutSeconds)))),
+                              configuration: .init(address: .hostname(configuration.host, port: configuration.port), serverName: "moestream",
+                                                   availableConnectionsDelegate: MaximumAvailableConnections(configuration.maxConnections)))
         try await app.runService()
     }
 
@@ -162,14 +170,19 @@ public final class OpenAIServer: Sendable {
             return stream(submitted, id: id, created: created, model: model, chat: chat, includeUsage: parsed.includeUsage)
         }
         var result: GenerationResult?
-        for await event in submitted.events {
-            switch event {
-            case .text: continue
-            case .done(let r): result = r
-            case .failed(let message):
-                return Self.error(APIError(500, "generation failed: \(message)", type: "server_error"))
+        var failedMessage: String?
+        // A whole (non-streamed) answer: if the handler's task is cancelled (the client went away), so is the
+        // generation, instead of running on to max_tokens for nobody.
+        await withTaskCancellationHandler {
+            for await event in submitted.events {
+                switch event {
+                case .text: continue
+                case .done(let r): result = r
+                case .failed(let message): failedMessage = message
+                }
             }
-        }
+        } onCancel: { submitted.cancellation.cancel() }
+        if let failedMessage { return Self.error(APIError(500, "generation failed: \(failedMessage)", type: "server_error")) }
         guard let result else { return Self.error(APIError(500, "generation ended without a result", type: "server_error")) }
         let usage: [String: Any] = ["prompt_tokens": result.promptTokens, "completion_tokens": result.tokens.count,
                                     "total_tokens": result.promptTokens + result.tokens.count]

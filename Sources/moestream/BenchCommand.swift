@@ -1,13 +1,14 @@
 import ArgumentParser
 import Foundation
 import MoEExpertStore
+import MoEModel
 import MoERuntime
 import MoESystem
 import MoETensor
 
 struct Bench: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Benchmarks measured against a baseline in the same run.",
-                                                    subcommands: [BenchIO.self, BenchKernels.self])
+                                                    subcommands: [BenchIO.self, BenchKernels.self, BenchLifecycle.self])
 }
 
 struct BenchIO: ParsableCommand {
@@ -182,5 +183,69 @@ struct BenchKernels: ParsableCommand {
         let isaName = isa.rawValue.padding(toLength: 7, withPad: " ", startingAt: 0)
         print(label + String(format: "  %6d  ", tokens) + isaName
               + String(format: " %7.2f  %7.2f  %7.2f  %8.2f×  %.1e", ms, gbps, flops, ratio, error))
+    }
+}
+
+/// Loads a store with its expert cache, runs a short prompt, shuts the cache down and drops everything, N times:
+/// what a long-lived process (a server reloading its model, a test suite) must get back each time.
+struct BenchLifecycle: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "lifecycle",
+        abstract: "Load and drop a store's model and expert cache N times; print open files, threads and RSS after the second and the last.")
+
+    @Argument(help: "An expert store.")
+    var store: String
+
+    @Option(help: "Load/drop cycles.")
+    var cycles: Int = 20
+
+    @OptionGroup(title: "Expert cache") var cacheOptions: CacheOptions
+
+    func run() throws {
+        guard cycles >= 3 else { throw CLIError("--cycles must be at least 3") }
+        try cacheOptions.startKernels()
+        // Dispatch starts its manager thread (with an epoll, an eventfd and a timerfd) lazily, at a moment of its
+        // choosing: start it now so it is not counted as something a cycle left behind.
+        let ready = DispatchSemaphore(value: 0)
+        DispatchQueue.global().asyncAfter(deadline: .now() + .milliseconds(1)) { ready.signal() }
+        ready.wait()
+        var first: ProcessCounts? = nil
+        // One cycle in its own function: everything it made is released when it returns.
+        func once() throws {
+                let s: ExpertStore
+                do { s = try ExpertStore(path: store) } catch { throw CLIError(error.description) }
+                let (config, _) = try cacheOptions.configuration(for: s)
+                let (model, cache): (KimiModel, ExpertCache)
+                do { (model, cache) = try s.loadModel(cache: config) } catch { throw CLIError(error.description) }
+                let prompt = (0..<8).map { $0 % model.config.vocabSize }
+                _ = try model.forward(prompt, cache: model.makeCache(), logits: .last)
+                cache.shutdown()
+        }
+        for cycle in 1...cycles {
+            try once()
+            if cycle == 2 { first = ProcessCounts.now() }  // the first cycle warms up what lives for the process
+        }
+        let last = ProcessCounts.now()
+        let f = first!
+        func mb(_ b: Int) -> String { String(format: "%.1f MB", Double(b) / 1e6) }
+        print("after cycle 2:  \(f.descriptors) open files, \(f.threads) threads, RSS \(mb(f.rssBytes))")
+        print("after cycle \(cycles): \(last.descriptors) open files, \(last.threads) threads, RSS \(mb(last.rssBytes))"
+            + String(format: " (%+.1f%%)", 100 * (Double(last.rssBytes) / Double(max(1, f.rssBytes)) - 1)))
+    }
+}
+
+/// Open descriptors, threads and resident memory of this process, from /proc.
+struct ProcessCounts {
+    var descriptors: Int
+    var threads: Int
+    var rssBytes: Int
+
+    static func now() -> ProcessCounts {
+        let fm = FileManager.default
+        let fds = (try? fm.contentsOfDirectory(atPath: "/proc/self/fd").count) ?? -1
+        let tasks = (try? fm.contentsOfDirectory(atPath: "/proc/self/task").count) ?? -1
+        let statm = (try? String(contentsOfFile: "/proc/self/statm", encoding: .utf8)) ?? ""
+        let pages = statm.split(separator: " ").dropFirst().first.flatMap { Int($0) } ?? 0
+        return ProcessCounts(descriptors: fds, threads: tasks, rssBytes: pages * Int(sysconf(Int32(_SC_PAGESIZE))))
     }
 }

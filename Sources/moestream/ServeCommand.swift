@@ -34,6 +34,12 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "Requests that may wait for the engine; more get a 503.")
     var queue = 64
 
+    @Option(help: ArgumentHelp("Close a connection with no request in progress after this many seconds (silent, half-open or slow headers).", valueName: "seconds"))
+    var idleTimeout = 30
+
+    @Option(help: "Connections open at once; further ones wait in the listen backlog.")
+    var maxConnections = 256
+
     @OptionGroup(title: "Chat format") var chat: ChatOptions
 
     @OptionGroup(title: "Default sampling (requests override)") var sampling: SamplingOptions
@@ -63,12 +69,16 @@ struct Serve: AsyncParsableCommand {
         config.maxTokensLimit = maxTokensLimit
         config.defaultMaxTokens = min(sampling.maxTokens, maxTokensLimit)
         config.maxQueue = queue
+        guard idleTimeout >= 1, maxConnections >= 1 else { throw CLIError("--idle-timeout and --max-connections must be at least 1") }
+        config.idleTimeoutSeconds = idleTimeout
+        config.maxConnections = maxConnections
         config.sampling = sampling.parameters
         let engine = Engine(generator: Generator(model: loaded.model, tokenizer: setup.tokenizer), maxQueue: queue,
                             contextLimit: config.contextLimit)
         let server = OpenAIServer(configuration: config, engine: engine, tokenizer: setup.tokenizer, format: setup.format,
                                   stop: setup.stop, cache: loaded.cache)
-        printError("serving \(model.model) as '\(modelName)' on http://\(host):\(port) (context \(config.contextLimit), queue \(queue)"
+        printError("serving \(model.model) as '\(modelName)' on http://\(host):\(port) (context \(config.contextLimit), queue \(queue), "
+            + "idle timeout \(idleTimeout) s, \(maxConnections) connections"
             + (config.apiKey == nil ? ", no API key: cross-origin and foreign-Host requests refused)" : ", API key required)"))
         if config.apiKey == nil && !OpenAIServer.isLoopbackName(host) {
             printError("""

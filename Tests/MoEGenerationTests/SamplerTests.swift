@@ -98,4 +98,22 @@ import Testing
         }
         #expect(c.stopReason == .cancelled && c.tokens.count < 50)
     }
+
+    /// Cancellation is asked between the prompt's layers and before every token, even when nothing is streamed
+    /// (a tool-call section, a held stop text): a prefill stops within a layer, and the KV cache keeps only what
+    /// it held. Fails when only emitted text is checked (the old behaviour: the callback below never says stop).
+    @Test func cancellationIsCheckedInPrefillAndPerToken() throws {
+        let prompt = tokenizer.encode("Hello there, how are you")
+        let g = Generator(model: model, tokenizer: tokenizer)
+        var asked = 0
+        let cache = model.makeCache()
+        let r = try g.generate(prompt: prompt, cache: cache, sampling: .greedy, maxTokens: 50, stop: [],
+                               cancel: CancelCheck { asked += 1; return asked > 1 }) { _ in true }
+        #expect(r.stopReason == .cancelled && r.tokens.isEmpty && cache.count == 0 && asked == 2)
+        var checks = 0
+        let layers = model.config.numLayers
+        let d = try g.generate(prompt: prompt, cache: model.makeCache(), sampling: .greedy, maxTokens: 50, stop: [],
+                               cancel: CancelCheck { checks += 1; return checks > layers + 3 }) { _ in true }
+        #expect(d.stopReason == .cancelled && d.tokens.count == 4)
+    }
 }
