@@ -316,6 +316,7 @@ def keyless_server_refuses_other_origins(store):
             assert get({})[0] == 200
             assert get({"Origin": f"http://localhost:{port}"})[0] == 200
             for headers in [{"Origin": "http://evil.example"}, {"Origin": "null"}, {"Host": "evil.example"},
+                            {"Origin": "http://127.0.0.1.evil.example"}, {"Host": "127.evil.example"},
                             {"Host": f"rebind.example:{port}"}]:
                 status, body = get(headers)
                 assert status == 403 and json.loads(body)["error"]["code"] in ("foreign_origin", "foreign_host"), (headers, body)

@@ -119,7 +119,10 @@ public final class OpenAIServer: Sendable {
     /// localhost, 127.0.0.0/8, ::1.
     public static func isLoopbackName(_ host: String) -> Bool {
         let h = host.lowercased()
-        return h == "localhost" || h.hasSuffix(".localhost") || h == "::1" || h.hasPrefix("127.")
+        // 127.x.y.z as a dotted quad only: "127.evil.example" is a DNS name an attacker controls.
+        let quad = h.split(separator: ".", omittingEmptySubsequences: false)
+        let isLoopbackQuad = quad.count == 4 && quad[0] == "127" && quad.allSatisfy { UInt8($0) != nil }
+        return h == "localhost" || h.hasSuffix(".localhost") || h == "::1" || isLoopbackQuad
     }
 
     // MARK: - Completions
