@@ -50,7 +50,7 @@ let package = Package(
         // Kimi's tiktoken BPE with its pre-tokenizer, special tokens, chat formats.
         .target(name: "MoETokenizer", dependencies: ["MoESystem"], swiftSettings: optimized),
         // Samplers and the generation loop (and the engine that serialises requests for the CLI and the server).
-        .target(name: "MoEGeneration", dependencies: ["MoEModel", "MoETokenizer"], swiftSettings: optimized),
+        .target(name: "MoEGeneration", dependencies: ["MoETensor", "MoEModel", "MoETokenizer"], swiftSettings: optimized),
         // OpenAI-compatible HTTP API (Hummingbird 2): chat and completions, SSE, models, health, Prometheus metrics.
         .target(name: "MoEServer", dependencies: ["MoEGeneration", "MoETokenizer", "MoERuntime",
                                                   .product(name: "Hummingbird", package: "hummingbird")]),
@@ -68,7 +68,7 @@ let package = Package(
         // The mutation fuzzer over every file kind the engine reads (driven by Tools/fuzz).
         .executableTarget(
             name: "moestream-fuzz",
-            dependencies: ["MoECheckpoint", "MoEModel", "MoEExpertStore", "MoERuntime", "MoETokenizer"],
+            dependencies: ["MoECheckpoint", "MoETensor", "MoEModel", "MoEExpertStore", "MoERuntime", "MoETokenizer"],
             swiftSettings: optimized
         ),
         // Shared by the test targets: fixture paths, reference outputs, a safetensors writer for planting damage.

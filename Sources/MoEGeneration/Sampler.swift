@@ -1,4 +1,5 @@
 import Foundation
+import MoETensor
 
 /// How the next token is chosen. Defaults follow Kimi's advice (temperature 0.6); every filter is off unless set.
 public struct SamplingParameters: Sendable, Equatable, Codable {
@@ -108,15 +109,8 @@ struct Xoshiro256 {
     var s: (UInt64, UInt64, UInt64, UInt64)
 
     init(seed: UInt64) {
-        var x = seed
-        func next() -> UInt64 {
-            x &+= 0x9E37_79B9_7F4A_7C15
-            var z = x
-            z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-            z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-            return z ^ (z >> 31)
-        }
-        s = (next(), next(), next(), next())
+        var g = SplitMix(seed: seed)
+        s = (g.next(), g.next(), g.next(), g.next())
     }
 
     mutating func next() -> UInt64 {

@@ -1,6 +1,7 @@
 import Foundation
 import MoEExpertStore
 import MoESystem
+import MoETensor
 
 /// Reads whole expert extents at random from one expert file as fast as the engine can, `depth` at a time:
 /// the number to hold against fio on the same file, block size and depth.
@@ -36,7 +37,7 @@ public struct IOBenchmark {
         memset(memory.baseAddress!, 0, memory.count)
         let (reader, fallback) = makeBlockReader(engine, files: files, depth: depth, registeredRegions: [memory])
         if let fallback { FileHandle.standardError.write((fallback + "\n").data(using: .utf8)!) }
-        var rng = SplitMix64(seed: 42)
+        var rng = SplitMix(seed: 42)
         var offsetOf = [Int](repeating: 0, count: depth)
         func request(_ slot: Int) -> ReadRequest {
             let e = Int(rng.next() % UInt64(extents))
@@ -73,19 +74,6 @@ public struct IOBenchmark {
         }
         let elapsed = ContinuousClock.now - start
         return Result(bytes: bytes, seconds: elapsed.seconds, reads: reads, engine: reader.engine, direct: files.direct)
-    }
-}
-
-/// Deterministic, dependency-free random numbers for benchmarks.
-struct SplitMix64 {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
     }
 }
 

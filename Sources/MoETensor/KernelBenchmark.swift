@@ -80,34 +80,12 @@ public enum KernelBenchmark {
     }
 }
 
-/// A small deterministic generator (SplitMix64) for test and benchmark data.
-public struct SplitMix: Sendable {
-    var state: UInt64
-    public init(seed: UInt64) { state = seed }
-    public mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-    /// Uniform in [0, 1).
-    public mutating func unit() -> Double { Double(next() >> 11) / Double(1 << 53) }
-    /// Standard normal (Box–Muller).
-    public mutating func normal() -> Double {
-        let u = max(unit(), 1e-300), v = unit()
-        return (-2 * _log(u)).squareRoot() * _cos(2 * Double.pi * v)
-    }
-}
-
 public func monotonicSeconds() -> Double {
     var t = timespec()
     clock_gettime(CLOCK_MONOTONIC, &t)
     return Double(t.tv_sec) + Double(t.tv_nsec) * 1e-9
 }
 
-@inline(__always) private func _log(_ x: Double) -> Double { Glibc.log(x) }
-@inline(__always) private func _cos(_ x: Double) -> Double { Glibc.cos(x) }
 
 #if canImport(Glibc)
 import Glibc

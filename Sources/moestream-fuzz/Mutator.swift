@@ -1,20 +1,10 @@
+import MoETensor
+
 /// Deterministic mutations of a file's bytes: every case is a pure function of (seed, kind, case number), so a
 /// crash found once is found again by the same command, and its input can be rebuilt from three numbers.
 
-/// SplitMix64: small, fast, and the same sequence on every machine.
-struct SplitMix64 {
-    var state: UInt64
-
-    init(seed: UInt64) { state = seed }
-
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-
+/// The choices a mutation makes, drawn from MoETensor's SplitMix64 (the same sequence on every machine).
+extension SplitMix {
     /// Uniform in 0..<n (n > 0).
     mutating func below(_ n: Int) -> Int { Int(next() % UInt64(max(1, n))) }
 
@@ -33,7 +23,7 @@ enum MutationStyle {
 }
 
 struct Mutator {
-    var rng: SplitMix64
+    var rng: SplitMix
 
     /// Numbers that break arithmetic: zero, signs, powers of two around Int32/Int64/UInt64 limits, huge and tiny
     /// floats.

@@ -73,7 +73,12 @@ struct Seeds {
         for f in ["kimi_k2.trace", "deepseek_v3.trace"] {
             try fm.copyItem(atPath: fixtures + "/traces/" + f, toPath: s.directory(.traces) + "/" + f)
         }
-        try StoreConverter(source: s.directory(.checkpoint), output: s.directory(.store)).run()
+        // Converted from inside `root` with relative paths: the manifest records its source path, and a seed that
+        // depended on --work would make the same seed and case number mutate different bytes.
+        let previous = fm.currentDirectoryPath
+        fm.changeCurrentDirectoryPath(root)
+        defer { fm.changeCurrentDirectoryPath(previous) }
+        try StoreConverter(source: FileKind.Seed.checkpoint.rawValue, output: FileKind.Seed.store.rawValue).run()
         fm.createFile(atPath: root + "/ready", contents: Data())
         return s
     }

@@ -1,5 +1,6 @@
 import Foundation
 import MoEExpertStore
+import MoETensor
 
 /// moestream-fuzz: a deterministic mutation fuzzer over every file the engine reads from outside (safetensors
 /// shards, config.json, the shard index, a store's manifest, expert extents and resident file, tiktoken.model,
@@ -140,7 +141,7 @@ case "run", "replay":
         let kinds = o.kinds.map { FileKind.named($0)! }
         for i in o.from..<o.cases {
             let kind = kinds[i % kinds.count]
-            var m = Mutator(rng: SplitMix64(seed: o.seed &* 0x9E37_79B9_7F4A_7C15 ^ UInt64(i)))
+            var m = Mutator(rng: SplitMix(seed: o.seed &* 0x9E37_79B9_7F4A_7C15 ^ UInt64(i)))
             let targets = kind.targets(seeds)
             let target = m.rng.pick(targets)
             let original = Array(FileManager.default.contents(atPath: seeds.directory(kind.seed) + "/" + target) ?? Data())
