@@ -291,8 +291,9 @@ def metrics_are_prometheus_text():
 def keyless_server_refuses_other_origins(store):
     """Without a key: a browser page elsewhere (Origin) or a rebound DNS name (Host) is refused; this machine is not."""
     port = PORT + 1
+    log = open(os.path.join(os.path.dirname(store), "keyless-server.log"), "w")
     server = subprocess.Popen([BIN, "serve", store, "--port", str(port), "--cache", "50%", "--queue", "1",
-                               "--idle-timeout", "1", "--max-connections", "8"], stderr=subprocess.PIPE, text=True)
+                               "--idle-timeout", "1", "--max-connections", "8"], stderr=log, text=True)
 
     def get(headers):
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
@@ -387,7 +388,8 @@ def main():
         f.write(KEY + "\n")
     # The key comes from a file (not the command line, where `ps` shows it).
     server = subprocess.Popen([BIN, "serve", store, "--port", str(PORT), "--api-key-file", key_file, "--context", str(CONTEXT),
-                               "--max-tokens-limit", "1000", "--cache", "50%"], stderr=subprocess.PIPE, text=True)
+                               "--max-tokens-limit", "1000", "--cache", "50%"], stderr=open(os.path.join(work, "server.log"), "w"),
+                              text=True)
     try:
         deadline = time.time() + 120
         while time.time() < deadline:
@@ -422,6 +424,11 @@ def main():
             server.kill()
     keyless_server_refuses_other_origins(store)
     failed = [n for n, e in results if e]
+    if failed:
+        # The servers' own words (a crash, a sanitizer report) explain a failure better than a refused connection.
+        for name in ["server.log", "keyless-server.log"]:
+            with open(os.path.join(work, name), errors="replace") as f:
+                print(f"--- last lines of {name} ---\n" + "".join(f.readlines()[-40:]), flush=True)
     print(f"server: {len(results) - len(failed)} passed, {len(failed)} failed")
     sys.exit(1 if failed else 0)
 
