@@ -1,3 +1,4 @@
+import Foundation
 import MoESystem
 import MoETensor
 
@@ -28,6 +29,19 @@ public struct CacheConfiguration: Sendable {
     public var directIO: Bool = true
     /// Compute threads computing experts, split over the nodes in proportion to their CPUs (at least one each).
     public var computeThreads: Int = ProcessInfoCores.active
+    /// Reads of one expert that may fail in a row (I/O error, short read, checksum mismatch) before the request
+    /// waiting for it fails; the next request for that expert tries again.
+    public var readAttempts: Int = 3
+    /// Threads per node that verify finished reads; nil: one per eight CPUs of the node, 1…4.
+    public var checksumThreads: Int? = nil
+    /// How long a node whose reader failed waits for the reads it had started before retiring their slots.
+    public var drainLimit: Duration = .seconds(5)
+    /// Faults to inject into the reads (tests only; empty: none).
+    public var faults = FaultPlan()
+    /// Where the cache says, once, that a node's reader failed and what replaced it.
+    public var log: @Sendable (String) -> Void = { line in
+        FileHandle.standardError.write(Data(("moestream: " + line + "\n").utf8))
+    }
 
     public init(budgets: [Int], topology: NumaTopology) {
         self.budgets = budgets

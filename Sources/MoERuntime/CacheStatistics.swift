@@ -66,6 +66,18 @@ public struct CacheStatistics: Codable, Sendable, Equatable {
     public var ioDepth = 0
     public var extentBytes = 0
     public var direct = false
+    /// Reads repeated after an I/O error, a short read or a checksum mismatch.
+    public var readRetries = 0
+    /// Reads that failed `readAttempts` times in a row (each failed the request waiting for it).
+    public var failedReads = 0
+    /// Completions for a slot's earlier read, arriving after the slot was read again (ignored).
+    public var staleCompletions = 0
+    /// Times a node's reader failed and was replaced by a pread pool.
+    public var readerFailures = 0
+    /// Slots retired because their read was in flight on a failed ring and never came back.
+    public var retiredSlots = 0
+    public var readAttempts = 0
+    public var checksumThreads = 0
 
     public var total: Layer {
         var t = Layer(layer: -1, experts: 0)
@@ -102,6 +114,10 @@ public struct CacheStatistics: Codable, Sendable, Equatable {
         out.append(String(format: "  all  %8d  %@  %6d  %8d  %4d  %4d  %6d  %9.1f  %9.1f", t.requests, pct(t.hits, t.requests),
                           t.demandHits, t.prefetchHits, t.latePrefetches, t.misses, t.wastedPrefetches,
                           t.stallSeconds * 1e3, Double(t.bytesRead) / 1e6))
+        if readRetries + failedReads + staleCompletions + readerFailures + retiredSlots > 0 {
+            out.append("read faults: \(readRetries) retried, \(failedReads) failed after \(readAttempts) attempts, "
+                       + "\(staleCompletions) stale completions ignored, \(readerFailures) reader failures, \(retiredSlots) slots retired")
+        }
         if preloadedExperts > 0 { out.append("preloaded \(preloadedExperts) experts before the first request") }
         if t.prefetchesIssued > 0 {
             let used = t.prefetchHits + t.latePrefetches

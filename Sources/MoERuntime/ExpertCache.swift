@@ -9,11 +9,13 @@ import MoETensor
 /// per node (io_uring or pread), evicted by a policy, served to the model through `ExpertProviding`.
 ///
 /// Slots are allocated once, on their node, and registered with the node's ring; the token path allocates
-/// nothing. A slot is `empty`, `loading` or `ready` (or `failed`, when its read or checksum failed). Slots the
-/// model is computing with are pinned and never evicted. The model gets the same bytes whatever the budget,
+/// nothing. A slot is `empty`, `loading` (queued or being read), `verifying` (read; its checksum pool is
+/// hashing it) or `ready`; `failed` when its read or checksum failed `readAttempts` times in a row, `lost` when
+/// its read was in flight on a ring that broke (the kernel may still write into it, so it is never used again).
+/// Slots the model is computing with are pinned and never evicted. The model gets the same bytes whatever the budget,
 /// policy, prefetch or engine, and its MoE sum does not depend on delivery order: output is bit-identical.
 public final class ExpertCache: ExpertProviding, @unchecked Sendable {
-    enum SlotState: UInt8 { case empty, loading, ready, failed }
+    enum SlotState: UInt8 { case empty, loading, verifying, ready, failed, lost }
 
     public let configuration: CacheConfiguration
     let layout: ExpertLayout
@@ -39,6 +41,10 @@ public final class ExpertCache: ExpertProviding, @unchecked Sendable {
     var slotUsed: [Bool]             // used since loaded
     var slotTarget: [Int]            // for prefetches: the position it is for (stale after it)
     var slotError: [String?]
+    /// Bumped for every read of the slot; a read's tag carries it (`readTag`).
+    var slotGeneration: [UInt32]
+    /// Reads of the current expert that failed in a row.
+    var slotAttempts: [UInt8]
     var slotOf: [Int32]              // key → slot or -1
     var policies: [any EvictionPolicy]
     var candidates: [UnsafeMutableBufferPointer<Int32>]  // per node scratch for victim search
@@ -60,6 +66,9 @@ public final class ExpertCache: ExpertProviding, @unchecked Sendable {
     var demandQueue: [[Int32]]
     var prefetchQueue: [[Int32]]
     var workers: [NodeWorker] = []
+    var checksumPools: [ChecksumPool] = []
+    /// The last few tags of ignored completions (for the tests of late completions).
+    var staleTags: [UInt64] = []
     var stopping = false
     var tick: UInt64 = 0
     /// step · layers + layer of the request being served: prefetches for earlier positions are stale.
@@ -137,6 +146,8 @@ public final class ExpertCache: ExpertProviding, @unchecked Sendable {
         slotUsed = Array(repeating: false, count: total)
         slotTarget = Array(repeating: 0, count: total)
         slotError = Array(repeating: nil, count: total)
+        slotGeneration = Array(repeating: 0, count: total)
+        slotAttempts = Array(repeating: 0, count: total)
         slotOf = Array(repeating: -1, count: moeLayers.count * expertsPerLayer)
         pendingExpert = .allocate(capacity: expertsPerLayer)
         pendingSlot = .allocate(capacity: expertsPerLayer)
@@ -172,9 +183,19 @@ public final class ExpertCache: ExpertProviding, @unchecked Sendable {
             let made = makeBlockReader(configuration.engine, files: files, depth: configuration.ioDepth, registeredRegions: regions)
             if let f = made.fallback { fallbackMessage = f }
             engineName = made.reader.engine
-            workers.append(NodeWorker(cache: self, node: i, reader: made.reader, cpus: configuration.topology.isReal
-                                        ? configuration.topology.nodes[i].cpus : []))
+            var reader = made.reader
+            if let ring = reader as? URingReader { ring.injectedSubmitResults = configuration.faults.ringSubmitResults }
+            if !configuration.faults.rules.isEmpty { reader = FaultyReader(reader, plan: configuration.faults) }
+            let cpus = configuration.topology.isReal ? configuration.topology.nodes[i].cpus : []
+            workers.append(NodeWorker(cache: self, node: i, reader: reader, cpus: cpus))
+            let threads = configuration.checksumThreads ?? ChecksumPool.threads(cpus: configuration.topology.nodes[i].cpus.count)
+            checksumPools.append(ChecksumPool(threads: threads, cpus: cpus, name: "moe-sum\(i)") { [self] tag, ok in
+                verified(tag: tag, ok: ok)
+            })
         }
+        stats.checksumThreads = checksumPools.isEmpty ? 0
+            : configuration.checksumThreads ?? ChecksumPool.threads(cpus: configuration.topology.nodes[0].cpus.count)
+        stats.readAttempts = configuration.readAttempts
         stats.engine = engineName
         if configuration.prefetch != .off { prefetcher = makePrefetcher(configuration.prefetch) }
         pools = ComputePools(cache: self, topology: configuration.topology, threads: configuration.computeThreads,
@@ -202,10 +223,12 @@ public final class ExpertCache: ExpertProviding, @unchecked Sendable {
         lock.broadcast()
         lock.unlock()
         workers.forEach { $0.join() }
+        checksumPools.forEach { $0.join() }  // after the workers: they queue checks until their last read is in
         pools?.join()
         // The threads are gone: break the cycles (worker → cache → worker) so the rings and memory go with the cache.
         lock.lock()
         workers = []
+        checksumPools = []
         pools = nil
         prefetcher = nil
         lock.unlock()
@@ -233,7 +256,7 @@ public final class ExpertCache: ExpertProviding, @unchecked Sendable {
         for s in start..<(start + count) {
             switch slotState[s] {
             case .empty: return s
-            case .loading: continue
+            case .loading, .verifying, .lost: continue
             case .ready, .failed:
                 if slotPins[s] > 0 { continue }
                 if protectPrefetched && slotFromPrefetch[s] && !slotUsed[s] { continue }
@@ -267,6 +290,7 @@ public final class ExpertCache: ExpertProviding, @unchecked Sendable {
         slotFromPrefetch[s] = prefetch
         slotUsed[s] = false
         slotTarget[s] = target
+        slotAttempts[s] = 0
         let n = node(ofSlot: s)
         stats.nodes[n].occupied += 1
         policies[n].filled(s - nodeStart[n], now: tick)
@@ -297,28 +321,129 @@ public final class ExpertCache: ExpertProviding, @unchecked Sendable {
 
     // MARK: - I/O completions (called by node workers)
 
-    /// Verifies a finished read and publishes the slot (ready or failed).
-    func completed(slot s: Int, result: Int) {
-        lock.lock()
-        let k = Int(slotKey[s])  // stable while loading (loading slots are never evicted), read under the lock
-        lock.unlock()
+    /// The tag of the slot's current read: generation in the high 32 bits, slot in the low.
+    @inline(__always) func readTag(_ s: Int) -> UInt64 { UInt64(slotGeneration[s]) << 32 | UInt64(UInt32(s)) }
+
+    /// The slot a tag names, if the tag is of the slot's current read and the slot is in `state`.
+    private func current(_ tag: UInt64, _ state: SlotState) -> Int? {
+        let s = Int(tag & 0xFFFF_FFFF)
+        guard s < totalSlots, slotGeneration[s] == UInt32(tag >> 32), slotState[s] == state else { return nil }
+        return s
+    }
+
+    /// Where the slot's expert lives on disk, for error messages.
+    private func location(ofSlot s: Int) -> (ordinal: Int, expert: Int, text: String) {
+        let k = Int(slotKey[s])
         let ordinal = k / expertsPerLayer, e = k % expertsPerLayer
-        var error: String? = nil
-        if result != extent {
-            error = result < 0 ? "read failed: \(String(cString: strerror(Int32(-result)))) in \(filePaths[ordinal]) at offset \(e * extent)"
-                : "short read (\(result) of \(extent) bytes) in \(filePaths[ordinal]) at offset \(e * extent)"
-        } else if XXHash64.hash(buffer(s), count: extent) != checksums[ordinal][e] {
-            error = "checksum mismatch in \(filePaths[ordinal]) at offset \(e * extent)"
-        }
+        return (ordinal, e, "\(filePaths[ordinal]) at offset \(e * extent)")
+    }
+
+    /// A finished read (called by the node's worker): a full read goes to the node's checksum pool, anything
+    /// else is retried or fails. A completion for an earlier read of the slot is counted and ignored.
+    func completed(tag: UInt64, result: Int) {
         lock.lock()
-        slotState[s] = error == nil ? .ready : .failed
-        slotError[s] = error
+        defer { lock.unlock() }
+        guard let s = current(tag, .loading) else {
+            stats.staleCompletions += 1
+            if staleTags.count < 16 { staleTags.append(tag) }
+            return
+        }
+        let (ordinal, e, at) = location(ofSlot: s)
         if result > 0 {
             stats.layers[ordinal].bytesRead += result
             stats.nodes[node(ofSlot: s)].bytesRead += result
         }
+        guard result == extent else {
+            readFailed(s, result < 0 ? "read failed: \(String(cString: strerror(Int32(-result)))) in \(at)"
+                       : "short read (\(result) of \(extent) bytes) in \(at)")
+            return
+        }
+        slotState[s] = .verifying
+        checksumPools[node(ofSlot: s)].enqueue(tag: tag, bytes: buffer(s), count: extent, expected: checksums[ordinal][e])
+    }
+
+    /// A checksum pool's verdict on a slot's bytes.
+    func verified(tag: UInt64, ok: Bool) {
+        lock.lock()
+        defer { lock.unlock() }
+        guard let s = current(tag, .verifying) else {
+            stats.staleCompletions += 1
+            return
+        }
+        if ok {
+            slotState[s] = .ready
+            lock.broadcast()
+        } else {
+            readFailed(s, "checksum mismatch in \(location(ofSlot: s).text)")
+        }
+    }
+
+    /// A read of slot `s` failed: read it again, or after `readAttempts` failures in a row mark it failed (the
+    /// requests waiting for it then fail with `why`; a later request tries again). Lock held.
+    private func readFailed(_ s: Int, _ why: String) {
+        let attempts = Int(slotAttempts[s]) + 1
+        if attempts < configuration.readAttempts {
+            slotAttempts[s] = UInt8(min(attempts, 255))
+            stats.readRetries += 1
+            slotState[s] = .loading
+            demandQueue[node(ofSlot: s)].append(Int32(s))
+        } else {
+            stats.failedReads += 1
+            slotState[s] = .failed
+            slotError[s] = attempts > 1 ? "\(why) (\(attempts) attempts)" : why
+        }
         lock.broadcast()
+    }
+
+    /// Tags of the node's reads that are in flight (loading and not queued), other than `excluding`.
+    func loadingTags(node n: Int, excluding: Set<UInt64>) -> [UInt64] {
+        lock.lock()
+        defer { lock.unlock() }
+        return (nodeStart[n]..<(nodeStart[n] + nodeSlots[n])).filter {
+            slotState[$0] == .loading && !demandQueue[n].contains(Int32($0)) && !prefetchQueue[n].contains(Int32($0))
+        }.map(readTag).filter { !excluding.contains($0) }
+    }
+
+    /// Reads a failed reader accepted but never started: queue them again (on the reader that replaces it).
+    func readsAbandoned(_ tags: [UInt64]) {
+        lock.lock()
+        defer { lock.unlock() }
+        for t in tags {
+            guard let s = current(t, .loading) else { continue }
+            demandQueue[node(ofSlot: s)].append(Int32(s))
+        }
+        lock.broadcast()
+    }
+
+    /// Reads a failed reader started and never returned: their slots are retired for good (the kernel may still
+    /// write into them); requests waiting for them fail with `reason`, and their experts are read again elsewhere.
+    func readsLost(_ tags: [UInt64], reason: String) {
+        lock.lock()
+        defer { lock.unlock() }
+        for t in tags {
+            guard let s = current(t, .loading) else { continue }
+            let k = Int(slotKey[s])
+            if k >= 0 {
+                slotOf[k] = -1
+                stats.nodes[node(ofSlot: s)].occupied -= 1
+            }
+            slotKey[s] = -1
+            slotState[s] = .lost
+            slotError[s] = reason
+            stats.retiredSlots += 1
+        }
+        lock.broadcast()
+    }
+
+    /// A node's worker replaced its failed reader: say so once, and report the engine now in use.
+    func readerReplaced(node: Int, engine: String, message: String) {
+        lock.lock()
+        fallbackMessage = message
+        engineName = engine
+        stats.engine = engine
+        stats.readerFailures += 1
         lock.unlock()
+        configuration.log(message)
     }
 
     func readsStarted(_ n: Int) {
@@ -382,17 +507,18 @@ public final class ExpertCache: ExpertProviding, @unchecked Sendable {
             switch slotState[s] {
             case .ready:
                 if slotFromPrefetch[s] && !slotUsed[s] { stats.layers[ordinal].prefetchHits += 1 } else { stats.layers[ordinal].demandHits += 1 }
-            case .loading:
+            case .loading, .verifying:
                 if slotFromPrefetch[s] {
                     stats.layers[ordinal].latePrefetches += 1
                     promote(s)
                 } else {
                     stats.layers[ordinal].misses += 1
                 }
-            case .failed, .empty:
-                // A read that failed for an earlier request: try once more (the error may have been transient).
+            case .failed, .empty, .lost:
+                // A read that failed for an earlier request: try again (the error may have been transient).
                 stats.layers[ordinal].misses += 1
                 slotState[s] = .loading
+                slotAttempts[s] = 0
                 slotFromPrefetch[s] = false
                 demandQueue[node(ofSlot: s)].append(Int32(s))
                 lock.broadcast()
@@ -422,7 +548,7 @@ public final class ExpertCache: ExpertProviding, @unchecked Sendable {
                         pools!.enqueue(jobCount, node: node(ofSlot: s))
                         jobCount += 1
                         jobsPending += 1
-                    case .failed:
+                    case .failed, .lost:
                         failure = .expertUnavailable(layer: layer, expert: e, reason: slotError[s] ?? "read failed")
                         slotPins[s] -= 1
                     default:

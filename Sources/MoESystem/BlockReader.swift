@@ -33,16 +33,25 @@ public struct ReadCompletion: Sendable {
 }
 
 /// Reads file blocks asynchronously. Owned by one thread (the node's ring owner): not thread-safe.
+///
+/// A reader either works or is broken. A transient refusal by the kernel (EAGAIN, EBUSY) is not an error: the
+/// reads stay accepted and start on a later `submit` or `complete`. When `submit` or `complete` throws, the
+/// reader is broken: the owner calls `abandon()` once, drains what is still in flight through `complete`, and
+/// replaces the reader.
 public protocol BlockReader: AnyObject {
     /// "io_uring" or "pread".
     var engine: String { get }
-    /// Requests in flight now, and the most allowed (the queue depth).
+    /// Reads accepted by `submit` and not yet returned by `complete` (started or not), and the most allowed.
     var inFlight: Int { get }
     var depth: Int { get }
-    /// Starts `requests` (at most `depth − inFlight` of them). Throws on a submission failure.
+    /// Accepts `requests` (at most `depth − inFlight` of them) and starts what the kernel takes now.
     func submit(_ requests: [ReadRequest]) throws(SystemError)
     /// Returns finished reads; waits up to `waitNanoseconds` for the first (negative: until one finishes).
     func complete(waitNanoseconds: Int64, into out: inout [ReadCompletion]) throws(SystemError)
+    /// After a throw: starts nothing more, and returns the tags of accepted reads that never reached the kernel
+    /// (they will never complete and their buffers are untouched). Reads that did reach it are still in
+    /// `inFlight` and still come back through `complete`.
+    func abandon() -> [UInt64]
 }
 
 /// Which engine to read with.

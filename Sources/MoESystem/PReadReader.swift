@@ -85,6 +85,14 @@ public final class PReadReader: BlockReader, @unchecked Sendable {
         queue.lock.unlock()
     }
 
+    public func abandon() -> [UInt64] {
+        queue.lock.lock()
+        defer { queue.lock.unlock() }
+        let tags = queue.pending.map(\.tag)
+        queue.pending.removeAll()
+        return tags
+    }
+
     public func complete(waitNanoseconds: Int64, into out: inout [ReadCompletion]) throws(SystemError) {
         let q = queue
         q.lock.lock()
