@@ -50,7 +50,7 @@ struct BenchIO: ParsableCommand {
         bench.seconds = max(1, seconds / 4)
         _ = try bench.run()  // warm-up: device and the buffers' page tables
         bench.seconds = seconds
-        var ours: [Double] = [], verified: [Double] = [], fio: [Double] = []
+        var ours: [Double] = [], verified: [Double] = [], fio: [Double] = [], paired: [Double] = []
         var engine = "", direct = false
         for round in 1...rounds {
             bench.checksums = nil
@@ -60,6 +60,7 @@ struct BenchIO: ParsableCommand {
             ours.append(r.gbps)
             bench.checksums = file.checksums.map { UInt64($0, radix: 16) ?? 0 }
             verified.append(try bench.run().gbps)
+            paired.append(verified.last! / max(ours.last!, 1e-9))
             guard let f = try runFio(path: path, extent: extent) else {
                 print("fio not found: install it (apt-get install -y fio) to compare against the drive's limit")
                 return
@@ -74,6 +75,21 @@ struct BenchIO: ParsableCommand {
         print(String(format: "fio (%@, O_DIRECT)        median %7.3f GB/s", ioEngine == .uring ? "io_uring" : "psync", median(fio)))
         print(String(format: "ratio moestream / fio          %7.2f", median(ours) / max(median(fio), 1e-9)))
         print(String(format: "ratio verified / fio           %7.2f", median(verified) / max(median(fio), 1e-9)))
+        print(String(format: "ratio verified / unverified    %7.2f (median over rounds; checksums on %d thread%@ at %.1f GB/s each, off the I/O thread)",
+                     median(paired), bench.checksumThreads, bench.checksumThreads == 1 ? "" : "s", hashSpeed(extent)))
+    }
+
+    /// xxHash64 on one thread over one extent of this store, GB/s.
+    func hashSpeed(_ extent: Int) -> Double {
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: extent, alignment: 4096)
+        defer { buffer.deallocate() }
+        for i in stride(from: 0, to: extent, by: 8) { buffer.storeBytes(of: UInt64(i) &* 0x9E37_79B9_7F4A_7C15, toByteOffset: i, as: UInt64.self) }
+        var sink: UInt64 = 0
+        let start = ContinuousClock.now
+        for _ in 0..<8 { sink ^= XXHash64.hash(buffer.baseAddress!, count: extent) }
+        let t = ContinuousClock.now - start
+        let seconds = Double(t.components.seconds) + Double(t.components.attoseconds) * 1e-18
+        return sink == 42 ? 0 : Double(8 * extent) / max(seconds, 1e-9) / 1e9
     }
 
     func runFio(path: String, extent: Int) throws -> (gbps: Double, reads: Int)? {
