@@ -350,28 +350,63 @@ def keyless_server_refuses_other_origins(store):
 
         @test
         def a_full_queue_is_a_503():
-            # --queue 1: eight requests at once; one runs, one waits, and the others are refused with 503 queue_full
+            # --queue 1: eight requests at once (seven, and one too long); one runs, one waits, and the others are refused with 503 queue_full
             # (at least one, whatever the timing: they arrive within milliseconds, each answer takes far longer).
             import threading
-            body = json.dumps({"messages": HELLO, "max_tokens": 400}).encode()
+            # Greedy: the answer runs to max_tokens (~1 s here); sampled answers may end after a few tokens.
+            body = json.dumps({"messages": HELLO, "max_tokens": 400, "temperature": 0}).encode()
             barrier = threading.Barrier(8)
             statuses = []
 
-            def one():
+            def one(together=True):
                 conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
-                barrier.wait()
+                if together:
+                    barrier.wait()
                 conn.request("POST", "/v1/chat/completions", body=body, headers={"Content-Type": "application/json"})
                 r = conn.getresponse()
                 text = r.read().decode()
                 statuses.append((r.status, json.loads(text).get("error", {}).get("code") if r.status != 200 else None))
                 conn.close()
 
-            threads = [threading.Thread(target=one) for _ in range(8)]
+            # While the queue is full, a prompt too long for the context is refused as busy (503), not as too long
+            # (400): the server takes a place in the queue before it tokenises a prompt.
+            long_status = []
+            fillers = []
+
+            def too_long():
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+                barrier.wait()
+                # Until the queue is full (one running, one waiting), as /metrics says. If every other request was
+                # refused while the first still sat in the queue, one more fills the place behind the running one.
+                deadline = time.time() + 60
+                while time.time() < deadline:
+                    c = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+                    c.request("GET", "/metrics")
+                    metrics = c.getresponse().read().decode().splitlines()
+                    c.close()
+                    running, queued = "moestream_requests_running 1" in metrics, "moestream_requests_queued 1" in metrics
+                    if running and queued:
+                        break
+                    if running and not fillers:
+                        fillers.append(threading.Thread(target=one, args=(False,)))
+                        fillers[-1].start()
+                    time.sleep(0.01)
+                # Longer than this server's context (the model's 8192 tokens); each answer above takes ~1 s.
+                long_body = json.dumps({"messages": [{"role": "user", "content": "a " * 8400}], "max_tokens": 4})
+                conn.request("POST", "/v1/chat/completions", body=long_body.encode(), headers={"Content-Type": "application/json"})
+                r = conn.getresponse()
+                long_status.append((r.status, json.loads(r.read().decode()).get("error", {}).get("code")))
+                conn.close()
+
+            threads = [threading.Thread(target=one) for _ in range(7)] + [threading.Thread(target=too_long)]
             for t in threads:
                 t.start()
             for t in threads:
                 t.join()
+            for t in fillers:
+                t.join()
             assert (503, "queue_full") in statuses and (200, None) in statuses, statuses
+            assert long_status == [(503, "queue_full")], long_status
         a_full_queue_is_a_503()
     finally:
         server.terminate()

@@ -35,6 +35,17 @@ public final class Engine: @unchecked Sendable {
 
     public enum SubmitError: Error { case queueFull(Int) }
 
+    /// A place in the queue, taken before the server spends CPU on a request (tokenising its prompt), so a full
+    /// queue refuses a request before any of that work. Given back when dropped unused.
+    public final class Admission: @unchecked Sendable {  // `used` is touched only by its owner, then the engine under its lock
+        fileprivate let engine: Engine
+        fileprivate var used = false
+
+        fileprivate init(engine: Engine) { self.engine = engine }
+
+        deinit { if !used { engine.release() } }
+    }
+
     /// Counters for /metrics.
     public struct Counters: Sendable {
         public var requests = 0
@@ -70,6 +81,8 @@ public final class Engine: @unchecked Sendable {
     public let contextLimit: Int
     private let lock = NSCondition()
     private var jobs: [Job] = []
+    /// Admissions taken and not yet submitted or dropped: they count against `maxQueue`.
+    private var admitted = 0
     private var counters = Counters()
     private var stopping = false
     private let finished = DispatchSemaphore(value: 0)
@@ -92,17 +105,40 @@ public final class Engine: @unchecked Sendable {
         return counters
     }
 
+    /// Takes a place in the queue for a request still to be prepared. Throws when `maxQueue` requests already
+    /// wait or are being admitted.
+    public func admit() throws(SubmitError) -> Admission {
+        lock.lock()
+        defer { lock.unlock() }
+        guard jobs.count + admitted < maxQueue, !stopping else {
+            counters.rejected += 1
+            throw .queueFull(maxQueue)
+        }
+        admitted += 1
+        return Admission(engine: self)
+    }
+
+    private func release() {
+        lock.lock()
+        admitted -= 1
+        lock.unlock()
+    }
+
     /// Queues `request`; its events arrive on the stream. Throws when `maxQueue` requests already wait.
     public func submit(_ request: Request) throws(SubmitError) -> (events: AsyncStream<Event>, cancellation: Cancellation) {
+        submit(request, admission: try admit())
+    }
+
+    /// Queues `request` in the place `admission` holds.
+    public func submit(_ request: Request, admission: Admission) -> (events: AsyncStream<Event>, cancellation: Cancellation) {
+        precondition(admission.engine === self && !admission.used, "an admission is used once, on its own engine")
         let cancellation = Cancellation()
         let (stream, continuation) = AsyncStream<Event>.makeStream(bufferingPolicy: .unbounded)
         continuation.onTermination = { _ in cancellation.cancel() }
         lock.lock()
         defer { lock.unlock() }
-        guard jobs.count < maxQueue else {
-            counters.rejected += 1
-            throw .queueFull(maxQueue)
-        }
+        admission.used = true
+        admitted -= 1
         counters.requests += 1
         counters.queued += 1
         jobs.append(Job(request: request, cancellation: cancellation, continuation: continuation))

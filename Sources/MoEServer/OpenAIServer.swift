@@ -139,6 +139,12 @@ public final class OpenAIServer: Sendable {
             parsed = try ParsedRequest(json: Data(buffer: body), chat: chat, defaults: configuration.sampling,
                                        defaultMaxTokens: configuration.defaultMaxTokens, maxTokensLimit: configuration.maxTokensLimit)
         } catch { return Self.error(error) }
+        // A place in the queue first: a full queue refuses before the prompt costs any tokenising.
+        let admission: Engine.Admission
+        do { admission = try engine.admit() } catch {
+            return Self.error(APIError(503, "the server is busy (\(engine.maxQueue) requests waiting); try again", type: "server_error",
+                                       code: "queue_full"))
+        }
         // Special tokens come only from the template, by id: every field a client wrote (content, names, ids,
         // tool declarations, reasoning, a raw prompt) is encoded with specials spelled in it as plain text, so
         // none can forge a turn boundary, whatever its Unicode.
@@ -157,15 +163,10 @@ public final class OpenAIServer: Sendable {
                                        param: chat ? "messages" : "prompt", code: "context_length_exceeded"))
         }
         let maxTokens = min(parsed.maxTokens, configuration.contextLimit - ids.count)
-        let submitted: (events: AsyncStream<Engine.Event>, cancellation: Engine.Cancellation)
-        do {
-            let quiet = Set(["<|tool_calls_section_begin|>"].compactMap { tokenizer.specialIDs[$0] })
-            submitted = try engine.submit(Engine.Request(prompt: ids, sampling: parsed.sampling, maxTokens: maxTokens, stop: stop,
-                                                         stopTexts: parsed.stopTexts, quietAfter: chat ? quiet : []))
-        } catch {
-            return Self.error(APIError(503, "the server is busy (\(engine.maxQueue) requests waiting); try again", type: "server_error",
-                                       code: "queue_full"))
-        }
+        let quiet = Set(["<|tool_calls_section_begin|>"].compactMap { tokenizer.specialIDs[$0] })
+        let submitted = engine.submit(Engine.Request(prompt: ids, sampling: parsed.sampling, maxTokens: maxTokens, stop: stop,
+                                                     stopTexts: parsed.stopTexts, quietAfter: chat ? quiet : []),
+                                      admission: admission)
         let id = (chat ? "chatcmpl-" : "cmpl-") + UUID().uuidString.replacingOccurrences(of: "-", with: "").prefix(24)
         let created = Int(Date().timeIntervalSince1970)
         let model = configuration.modelName

@@ -117,3 +117,32 @@ import Testing
         #expect(d.stopReason == .cancelled && d.tokens.count == 4)
     }
 }
+
+/// The queue's places are taken before a request is prepared (its prompt tokenised): a full queue refuses first,
+/// and a place taken and dropped unused is given back.
+@Suite struct EngineAdmissionTests {
+    @Test func admissionsCountAgainstTheQueueAndAreGivenBack() throws {
+        let model = try KimiModel.load(checkpoint: Fixtures.model("kimi_k2_chat"))
+        let tokenizer = try Tokenizer(directory: Fixtures.model("kimi_k2_chat"))
+        let engine = Engine(generator: Generator(model: model, tokenizer: tokenizer), maxQueue: 2, contextLimit: 64)
+        defer { engine.shutdown() }
+        var places = [try engine.admit(), try engine.admit()]
+        #expect(throws: Engine.SubmitError.self) { try engine.admit() }
+        #expect(engine.counterSnapshot.rejected == 1)
+        places.removeLast()  // dropped unused (a prompt that turned out too long): the place is free again
+        places.append(try engine.admit())
+        // A place used for a request: the request runs and the place is not given back twice.
+        let (events, _) = engine.submit(Engine.Request(prompt: tokenizer.encode("Hi"), sampling: .greedy, maxTokens: 2, stop: []),
+                                        admission: places.removeFirst())
+        let done = DispatchSemaphore(value: 0)
+        Task {
+            for await _ in events {}
+            done.signal()
+        }
+        done.wait()
+        places.removeAll()
+        let again = [try engine.admit(), try engine.admit()]
+        #expect(throws: Engine.SubmitError.self) { try engine.admit() }
+        #expect(again.count == 2 && engine.counterSnapshot.completed == 1)
+    }
+}
