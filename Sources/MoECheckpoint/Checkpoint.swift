@@ -7,7 +7,7 @@ import MoETensor
 /// With `model.safetensors.index.json` the index decides which shard holds each tensor, and every shard it names
 /// must exist and hold the tensors it is said to hold. Without an index, every `*.safetensors` file in the
 /// directory is opened and their tensor names must not collide. A path to a single `.safetensors` file works too.
-public final class Checkpoint: @unchecked Sendable {
+public final class Checkpoint: @unchecked Sendable {  // immutable after init: `let` fields over read-only `SafetensorsFile`s
     public let directory: String
     public let files: [SafetensorsFile]
     /// Tensor name → index into `files`.

@@ -9,7 +9,7 @@ import MoETensor
 /// relative to the start of the data. We check that every entry's dtype is known, its shape × dtype size equals
 /// its byte length, its bytes lie inside the file, and no two tensors overlap, so a tensor view can never read
 /// outside the mapping.
-public final class SafetensorsFile: @unchecked Sendable {
+public final class SafetensorsFile: @unchecked Sendable {  // immutable after init: `let` fields over a read-only `MappedFile`
     public struct Entry: Sendable, Equatable {
         public let dtype: DType
         public let shape: [Int]

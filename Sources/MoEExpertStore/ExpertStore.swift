@@ -6,7 +6,7 @@ import MoETensor
 
 /// An opened expert store: manifest checked, config read, resident tensors mapped and checksummed, expert files
 /// present with the right sizes. Loading never accepts a store without its manifest.
-public final class ExpertStore: @unchecked Sendable {
+public final class ExpertStore: @unchecked Sendable {  // immutable after init: every stored property is a `let`
     public let path: String
     public let manifest: StoreManifest
     public let config: ModelConfig

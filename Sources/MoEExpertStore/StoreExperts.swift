@@ -6,15 +6,19 @@ import MoETensor
 /// Routed experts read from a store with plain synchronous `pread`s, one extent per request, each checked
 /// against its checksum before the model may use it. (The cache and io_uring prefetcher replace this reader's
 /// role on the token path; it stays as the simplest correct provider.)
+/// Sendable: `layout`, `files` and `buffer` are fixed at init; the bytes at `buffer` and the counters are used only
+/// under `lock`.
 public final class StoreExperts: ExpertProviding, @unchecked Sendable {
     let layout: ExpertLayout
     /// Open file and checksums per layer (index = layer; nil for dense layers).
     private let files: [(file: File, checksums: [UInt64], path: String)?]
     private let buffer: UnsafeMutableRawPointer
     private let lock = NSLock()
+    private var bytesReadSoFar = 0
+    private var readsSoFar = 0
     /// What has been read so far.
-    public private(set) var bytesRead = 0
-    public private(set) var reads = 0
+    public var bytesRead: Int { lock.lock(); defer { lock.unlock() }; return bytesReadSoFar }
+    public var reads: Int { lock.lock(); defer { lock.unlock() }; return readsSoFar }
 
     public init(store: ExpertStore) throws(StoreError) {
         layout = store.manifest.experts.layout
@@ -42,8 +46,8 @@ public final class StoreExperts: ExpertProviding, @unchecked Sendable {
             do { try entry.file.read(into: buffer, count: layout.extentBytes, at: offset) } catch {
                 throw ModelError.expertUnavailable(layer: layer, expert: e, reason: "\(error)")
             }
-            bytesRead += layout.extentBytes
-            reads += 1
+            bytesReadSoFar += layout.extentBytes
+            readsSoFar += 1
             guard XXHash64.hash(buffer, count: layout.extentBytes) == entry.checksums[e] else {
                 throw ModelError.expertUnavailable(layer: layer, expert: e,
                                                    reason: "checksum mismatch in \(entry.path) at offset \(offset)")

@@ -5,6 +5,7 @@ import MoETokenizer
 /// Serialises generation requests: one worker thread runs them one at a time (the model and its expert cache
 /// serve one sequence at a time); callers get the text as an `AsyncStream` and may cancel at any point
 /// (a client that disconnects). Requests beyond `maxQueue` waiting are refused, not buffered without bound.
+/// Sendable: `jobs`, `admitted`, `counters` and `stopping` are guarded by `lock`; only the worker thread runs `generator`.
 public final class Engine: @unchecked Sendable {
     public struct Request: Sendable {
         public var prompt: [Int]
@@ -61,7 +62,7 @@ public final class Engine: @unchecked Sendable {
         public var decodeSeconds = 0.0
     }
 
-    public final class Cancellation: @unchecked Sendable {
+    public final class Cancellation: @unchecked Sendable {  // `flag` is guarded by `lock`
         private let lock = NSLock()
         private var flag = false
         public init() {}

@@ -132,6 +132,7 @@ public struct CheckpointWeights {
 
 /// Routed experts served straight from the memory-mapped checkpoint. Every expert is resolved and shape-checked
 /// at load, so a missing or malformed expert is an error before the first token, not in the middle of one.
+/// Sendable: immutable after init (`experts` is a `let` table of views into the read-only checkpoint).
 public final class CheckpointExperts: ExpertProviding, @unchecked Sendable {
     /// [layer][expert]; empty for dense layers.
     private let experts: [[ExpertWeights]]

@@ -4,6 +4,7 @@
 /// One row `c | k_pe` [kv_lora + rope] per position, so a layer's rows are an fp32 matrix [positions, kv_lora +
 /// rope] that a block of queries multiplies in one kernel call. Kept in fp32 so decode through the cache computes
 /// exactly what a whole-prompt pass computes.
+/// Sendable: no lock; one sequence's cache is used by one forward pass at a time, whose kernel threads only read it.
 public final class KVCache: @unchecked Sendable {
     public let layers: Int
     public let latentDim: Int

@@ -35,6 +35,8 @@ final class ForwardScratch {
 ///
 /// `h = x + Attn(RMSNorm(x))`, `out = h + FFN(RMSNorm(h))`. Math in fp32; weights stay in their stored
 /// encoding. Routed experts come only through `experts`; the model never reads a file.
+/// Sendable: every field is a `let`; the shared `scratch` is used only by the pass holding `scratchLock`
+/// (`workspaceBytes` takes it too).
 public final class KimiModel: @unchecked Sendable {
     public let config: ModelConfig
     public let weights: ResidentWeights
@@ -48,7 +50,11 @@ public final class KimiModel: @unchecked Sendable {
     private let scratchLock = NSLock()
 
     /// Bytes the forward-pass workspace holds: the largest pass so far (steady while decoding).
-    public var workspaceBytes: Int { scratch.workspace.bytes }
+    public var workspaceBytes: Int {
+        scratchLock.lock()
+        defer { scratchLock.unlock() }
+        return scratch.workspace.bytes
+    }
 
     public init(config: ModelConfig, weights: ResidentWeights, experts: any ExpertProviding) {
         self.config = config

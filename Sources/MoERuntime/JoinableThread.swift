@@ -4,7 +4,7 @@ import Foundation
 /// held (the body is released on the thread before it ends). Foundation's `Thread` releases its closure some time
 /// after the thread finishes, so a worker that holds the expert cache could keep it — its rings and files —
 /// alive past `shutdown()`.
-final class JoinableThread: @unchecked Sendable {
+final class JoinableThread: @unchecked Sendable {  // `thread` is set by init and cleared by `join`, which its owner calls from one thread
     private final class Box {
         var body: (() -> Void)?
         init(_ body: @escaping () -> Void) { self.body = body }

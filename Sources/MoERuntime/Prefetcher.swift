@@ -17,11 +17,12 @@ import MoETensor
 ///
 /// Concurrency (why `@unchecked Sendable` is true): two forward passes may share one cache. The speculation
 /// scratch (`normed`, `scores`, `route*`, `chosen`, `lists`, `listCounts`) belongs to `hint`, which holds
-/// `hintLock` from start to end (it computes outside the cache lock, then takes it to queue reads: the order is
-/// always hintLock → cache lock). The statistics (`learned`, `statsExperts`) belong to `observe`, which runs
-/// only with the cache lock held. Nothing else is mutable.
+/// `hintLock` from start to end (it computes outside the table lock, then takes it to queue reads: the order is
+/// always hintLock → the slot table's lock). The statistics (`learned`, `statsExperts`) belong to `observe`,
+/// which runs only inside the table's `serve`, lock held. Nothing else is mutable.
 final class Prefetcher: @unchecked Sendable {
-    unowned let cache: ExpertCache
+    /// Unowned: the table owns this prefetcher.
+    unowned let table: SlotTable
     let mode: PrefetchMode
     let depth: Int
     let config: ModelConfig
@@ -45,11 +46,11 @@ final class Prefetcher: @unchecked Sendable {
     var listCounts: [Int]
     /// Serialises `hint` (its scratch is one per prefetcher).
     let hintLock = NSLock()
-    /// `observe`'s predictions (cache lock held), apart from `hint`'s buffers.
+    /// `observe`'s predictions (table lock held), apart from `hint`'s buffers.
     let statsExperts: UnsafeMutablePointer<Int32>   // [k]
 
-    init(cache: ExpertCache, mode: PrefetchMode, depth: Int, resident: ResidentWeights?, config: ModelConfig) {
-        self.cache = cache
+    init(table: SlotTable, mode: PrefetchMode, depth: Int, resident: ResidentWeights?, config: ModelConfig) {
+        self.table = table
         self.mode = mode
         self.depth = max(1, depth)
         self.config = config
@@ -85,10 +86,10 @@ final class Prefetcher: @unchecked Sendable {
         statsExperts.deallocate()
     }
 
-    /// Speculative routing for the MoE layers after `layer` (outside the cache lock: this is compute).
+    /// Speculative routing for the MoE layers after `layer` (outside the table lock: this is compute).
     func hint(afterAttentionOf layer: Int, hidden: UnsafePointer<Float>, tokens T: Int) {
         let prefetching = mode == .router || mode == .both
-        guard prefetching || cache.recorder != nil, !routers.isEmpty, !targets[layer].isEmpty else { return }
+        guard prefetching || table.recorder != nil, !routers.isEmpty, !targets[layer].isEmpty else { return }
         hintLock.lock()
         defer { hintLock.unlock() }
         let H = config.hiddenSize, E = config.numRoutedExperts, k = config.expertsPerToken
@@ -117,33 +118,18 @@ final class Prefetcher: @unchecked Sendable {
                 }
             }
         }
-        cache.lock.lock()
-        // The first hint of a forward pass comes before its first expert request moves `step` on.
-        let step = cache.step + (layer <= cache.lastLayer ? 1 : 0)  // the same test `serve` uses
-        if let recorder = cache.recorder {
-            var predicted: [Int: [Int]] = [:]
-            for (i, target) in targets[layer].enumerated() {
-                predicted[target.layer] = (0..<listCounts[i]).map { Int(lists[i * E + $0]) }.sorted()
-            }
-            recorder.record(.prediction(step: step, after: layer, predicted: predicted))
-        }
-        if prefetching {
-            for (i, target) in targets[layer].enumerated() {
-                _ = cache.prefetch(ordinal: target.ordinal, experts: UnsafeBufferPointer(start: lists + i * E, count: listCounts[i]),
-                                   target: step * cache.moeOrdinal.count + target.layer)
-            }
-        }
-        cache.lock.unlock()
+        table.predicted(afterAttentionOf: layer, targets: targets[layer], lists: lists, stride: E, counts: listCounts,
+                        prefetch: prefetching)
     }
 
     /// Learns from the experts layer `ordinal` asked for and, in stats mode, prefetches the likely next ones.
-    /// Called with the cache lock held.
+    /// Called inside the slot table's `serve`, lock held.
     func observe(ordinal: Int, experts: [Int]) {
         guard mode == .stats || mode == .both else { return }
         learned.observe(ordinal: ordinal, experts: experts)
         let n = learned.predictNext(ordinal: ordinal, after: experts, into: statsExperts)
         guard n > 0 else { return }
-        _ = cache.prefetch(ordinal: ordinal + 1, experts: UnsafeBufferPointer(start: statsExperts, count: n),
-                           target: cache.step * cache.moeOrdinal.count + config.moeLayers[ordinal + 1])
+        _ = table.prefetchLocked(ordinal: ordinal + 1, experts: UnsafeBufferPointer(start: statsExperts, count: n),
+                                 layer: config.moeLayers[ordinal + 1])
     }
 }

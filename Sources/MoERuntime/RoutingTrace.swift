@@ -134,7 +134,7 @@ public struct TraceError: Error, CustomStringConvertible {
 }
 
 /// Appends trace events as the cache serves requests. Thread-safe; writes on `close()`.
-public final class RoutingTraceRecorder: @unchecked Sendable {
+public final class RoutingTraceRecorder: @unchecked Sendable {  // `trace` is guarded by `lock`
     let lock = NSLock()
     var trace: RoutingTrace
 

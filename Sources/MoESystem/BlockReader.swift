@@ -62,7 +62,7 @@ public enum ReadEngine: String, Sendable, CaseIterable {
 
 /// Files opened for expert reads: O_DIRECT when the filesystem allows it (so the page cache does not hold a
 /// second copy of what the expert cache holds), buffered otherwise.
-public final class ReadFiles: @unchecked Sendable {
+public final class ReadFiles: @unchecked Sendable {  // immutable after init: the descriptors are only read by `pread`s
     public let paths: [String]
     public let descriptors: [Int32]
     /// Whether every file is open with O_DIRECT.

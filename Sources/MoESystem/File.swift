@@ -6,7 +6,7 @@ import Darwin
 
 /// An open file descriptor with the calls the store needs, each throwing a `SystemError` that names the path.
 /// Closed when the object goes away.
-public final class File: @unchecked Sendable {
+public final class File: @unchecked Sendable {  // immutable after init; `pread`/`pwrite` carry their own offset, so no lock is needed
     public let path: String
     public let descriptor: Int32
 

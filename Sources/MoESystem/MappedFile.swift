@@ -14,7 +14,7 @@ import Darwin
 /// the cost is one sequential read at load (which a checksummed load does anyway) and no sharing with the page
 /// cache (the copied range is dropped from it). Views must not outlive the object, which is why every view holds
 /// a strong reference to its `MappedFile`.
-public final class MappedFile: @unchecked Sendable {
+public final class MappedFile: @unchecked Sendable {  // immutable after init, over PROT_READ bytes; `release` is a plain `madvise`
     public let path: String
     /// Length of the file in bytes at the time it was opened.
     public let count: Int

@@ -66,6 +66,7 @@ public struct NumaTopology: Sendable, Equatable {
 /// io_uring registers it, and 2 MB pages make that start-up faster (a 19 GB cache here: 9–23 s with the advice,
 /// 23–32 s without, over two runs each) and spare the TLB on every expert read. Advice only: ignored where THP is
 /// off.
+/// Sendable: every field is a `let`; who writes the bytes, and when, is decided by the expert cache's slot bookkeeping.
 public final class NodeMemory: @unchecked Sendable {
     public let pointer: UnsafeMutableRawPointer
     public let count: Int

@@ -4,14 +4,14 @@ import Glibc
 #endif
 
 /// The fallback when io_uring is unavailable: `depth` worker threads, each doing blocking `pread`s.
-public final class PReadReader: BlockReader, @unchecked Sendable {
+public final class PReadReader: BlockReader, @unchecked Sendable {  // all `let`s; what changes is in `queue`, under its `lock`
     public let engine = "pread"
     public let depth: Int
     public var inFlight: Int { queue.inFlight }
     private let queue: Queue
 
     /// What the workers share: they hold this (not the reader), so the reader can go away and tell them to stop.
-    final class Queue: @unchecked Sendable {
+    final class Queue: @unchecked Sendable {  // `pending`, `done`, `running` and `stopping` are guarded by `lock`
         let files: ReadFiles
         let lock = NSCondition()
         var pending: [ReadRequest] = []

@@ -2,6 +2,8 @@
 ///
 /// A class rather than `[Float]` so kernels get a plain pointer without nested `withUnsafe…` closures and
 /// without exclusivity checks in the hot loops.
+/// Sendable: `pointer` and `count` never change; the floats have no lock (parallel kernels write disjoint rows, and
+/// `parallelFor` returns only when all of them are done).
 public final class FloatBuffer: @unchecked Sendable {
     public let pointer: UnsafeMutablePointer<Float>
     public let count: Int

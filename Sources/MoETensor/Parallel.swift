@@ -35,6 +35,8 @@ public enum Parallelism {
 /// also carries the job's generation (a late worker can never claim a chunk of a job that has moved on), and
 /// idle workers spin for a few tens of microseconds (a forward pass launches jobs back to back) before they
 /// sleep on a condition variable, so a waiting pool does not steal cores from the expert workers.
+/// Sendable: job state is in atomics and `runLock` serialises jobs; `wake` is used under `sleepLock`; `threads` is
+/// touched only by init and `shutdown`.
 public final class KernelPool: @unchecked Sendable {
     /// The pool the model's kernels use; replaced by `configure` at start-up.
     nonisolated(unsafe) public private(set) static var shared = KernelPool(threads: ProcessInfoCores.active, pin: nil)
@@ -212,7 +214,7 @@ private func spinPause() {
 }
 
 /// A pthread mutex at a stable address.
-final class PthreadMutex: @unchecked Sendable {
+final class PthreadMutex: @unchecked Sendable {  // `pointer` never changes, and a pthread mutex is made to be shared
     let pointer: UnsafeMutablePointer<pthread_mutex_t>
     init() {
         pointer = .allocate(capacity: 1)

@@ -2,6 +2,8 @@
 ///
 /// Holding a `Tensor` keeps its owner (and so the mapping) alive. Shapes are in PyTorch order: a Linear
 /// weight is `[out, in]`, row-major, so row `r` holds the weights of output `r`.
+/// Sendable: every field is a `let`; the bytes are a read-only mapping or a buffer filled before the view was made,
+/// and `owner` is only retained.
 public struct Tensor: @unchecked Sendable {
     public let name: String
     public let dtype: DType
@@ -58,6 +60,8 @@ public struct Tensor: @unchecked Sendable {
 }
 
 /// Heap memory with a fixed alignment that a `Tensor` can name as its owner (for tensors built in memory).
+/// Sendable: `pointer` and `count` never change; the bytes have no lock, so they are written only while one owner
+/// holds the buffer and are shared read-only after.
 public final class AlignedBuffer: @unchecked Sendable {
     public let pointer: UnsafeMutableRawPointer
     public let count: Int

@@ -2,8 +2,10 @@ import CMoEKernels
 
 /// A Linear layer's weight `W [rows = out, cols = in]` in its stored encoding, read by kernels that widen to
 /// fp32 as they go. No fp32 copy of a weight matrix is ever made.
+/// Sendable: a read-only view (every field is a `let`, kernels only read the bytes); whoever makes one keeps the bytes
+/// it points at unchanged while it is in use.
 public struct WeightMatrix: @unchecked Sendable {
-    public enum Encoding: @unchecked Sendable {
+    public enum Encoding: @unchecked Sendable {  // the pointers are read-only scales, kept alive by the matrix's `owners`
         case f32
         case bf16
         case f16

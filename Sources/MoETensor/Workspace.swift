@@ -8,7 +8,7 @@ import Glibc
 /// overflow chunks, and the next `reset` replaces them and the slab by one slab of that high-water size), so once
 /// a prompt has sized it, decoding allocates nothing. Not thread-safe: one pass at a time (`KimiModel` holds it
 /// under a lock).
-public final class Workspace: @unchecked Sendable {
+public final class Workspace: @unchecked Sendable {  // no lock: one pass at a time uses it, on the pass's own thread
     private var slab: UnsafeMutableRawPointer
     private var capacity: Int
     private var used = 0

@@ -3,7 +3,7 @@ import MoESystem
 
 /// Kimi K2's tokenizer: tiktoken-format BPE ranks, Kimi's pre-tokenizer, and special tokens from
 /// tokenizer_config.json (ids after the ranks; unnamed ones are `<|reserved_token_{id}|>`).
-public final class Tokenizer: @unchecked Sendable {
+public final class Tokenizer: @unchecked Sendable {  // immutable after init: every stored property is a `let` of a value type
     public let bpe: BytePairEncoder
     /// Special token text → id, and back.
     public let specialIDs: [String: Int]

@@ -103,16 +103,17 @@ func runSequence(_ model: KimiModel, _ prompt: [Int], steps: Int = 10) throws ->
     @Test func twoNodeTopologySplitsBudgetAndPlacement() throws {
         let topology = NumaTopology.fake(nodes: 2)
         let (model, cache) = try cached(slots: 40, topology: topology)
-        #expect(cache.nodeSlots == [20, 20])
+        #expect(cache.table.nodeSlots == [20, 20])
         _ = try runSequence(model, prompt, steps: 4)
         let s = cache.statistics()
         #expect(s.nodes.map(\.node) == [0, 1])
         #expect(s.nodes.allSatisfy { $0.bytesRead > 0 && $0.occupied > 0 && $0.slots == 20 })
         #expect(s.nodes[0].bytesRead + s.nodes[1].bytesRead == s.total.bytesRead)
-        for slot in 0..<cache.totalSlots where cache.slotKey[slot] >= 0 {
-            let k = Int(cache.slotKey[slot])
-            let layer = cache.moeLayers[k / cache.expertsPerLayer], e = k % cache.expertsPerLayer
-            #expect(cache.node(ofSlot: slot) == (e + layer) % 2, "expert \(e) of layer \(layer) on the wrong node")
+        let keys = cache.table.slotKeys()
+        for slot in 0..<cache.totalSlots where keys[slot] >= 0 {
+            let k = Int(keys[slot])
+            let layer = cache.table.moeLayers[k / cache.table.expertsPerLayer], e = k % cache.table.expertsPerLayer
+            #expect(cache.table.node(ofSlot: slot) == (e + layer) % 2, "expert \(e) of layer \(layer) on the wrong node")
         }
         // Each expert is computed by a compute worker of the node that caches it.
         let seen = NSLock()

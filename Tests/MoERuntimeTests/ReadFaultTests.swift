@@ -82,9 +82,9 @@ final class LogLines: @unchecked Sendable {  // `lines` is guarded by `lock`
         // A bare slot index as the tag would take the duplicate for the new read (and then ignore the new read's
         // own completion, or take it for a retry's): the one completion ignored must be the duplicate.
         let injected = (cache.workers[0].reader as! FaultyReader).duplicatesDelivered
-        cache.lock.lock()
-        let ignored = cache.staleTags
-        cache.lock.unlock()
+        cache.table.lock.lock()
+        let ignored = cache.table.staleTags
+        cache.table.lock.unlock()
         #expect(injected.count == 1 && ignored == injected, "delivered \(injected), ignored \(ignored)")
         #expect(s.staleCompletions == 1 && s.readRetries == 0, "\(s.staleCompletions) stale, \(s.readRetries) retries")
         cache.shutdown()
