@@ -155,11 +155,14 @@ public final class KernelPool: @unchecked Sendable {
     /// Claims and runs chunks of job `g` until none are left.
     private func work(generation g: UInt32) {
         let chunks = chunkCount.load(ordering: .acquiring)
-        let body = UnsafePointer<(Int) -> Void>(bitPattern: bodyAddress.load(ordering: .acquiring))!
         var v = claim.load(ordering: .acquiring)
         while UInt32(truncatingIfNeeded: v >> 32) == g && Int(v & 0xFFFF_FFFF) < chunks {
             let (exchanged, original) = claim.compareExchange(expected: v, desired: v + 1, ordering: .acquiringAndReleasing)
             if exchanged {
+                // The body's address is loaded only after the claim succeeded (an atomic load the optimiser cannot
+                // hoist): loaded before, the closure behind it could be read while the caller writes the next job's
+                // closure into the same stack slot (harmless, never called, but a data race TSan reported).
+                let body = UnsafePointer<(Int) -> Void>(bitPattern: bodyAddress.load(ordering: .acquiring))!
                 body.pointee(Int(v & 0xFFFF_FFFF))
                 finished.add(1, ordering: .releasing)
                 v = v + 1
