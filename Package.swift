@@ -78,7 +78,7 @@ let package = Package(
         .testTarget(name: "MoECheckpointTests", dependencies: ["MoECheckpoint", "MoETestSupport"]),
         .testTarget(name: "MoEModelTests", dependencies: ["MoEModel", "MoECheckpoint", "MoETestSupport"]),
         .testTarget(name: "MoETokenizerTests", dependencies: ["MoETokenizer", "MoETestSupport"]),
-        .testTarget(name: "MoEGenerationTests", dependencies: ["MoEGeneration", "MoEModel", "MoETokenizer", "MoETestSupport"]),
+        .testTarget(name: "MoEGenerationTests", dependencies: ["MoEGeneration", "MoEModel", "MoETensor", "MoETokenizer", "MoETestSupport"]),
         .testTarget(name: "MoERuntimeTests",
                     dependencies: ["MoERuntime", "MoEExpertStore", "MoEModel", "MoESystem", "MoETestSupport"]),
         // The command line as a user runs it (a separate process).

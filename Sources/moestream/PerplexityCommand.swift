@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import MoEGeneration
 import MoEModel
+import MoETensor
 import MoETokenizer
 
 struct Perplexity: ParsableCommand {
@@ -19,6 +20,9 @@ struct Perplexity: ParsableCommand {
     @Option(help: "Score at most this many tokens (0: all).")
     var maxTokens = 0
 
+    @Flag(help: "Score the text twice, with the arithmetic chosen here and with the exact one (fp32 expert activations), and print both perplexities, the mean KL divergence between their next-token distributions and the argmax agreement.")
+    var compareExact = false
+
     @OptionGroup(title: "Expert cache") var cacheOptions: CacheOptions
     @OptionGroup(title: "Statistics") var statsOptions: StatsOptions
 
@@ -31,6 +35,11 @@ struct Perplexity: ParsableCommand {
         var ids = tokenizer.encode(text, allowSpecial: false)
         if maxTokens > 0 { ids = Array(ids.prefix(maxTokens + 1)) }
         guard ids.count >= 2 else { throw CLIError("\(file): fewer than two tokens") }
+        if compareExact {
+            try compare(loaded, ids)
+            try loaded.finish(statsOptions)
+            return
+        }
         let r: PerplexityResult
         do {
             r = try perplexity(model: loaded.model, ids: ids, window: window) { done, total in
@@ -41,5 +50,28 @@ struct Perplexity: ParsableCommand {
         print(String(format: "perplexity %.4f over %d tokens (%d windows of %d) in %.1f s (%.0f tokens/s)", r.perplexity, r.tokens,
                      r.windows, window, r.seconds, Double(r.tokens) / max(r.seconds, 1e-9)))
         try loaded.finish(statsOptions)
+    }
+
+    /// `--compare-exact`: the gate of the arithmetic policy (docs/performance.md).
+    func compare(_ loaded: LoadedModel, _ ids: [Int]) throws {
+        let fast = Kernels.expertActivations
+        let c: ArithmeticComparison
+        do {
+            c = try compareArithmetic(model: loaded.model, ids: ids, window: window, useExact: { Kernels.expertActivations = .fp32 },
+                                      useFast: { Kernels.expertActivations = fast }) { done, total in
+                FileHandle.standardError.write("\r\(done)/\(total) tokens".data(using: .utf8)!)
+            }
+        } catch let e as ModelError { throw CLIError(e.description) }
+        Kernels.expertActivations = fast
+        FileHandle.standardError.write("\n".data(using: .utf8)!)
+        print(String(format: "exact: fp32 activations    perplexity %.4f over %d tokens in %.1f s", c.exact.perplexity, c.exact.tokens,
+                     c.exact.seconds))
+        print(String(format: "this run: %@ activations%@ perplexity %.4f in %.1f s (%.2f× exact's speed)", fast.rawValue,
+                     String(repeating: " ", count: max(0, 5 - fast.rawValue.count)), c.fast.perplexity, c.fast.seconds,
+                     c.exact.seconds / max(c.fast.seconds, 1e-9)))
+        print(String(format: "perplexity change %+.3f%%; KL(exact ‖ this run) mean %.5f nats, max %.5f; largest logit difference %.4f",
+                     c.perplexityChange * 100, c.meanKL, c.maxKL, c.maxLogitDifference))
+        print(String(format: "argmax agrees at %d of %d positions where exact's top-2 margin exceeds %.2f (%.2f%%)", c.agreeing, c.decided,
+                     c.margin, 100 * Double(c.agreeing) / Double(max(1, c.decided))))
     }
 }

@@ -1,6 +1,7 @@
 import Foundation
 import MoEModel
 import MoETestSupport
+import MoETensor
 import MoETokenizer
 import Testing
 @testable import MoEGeneration
@@ -144,5 +145,20 @@ import Testing
         let again = [try engine.admit(), try engine.admit()]
         #expect(throws: Engine.SubmitError.self) { try engine.admit() }
         #expect(again.count == 2 && engine.counterSnapshot.completed == 1)
+    }
+}
+
+/// The gate of the arithmetic policy: the same text scored with both arithmetics, compared position by position.
+/// (Another arithmetic is compared in a process of its own, `DemoModelTests.compareExactPrintsTheGate`: the
+/// setting is process-wide and other suites run in this one.)
+@Suite(.serialized) struct ArithmeticComparisonTests {
+    let model = try! KimiModel.load(checkpoint: Fixtures.model("kimi_k2_chat"))
+    let ids = Array((0..<97).map { ($0 * 7919) % 1000 + 3 })
+
+    @Test func sameArithmeticIsIdentical() throws {
+        let c = try compareArithmetic(model: model, ids: ids, window: 32, useExact: { Kernels.expertActivations = .fp32 },
+                                      useFast: { Kernels.expertActivations = .fp32 })
+        #expect(c.meanKL == 0 && c.maxLogitDifference == 0 && c.exact.perplexity == c.fast.perplexity)
+        #expect(c.exact.tokens == 96 && c.exact.windows == 3 && c.agreeing == c.decided && c.decided > 0)
     }
 }

@@ -37,6 +37,22 @@ import Testing
         #expect(abs(ours / ref.perplexity - 1) < 0.01, "moestream \(ours) vs torch \(ref.perplexity)")
     }
 
+    /// `perplexity --compare-exact` scores the held-out text with q8 activations and with the exact arithmetic in
+    /// one run: two different arithmetics (KL above zero, some logit moved), and close (the gate's numbers).
+    @Test func compareExactPrintsTheGate() throws {
+        let (status, out, err) = try moestream(["perplexity", Self.store, "--file", Self.release + "/heldout.txt", "--max-tokens", "128",
+                                                "--window", "64", "--cache", "25%", "--no-stats", "--compare-exact",
+                                                "--expert-activations", "q8"])
+        #expect(status == 0, "\(err)")
+        func number(after word: String) -> Double? {
+            guard let r = out.range(of: word) else { return nil }
+            return Double(out[r.upperBound...].prefix { "0123456789.+-e".contains($0) })
+        }
+        let kl = number(after: "mean "), change = number(after: "perplexity change "), diff = number(after: "logit difference ")
+        #expect(out.contains("over 128 tokens") && out.contains("q8 activations"), "\(out)")
+        #expect((kl ?? 0) > 0 && (kl ?? 1) < 0.01 && (diff ?? 0) > 0 && abs(change ?? 1) < 1, "\(out)")
+    }
+
     /// With every matrix kernel this CPU runs: the generic Swift twins and the fastest (AVX2 or AVX-512). A
     /// kernel set the CPU lacks is not run (the arguments list only the supported ones, so the run shows fewer
     /// cases); that the CLI refuses it by name is `unsupportedKernelsAreRefusedByName`.
