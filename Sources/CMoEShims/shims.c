@@ -2,6 +2,7 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <liburing.h>
+#include <malloc.h>
 #include <numa.h>
 #include <pthread.h>
 #include <sched.h>
@@ -136,3 +137,5 @@ int cmoe_pin_current_thread(const int *cpus, int count) {
 }
 
 void cmoe_set_thread_name(const char *name) { pthread_setname_np(pthread_self(), name); }
+
+int cmoe_malloc_fix_mmap_threshold(int bytes) { return mallopt(M_MMAP_THRESHOLD, bytes); }

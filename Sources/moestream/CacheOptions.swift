@@ -61,9 +61,10 @@ struct CacheOptions: ParsableArguments {
         }
     }
 
-    /// Starts the kernel pool: `--threads` threads (the caller and threads − 1 workers), each worker pinned
+    /// Fixes the allocator's thresholds (freed models go back to the system) and starts the kernel pool: `--threads` threads (the caller and threads − 1 workers), each worker pinned
     /// to the CPUs of a NUMA node, spread over the nodes in turn; and selects `--kernels`.
     func startKernels() throws {
+        Allocator.returnLargeBlocksWhenFreed()
         try Kernels.select(kernels)
         Kernels.expertActivations = expertActivations
         let topology = self.topology

@@ -71,6 +71,10 @@ int cmoe_pin_current_thread(const int *cpus, int count);
 /// a GNU extension that Swift's Glibc module does not export.
 void cmoe_set_thread_name(const char *name);
 
+/// Fixes glibc's mmap threshold at `bytes` (no dynamic raising after large frees). Returns 1 on success.
+/// Why a shim: mallopt and M_MMAP_THRESHOLD live in <malloc.h>, which Swift's Glibc module does not import.
+int cmoe_malloc_fix_mmap_threshold(int bytes);
+
 #ifdef __cplusplus
 }
 #endif
