@@ -133,7 +133,7 @@ public struct TraceError: Error, CustomStringConvertible {
     public var description: String { "\(file):\(line): \(reason)" }
 }
 
-/// Appends trace events as the cache serves requests. Thread-safe; writes on `close()`.
+/// Appends trace events as the cache serves requests. Thread-safe; `write(to:)` saves the trace.
 public final class RoutingTraceRecorder: @unchecked Sendable {  // `trace` is guarded by `lock`
     let lock = NSLock()
     var trace: RoutingTrace
