@@ -1,3 +1,5 @@
+import CMoEKernels
+
 /// Random matrices in every kernel encoding, and the timing of one `gemm` over them: what
 /// `moestream bench kernels` prints and what the parity tests feed the kernels.
 public enum KernelBenchmark {
@@ -68,6 +70,30 @@ public enum KernelBenchmark {
     }
 
     /// Seconds for one single-threaded `gemm` of all rows over `tokens` tokens (the best of `repeats`).
+    /// One core's measured arithmetic peak with `isa`'s instructions (register-only loops, `peak.c`), best of three:
+    /// fp32 GFLOP/s (an FMA is 2) and int8 GOP/s (a multiply-add is 2; on AVX-512 only with VNNI). Nil for the
+    /// generic twins, which have no fixed instruction mix.
+    public static func peak(_ isa: KernelISA) -> (fp32: Double, int8: Double?)? {
+        guard isa != .generic, isa.isSupported else { return nil }
+        func rate(_ opsPerRound: Double, _ f: @convention(c) (Int64) -> Double) -> Double {
+            let rounds: Int64 = 20_000_000
+            var best = Double.infinity
+            for _ in 0..<3 {
+                let start = ContinuousClock.now
+                _ = f(rounds)
+                let t = ContinuousClock.now - start
+                best = min(best, Double(t.components.seconds) + Double(t.components.attoseconds) * 1e-18)
+            }
+            return opsPerRound * Double(rounds) / best / 1e9
+        }
+        switch isa {
+        case .avx2: return (rate(12 * 8 * 2, moe_peak_fma_avx2), rate(12 * 32 * 2, moe_peak_dot8_avx2))
+        case .avx512: return (rate(12 * 16 * 2, moe_peak_fma_avx512),
+                              WeightMatrix.hasVNNI ? rate(12 * 64 * 2, moe_peak_dot8_avx512vnni) : nil)
+        case .generic: return nil
+        }
+    }
+
     public static func time(_ m: WeightMatrix, tokens: Int, isa: KernelISA, repeats: Int) -> Double {
         let x = randomActivations(tokens * m.cols), y = FloatBuffer(count: tokens * m.rows)
         var best = Double.infinity

@@ -148,7 +148,15 @@ struct BenchKernels: ParsableCommand {
         let isas = KernelISA.allCases.filter(\.isSupported)
         print("matrix \(rows) × \(cols), one thread; supported: \(isas.map(\.rawValue).joined(separator: ", "))"
               + (KernelISA.avx512.isSupported ? "" : " (no AVX-512 on this CPU)"))
-        print("kind       tokens  isa       ms      GB/s  GFLOP/s  vs generic  max |Δ|/scale")
+        // What one core can do at most, measured the same way (register-only loops): each kernel's share of it.
+        var peaks: [KernelISA: (fp32: Double, int8: Double?)] = [:]
+        for isa in isas {
+            guard let p = KernelBenchmark.peak(isa) else { continue }
+            peaks[isa] = p
+            print(String(format: "peak of one core, %@: fp32 FMA %.1f GFLOP/s", isa.rawValue, p.fp32)
+                  + (p.int8.map { String(format: ", int8 dot %.1f GOP/s (%@)", $0, isa == .avx2 ? "maddubs" : "vpdpbusd") } ?? ""))
+        }
+        print("kind       tokens  isa       ms      GB/s  GFLOP/s  vs generic  max |Δ|/scale  % of peak")
         for kind in KernelBenchmark.Kind.allCases {
             let m = KernelBenchmark.randomMatrix(kind, rows: rows, cols: cols)
             for t in counts {
@@ -163,7 +171,7 @@ struct BenchKernels: ParsableCommand {
                     let y = FloatBuffer(count: t * rows)
                     m.gemm(rows: 0..<rows, x.pointer, tokens: t, into: y.pointer, isa: isa)
                     printRow(kind.rawValue, t, isa, seconds: s, base: base, bytes: m.storedByteCount, y: y, reference: reference,
-                             scale: scale)
+                             scale: scale, peak: peaks[isa]?.fp32)
                 }
             }
         }
@@ -178,16 +186,19 @@ struct BenchKernels: ParsableCommand {
             let base = KernelBenchmark.time(m, tokens: t, isa: .generic, repeats: max(1, repeats / 2))
             for isa in isas {
                 let (s, y) = KernelBenchmark.timeQ8(m, x, tokens: t, isa: isa, repeats: isa == .generic ? max(1, repeats / 2) : repeats)
+                // The q8 kernels' products are int8 (AVX-512 without VNNI runs the AVX2 one).
+                let peak = isa == .generic ? nil : (peaks[isa]?.int8 ?? peaks[.avx2]?.int8)
                 printRow("int4×q8", t, isa, seconds: s, base: base, bytes: m.storedByteCount, y: y, reference: reference,
-                         scale: scale)
+                         scale: scale, peak: peak)
             }
         }
     }
 
-    /// One line: time, bandwidth, GFLOP/s, speed against the generic fp32 product, and the largest difference
-    /// from it relative to the largest output.
+    /// One line: time, bandwidth, GFLOP/s, speed against the generic fp32 product, the largest difference from it
+    /// relative to the largest output, and the GFLOP/s as a share of the core's measured `peak` for the kernel's
+    /// instructions (fp32 FMA, or int8 dot products for the q8 rows).
     func printRow(_ name: String, _ tokens: Int, _ isa: KernelISA, seconds s: Double, base: Double, bytes: Int,
-                  y: FloatBuffer, reference: FloatBuffer, scale: Float) {
+                  y: FloatBuffer, reference: FloatBuffer, scale: Float, peak: Double?) {
         var worst: Float = 0
         for i in 0..<(tokens * rows) { worst = max(worst, abs(y.pointer[i] - reference.pointer[i])) }
         let ms: Double = s * 1e3
@@ -198,7 +209,8 @@ struct BenchKernels: ParsableCommand {
         let label = name.padding(toLength: 9, withPad: " ", startingAt: 0)
         let isaName = isa.rawValue.padding(toLength: 7, withPad: " ", startingAt: 0)
         print(label + String(format: "  %6d  ", tokens) + isaName
-              + String(format: " %7.2f  %7.2f  %7.2f  %8.2f×  %.1e", ms, gbps, flops, ratio, error))
+              + String(format: " %7.2f  %7.2f  %7.2f  %8.2f×  %.1e", ms, gbps, flops, ratio, error)
+              + (peak.map { String(format: "        %5.1f%%", 100 * flops / $0) } ?? ""))
     }
 }
 

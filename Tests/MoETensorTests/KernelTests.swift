@@ -179,3 +179,19 @@ import Testing
         #expect(pinned.p[1] == 1 && pinned.p[2] == 1, "every worker ran the pin hook")
     }
 }
+
+/// The peaks `bench kernels` divides by: measured for every ISA this CPU runs, finite, and in the order the
+/// instructions dictate (an int8 dot instruction does four times an fp32 FMA's multiply-adds per lane width).
+@Suite struct PeakTests {
+    @Test func peaksAreMeasuredForEverySupportedISA() {
+        #expect(KernelBenchmark.peak(.generic) == nil)
+        for isa in [KernelISA.avx2, .avx512] where isa.isSupported {
+            guard let p = KernelBenchmark.peak(isa) else {
+                Issue.record("no peak for \(isa)")
+                continue
+            }
+            #expect(p.fp32.isFinite && p.fp32 > 1, "\(isa): \(p.fp32) GFLOP/s")
+            if let int8 = p.int8 { #expect(int8.isFinite && int8 > p.fp32, "\(isa): int8 \(int8) vs fp32 \(p.fp32)") }
+        }
+    }
+}

@@ -1,0 +1,79 @@
+// The core's arithmetic peak, measured: register-only loops of the instructions the kernels are built from, with
+// enough independent chains to hide their latency. `moestream bench kernels` prints each kernel's share of these.
+// Nothing here touches memory, so the figure is the arithmetic limit of one core at the clock it runs now.
+#include "CMoEKernels.h"
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+
+#define CHAINS 12
+
+__attribute__((target("avx2,fma")))
+double moe_peak_fma_avx2(int64_t iterations) {
+    __m256 acc[CHAINS];
+    for (int i = 0; i < CHAINS; i++) acc[i] = _mm256_set1_ps((float)i * 1e-3f);
+    const __m256 a = _mm256_set1_ps(0.999999f), b = _mm256_set1_ps(1e-7f);
+    for (int64_t n = 0; n < iterations; n++) {
+        for (int i = 0; i < CHAINS; i++) acc[i] = _mm256_fmadd_ps(acc[i], a, b);
+        __asm__ volatile("" : "+x"(acc[0]), "+x"(acc[1]), "+x"(acc[2]), "+x"(acc[3]), "+x"(acc[4]), "+x"(acc[5]),
+                         "+x"(acc[6]), "+x"(acc[7]), "+x"(acc[8]), "+x"(acc[9]), "+x"(acc[10]), "+x"(acc[11]));
+    }
+    __m256 s = acc[0];
+    for (int i = 1; i < CHAINS; i++) s = _mm256_add_ps(s, acc[i]);
+    float out[8];
+    _mm256_storeu_ps(out, s);
+    return out[0];
+}
+
+__attribute__((target("avx512f")))
+double moe_peak_fma_avx512(int64_t iterations) {
+    __m512 acc[CHAINS];
+    for (int i = 0; i < CHAINS; i++) acc[i] = _mm512_set1_ps((float)i * 1e-3f);
+    const __m512 a = _mm512_set1_ps(0.999999f), b = _mm512_set1_ps(1e-7f);
+    for (int64_t n = 0; n < iterations; n++) {
+        for (int i = 0; i < CHAINS; i++) acc[i] = _mm512_fmadd_ps(acc[i], a, b);
+        __asm__ volatile("" : "+v"(acc[0]), "+v"(acc[1]), "+v"(acc[2]), "+v"(acc[3]), "+v"(acc[4]), "+v"(acc[5]),
+                         "+v"(acc[6]), "+v"(acc[7]), "+v"(acc[8]), "+v"(acc[9]), "+v"(acc[10]), "+v"(acc[11]));
+    }
+    __m512 s = acc[0];
+    for (int i = 1; i < CHAINS; i++) s = _mm512_add_ps(s, acc[i]);
+    return _mm512_reduce_add_ps(s);
+}
+
+// int8 dot products as the q8 kernels do them on AVX2: maddubs (u8 × s8 → pairs summed to s16), then madd with
+// ones (→ s32), then add: 32 multiply-adds per three instructions.
+__attribute__((target("avx2")))
+double moe_peak_dot8_avx2(int64_t iterations) {
+    __m256i acc[CHAINS];
+    for (int i = 0; i < CHAINS; i++) acc[i] = _mm256_set1_epi32(i);
+    const __m256i u = _mm256_set1_epi8(3), s = _mm256_set1_epi8(-2), ones = _mm256_set1_epi16(1);
+    for (int64_t n = 0; n < iterations; n++) {
+        for (int i = 0; i < CHAINS; i++) acc[i] = _mm256_add_epi32(acc[i], _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), ones));
+        __asm__ volatile("" : "+x"(acc[0]), "+x"(acc[1]), "+x"(acc[2]), "+x"(acc[3]), "+x"(acc[4]), "+x"(acc[5]),
+                         "+x"(acc[6]), "+x"(acc[7]), "+x"(acc[8]), "+x"(acc[9]), "+x"(acc[10]), "+x"(acc[11]));
+    }
+    __m256i t = acc[0];
+    for (int i = 1; i < CHAINS; i++) t = _mm256_add_epi32(t, acc[i]);
+    return (double)_mm256_extract_epi32(t, 0);
+}
+
+// AVX-512 VNNI: vpdpbusd, 64 multiply-adds per instruction.
+__attribute__((target("avx512f,avx512vnni")))
+double moe_peak_dot8_avx512vnni(int64_t iterations) {
+    __m512i acc[CHAINS];
+    for (int i = 0; i < CHAINS; i++) acc[i] = _mm512_set1_epi32(i);
+    const __m512i u = _mm512_set1_epi8(3), s = _mm512_set1_epi8(-2);
+    for (int64_t n = 0; n < iterations; n++) {
+        for (int i = 0; i < CHAINS; i++) acc[i] = _mm512_dpbusd_epi32(acc[i], u, s);
+        __asm__ volatile("" : "+v"(acc[0]), "+v"(acc[1]), "+v"(acc[2]), "+v"(acc[3]), "+v"(acc[4]), "+v"(acc[5]),
+                         "+v"(acc[6]), "+v"(acc[7]), "+v"(acc[8]), "+v"(acc[9]), "+v"(acc[10]), "+v"(acc[11]));
+    }
+    return (double)_mm512_reduce_add_epi32(acc[0]);
+}
+
+#else
+double moe_peak_fma_avx2(int64_t iterations) { (void)iterations; return 0; }
+double moe_peak_fma_avx512(int64_t iterations) { (void)iterations; return 0; }
+double moe_peak_dot8_avx2(int64_t iterations) { (void)iterations; return 0; }
+double moe_peak_dot8_avx512vnni(int64_t iterations) { (void)iterations; return 0; }
+#endif
