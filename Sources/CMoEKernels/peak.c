@@ -8,16 +8,25 @@
 
 #define CHAINS 12
 
+// `iterations` rounds of STEP over CHAINS independent accumulators of type T (made by INIT(i)), kept in registers
+// (the empty asm with constraint C stops the compiler from folding rounds together).
+#define PEAK_LOOP(T, C, INIT, STEP)                                                                              \
+    T acc[CHAINS];                                                                                               \
+    for (int i = 0; i < CHAINS; i++) acc[i] = INIT(i);                                                           \
+    for (int64_t n = 0; n < iterations; n++) {                                                                   \
+        for (int i = 0; i < CHAINS; i++) acc[i] = STEP(acc[i]);                                                  \
+        __asm__ volatile("" : C(acc[0]), C(acc[1]), C(acc[2]), C(acc[3]), C(acc[4]), C(acc[5]), C(acc[6]),       \
+                         C(acc[7]), C(acc[8]), C(acc[9]), C(acc[10]), C(acc[11]));                               \
+    }
+
 __attribute__((target("avx2,fma")))
 double moe_peak_fma_avx2(int64_t iterations) {
-    __m256 acc[CHAINS];
-    for (int i = 0; i < CHAINS; i++) acc[i] = _mm256_set1_ps((float)i * 1e-3f);
     const __m256 a = _mm256_set1_ps(0.999999f), b = _mm256_set1_ps(1e-7f);
-    for (int64_t n = 0; n < iterations; n++) {
-        for (int i = 0; i < CHAINS; i++) acc[i] = _mm256_fmadd_ps(acc[i], a, b);
-        __asm__ volatile("" : "+x"(acc[0]), "+x"(acc[1]), "+x"(acc[2]), "+x"(acc[3]), "+x"(acc[4]), "+x"(acc[5]),
-                         "+x"(acc[6]), "+x"(acc[7]), "+x"(acc[8]), "+x"(acc[9]), "+x"(acc[10]), "+x"(acc[11]));
-    }
+#define INIT(i) _mm256_set1_ps((float)(i) * 1e-3f)
+#define STEP(v) _mm256_fmadd_ps((v), a, b)
+    PEAK_LOOP(__m256, "+x", INIT, STEP)
+#undef INIT
+#undef STEP
     __m256 s = acc[0];
     for (int i = 1; i < CHAINS; i++) s = _mm256_add_ps(s, acc[i]);
     float out[8];
@@ -27,14 +36,12 @@ double moe_peak_fma_avx2(int64_t iterations) {
 
 __attribute__((target("avx512f")))
 double moe_peak_fma_avx512(int64_t iterations) {
-    __m512 acc[CHAINS];
-    for (int i = 0; i < CHAINS; i++) acc[i] = _mm512_set1_ps((float)i * 1e-3f);
     const __m512 a = _mm512_set1_ps(0.999999f), b = _mm512_set1_ps(1e-7f);
-    for (int64_t n = 0; n < iterations; n++) {
-        for (int i = 0; i < CHAINS; i++) acc[i] = _mm512_fmadd_ps(acc[i], a, b);
-        __asm__ volatile("" : "+v"(acc[0]), "+v"(acc[1]), "+v"(acc[2]), "+v"(acc[3]), "+v"(acc[4]), "+v"(acc[5]),
-                         "+v"(acc[6]), "+v"(acc[7]), "+v"(acc[8]), "+v"(acc[9]), "+v"(acc[10]), "+v"(acc[11]));
-    }
+#define INIT(i) _mm512_set1_ps((float)(i) * 1e-3f)
+#define STEP(v) _mm512_fmadd_ps((v), a, b)
+    PEAK_LOOP(__m512, "+v", INIT, STEP)
+#undef INIT
+#undef STEP
     __m512 s = acc[0];
     for (int i = 1; i < CHAINS; i++) s = _mm512_add_ps(s, acc[i]);
     return _mm512_reduce_add_ps(s);
@@ -44,14 +51,12 @@ double moe_peak_fma_avx512(int64_t iterations) {
 // ones (→ s32), then add: 32 multiply-adds per three instructions.
 __attribute__((target("avx2")))
 double moe_peak_dot8_avx2(int64_t iterations) {
-    __m256i acc[CHAINS];
-    for (int i = 0; i < CHAINS; i++) acc[i] = _mm256_set1_epi32(i);
     const __m256i u = _mm256_set1_epi8(3), s = _mm256_set1_epi8(-2), ones = _mm256_set1_epi16(1);
-    for (int64_t n = 0; n < iterations; n++) {
-        for (int i = 0; i < CHAINS; i++) acc[i] = _mm256_add_epi32(acc[i], _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), ones));
-        __asm__ volatile("" : "+x"(acc[0]), "+x"(acc[1]), "+x"(acc[2]), "+x"(acc[3]), "+x"(acc[4]), "+x"(acc[5]),
-                         "+x"(acc[6]), "+x"(acc[7]), "+x"(acc[8]), "+x"(acc[9]), "+x"(acc[10]), "+x"(acc[11]));
-    }
+#define INIT(i) _mm256_set1_epi32(i)
+#define STEP(v) _mm256_add_epi32((v), _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), ones))
+    PEAK_LOOP(__m256i, "+x", INIT, STEP)
+#undef INIT
+#undef STEP
     __m256i t = acc[0];
     for (int i = 1; i < CHAINS; i++) t = _mm256_add_epi32(t, acc[i]);
     return (double)_mm256_extract_epi32(t, 0);
@@ -60,14 +65,12 @@ double moe_peak_dot8_avx2(int64_t iterations) {
 // AVX-512 VNNI: vpdpbusd, 64 multiply-adds per instruction.
 __attribute__((target("avx512f,avx512vnni")))
 double moe_peak_dot8_avx512vnni(int64_t iterations) {
-    __m512i acc[CHAINS];
-    for (int i = 0; i < CHAINS; i++) acc[i] = _mm512_set1_epi32(i);
     const __m512i u = _mm512_set1_epi8(3), s = _mm512_set1_epi8(-2);
-    for (int64_t n = 0; n < iterations; n++) {
-        for (int i = 0; i < CHAINS; i++) acc[i] = _mm512_dpbusd_epi32(acc[i], u, s);
-        __asm__ volatile("" : "+v"(acc[0]), "+v"(acc[1]), "+v"(acc[2]), "+v"(acc[3]), "+v"(acc[4]), "+v"(acc[5]),
-                         "+v"(acc[6]), "+v"(acc[7]), "+v"(acc[8]), "+v"(acc[9]), "+v"(acc[10]), "+v"(acc[11]));
-    }
+#define INIT(i) _mm512_set1_epi32(i)
+#define STEP(v) _mm512_dpbusd_epi32((v), u, s)
+    PEAK_LOOP(__m512i, "+v", INIT, STEP)
+#undef INIT
+#undef STEP
     return (double)_mm512_reduce_add_epi32(acc[0]);
 }
 
