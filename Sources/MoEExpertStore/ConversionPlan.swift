@@ -66,7 +66,9 @@ extension StoreConverter {
             var scaleType: WeightMatrix.ScaleType? = nil
             var block: (Int, Int)? = nil
             switch (option, probe.encoding) {
-            case (.int4, .int4g32(_, let t)), (.source, .int4g32(_, let t)): encoding = .int4; scaleType = t
+            case (.int4, .int4g32(_, let t)), (.source, .int4g32(_, let t)), (.int4, .int4g32x8(_, let t)),
+                 (.source, .int4g32x8(_, let t)):
+                encoding = .int4; scaleType = t
             case (.int4, _): encoding = .int4; scaleType = .bf16
             case (.int8, _): encoding = .int8; scaleType = .f32
             case (.bf16, _), (.source, .bf16): encoding = .bf16
@@ -167,7 +169,7 @@ extension StoreConverter {
             var parts = ["format \(StoreManifest.currentVersion)", "source \((src.path as NSString).standardizingPath)"]
             for f in src.checkpoint.files {
                 let size = (try? FileManager.default.attributesOfItem(atPath: f.path)[.size] as? Int) ?? -1
-                parts.append("\((f.path as NSString).lastPathComponent) \(size ?? -1)")
+                parts.append("\((f.path as NSString).lastPathComponent) \(size)")
             }
             parts.append("layout \(layout.encoding.rawValue) \(layout.scaleType?.rawValue ?? "-") \(layout.extentBytes)")
             parts.append("resident \(residentFileBytes) \(residentTensors.count)")

@@ -1,8 +1,9 @@
 import MoESystem
 import MoETensor
 
-/// Writes one source matrix into an expert extent in the store's encoding: bytes passed through when source
-/// and target agree (INT4 → int4, FP8 → fp8, BF16 → bf16: no re-quantizing), row by row otherwise.
+/// Writes one source matrix into an expert extent in the store's encoding: values passed through when source
+/// and target agree (INT4 → int4 with its rows interleaved by 8, FP8 → fp8, BF16 → bf16: no re-quantizing), row by
+/// row otherwise.
 enum ExpertTranscoder {
     static func encode(_ src: WeightMatrix, as layout: ExpertLayout, into extent: UnsafeMutableRawPointer,
                        at m: MatrixLayout, tensor: String) throws(StoreError) {
@@ -10,8 +11,23 @@ enum ExpertTranscoder {
         let scales = m.scaleOffset.map { extent + $0 }
         switch (layout.encoding, src.encoding) {
         case (.int4, .int4g32(let s, let type)) where type == layout.scaleType:
-            data.copyMemory(from: src.data, byteCount: m.bytes)
-            scales!.copyMemory(from: s, byteCount: m.scaleBytes!)
+            // The same nibbles and scales, rows interleaved by 8 for the kernels.
+            Int4Interleaved.interleave(rows: m.rows, cols: m.cols, data: src.data, scales: s, scaleBytes: type.byteSize,
+                                       into: data, scales: scales!)
+        case (.int4, _):
+            // Quantised row by row (row-major, Q4_0 order), then interleaved.
+            let type = layout.scaleType ?? .bf16
+            let rowMajor = UnsafeMutableRawPointer.allocate(byteCount: m.bytes + m.scaleBytes!, alignment: 64)
+            defer { rowMajor.deallocate() }
+            let row = FloatBuffer(count: src.cols)
+            for r in 0..<src.rows {
+                src.copyRow(r, into: row.pointer)
+                GroupQuantization.quantizeInt4(row: row.pointer, cols: src.cols, scaleType: type,
+                                               packed: rowMajor.assumingMemoryBound(to: UInt8.self) + r * src.cols / 2,
+                                               scales: rowMajor + m.bytes + r * (src.cols / 32) * type.byteSize)
+            }
+            Int4Interleaved.interleave(rows: m.rows, cols: m.cols, data: rowMajor, scales: rowMajor + m.bytes,
+                                       scaleBytes: type.byteSize, into: data, scales: scales!)
         case (.fp8, .fp8Block(let s, let br, let bc)) where br == layout.blockRows && bc == layout.blockCols:
             data.copyMemory(from: src.data, byteCount: m.bytes)
             scales!.copyMemory(from: UnsafeRawPointer(s), byteCount: m.scaleBytes!)
@@ -41,9 +57,7 @@ enum ExpertTranscoder {
         case .f32:
             (data.assumingMemoryBound(to: Float.self) + r * cols).update(from: w, count: cols)
         case .int4:
-            let type = layout.scaleType ?? .bf16
-            GroupQuantization.quantizeInt4(row: w, cols: cols, scaleType: type, packed: data.assumingMemoryBound(to: UInt8.self) + r * cols / 2,
-                                           scales: scales! + r * (cols / 32) * type.byteSize)
+            preconditionFailure("int4 experts are interleaved by `encode`")
         case .int8:
             let type = layout.scaleType ?? .f32
             GroupQuantization.quantizeInt8(row: w, cols: cols, scaleType: type, values: data.assumingMemoryBound(to: Int8.self) + r * cols,

@@ -4,7 +4,8 @@ import MoETensor
 
 /// How routed experts are encoded in a store.
 public enum ExpertEncoding: String, Codable, Sendable, CaseIterable {
-    /// Symmetric int4, one scale per 32 values (Kimi K2 Thinking's values, repacked in Q4_0 nibble order).
+    /// Symmetric int4, one scale per 32 values (Kimi K2 Thinking's values), rows interleaved by 8
+    /// (`Int4Interleaved`: the layout the int8 dot-product tiles read, so nothing is repacked when an expert loads).
     case int4
     /// Symmetric int8, one fp32 scale per 32 values.
     case int8
@@ -36,6 +37,8 @@ public struct ExpertLayout: Codable, Sendable, Equatable {
     /// FP8 block shape, for `fp8`.
     public var blockRows: Int?
     public var blockCols: Int?
+    /// Rows per interleaved block: 8 for `int4` (`Int4Interleaved`), nil otherwise.
+    public var rowInterleave: Int?
     public var gate: MatrixLayout
     public var up: MatrixLayout
     public var down: MatrixLayout
@@ -53,6 +56,7 @@ public struct ExpertLayout: Codable, Sendable, Equatable {
         self.scaleType = scaleType
         self.blockRows = blockRows
         self.blockCols = blockCols
+        self.rowInterleave = encoding == .int4 ? Int4Interleaved.blockRows : nil
         self.alignment = alignment
         var cursor = 0
         func place(rows: Int, cols: Int) -> MatrixLayout {
@@ -91,7 +95,7 @@ public struct ExpertLayout: Codable, Sendable, Equatable {
             let scales = m.scaleOffset.map { base + $0 }
             let enc: WeightMatrix.Encoding
             switch encoding {
-            case .int4: enc = .int4g32(scales: scales!, scaleType: scaleType ?? .bf16)
+            case .int4: enc = .int4g32x8(scales: scales!, scaleType: scaleType ?? .bf16)
             case .int8: enc = .int8g32(scales: scales!, scaleType: scaleType ?? .f32)
             case .bf16: enc = .bf16
             case .f16: enc = .f16
@@ -138,7 +142,8 @@ public struct CarriedFile: Codable, Sendable, Equatable {
 /// manifest.json: everything needed to find and check every byte of a store. Written last, renamed into place.
 public struct StoreManifest: Codable, Sendable, Equatable {
     public static let formatName = "moestream-expert-store"
-    public static let currentVersion = 1
+    /// 2: int4 experts interleaved by 8 rows (`rowInterleave`). Version 1 stores held them row-major.
+    public static let currentVersion = 2
     public static let fileName = "manifest.json"
     public static let residentFileName = "resident.safetensors"
 
@@ -205,7 +210,10 @@ public struct StoreManifest: Codable, Sendable, Equatable {
         }
         guard m.format == formatName else { throw .badManifest(file: file, reason: "format '\(m.format)' is not \(formatName)") }
         guard m.version == currentVersion else {
-            throw .badManifest(file: file, reason: "version \(m.version); this build reads version \(currentVersion)")
+            throw .badManifest(file: file, reason: "store format version \(m.version); this build reads version \(currentVersion)"
+                                   + (m.version < currentVersion
+                                      ? " (its experts are laid out for older kernels): convert the checkpoint again with `moestream convert CHECKPOINT -o STORE`"
+                                      : ": it was written by a newer moestream"))
         }
         var unsigned = m
         unsigned.checksum = ""
@@ -238,6 +246,24 @@ public struct StoreManifest: Codable, Sendable, Equatable {
         }
         if let r = l.blockRows, !(1...(1 << 16)).contains(r) { throw fail("blockRows \(r) is outside 1...65536") }
         if let c = l.blockCols, !(1...(1 << 16)).contains(c) { throw fail("blockCols \(c) is outside 1...65536") }
+        // int4 is interleaved by 8 rows: every matrix must fill whole blocks and groups, or the kernels read past it.
+        guard l.rowInterleave == (l.encoding == .int4 ? Int4Interleaved.blockRows : nil) else {
+            throw fail("rowInterleave \(l.rowInterleave.map(String.init) ?? "none") does not match \(l.encoding.rawValue) experts")
+        }
+        if l.encoding == .int4 || l.encoding == .int8 {
+            for (name, m) in [("gate", l.gate), ("up", l.up), ("down", l.down)]
+            where m.cols % 32 != 0 || (l.encoding == .int4 && m.rows % Int4Interleaved.blockRows != 0) {
+                throw fail("the \(name) matrix is \(m.rows) × \(m.cols): \(l.encoding.rawValue) experts need columns in groups of 32"
+                           + (l.encoding == .int4 ? " and rows in blocks of 8" : ""))
+            }
+        }
+        // The kernels read rows × cols of the encoding: the byte counts must be exactly that, scales where it has them.
+        for (name, m) in [("gate", l.gate), ("up", l.up), ("down", l.down)] {
+            let (data, scales) = ExpertLayout.sizes(l.encoding, l.scaleType, l.blockRows, l.blockCols, rows: m.rows, cols: m.cols)
+            guard m.bytes == data, m.scaleBytes == scales, (m.scaleOffset == nil) == (scales == nil) else {
+                throw fail("the \(name) matrix's \(m.bytes) bytes and \(m.scaleBytes ?? 0) scale bytes do not fit its \(m.rows) × \(m.cols) shape")
+            }
+        }
         var layers = Set<Int>()
         for f in experts.files {
             guard (0..<4096).contains(f.layer), layers.insert(f.layer).inserted else {

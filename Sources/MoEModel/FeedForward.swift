@@ -53,8 +53,10 @@ func swiGLUQ8(gate: WeightMatrix, up: WeightMatrix, down: WeightMatrix, _ x: Uns
 func usesQ8(_ expert: ExpertWeights) -> Bool {
     guard Kernels.expertActivations == .q8 else { return false }
     func int4(_ m: WeightMatrix) -> Bool {
-        if case .int4g32 = m.encoding { return m.cols % 32 == 0 }
-        return false
+        switch m.encoding {
+        case .int4g32, .int4g32x8: return m.cols % 32 == 0
+        default: return false
+        }
     }
     return int4(expert.gate) && int4(expert.up) && int4(expert.down)
 }

@@ -5,19 +5,30 @@ import CMoEKernels
 public enum KernelBenchmark {
     public enum Kind: String, CaseIterable, Sendable {
         case int4 = "int4-g32"
+        /// int4 interleaved by 8 rows (`Int4Interleaved`), as stores hold routed experts.
+        case int4x8 = "int4-x8"
         case int8 = "int8-g32"
         case bf16
         case f32
 
         /// int4/int8 come in groups of 32 columns; bf16 and f32 take any width (a scalar tail).
-        public var grouped: Bool { self == .int4 || self == .int8 }
+        public var grouped: Bool { self != .bf16 && self != .f32 }
     }
 
-    /// A `rows × cols` matrix of `kind` with random values (a fixed seed), scales bf16.
+    /// A `rows × cols` matrix of `kind` with random values (a fixed seed), scales bf16. `int4x8` holds the same
+    /// values as `int4` with the same seed (rows a multiple of 8).
     public static func randomMatrix(_ kind: Kind, rows: Int, cols: Int, seed: UInt64 = 1) -> WeightMatrix {
         var rng = SplitMix(seed: seed)
         let groups = cols / 32
         switch kind {
+        case .int4x8:
+            let m = randomMatrix(.int4, rows: rows, cols: cols, seed: seed)
+            guard case .int4g32(let scales, _) = m.encoding else { fatalError() }
+            let data = AlignedBuffer(byteCount: rows * cols / 2), out = AlignedBuffer(byteCount: rows * groups * 2)
+            Int4Interleaved.interleave(rows: rows, cols: cols, data: m.data, scales: scales, scaleBytes: 2,
+                                       into: data.pointer, scales: out.pointer)
+            return WeightMatrix(rows: rows, cols: cols, data: UnsafeRawPointer(data.pointer),
+                                encoding: .int4g32x8(scales: UnsafeRawPointer(out.pointer), scaleType: .bf16), owners: [data, out])
         case .int4, .int8:
             precondition(cols % 32 == 0)
             let bytes = kind == .int4 ? rows * cols / 2 : rows * cols

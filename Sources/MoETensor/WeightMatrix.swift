@@ -18,6 +18,9 @@ public struct WeightMatrix: @unchecked Sendable {
         /// element j + 16 in its high nibble (GGUF Q4_0's order, so one 16-byte load unpacks a whole group).
         /// `scales` is `[rows, cols/32]` of `scaleType`.
         case int4g32(scales: UnsafeRawPointer, scaleType: ScaleType)
+        /// The same values with rows interleaved by 8 (`Int4Interleaved`: four columns of eight rows per 32
+        /// bytes), the layout the int8 dot-product tiles read; rows a multiple of 8. Routed experts in a store.
+        case int4g32x8(scales: UnsafeRawPointer, scaleType: ScaleType)
         /// Symmetric int8, one scale per 32 values: `W = q · scale`; `data` is `[rows, cols]` Int8.
         case int8g32(scales: UnsafeRawPointer, scaleType: ScaleType)
     }
@@ -51,7 +54,7 @@ public struct WeightMatrix: @unchecked Sendable {
         case .f32: rows * cols * 4
         case .bf16, .f16: rows * cols * 2
         case .fp8Block: rows * cols
-        case .int4g32: rows * cols / 2
+        case .int4g32, .int4g32x8: rows * cols / 2
         case .int8g32: rows * cols
         }
     }
@@ -94,6 +97,8 @@ public struct WeightMatrix: @unchecked Sendable {
         case .int4g32(let scales, let type):
             let groups = cols / 32
             return dotInt4G32(data + r * cols / 2, x, groups: groups) { Self.groupScale(scales, type, r * groups + $0) }
+        case .int4g32x8(let scales, let type):
+            return dotInterleaved(row: r, x, scales: scales, type: type)
         case .int8g32(let scales, let type):
             let groups = cols / 32
             return dotInt8G32(data.assumingMemoryBound(to: Int8.self) + r * cols, x, groups: groups) {
@@ -110,17 +115,25 @@ public struct WeightMatrix: @unchecked Sendable {
         splitRows { gemm(rows: $0, x, tokens: tokens, into: y) }
     }
 
-    /// Runs `body` on row ranges across the kernel pool: chunks of at least ~64 KB of weights (and whole 4-row
-    /// tiles), a few per worker so none idles.
+    /// Runs `body` on row ranges across the kernel pool: chunks of at least ~64 KB of weights (and whole tiles:
+    /// 4 rows, or the interleaved layout's blocks of 8), a few per worker so none idles.
     @inline(__always)
     public func splitRows(_ body: (Range<Int>) -> Void) {
-        let minimumRows = max(4, (65_536 / max(1, storedByteCount / max(rows, 1))) & ~3)
+        let tile = rowTile
+        let minimumRows = max(tile, (65_536 / max(1, storedByteCount / max(rows, 1))) & ~(tile - 1))
         let pool = KernelPool.current
         let workers = pool.width
         let chunks = max(1, min(workers * 4, rows / minimumRows))
-        let size = ((rows + chunks - 1) / chunks + 3) & ~3
+        let size = ((rows + chunks - 1) / chunks + tile - 1) & ~(tile - 1)
         let count = (rows + size - 1) / size
         pool.run(count) { k in body((k * size)..<min(rows, (k + 1) * size)) }
+    }
+
+    /// Rows a split must keep together: the interleaved layout's blocks of 8, else 4.
+    @inline(__always)
+    var rowTile: Int {
+        if case .int4g32x8 = encoding { return Int4Interleaved.blockRows }
+        return 4
     }
 
     /// `apply` for output rows `rows` only, on the calling thread: the kernel of `Kernels.isa` for this
@@ -132,7 +145,7 @@ public struct WeightMatrix: @unchecked Sendable {
         if let kernel = Kernels.gemm(encoding, isa) {
             var m = moe_matrix(data: data, scales: nil, rows: Int64(rows), cols: Int64(cols), scales_bf16: 0)
             switch encoding {
-            case .int4g32(let scales, let type), .int8g32(let scales, let type):
+            case .int4g32(let scales, let type), .int8g32(let scales, let type), .int4g32x8(let scales, let type):
                 m.scales = scales
                 m.scales_bf16 = type == .bf16 ? 1 : 0
             default: break
@@ -160,7 +173,7 @@ public struct WeightMatrix: @unchecked Sendable {
             let scaleCols = (cols + blockCols - 1) / blockCols
             let w = data.assumingMemoryBound(to: UInt8.self) + r * cols
             for c in 0..<cols { out[c] = e4m3ToFloat(w[c]) * scales[(r / blockRows) * scaleCols + c / blockCols] }
-        case .int4g32, .int8g32:
+        case .int4g32, .int8g32, .int4g32x8:
             for c in 0..<cols { out[c] = element(r, c) }
         }
     }
@@ -181,6 +194,11 @@ public struct WeightMatrix: @unchecked Sendable {
             let byte = data.load(fromByteOffset: r * cols / 2 + g * 16 + (j & 15), as: UInt8.self)
             let nibble = j < 16 ? byte & 0xF : byte >> 4
             return Float(Int(nibble) - 8) * Self.groupScale(scales, type, r * (cols / 32) + g)
+        case .int4g32x8(let scales, let type):
+            let (offset, high) = Int4Interleaved.position(r, c, cols: cols)
+            let byte = data.load(fromByteOffset: offset, as: UInt8.self)
+            return Float(Int(high ? byte >> 4 : byte & 0xF) - 8)
+                * Self.groupScale(scales, type, Int4Interleaved.scaleIndex(r, group: c / 32, cols: cols))
         case .int8g32(let scales, let type):
             return Float(data.load(fromByteOffset: r * cols + c, as: Int8.self))
                 * Self.groupScale(scales, type, r * (cols / 32) + c / 32)
@@ -220,7 +238,7 @@ extension WeightMatrix {
                 let w = data.assumingMemoryBound(to: UInt8.self) + r * cols
                 let s = scales + (r / blockRows) * scaleCols
                 for c in 0..<cols { y[c] += a * (e4m3ToFloat(w[c]) * s[c / blockCols]) }
-            case .int4g32, .int8g32:
+            case .int4g32, .int8g32, .int4g32x8:
                 for c in 0..<cols { y[c] += a * element(r, c) }
             }
         }

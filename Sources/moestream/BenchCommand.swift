@@ -144,7 +144,9 @@ struct BenchKernels: ParsableCommand {
     func run() throws {
         let counts = tokens.split(separator: ",").compactMap { Int($0.trimmingCharacters(in: .whitespaces)) }
         guard !counts.isEmpty, counts.allSatisfy({ $0 >= 1 }) else { throw CLIError("--tokens: a list of positive counts, e.g. 1,4,16") }
-        guard rows >= 1, cols >= 32, cols % 32 == 0 else { throw CLIError("--rows ≥ 1 and --cols a multiple of 32") }
+        guard rows >= 8, rows % 8 == 0, cols >= 32, cols % 32 == 0 else {
+            throw CLIError("--rows a multiple of 8 (the interleaved layout's blocks) and --cols a multiple of 32")
+        }
         let isas = KernelISA.allCases.filter(\.isSupported)
         print("matrix \(rows) × \(cols), one thread; supported: \(isas.map(\.rawValue).joined(separator: ", "))"
               + (KernelISA.avx512.isSupported ? "" : " (no AVX-512 on this CPU)"))
@@ -175,9 +177,10 @@ struct BenchKernels: ParsableCommand {
                 }
             }
         }
-        // int4 weights × activations quantised to int8 (`--expert-activations q8`): speed against the fp32
-        // generic product, and its error against it (the quantisation's, not float rounding).
-        let m = KernelBenchmark.randomMatrix(.int4, rows: rows, cols: cols)
+        // int4 weights × activations quantised to int8 (`--expert-activations q8`), row-major and interleaved:
+        // speed against the fp32 generic product, and its error against it (the quantisation's, not float rounding).
+        for kind in [KernelBenchmark.Kind.int4, .int4x8] {
+        let m = KernelBenchmark.randomMatrix(kind, rows: rows, cols: cols)
         for t in counts {
             let x = KernelBenchmark.randomActivations(t * cols)
             let reference = FloatBuffer(count: t * rows)
@@ -188,9 +191,10 @@ struct BenchKernels: ParsableCommand {
                 let (s, y) = KernelBenchmark.timeQ8(m, x, tokens: t, isa: isa, repeats: isa == .generic ? max(1, repeats / 2) : repeats)
                 // The q8 kernels' products are int8 (AVX-512 without VNNI runs the AVX2 one).
                 let peak = isa == .generic ? nil : (peaks[isa]?.int8 ?? peaks[.avx2]?.int8)
-                printRow("int4×q8", t, isa, seconds: s, base: base, bytes: m.storedByteCount, y: y, reference: reference,
+                printRow(kind == .int4 ? "int4×q8" : "x8×q8", t, isa, seconds: s, base: base, bytes: m.storedByteCount, y: y, reference: reference,
                          scale: scale, peak: peak)
             }
+        }
         }
     }
 

@@ -9,7 +9,11 @@ import Testing
     /// The exact value of every weight (dequantised in float64 from the stored bytes).
     func exact(_ m: WeightMatrix, _ r: Int, _ c: Int) -> Double { Double(m.element(r, c)) }
 
+    /// `rows` rounded up to what `kind` takes (the interleaved layout's blocks of 8).
+    static func rows(_ rows: Int, _ kind: KernelBenchmark.Kind) -> Int { kind == .int4x8 ? (rows + 7) / 8 * 8 : rows }
+
     func check(_ kind: KernelBenchmark.Kind, rows: Int, cols: Int, tokens: Int, isa: KernelISA) {
+        let rows = Self.rows(rows, kind)
         let m = KernelBenchmark.randomMatrix(kind, rows: rows, cols: cols, seed: UInt64(rows * 31 + cols))
         let x = KernelBenchmark.randomActivations(tokens * cols, seed: UInt64(tokens))
         let fast = FloatBuffer(count: tokens * rows), twin = FloatBuffer(count: tokens * rows)
@@ -49,7 +53,9 @@ import Testing
     /// walk the rows in several cache blocks (`row_block`: 24 bf16 rows of 4103, 108 int4 rows of 4096).
     @Test(arguments: KernelBenchmark.Kind.allCases, [false, true])
     func resultsDoNotDependOnTilesOrSplits(kind: KernelBenchmark.Kind, large: Bool) {
-        let (rows, cols, tokens) = large ? (263, kind.grouped ? 4096 : 4103, 9) : (23, kind.grouped ? 512 : 517, 7)
+        var (rows, cols, tokens) = large ? (263, kind.grouped ? 4096 : 4103, 9) : (23, kind.grouped ? 512 : 517, 7)
+        rows = Self.rows(rows, kind)
+        let splits = kind == .int4x8 ? [8, 16, rows - 8] : [1, 5, rows - 1]
         let m = KernelBenchmark.randomMatrix(kind, rows: rows, cols: cols, seed: 5)
         let x = KernelBenchmark.randomActivations(tokens * cols, seed: 6)
         for isa in KernelISA.allCases where isa.isSupported {
@@ -57,7 +63,7 @@ import Testing
             m.gemm(rows: 0..<rows, x.pointer, tokens: tokens, into: whole.pointer, isa: isa)
             let single = FloatBuffer(count: rows)
             for t in 0..<tokens {
-                for split in [1, 5, rows - 1] {
+                for split in splits {
                     m.gemm(rows: 0..<split, x.pointer + t * cols, tokens: 1, into: single.pointer, isa: isa)
                     m.gemm(rows: split..<rows, x.pointer + t * cols, tokens: 1, into: single.pointer, isa: isa)
                     for r in 0..<rows {
@@ -87,10 +93,10 @@ import Testing
     /// of the quantised values) within float rounding; a token's result is the same alone or in a block of four;
     /// and the quantisation itself is within half a step of each value. 33 groups: the AVX-512 kernel's odd last
     /// group.
-    @Test(arguments: [1024, 1056])
-    func q8ActivationKernelsMatchTheExactProductOfTheQuantisedValues(cols: Int) {
-        let (rows, tokens) = (37, 9)
-        let m = KernelBenchmark.randomMatrix(.int4, rows: rows, cols: cols, seed: 3)
+    @Test(arguments: [KernelBenchmark.Kind.int4, .int4x8], [1024, 1056])
+    func q8ActivationKernelsMatchTheExactProductOfTheQuantisedValues(kind: KernelBenchmark.Kind, cols: Int) {
+        let (rows, tokens) = (Self.rows(37, kind), 9)
+        let m = KernelBenchmark.randomMatrix(kind, rows: rows, cols: cols, seed: 3)
         let x = KernelBenchmark.randomActivations(tokens * cols, seed: 4)
         let memory = FloatBuffer(count: Q8Activations.floatsNeeded(tokens: tokens, cols: cols))
         let q = Q8Activations(x.pointer, tokens: tokens, cols: cols, memory: memory.pointer)
@@ -119,6 +125,39 @@ import Testing
                 let qt = Q8Activations(x.pointer + t * cols, tokens: 1, cols: cols, memory: one.pointer)
                 m.gemmQ8(rows: 0..<rows, qt, into: single.pointer, isa: isa)
                 for r in 0..<rows { #expect(single.pointer[r] == y.pointer[t * rows + r], "\(isa) token \(t) row \(r)") }
+            }
+        }
+    }
+}
+
+extension KernelTests {
+    /// The interleaved layout holds the int4 matrix's values (every element), and its kernels agree bit for bit
+    /// across instruction sets and with the Swift twins, for fp32 and for q8 activations, with 1…19 tokens (every
+    /// token-tile width, several tiles) and rows in one block of 8 past a multiple of 16 (AVX-512's 8-row tail).
+    @Test func interleavedKernelsAgreeBitForBitEverywhere() {
+        let (rows, cols) = (40, 1056)
+        let plain = KernelBenchmark.randomMatrix(.int4, rows: rows, cols: cols, seed: 9)
+        let m = KernelBenchmark.randomMatrix(.int4x8, rows: rows, cols: cols, seed: 9)
+        for r in 0..<rows { for c in 0..<cols { #expect(m.element(r, c) == plain.element(r, c), "row \(r) col \(c)") } }
+        for tokens in [1, 3, 8, 19] {
+            let x = KernelBenchmark.randomActivations(tokens * cols, seed: UInt64(tokens))
+            let memory = FloatBuffer(count: Q8Activations.floatsNeeded(tokens: tokens, cols: cols))
+            let q = Q8Activations(x.pointer, tokens: tokens, cols: cols, memory: memory.pointer)
+            let exactTwin = FloatBuffer(count: tokens * rows), q8Twin = FloatBuffer(count: tokens * rows)
+            m.gemm(rows: 0..<rows, x.pointer, tokens: tokens, into: exactTwin.pointer, isa: .generic)
+            m.gemmQ8(rows: 0..<rows, q, into: q8Twin.pointer, isa: .generic)
+            for isa in Self.fast {
+                let y = FloatBuffer(count: tokens * rows), yq = FloatBuffer(count: tokens * rows)
+                m.gemm(rows: 0..<rows, x.pointer, tokens: tokens, into: y.pointer, isa: isa)
+                m.gemmQ8(rows: 0..<rows, q, into: yq.pointer, isa: isa)
+                #expect(y.array == exactTwin.array, "fp32 \(isa) \(tokens) tokens")
+                #expect(yq.array == q8Twin.array, "q8 \(isa) \(tokens) tokens")
+            }
+            if KernelISA.avx512.isSupported && KernelISA.avx2.isSupported {
+                // The AVX2 maddubs kernel on an AVX-512 machine too (it is what AVX2-only CPUs run).
+                let yq = FloatBuffer(count: tokens * rows)
+                m.gemmQ8(rows: 0..<rows, q, into: yq.pointer, isa: .avx2)
+                #expect(yq.array == q8Twin.array)
             }
         }
     }

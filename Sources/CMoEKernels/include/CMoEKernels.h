@@ -52,12 +52,19 @@ void moe_gemm_q4_q8_avx2(const moe_matrix *m, int64_t r0, int64_t r1, const moe_
 void moe_gemm_q4_q8_avx512vnni(const moe_matrix *m, int64_t r0, int64_t r1, const moe_q8_acts *x, int64_t T, float *y);
 int moe_cpu_has_avx512vnni(void);
 /// Register-only loops of `iterations` rounds over 12 independent chains (peak.c): the core's arithmetic peak.
-/// Per round: fma_avx2 12·8 FMAs, fma_avx512 12·16 FMAs, dot8_avx2 12·32 int8 multiply-adds (maddubs + madd + add),
+/// Per round: fma_avx2 12·8 FMAs, fma_avx512 12·16 FMAs, dot8_avx2 12·32 int8 multiply-adds (maddubs + paddw),
 /// dot8_avx512vnni 12·64 (vpdpbusd). Call only where the CPU has the ISA. The result only defeats dead-code removal.
 double moe_peak_fma_avx2(int64_t iterations);
 double moe_peak_fma_avx512(int64_t iterations);
 double moe_peak_dot8_avx2(int64_t iterations);
 double moe_peak_dot8_avx512vnni(int64_t iterations);
+/// int4 interleaved by 8 rows (`int4g32x8`; layout in kernels_x8.c): rows [r0, r1) must start and end on multiples
+/// of 8. × Q8 activations with maddubs (AVX2) or vpdpbusd (AVX-512 VNNI), and × fp32 activations; the four agree
+/// bit for bit with each other and with their Swift twins (`WeightMatrix.gemm`, `gemmQ8`).
+void moe_gemm_q4x8_q8_avx2(const moe_matrix *m, int64_t r0, int64_t r1, const moe_q8_acts *x, int64_t T, float *y);
+void moe_gemm_q4x8_q8_avx512vnni(const moe_matrix *m, int64_t r0, int64_t r1, const moe_q8_acts *x, int64_t T, float *y);
+void moe_gemm_q4x8_avx2(const moe_matrix *m, int64_t r0, int64_t r1, const float *x, int64_t T, float *y);
+void moe_gemm_q4x8_avx512(const moe_matrix *m, int64_t r0, int64_t r1, const float *x, int64_t T, float *y);
 /// fp32 rows (the attention's latent keys: scores of a block of queries).
 void moe_gemm_f32_avx2(const moe_matrix *m, int64_t r0, int64_t r1, const float *x, int64_t T, float *y);
 void moe_gemm_q4_avx512(const moe_matrix *m, int64_t r0, int64_t r1, const float *x, int64_t T, float *y);
