@@ -34,10 +34,11 @@ func gateRows(_ rows: Range<Int>, tokens T: Int, inter: Int, _ g: UnsafeMutableP
     }
 }
 
-/// `swiGLU` with the activations quantised to int8 per 32 values before each product (`--expert-activations q8`,
-/// int4 weights only); `scratch` holds 2·T·inter floats and `Q8Activations.floatsNeeded` for max(cols, inter).
+/// `swiGLU` with the activations quantised to int8 per 32 values before gate and up, and before down too when
+/// `quantiseDown` (`ExpertActivations.q8GateUp`, `.q8`; int4 weights only); `scratch` holds 2·T·inter floats and
+/// `Q8Activations.floatsNeeded` for max(cols, inter).
 func swiGLUQ8(gate: WeightMatrix, up: WeightMatrix, down: WeightMatrix, _ x: UnsafePointer<Float>, tokens T: Int,
-              scratch: UnsafeMutablePointer<Float>, into out: UnsafeMutablePointer<Float>) {
+              quantiseDown: Bool = true, scratch: UnsafeMutablePointer<Float>, into out: UnsafeMutablePointer<Float>) {
     let inter = gate.rows
     let g = scratch, u = scratch + T * inter, quantised = u + T * inter  // [T, inter] each, then the int8 copy
     let xq = Q8Activations(x, tokens: T, cols: gate.cols, memory: quantised)
@@ -46,12 +47,16 @@ func swiGLUQ8(gate: WeightMatrix, up: WeightMatrix, down: WeightMatrix, _ x: Uns
         up.gemmQ8(rows: rows, xq, into: u)
         gateRows(rows, tokens: T, inter: inter, g, u)
     }
-    down.applyQ8(Q8Activations(g, tokens: T, cols: inter, memory: quantised), into: out)
+    if quantiseDown {
+        down.applyQ8(Q8Activations(g, tokens: T, cols: inter, memory: quantised), into: out)
+    } else {
+        down.apply(g, tokens: T, into: out)
+    }
 }
 
 /// Whether an expert takes the q8 path: asked for, and int4 weights throughout.
-func usesQ8(_ expert: ExpertWeights) -> Bool {
-    guard Kernels.expertActivations == .q8 else { return false }
+func usesQ8(_ expert: ExpertWeights, _ activations: ExpertActivations) -> Bool {
+    guard activations != .fp32 else { return false }
     func int4(_ m: WeightMatrix) -> Bool {
         switch m.encoding {
         case .int4g32, .int4g32x8: return m.cols % 32 == 0
@@ -72,6 +77,8 @@ struct MoELayer {
     let weights: MoEWeights
     let router: NoAuxRouter
     let layer: Int
+    /// How routed experts multiply in this pass.
+    let activations: ExpertActivations
 
     func callAsFunction(_ x: UnsafePointer<Float>, tokens T: Int, experts provider: any ExpertProviding,
                         scratch: ForwardScratch, into out: UnsafeMutablePointer<Float>) throws -> [Routing] {
@@ -100,12 +107,13 @@ struct MoELayer {
             let list = UnsafeBufferPointer(start: users + first[e], count: first[e + 1] - first[e])
             guard !list.isEmpty else { return }
             // Inputs, hidden and outputs of this expert in the running thread's scratch (experts run in parallel).
-            let m = list.count, inter = expert.gate.rows, q8 = usesQ8(expert)
+            let m = list.count, inter = expert.gate.rows, q8 = usesQ8(expert, activations)
             let quantised = q8 ? Q8Activations.floatsNeeded(tokens: m, cols: max(H, inter)) : 0
             let xs = ThreadScratch.floats(2 * m * H + 2 * m * inter + quantised), ys = xs + m * H, hidden = ys + m * H
             for (i, u) in list.enumerated() { (xs + i * H).update(from: x + (u / k) * H, count: H) }  // [m, H]
             if q8 {
-                swiGLUQ8(gate: expert.gate, up: expert.up, down: expert.down, xs, tokens: m, scratch: hidden, into: ys)
+                swiGLUQ8(gate: expert.gate, up: expert.up, down: expert.down, xs, tokens: m, quantiseDown: activations == .q8,
+                         scratch: hidden, into: ys)
             } else {
                 swiGLU(gate: expert.gate, up: expert.up, down: expert.down, xs, tokens: m, scratch: hidden, into: ys)
             }

@@ -35,8 +35,8 @@ final class ForwardScratch {
 ///
 /// `h = x + Attn(RMSNorm(x))`, `out = h + FFN(RMSNorm(h))`. Math in fp32; weights stay in their stored
 /// encoding. Routed experts come only through `experts`; the model never reads a file.
-/// Sendable: every field is a `let`; the shared `scratch` is used only by the pass holding `scratchLock`
-/// (`workspaceBytes` takes it too).
+/// Sendable: every field but `activations` is a `let`; `activations` is read and written under `settingsLock`; the
+/// shared `scratch` is used only by the pass holding `scratchLock` (`workspaceBytes` takes it too).
 public final class KimiModel: @unchecked Sendable {
     public let config: ModelConfig
     public let weights: ResidentWeights
@@ -48,6 +48,16 @@ public final class KimiModel: @unchecked Sendable {
     /// Held by the pass using `scratch`; a pass that finds it held (another thread's, on the same model) takes
     /// scratch of its own.
     private let scratchLock = NSLock()
+    /// How routed experts multiply (`expertActivations`), read once at the start of each pass.
+    private var activations = ExpertActivations.fp32
+    private let settingsLock = NSLock()
+
+    /// How this model's routed experts multiply: fp32 activations (exact, the library's default, what every
+    /// reference test uses) or q8 (int8 dot products; the command line's default). Applies from the next pass.
+    public var expertActivations: ExpertActivations {
+        get { settingsLock.lock(); defer { settingsLock.unlock() }; return activations }
+        set { settingsLock.lock(); activations = newValue; settingsLock.unlock() }
+    }
 
     /// Bytes the forward-pass workspace holds: the largest pass so far (steady while decoding).
     public var workspaceBytes: Int {
@@ -99,6 +109,7 @@ public final class KimiModel: @unchecked Sendable {
         let scratch = shared ? self.scratch : ForwardScratch(bytes: 0)
         let ws = scratch.workspace
         ws.reset()
+        let activations = expertActivations
         let x = ws.floats(T * H)       // [T, H] residual stream
         let normed = ws.floats(T * H)  // [T, H]
         let delta = ws.floats(T * H)   // [T, H]
@@ -125,7 +136,7 @@ public final class KimiModel: @unchecked Sendable {
                 mlp(normed, tokens: T, workspace: ws, into: delta)
                 routing.append([])
             case .moe(let moe):
-                let moeLayer = MoELayer(config: config, weights: moe, router: router, layer: l)
+                let moeLayer = MoELayer(config: config, weights: moe, router: router, layer: l, activations: activations)
                 routing.append(try moeLayer(normed, tokens: T, experts: experts, scratch: scratch, into: delta))
             }
             for i in 0..<(T * H) { x[i] += delta[i] }

@@ -1,15 +1,14 @@
 import CMoEKernels
 
-/// How routed experts multiply: with the activations in fp32 (exact to float rounding; the default), or quantised
-/// to int8 per 32 values (`q8`: llama.cpp's Q4_0 × Q8_0 arithmetic, integer products, about 0.02 logit from
-/// transformers on the fixtures; see docs/performance.md). Only int4 experts take the q8 path.
+/// How routed experts multiply: with the activations in fp32 (exact to float rounding: `--exact`), or quantised
+/// to int8 per 32 values and multiplied with integer dot products (llama.cpp's Q4_0 × Q8_0 arithmetic) — into
+/// gate and up only (`q8-gate-up`: the command line's default, within the quality gate of docs/performance.md),
+/// or into down as well (`q8`, as llama.cpp does; down's input, silu(gate)·up, has the outliers that int8 rounds
+/// worst). Only int4 experts take the q8 paths. A model's setting (`KimiModel.expertActivations`).
 public enum ExpertActivations: String, CaseIterable, Sendable {
-    case fp32, q8
-}
-
-extension Kernels {
-    /// `--expert-activations` (default fp32).
-    nonisolated(unsafe) public static var expertActivations: ExpertActivations = .fp32
+    case fp32
+    case q8GateUp = "q8-gate-up"
+    case q8
 }
 
 /// `tokens` rows of `cols` activations quantised per group of 32: `x ≈ q · d` with d = max|x|/127 and

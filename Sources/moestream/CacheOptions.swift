@@ -45,8 +45,14 @@ struct CacheOptions: ParsableArguments {
     @Option(help: ArgumentHelp("Matrix kernels: avx512, avx2 or generic (default: the best this CPU runs).", valueName: "isa"))
     var kernels: KernelISA = Kernels.isa
 
-    @Option(help: ArgumentHelp("Routed experts' activations: fp32 (exact), or q8 to quantise them to int8 per 32 values as llama.cpp does (int4 experts; faster, about 0.02 logit from transformers).", valueName: "fp32|q8"))
-    var expertActivations: ExpertActivations = .fp32
+    @Option(help: ArgumentHelp("Routed experts' activations (int4 experts): q8-gate-up (the default) quantises gate's and up's inputs to int8 per 32 values and multiplies with int8 dot products, down stays fp32; q8 quantises down's input too, as llama.cpp does; fp32 is exact. Quality and speed of each: docs/performance.md.", valueName: "q8-gate-up|q8|fp32"))
+    var expertActivations: ExpertActivations?
+
+    @Flag(help: "Exact arithmetic: fp32 activations everywhere, as transformers computes (within 1e-4 of its logits); the same as --expert-activations fp32.")
+    var exact = false
+
+    /// What the routed experts multiply with: `--exact` or `--expert-activations`, else q8.
+    var activations: ExpertActivations { exact ? .fp32 : expertActivations ?? .q8GateUp }
 
     @Option(help: ArgumentHelp("Pretend the machine has N NUMA nodes (testing placement and per-node budgets).", visibility: .hidden))
     var numaNodes: Int?
@@ -56,6 +62,9 @@ struct CacheOptions: ParsableArguments {
         guard (1...4096).contains(ioDepth) else { throw ValidationError("--io-depth must be in 1...4096") }
         guard threads >= 1 else { throw ValidationError("--threads must be at least 1") }
         guard kernels.isSupported else { throw ValidationError(KernelError.unsupported(kernels).description) }
+        if exact, let a = expertActivations, a != .fp32 {
+            throw ValidationError("--exact multiplies with fp32 activations; it cannot be combined with --expert-activations \(a.rawValue)")
+        }
         if let cache, parseSize(cache) == nil && parsePercent(cache) == nil {
             throw ValidationError("--cache '\(cache)' is not a size such as 96G or 512M, nor a share such as 25%")
         }
@@ -66,7 +75,6 @@ struct CacheOptions: ParsableArguments {
     func startKernels() throws {
         Allocator.returnLargeBlocksWhenFreed()
         try Kernels.select(kernels)
-        Kernels.expertActivations = expertActivations
         let topology = self.topology
         let nodes: [[Int]] = topology.isReal ? topology.nodes.map { $0.cpus }.filter { !$0.isEmpty } : []
         var pin: (@Sendable (Int) -> Void)? = nil

@@ -43,12 +43,15 @@ struct LoadedModel {
                     throw CLIError("\(options.model) is a checkpoint directory: the expert cache and traces need a store "
                         + "(make one with `moestream convert \(options.model) -o STORE`)")
                 }
-                return LoadedModel(model: try KimiModel.load(checkpoint: options.model), cache: nil)
+                let model = try KimiModel.load(checkpoint: options.model)
+                model.expertActivations = cacheOptions.activations
+                return LoadedModel(model: model, cache: nil)
             }
             let store = try ExpertStore(path: options.model)
             let (config, notes) = try cacheOptions.configuration(for: store)
             notes.forEach { printError($0) }
             let (model, cache) = try store.loadModel(cache: config)
+            model.expertActivations = cacheOptions.activations
             if let f = cache.fallbackMessage { printError(f) }
             if cacheOptions.preload {
                 let started = ContinuousClock.now
@@ -68,13 +71,13 @@ struct LoadedModel {
         guard let cache else { return }
         var s = cache.statistics()
         s.kernels = Kernels.isa.rawValue
-        s.expertActivations = Kernels.expertActivations.rawValue
+        s.expertActivations = model.expertActivations.rawValue
         s.threads = Parallelism.threads
         cache.shutdown()
         if !stats.noStats {
             var lines = [s.report()]
             lines += extra
-            lines.append("threads \(Parallelism.threads), kernels \(Kernels.isa.rawValue), expert activations \(Kernels.expertActivations.rawValue)")
+            lines.append("threads \(Parallelism.threads), kernels \(Kernels.isa.rawValue), expert activations \(model.expertActivations.rawValue)")
             printError(lines.joined(separator: "\n"))
         }
         if let path = stats.statsJson { try s.json().write(to: URL(fileURLWithPath: path)) }

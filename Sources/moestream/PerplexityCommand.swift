@@ -54,15 +54,15 @@ struct Perplexity: ParsableCommand {
 
     /// `--compare-exact`: the gate of the arithmetic policy (docs/performance.md).
     func compare(_ loaded: LoadedModel, _ ids: [Int]) throws {
-        let fast = Kernels.expertActivations
+        let model = loaded.model, fast = model.expertActivations
         let c: ArithmeticComparison
         do {
-            c = try compareArithmetic(model: loaded.model, ids: ids, window: window, useExact: { Kernels.expertActivations = .fp32 },
-                                      useFast: { Kernels.expertActivations = fast }) { done, total in
+            c = try compareArithmetic(model: model, ids: ids, window: window, useExact: { model.expertActivations = .fp32 },
+                                      useFast: { model.expertActivations = fast }) { done, total in
                 FileHandle.standardError.write("\r\(done)/\(total) tokens".data(using: .utf8)!)
             }
         } catch let e as ModelError { throw CLIError(e.description) }
-        Kernels.expertActivations = fast
+        model.expertActivations = fast
         FileHandle.standardError.write("\n".data(using: .utf8)!)
         print(String(format: "exact: fp32 activations    perplexity %.4f over %d tokens in %.1f s", c.exact.perplexity, c.exact.tokens,
                      c.exact.seconds))

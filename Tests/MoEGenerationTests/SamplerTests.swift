@@ -149,15 +149,14 @@ import Testing
 }
 
 /// The gate of the arithmetic policy: the same text scored with both arithmetics, compared position by position.
-/// (Another arithmetic is compared in a process of its own, `DemoModelTests.compareExactPrintsTheGate`: the
-/// setting is process-wide and other suites run in this one.)
+/// (The demo model's gate, q8 against exact, is `DemoModelTests.compareExactPrintsTheGate`.)
 @Suite(.serialized) struct ArithmeticComparisonTests {
     let model = try! KimiModel.load(checkpoint: Fixtures.model("kimi_k2_chat"))
     let ids = Array((0..<97).map { ($0 * 7919) % 1000 + 3 })
 
     @Test func sameArithmeticIsIdentical() throws {
-        let c = try compareArithmetic(model: model, ids: ids, window: 32, useExact: { Kernels.expertActivations = .fp32 },
-                                      useFast: { Kernels.expertActivations = .fp32 })
+        let c = try compareArithmetic(model: model, ids: ids, window: 32, useExact: { model.expertActivations = .fp32 },
+                                      useFast: { model.expertActivations = .fp32 })
         #expect(c.meanKL == 0 && c.maxLogitDifference == 0 && c.exact.perplexity == c.fast.perplexity)
         #expect(c.exact.tokens == 96 && c.exact.windows == 3 && c.agreeing == c.decided && c.decided > 0)
     }

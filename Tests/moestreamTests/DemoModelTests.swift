@@ -30,27 +30,29 @@ import Testing
     @Test func perplexityAgreesWithTorchWithinOnePercent() throws {
         let ref = try reference().by_tokens["512"]!
         let (status, out, err) = try moestream(["perplexity", Self.store, "--file", Self.release + "/heldout.txt", "--max-tokens", "512",
-                                                "--cache", "25%", "--no-stats"])
+                                                "--cache", "25%", "--no-stats", "--exact"])
         #expect(status == 0, "\(err)")
         let ours = Double(out.split(separator: " ")[1])!
         #expect(out.contains("over \(ref.tokens) tokens"), "\(out)")
         #expect(abs(ours / ref.perplexity - 1) < 0.01, "moestream \(ours) vs torch \(ref.perplexity)")
     }
 
-    /// `perplexity --compare-exact` scores the held-out text with q8 activations and with the exact arithmetic in
-    /// one run: two different arithmetics (KL above zero, some logit moved), and close (the gate's numbers).
+    /// `perplexity --compare-exact` scores the held-out text with the default arithmetic (q8 activations) and with
+    /// the exact one in one run: two different arithmetics (KL above zero, some logit moved), and close (the
+    /// gate's numbers). `--exact` cannot be combined with another choice.
     @Test func compareExactPrintsTheGate() throws {
         let (status, out, err) = try moestream(["perplexity", Self.store, "--file", Self.release + "/heldout.txt", "--max-tokens", "128",
-                                                "--window", "64", "--cache", "25%", "--no-stats", "--compare-exact",
-                                                "--expert-activations", "q8"])
+                                                "--window", "64", "--cache", "25%", "--no-stats", "--compare-exact"])
         #expect(status == 0, "\(err)")
         func number(after word: String) -> Double? {
             guard let r = out.range(of: word) else { return nil }
             return Double(out[r.upperBound...].prefix { "0123456789.+-e".contains($0) })
         }
         let kl = number(after: "mean "), change = number(after: "perplexity change "), diff = number(after: "logit difference ")
-        #expect(out.contains("over 128 tokens") && out.contains("q8 activations"), "\(out)")
+        #expect(out.contains("over 128 tokens") && out.contains("q8-gate-up activations"), "\(out)")
         #expect((kl ?? 0) > 0 && (kl ?? 1) < 0.01 && (diff ?? 0) > 0 && abs(change ?? 1) < 1, "\(out)")
+        let (refused, _, why) = try moestream(["generate", Self.store, "--tokens", "1,2", "--exact", "--expert-activations", "q8"])
+        #expect(refused != 0 && why.contains("--exact"), "\(why)")
     }
 
     /// With every matrix kernel this CPU runs: the generic Swift twins and the fastest (AVX2 or AVX-512). A
@@ -63,31 +65,34 @@ import Testing
             guard decisive > 0 else { continue }
             let (status, out, err) = try moestream(["generate", Self.store, "--tokens", g.prompt.map(String.init).joined(separator: ","),
                                                     "--max-tokens", "\(decisive)", "--ignore-eos", "--cache", "25%", "--no-stats",
-                                                    "--kernels", kernels])
+                                                    "--kernels", kernels, "--exact"])
             #expect(status == 0, "\(err)")
             let ids = out.trimmingCharacters(in: .whitespacesAndNewlines).split(separator: ",").map { Int($0)! }
             #expect(ids == Array(g.tokens.prefix(decisive)), "\(name) with \(kernels) kernels")
         }
     }
 
-    /// `--expert-activations q8` (llama.cpp's int8 activations on the routed experts) keeps torch's greedy tokens
-    /// wherever torch's margin between the best two logits exceeds 0.1, with the generic twin and the AVX2 kernel.
-    @Test(arguments: ["generic", "avx2"].filter(KernelISA.supportedNames.contains))
+    /// The default arithmetic (q8-gate-up: int8 activations and dot products into the routed experts' gate and up)
+    /// and llama.cpp's (q8: into down as well) keep torch's greedy tokens wherever torch's margin between the best
+    /// two logits exceeds 0.1, with every kernel set.
+    @Test(arguments: ["generic", "avx2", "avx512"].filter(KernelISA.supportedNames.contains))
     func q8ExpertActivationsKeepDecisiveGreedyTokens(kernels: String) throws {
-        var compared = 0
-        for (name, g) in try reference().greedy {
-            let decisive = g.margins.firstIndex { $0 < 0.1 } ?? g.tokens.count
-            guard decisive > 0 else { continue }
-            let (status, out, err) = try moestream(["generate", Self.store, "--tokens", g.prompt.map(String.init).joined(separator: ","),
-                                                    "--max-tokens", "\(decisive)", "--ignore-eos", "--cache", "25%",
-                                                    "--kernels", kernels, "--expert-activations", "q8"])
-            #expect(status == 0, "\(err)")
-            #expect(err.contains("expert activations q8"), "the statistics report the mode")
-            let ids = out.split(separator: "\n").last.map { $0.split(separator: ",").compactMap { Int($0) } } ?? []
-            #expect(ids == Array(g.tokens.prefix(decisive)), "\(name) with q8 activations, \(kernels) kernels")
-            compared += decisive
+        for mode in [nil, "q8"] {
+            var compared = 0
+            for (name, g) in try reference().greedy {
+                let decisive = g.margins.firstIndex { $0 < 0.1 } ?? g.tokens.count
+                guard decisive > 0 else { continue }
+                let (status, out, err) = try moestream(["generate", Self.store, "--tokens", g.prompt.map(String.init).joined(separator: ","),
+                                                        "--max-tokens", "\(decisive)", "--ignore-eos", "--cache", "25%",
+                                                        "--kernels", kernels] + (mode.map { ["--expert-activations", $0] } ?? []))
+                #expect(status == 0, "\(err)")
+                #expect(err.contains("expert activations \(mode ?? "q8-gate-up")\n"), "the statistics report the mode")
+                let ids = out.split(separator: "\n").last.map { $0.split(separator: ",").compactMap { Int($0) } } ?? []
+                #expect(ids == Array(g.tokens.prefix(decisive)), "\(name) with \(mode ?? "default") activations, \(kernels) kernels")
+                compared += decisive
+            }
+            #expect(compared >= 10)
         }
-        #expect(compared >= 10)
     }
 
     /// Kernel sets this CPU lacks are refused by name before anything runs (skipped where the CPU has them all).
