@@ -60,16 +60,37 @@ static inline int64_t row_block(int64_t row_bytes) {
     for (int64_t blk_ = (T) > 4 ? row_block(row_bytes) : (r1) - (r0), b0 = (r0), b1 = 0;                         \
          b0 < (r1) && ((b1 = b0 + blk_ < (r1) ? b0 + blk_ : (r1)), 1); b0 += blk_)
 
-/// The body of a bf16 kernel with a hand-written R-row × 4-token TILE: blocks of four tokens through TILE, rows
-/// left over through the generic 1 × 4 tile (`bf_tile_1_4`, from tiles.h), tokens left over through FALLBACK (the
-/// generic bf16 kernel of the ISA); rows in cache blocks. Needs the kernel's parameters m, r0, r1, x, T, y.
-#define BLOCKED_BF16_BODY(R, TILE, FALLBACK)                                                                     \
-    FOR_ROW_BLOCKS(T, r0, r1, bf_row_bytes(m), b0, b1) {                                                         \
+/// The body of a bf16 kernel whose R-row × 4-token tile is blocked for the caches in both dimensions (see
+/// kernels_avx512.c): rows in blocks of ~512 KB of weights (up to 16 tiles), columns in spans of SPAN groups of
+/// W values, each tile's 4·R accumulators (type VEC) parked between spans. SPAN_TILE(m, r, x, t, g0, g1, park)
+/// runs a tile over groups [g0, g1); rows left over in a block go through `bf_tile_1_4`, tokens left over and
+/// calls with fewer than four tokens through FALLBACK. Needs the kernel's parameters m, r0, r1, x, T, y, and FINISH.
+#define SPANNED_BF16_BODY(R, W, SPAN, VEC, VZERO, SPAN_TILE, FALLBACK)                                          \
+    enum { MAX_TILES_ = 16 };                                                                                    \
+    if (T < 4) {                                                                                                 \
+        FALLBACK(m, r0, r1, x, T, y);                                                                            \
+        return;                                                                                                  \
+    }                                                                                                            \
+    const int64_t groups_ = m->cols / (W);                                                                       \
+    int64_t rb_ = (512 << 10) / bf_row_bytes(m);                                                                 \
+    rb_ = rb_ < (R) ? (R) : rb_ > (R) * MAX_TILES_ ? (R) * MAX_TILES_ : rb_ - rb_ % (R);                         \
+    VEC park_[MAX_TILES_][4 * (R)];                                                                              \
+    for (int64_t b0 = r0; b0 < r1; b0 += rb_) {                                                                  \
+        const int64_t b1 = b0 + rb_ < r1 ? b0 + rb_ : r1, tiles = (b1 - b0) / (R), full = b0 + (R) * tiles;      \
         int64_t t = 0;                                                                                           \
         for (; t + 4 <= T; t += 4) {                                                                             \
-            int64_t r = b0;                                                                                      \
-            for (; r + (R) <= b1; r += (R)) TILE(m, r, x, t, y);                                                 \
-            for (; r < b1; r++) bf_tile_1_4(m, r, x, t, y);                                                      \
+            for (int64_t k = 0; k < tiles; k++)                                                                  \
+                for (int i = 0; i < 4 * (R); i++) park_[k][i] = VZERO();                                         \
+            for (int64_t g0 = 0; g0 < groups_; g0 += (SPAN)) {                                                   \
+                const int64_t g1 = g0 + (SPAN) < groups_ ? g0 + (SPAN) : groups_;                                \
+                for (int64_t k = 0; k < tiles; k++) SPAN_TILE(m, b0 + (R) * k, x, t, g0, g1, park_[k]);          \
+            }                                                                                                    \
+            for (int64_t k = 0; k < tiles; k++)                                                                  \
+                for (int i = 0; i < (R); i++)                                                                    \
+                    for (int j = 0; j < 4; j++)                                                                  \
+                        y[(t + j) * m->rows + b0 + (R) * k + i] =                                                \
+                            FINISH(m, b0 + (R) * k + i, x + (t + j) * m->cols, park_[k][4 * i + j]);             \
+            for (int64_t r = full; r < b1; r++) bf_tile_1_4(m, r, x, t, y);                                      \
         }                                                                                                        \
         if (t < T) FALLBACK(m, b0, b1, x + t * m->cols, T - t, y + t * m->rows);                                 \
     }

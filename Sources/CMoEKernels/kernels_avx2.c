@@ -79,37 +79,33 @@ TARGET static inline __attribute__((always_inline)) __m256 bf16_load8(const uint
 #include "tiles.h"
 
 // ---- bf16 for four or more tokens: a 3-row × 4-token tile with each activation vector loaded once for the
-// three rows (the generic tile reloads it per row). Same per-(row, token) operations as the tiles above.
-TARGET static void bf16_tile_3x4(const moe_matrix *m, int64_t r, const float *x, int64_t t, float *y) {
-    const int64_t cols = m->cols, groups = cols / 8;
-    const uint16_t *w0 = (const uint16_t *)m->data + r * cols, *w1 = w0 + cols, *w2 = w1 + cols;
-    const float *x0 = x + t * cols, *x1 = x0 + cols, *x2 = x1 + cols, *x3 = x2 + cols;
-    __m256 a00 = _mm256_setzero_ps(), a01 = a00, a02 = a00, a03 = a00, a10 = a00, a11 = a00, a12 = a00, a13 = a00,
-           a20 = a00, a21 = a00, a22 = a00, a23 = a00;
-    for (int64_t g = 0; g < groups; g++) {
-        const __m256 v0 = bf16_load8(w0 + 8 * g), v1 = bf16_load8(w1 + 8 * g), v2 = bf16_load8(w2 + 8 * g);
-        __m256 xv = _mm256_loadu_ps(x0 + 8 * g);
-        a00 = _mm256_fmadd_ps(v0, xv, a00); a10 = _mm256_fmadd_ps(v1, xv, a10); a20 = _mm256_fmadd_ps(v2, xv, a20);
-        xv = _mm256_loadu_ps(x1 + 8 * g);
-        a01 = _mm256_fmadd_ps(v0, xv, a01); a11 = _mm256_fmadd_ps(v1, xv, a11); a21 = _mm256_fmadd_ps(v2, xv, a21);
-        xv = _mm256_loadu_ps(x2 + 8 * g);
-        a02 = _mm256_fmadd_ps(v0, xv, a02); a12 = _mm256_fmadd_ps(v1, xv, a12); a22 = _mm256_fmadd_ps(v2, xv, a22);
-        xv = _mm256_loadu_ps(x3 + 8 * g);
-        a03 = _mm256_fmadd_ps(v0, xv, a03); a13 = _mm256_fmadd_ps(v1, xv, a13); a23 = _mm256_fmadd_ps(v2, xv, a23);
+// three rows (the generic tile reloads it per row), blocked for the caches as on AVX-512 (kernels_avx512.c): rows
+// in ~512 KB blocks, columns in spans of 1024 whose activations stay in L1, the 12 accumulators parked between
+// spans. Same per-(row, token) operations as the tiles above.
+TARGET static inline __attribute__((always_inline)) void bf16_tile_3x4_span(const moe_matrix *m, int64_t r, const float *x,
+                                                                        int64_t t, int64_t g0, int64_t g1, __m256 *park) {
+    const int64_t cols = m->cols;
+    const uint16_t *w = (const uint16_t *)m->data + r * cols;
+    const float *xt = x + t * cols;
+    __m256 acc[3][4];
+    for (int i = 0; i < 3; i++)
+        for (int j = 0; j < 4; j++) acc[i][j] = park[4 * i + j];
+    for (int64_t g = g0; g < g1; g++) {
+        __m256 v[3];
+        for (int i = 0; i < 3; i++) v[i] = bf16_load8(w + i * cols + 8 * g);
+        for (int j = 0; j < 4; j++) {
+            const __m256 xv = _mm256_loadu_ps(xt + j * cols + 8 * g);
+            for (int i = 0; i < 3; i++) acc[i][j] = _mm256_fmadd_ps(v[i], xv, acc[i][j]);
+        }
     }
-    const int64_t R = m->rows;
-    y[t * R + r] = FINISH(m, r, x0, a00);           y[(t + 1) * R + r] = FINISH(m, r, x1, a01);
-    y[(t + 2) * R + r] = FINISH(m, r, x2, a02);     y[(t + 3) * R + r] = FINISH(m, r, x3, a03);
-    y[t * R + r + 1] = FINISH(m, r + 1, x0, a10);   y[(t + 1) * R + r + 1] = FINISH(m, r + 1, x1, a11);
-    y[(t + 2) * R + r + 1] = FINISH(m, r + 1, x2, a12); y[(t + 3) * R + r + 1] = FINISH(m, r + 1, x3, a13);
-    y[t * R + r + 2] = FINISH(m, r + 2, x0, a20);   y[(t + 1) * R + r + 2] = FINISH(m, r + 2, x1, a21);
-    y[(t + 2) * R + r + 2] = FINISH(m, r + 2, x2, a22); y[(t + 3) * R + r + 2] = FINISH(m, r + 2, x3, a23);
+    for (int i = 0; i < 3; i++)
+        for (int j = 0; j < 4; j++) park[4 * i + j] = acc[i][j];
 }
 
-/// Blocks of four tokens through the 3 × 4 tile (remaining rows through the generic 1 × 4 tile), the rest as
-/// `moe_gemm_bf16_avx2` does; rows in cache blocks as the generic kernel takes them.
+/// Blocks of four tokens through the 3 × 4 tile (rows left over in a block through the generic 1 × 4 tile), the
+/// tokens left over as `moe_gemm_bf16_avx2` does them.
 TARGET void moe_gemm_bf16_avx2_blocked(const moe_matrix *m, int64_t r0, int64_t r1, const float *x, int64_t T, float *y) {
-    BLOCKED_BF16_BODY(3, bf16_tile_3x4, moe_gemm_bf16_avx2)
+    SPANNED_BF16_BODY(3, 8, 128, __m256, _mm256_setzero_ps, bf16_tile_3x4_span, moe_gemm_bf16_avx2)
 }
 
 #undef ELEM

@@ -60,7 +60,8 @@ import Testing
     }
 
     /// Manifests signed again after their numbers were made hostile: each is refused by name, never trapped on.
-    @Test(arguments: ["alignment", "extentBytes", "experts with", "leaves the store", "resident tensor"])
+    @Test(arguments: ["alignment", "extentBytes", "experts with", "leaves the store", "resident tensor", "rowInterleave",
+                      "do not fit its", "blocks of 8", "convert the checkpoint again"])
     func hostileManifestIsRefusedByName(expected: String) throws {
         func edit(_ m: inout StoreManifest) {
             switch expected {
@@ -68,6 +69,10 @@ import Testing
             case "extentBytes": m.experts.layout.extentBytes = 1 << 62
             case "experts with": m.experts.files[0].experts = -1
             case "leaves the store": m.experts.files[0].path = "../../etc/passwd"
+            case "rowInterleave": m.experts.layout.rowInterleave = nil
+            case "do not fit its": m.experts.layout.down.rows *= 2  // the kernels would read past the matrix
+            case "blocks of 8": m.experts.layout.gate.rows -= 4
+            case "convert the checkpoint again": m.version = 1    // a store from before the interleaved layout
             default: m.resident.tensors[m.resident.tensors.keys.sorted()[0]]!.bytes = Int.max - 3
             }
         }
