@@ -71,9 +71,10 @@ struct LatentAttention {
             let h = job / blocks, t0 = (job % blocks) * Self.queryBlock
             let tb = min(Self.queryBlock, T - t0)
             let length = start + t0 + tb  // cached rows the block's last token sees
-            let queries = ThreadScratch.floats(tb * (width + length + r))  // [tb, r + p]: q̂ per token
+            let queries = ThreadScratch.floats(tb * (width + length + r + dv))  // [tb, r + p]: q̂ per token
             let scores = queries + tb * width            // [tb, length]
             let context = scores + tb * length           // [tb, r]
+            let values = context + tb * r                // [tb, dv]
             for i in 0..<tb {
                 let t = t0 + i
                 let qHead = q + t * heads * qk + h * qk, qHat = queries + i * width
@@ -96,9 +97,17 @@ struct LatentAttention {
                 let c = cache.latent(layer, j)
                 for i in max(0, j - start - t0)..<tb { VectorOps.axpy(scores[i * length + j], c, context + i * r, count: r) }
             }
-            for i in 0..<tb {
-                let oHead = attended + (t0 + i) * heads * dv + h * dv
-                for d in 0..<dv { oHead[d] = kvB.dot(row: h * (dn + dv) + dn + d, context + i * r) }  // W_v · context
+            // W_v · context: the head's value rows of kv_b [dv, r] over the block's contexts, by the matrix kernels
+            // where the encoding allows a view of those rows.
+            let valueRows = (h * (dn + dv) + dn)..<(h * (dn + dv) + dn + dv)
+            if let wv = kvB.rows(valueRows) {
+                wv.gemm(rows: 0..<dv, context, tokens: tb, into: values)
+                for i in 0..<tb { (attended + (t0 + i) * heads * dv + h * dv).update(from: values + i * dv, count: dv) }
+            } else {
+                for i in 0..<tb {
+                    let oHead = attended + (t0 + i) * heads * dv + h * dv
+                    for (d, row) in valueRows.enumerated() { oHead[d] = kvB.dot(row: row, context + i * r) }
+                }
             }
         }
         weights.output.apply(attended, tokens: T, into: out)

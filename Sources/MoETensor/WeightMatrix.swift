@@ -158,6 +158,20 @@ public struct WeightMatrix: @unchecked Sendable {
         }
     }
 
+    /// Rows `range` as a matrix of their own, for the dense encodings (bf16, f16, f32: a row is `cols` values at
+    /// a fixed stride); nil for the others. Attention multiplies one head's slice of kv_b with it.
+    public func rows(_ range: Range<Int>) -> WeightMatrix? {
+        let width: Int
+        switch encoding {
+        case .f32: width = 4
+        case .bf16, .f16: width = 2
+        default: return nil
+        }
+        precondition(range.lowerBound >= 0 && range.upperBound <= rows)
+        return WeightMatrix(rows: range.count, cols: cols, data: data + range.lowerBound * cols * width, encoding: encoding,
+                            owners: owners)
+    }
+
     /// Row `r` widened to fp32 into `out [cols]`: an embedding lookup.
     public func copyRow(_ r: Int, into out: UnsafeMutablePointer<Float>) {
         switch encoding {
