@@ -5,12 +5,13 @@ The benchmark slice is too large for transformers, so this checks the long-conte
 the Kimi K2 INT4 fixture (Kimi K2 Thinking's format, yarn rope, MLA, top-8 sigmoid router). For a random prompt of
 LENGTH tokens it computes the logits of every position
   - with transformers in fp32 (the expert weights dequantized by compressed-tensors' formula, eager attention),
-  - with `moestream logits` on a store converted from the fixture directory, and again with
-    `--expert-activations q8` (llama.cpp's int8 rounding of the routed experts' inputs),
+  - with `moestream logits --exact` on a store converted from the fixture directory, and again with the default
+    arithmetic (int8 rounding of the routed experts' gate/up inputs) and with `--expert-activations q8` (the down
+    inputs too: llama.cpp's rounding),
   - with llama.cpp on a GGUF that Tools/make_k2_gguf.py writes from the same directory (Q4_0 experts, same values),
 and prints, per implementation and position range, the largest |Δ logit| against transformers and how many
 positions have a different argmax, next to transformers with llama.cpp's Q8_0 rounding of expert inputs added.
-It exits 1 if moestream's argmax differs from transformers' anywhere or a logit is off by more than 1e-3.
+It exits 1 if moestream --exact's argmax differs from transformers' anywhere or a logit is off by more than 1e-3.
 
 Usage (from the repository root, after `swift build -c release` and with both venvs made):
   .venv/bin/python Tools/compare_long_context.py [--length 512] [--model Tests/Fixtures/models/kimi_k2_int4]
@@ -129,7 +130,8 @@ def main():
         return
     q8 = transformers_logits(a.model, prompt, q8_expert_inputs=True)
     with tempfile.TemporaryDirectory() as work:
-        ours = ours_logits(a.binary, a.model, prompt, work)
+        ours = ours_logits(a.binary, a.model, prompt, work, "--exact")
+        ours_default = ours_logits(a.binary, a.model, prompt, work)
         ours_q8 = ours_logits(a.binary, a.model, prompt, work, "--expert-activations", "q8")
         llama = llama_logits(a.llama_python, a.model, prompt, work)
 
@@ -140,12 +142,13 @@ def main():
     print("per position range: median and largest max-|Δ logit| of a position against transformers fp32, and how "
           "many positions have another argmax")
     print(f"{'':34} " + "  ".join(f"{f'[{x},{y})':>21}" for x, y in ranges))
-    worst, flips = report("moestream", ours, ref, ranges)
+    worst, flips = report("moestream --exact", ours, ref, ranges)
+    report("moestream (default: q8-gate-up)", ours_default, ref, ranges)
     report("moestream --expert-activations q8", ours_q8, ref, ranges)
     report("llama.cpp", llama, ref, ranges)
     report("transformers, Q8_0 expert inputs", q8, ref, ranges)
-    print("(llama.cpp rounds the activations it multiplies with Q4_0 experts to Q8_0, as moestream's opt-in q8 mode "
-          "does; the last row is transformers with only that rounding added)")
+    print("(llama.cpp rounds the activations it multiplies with Q4_0 experts to Q8_0, as moestream's q8 mode does; "
+          "the last row is transformers with only that rounding added)")
     sys.exit(1 if flips or worst > 1e-3 else 0)
 
 
