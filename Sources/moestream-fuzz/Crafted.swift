@@ -70,6 +70,12 @@ func craftedInputs(_ seeds: Seeds) throws -> [(kind: String, target: String, nam
     out.append(("manifest", StoreManifest.fileName, "expert-count-negative", try signed { $0.experts.files[0].experts = -1 }))
     out.append(("manifest", StoreManifest.fileName, "expert-path-escapes", try signed { $0.experts.files[0].path = "../../../etc/passwd" }))
     out.append(("manifest", StoreManifest.fileName, "carried-bytes-negative", try signed { $0.files[0].bytes = -5 }))
+    // Format 2's interleaved int4: shapes the kernels would read past, a missing interleave, a version-1 store.
+    out.append(("manifest", StoreManifest.fileName, "down-rows-doubled", try signed { $0.experts.layout.down.rows *= 2 }))
+    out.append(("manifest", StoreManifest.fileName, "gate-rows-not-blocks-of-8", try signed { $0.experts.layout.gate.rows -= 4 }))
+    out.append(("manifest", StoreManifest.fileName, "row-interleave-missing", try signed { $0.experts.layout.rowInterleave = nil }))
+    out.append(("manifest", StoreManifest.fileName, "scale-offset-missing", try signed { $0.experts.layout.up.scaleOffset = nil }))
+    out.append(("manifest", StoreManifest.fileName, "version-1", try signed { $0.version = 1 }))
 
     // Expert and resident files cut short.
     let layer = read(.store, "experts/layer-001.bin")
