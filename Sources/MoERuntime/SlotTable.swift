@@ -458,9 +458,10 @@ final class SlotTable: @unchecked Sendable {  // every `var` is guarded by `lock
         engineName = engine
         stats.engine = engine
         stats.readerFailures += 1
+        // Said before the waiters wake: whoever sees a request fail for this sees why (one line, once).
+        log(line)
         lock.broadcast()
         lock.unlock()
-        log(line)
         return retired
     }
 
