@@ -13,6 +13,9 @@ extension StoreConverter {
                 case copy(source: String)
                 /// Widen each row of the matrix `base` (any encoding) to fp32 and round it to bf16.
                 case bf16(base: String, rows: Int, cols: Int)
+                /// Widen each row of `base` to fp32 and quantise it to int8 per 32 values (`GroupQuantization.quantizeInt8`,
+                /// fp32 scales): the values (`scales` false) or the scales.
+                case int8(base: String, rows: Int, cols: Int, scales: Bool)
             }
             let name: String
             let dtype: DType
@@ -104,6 +107,13 @@ extension StoreConverter {
                     }
                     continue
                 }
+                if option == .int8, let (base, rows, cols) = Self.int8Candidate(name, entry) {
+                    out.append(.init(name: base + ".weight", dtype: .i8, shape: [rows, cols], bytes: rows * cols,
+                                     producer: .int8(base: base, rows: rows, cols: cols, scales: false)))
+                    out.append(.init(name: base + ".weight_scale", dtype: .f32, shape: [rows, cols / 32], bytes: rows * cols / 32 * 4,
+                                     producer: .int8(base: base, rows: rows, cols: cols, scales: true)))
+                    continue
+                }
                 if name.hasSuffix(".weight_packed") {
                     let base = String(name.dropLast(".weight_packed".count))
                     let shape = [entry.shape[0], entry.shape[1] * 8]
@@ -124,6 +134,25 @@ extension StoreConverter {
                 }
             }
             return out
+        }
+
+        /// A Linear weight `--resident int8` quantises: a matrix (`.weight`, or INT4's `.weight_packed`) whose rows are
+        /// whole groups of 32, except the embeddings (one row read per token), the routers (their scores pick the
+        /// experts) and kv_b (attention reads it by rows and transposed, which the int8 kernels do not do).
+        static func int8Candidate(_ name: String, _ entry: SafetensorsFile.Entry) -> (base: String, rows: Int, cols: Int)? {
+            int8Candidate(name, dtype: entry.dtype, shape: entry.shape)
+        }
+
+        static func int8Candidate(_ name: String, dtype: DType, shape: [Int]) -> (base: String, rows: Int, cols: Int)? {
+            guard shape.count == 2, dtype.isFloatingPoint || dtype == .i8 || name.hasSuffix(".weight_packed") else { return nil }
+            let packed = name.hasSuffix(".weight_packed")
+            guard packed || name.hasSuffix(".weight") else { return nil }
+            let base = String(name.dropLast(packed ? ".weight_packed".count : ".weight".count))
+            let (rows, cols) = (shape[0], shape[1] * (packed ? 8 : 1))
+            guard cols % 32 == 0, !base.hasSuffix("embed_tokens"), !base.hasSuffix(".mlp.gate"), !base.hasSuffix("kv_b_proj") else {
+                return nil
+            }
+            return (base, rows, cols)
         }
 
         /// Streams the bytes of resident tensor `t` to `emit`, in pieces of at most 16 MB, releasing source pages.
@@ -152,6 +181,18 @@ extension StoreConverter {
                     try wrap { try emit(UnsafeRawPointer(out), cols * 2) }
                 }
                 src.release(base)
+            case .int8(let base, let rows, let cols, let wantScales):
+                let m = try src.matrix(base, rows: rows, cols: cols)
+                let row = FloatBuffer(count: cols)
+                let values = UnsafeMutablePointer<Int8>.allocate(capacity: cols)
+                let scales = UnsafeMutableRawPointer.allocate(byteCount: cols / 32 * 4, alignment: 4)
+                defer { values.deallocate(); scales.deallocate() }
+                for r in 0..<rows {
+                    m.copyRow(r, into: row.pointer)
+                    GroupQuantization.quantizeInt8(row: row.pointer, cols: cols, scaleType: .f32, values: values, scales: scales)
+                    try wrap { try emit(wantScales ? UnsafeRawPointer(scales) : UnsafeRawPointer(values), wantScales ? cols / 32 * 4 : cols) }
+                }
+                src.release(base)
             }
         }
 
@@ -178,5 +219,28 @@ extension StoreConverter {
             }
             return parts.joined(separator: "\n") + "\n"
         }
+    }
+}
+
+extension StoreConverter {
+    /// The resident bytes a store would hold with `option` (bf16 or int8), from the resident tensors' names, dtypes
+    /// and shapes as a checkpoint or a store lists them (routed experts excluded by the caller): what `inspect` and
+    /// `plan` print for each choice. Vectors keep their bytes; an int8 weight's scales are counted with it.
+    public static func residentBytes(_ tensors: [(name: String, dtype: DType, shape: [Int], bytes: Int)],
+                                     as option: ResidentOption) -> Int {
+        var total = 0
+        for t in tensors {
+            if t.name.hasSuffix(".weight_scale") || t.name.hasSuffix(".weight_shape") || t.name.hasSuffix(".weight_scale_inv") {
+                continue  // counted with their weight below
+            }
+            if option == .int8, let (_, rows, cols) = Plan.int8Candidate(t.name, dtype: t.dtype, shape: t.shape) {
+                total += rows * cols + rows * (cols / 32) * 4
+            } else if t.shape.count == 2 && (t.dtype.isFloatingPoint || t.dtype == .i8 || t.name.hasSuffix(".weight_packed")) {
+                total += t.shape[0] * t.shape[1] * (t.name.hasSuffix(".weight_packed") ? 8 : 1) * 2
+            } else {
+                total += t.bytes
+            }
+        }
+        return total
     }
 }

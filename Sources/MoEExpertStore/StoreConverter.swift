@@ -14,7 +14,10 @@ import MoETensor
 /// without one is never accepted.
 public struct StoreConverter {
     public enum ExpertsOption: String, CaseIterable, Sendable { case int4, int8, bf16, source }
-    public enum ResidentOption: String, CaseIterable, Sendable { case bf16, source }
+    /// What the resident matrices become: bf16 (the default), int8 with an fp32 scale per 32 values of a row (the
+    /// Linear weights of attention, the dense layers and the shared experts; embeddings, routers and kv_b stay bf16),
+    /// or kept as the source has them.
+    public enum ResidentOption: String, CaseIterable, Sendable { case bf16, int8, source }
 
     public struct Progress: Sendable {
         public var bytesDone: Int

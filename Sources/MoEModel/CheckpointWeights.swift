@@ -15,7 +15,8 @@ public struct CheckpointWeights {
     /// Full tensor name for `base` ("model.layers.3.self_attn.kv_b_proj") plus a suffix.
     func name(_ base: String, _ suffix: String) -> String { config.tensorPrefix + base + suffix }
 
-    /// The Linear weight `base.weight` as `[rows, cols]`, in F32, BF16, F16, or block FP8 with `weight_scale_inv`.
+    /// The Linear weight `base.weight` as `[rows, cols]`, in F32, BF16, F16, block FP8 with `weight_scale_inv`, or
+    /// I8 with `weight_scale` [rows, cols/32] (F32 or BF16: a store converted with `--resident int8`).
     public func matrix(_ base: String, rows: Int, cols: Int) throws(CheckpointError) -> WeightMatrix {
         let weightName = name(base, ".weight")
         guard checkpoint.contains(weightName) else {
@@ -49,8 +50,21 @@ public struct CheckpointWeights {
             return WeightMatrix(rows: rows, cols: cols, data: t.data,
                                 encoding: .fp8Block(scales: UnsafePointer(sp), blockRows: br, blockCols: bc),
                                 owners: [t.owner, scales])
+        case .i8:
+            let scaleName = name(base, ".weight_scale")
+            guard cols % 32 == 0, checkpoint.contains(scaleName) else {
+                throw .missingTensor(tensor: scaleName, searched: checkpoint.path(of: weightName)
+                                     + " (an I8 weight needs its scales per 32 values, and columns in groups of 32)")
+            }
+            let s = try checkpoint.tensor(scaleName, shape: [rows, cols / 32])
+            guard s.dtype == .f32 || s.dtype == .bf16 else {
+                throw .wrongDType(file: checkpoint.path(of: scaleName), tensor: scaleName, expected: "F32 or BF16", actual: s.dtype.rawValue)
+            }
+            return WeightMatrix(rows: rows, cols: cols, data: t.data,
+                                encoding: .int8g32(scales: UnsafeRawPointer(s.data), scaleType: s.dtype == .f32 ? .f32 : .bf16),
+                                owners: [t.owner, s.owner])
         default:
-            throw .wrongDType(file: checkpoint.path(of: weightName), tensor: weightName, expected: "F32, BF16, F16 or F8_E4M3",
+            throw .wrongDType(file: checkpoint.path(of: weightName), tensor: weightName, expected: "F32, BF16, F16, F8_E4M3 or I8",
                               actual: t.dtype.rawValue)
         }
     }

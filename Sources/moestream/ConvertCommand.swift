@@ -22,7 +22,7 @@ struct Convert: ParsableCommand {
     @Option(help: "Routed expert encoding: int4 (group-32 scales; INT4 sources pass through unchanged), int8, bf16, or source (as stored).")
     var experts: StoreConverter.ExpertsOption = .int4
 
-    @Option(help: "Resident weights: bf16, or source (as stored). Vectors (norms, biases) always stay as stored.")
+    @Option(help: "Resident weights: bf16; int8 (attention, dense and shared-expert matrices with an fp32 scale per 32 values: about 60% of bf16's bytes, faster decode, slower prefill, see docs/performance.md; embeddings, routers and kv_b stay bf16); or source (as stored). Vectors (norms, biases) always stay as stored.")
     var resident: StoreConverter.ResidentOption = .bf16
 
     @Option(help: ArgumentHelp("Bytes per write, a multiple of 4096.", visibility: .hidden))

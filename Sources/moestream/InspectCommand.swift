@@ -3,6 +3,7 @@ import Foundation
 import MoECheckpoint
 import MoEExpertStore
 import MoEModel
+import MoETensor
 
 struct Inspect: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -60,7 +61,7 @@ struct Inspect: ParsableCommand {
             print("\(name)  \(count)  \(humanBytes(b).leftPad(11))   \(role.isResident ? "RAM" : "NVMe")")
         }
         print("")
-        print("resident (RAM)   \(humanBytes(inv.residentBytes))")
+        print("resident (RAM)   \(humanBytes(inv.residentBytes))" + residentChoices(checkpoint, prefix: c.tensorPrefix))
         print("streamed (NVMe)  \(humanBytes(inv.streamedBytes)) in \(c.moeLayers.count * c.numRoutedExperts) experts"
             + (c.moeLayers.isEmpty ? "" : ", \(humanBytes(inv.streamedBytes / max(1, c.moeLayers.count * c.numRoutedExperts))) each"))
         let kvPerToken = c.numLayers * (c.kvLoraRank + c.qkRopeHeadDim) * 4
@@ -70,4 +71,22 @@ struct Inspect: ParsableCommand {
 
 extension String {
     func leftPad(_ n: Int) -> String { count >= n ? self : String(repeating: " ", count: n - count) + self }
+}
+
+/// "; convert --resident bf16: X, int8: Y": the resident bytes of each `--resident` choice, from the resident
+/// tensors of a checkpoint or a store's resident file.
+func residentChoices(_ checkpoint: Checkpoint, prefix: String) -> String {
+    var tensors: [(name: String, dtype: DType, shape: [Int], bytes: Int)] = []
+    for name in checkpoint.tensorNames {
+        guard let (_, e) = checkpoint.entry(name) else { continue }
+        let stripped = name.hasPrefix(prefix) ? String(name.dropFirst(prefix.count)) : name
+        guard WeightInventory.role(of: stripped).isResident else { continue }
+        tensors.append((stripped, e.dtype, e.shape, e.range.count))
+    }
+    return residentChoices(tensors)
+}
+
+func residentChoices(_ tensors: [(name: String, dtype: DType, shape: [Int], bytes: Int)]) -> String {
+    let bf16 = StoreConverter.residentBytes(tensors, as: .bf16), int8 = StoreConverter.residentBytes(tensors, as: .int8)
+    return "; with convert --resident bf16: \(humanBytes(bf16)), int8: \(humanBytes(int8))"
 }

@@ -4,6 +4,7 @@ import MoECheckpoint
 import MoEExpertStore
 import MoEModel
 import MoERuntime
+import MoETensor
 import MoESystem
 
 /// `7G` → 7e9, `3500M` → 3.5e9: drive rates are quoted in decimal units.
@@ -40,6 +41,7 @@ struct Plan: ParsableCommand {
     func run() throws {
         let config: ModelConfig
         var residentBytes: Int
+        var choices = ""
         let extent: Int
         var store: ExpertStore?
         do {
@@ -58,6 +60,17 @@ struct Plan: ParsableCommand {
                                       intermediate: config.moeIntermediateSize).extentBytes
             }
         } catch let e as StoreError { throw CLIError(e.description) } catch let e as CheckpointError { throw CLIError(e.description) }
+        if let store {
+            var list: [(name: String, dtype: DType, shape: [Int], bytes: Int)] = []
+            for (name, t) in store.manifest.resident.tensors {
+                if let d = DType(rawValue: t.dtype) { list.append((name: name, dtype: d, shape: t.shape, bytes: t.bytes)) }
+            }
+            choices = residentChoices(list)
+        } else {
+            do { choices = residentChoices(try Checkpoint(path: model), prefix: config.tensorPrefix) } catch {
+                throw CLIError(error.description)
+            }
+        }
 
         let topology = numaNodes.map { NumaTopology.fake(nodes: $0) } ?? .detect()
         let ramBytes = try ram.map { guard let v = parseSize($0) else { throw CLIError("--ram '\($0)' is not a size") }; return v } ?? availableMemory()
@@ -72,7 +85,8 @@ struct Plan: ParsableCommand {
 
         print("model            \(config.modelType): \(config.numLayers) layers, \(config.moeLayers.count) MoE × \(config.numRoutedExperts) experts, top-\(config.expertsPerToken)")
         print("RAM              \(humanBytes(ramBytes))\(ram == nil ? " available now" : "")")
-        print("resident set     \(humanBytes(residentBytes)) (attention, dense layers, shared experts, routers, embeddings)")
+        print("resident set     \(humanBytes(residentBytes)) (attention, dense layers, shared experts, routers, embeddings)"
+              + choices)
         print("KV cache         \(humanBytes(kvPerToken * 1024)) per 1K tokens; \(humanBytes(kv)) for \(context) tokens")
         print("headroom         \(humanBytes(headroom))")
         print("routed experts   \(experts) × \(humanBytes(extent)) = \(humanBytes(allExperts)) on NVMe")

@@ -120,6 +120,43 @@ func convert(_ name: String, experts: StoreConverter.ExpertsOption = .source, re
         }
     }
 
+    /// `--resident int8`: the Linear weights of attention, the dense MLP and the shared experts become I8 with F32
+    /// scales per 32 values (embeddings, routers and kv_b stay bf16); the store verifies, runs close to transformers
+    /// (int8 weights: not bit-exact, not noise either) and is smaller.
+    @Test func residentInt8RunsAndStaysClose() throws {
+        let ref = try Reference.load("kimi_k2")
+        let path = try convert("kimi_k2", experts: .int4, resident: .int8)
+        let store = try ExpertStore(path: path)
+        let tensors = store.manifest.resident.tensors
+        for (name, t) in tensors where name.hasSuffix(".weight") {
+            let int8 = ["q_a_proj", "kv_a_proj_with_mqa", "o_proj", "shared_experts", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"]
+                .contains { name.contains($0) } && t.shape.count == 2 && t.shape[1] % 32 == 0
+            #expect(t.dtype == (int8 ? "I8" : "BF16") || !name.contains("proj"), "\(name): \(t.dtype)")
+            if t.dtype == "I8" { #expect(tensors[String(name.dropLast(".weight".count)) + ".weight_scale"]?.dtype == "F32") }
+        }
+        #expect(tensors.values.contains { $0.dtype == "I8" })
+        for kept in ["embed_tokens.weight", "layers.1.mlp.gate.weight", "layers.1.self_attn.kv_b_proj.weight"] {
+            #expect(tensors.first { $0.key.hasSuffix(kept) }?.value.dtype == "BF16", "\(kept)")
+        }
+        #expect(StoreVerifier(path: path).run().ok)
+        let bf16 = try ExpertStore(path: try convert("kimi_k2", experts: .int4, resident: .bf16))
+        #expect(store.manifest.resident.bytes < bf16.manifest.resident.bytes)
+        // What `inspect` and `plan` forecast for each choice, from the bf16 store's tensors: the files' sizes less
+        // their headers (the safetensors header is padded to 4 KB).
+        let listed = bf16.manifest.resident.tensors.map { (name: $0.key, dtype: DType(rawValue: $0.value.dtype)!, shape: $0.value.shape,
+                                                            bytes: $0.value.bytes) }
+        for (option, actual) in [(StoreConverter.ResidentOption.int8, store), (.bf16, bf16)] {
+            let forecast = StoreConverter.residentBytes(listed, as: option), header = actual.manifest.resident.bytes - forecast
+            #expect(header > 0 && header <= 1 << 16, "\(option): forecast \(forecast), file \(actual.manifest.resident.bytes)")
+        }
+        let model = try store.loadModel()
+        let r = try model.forward(ref.prompt, cache: model.makeCache(), logits: .all)
+        let bf16Model = try bf16.loadModel()
+        let reference = try bf16Model.forward(ref.prompt, cache: bf16Model.makeCache(), logits: .all)
+        let d = maxAbsDiff(r.logits, reference.logits)
+        #expect(d > 0 && d < 0.2, "max |Δ| \(d) from the bf16-resident store")  // measured 0.058
+    }
+
     @Test func oddSizesRefuseGroupQuantizationClearly() throws {
         #expect { try convert("odd_dense2", experts: .int4) } throws: { e in
             (e as! StoreError).description.contains("hidden_size 50 is not a multiple of 32")
