@@ -75,12 +75,14 @@ struct LatentAttention {
             let scores = queries + tb * width            // [tb, length]
             let context = scores + tb * length           // [tb, r]
             let values = context + tb * r                // [tb, dv]
+            for i in 0..<tb { (queries + i * width).initialize(repeating: 0, count: r) }
+            // q̂_nope = W_kᵀ q_nope for every token of the block: the head's key rows of kv_b [dn, r].
+            kvB.accumulateRows(from: h * (dn + dv), count: dn, weights: q + t0 * heads * qk + h * qk, stride: heads * qk,
+                               tokens: tb, into: queries, stride: width, columns: r)
             for i in 0..<tb {
                 let t = t0 + i
-                let qHead = q + t * heads * qk + h * qk, qHat = queries + i * width
-                qHat.initialize(repeating: 0, count: r)
-                kvB.accumulateRows(from: h * (dn + dv), count: dn, weights: qHead, into: qHat)  // W_kᵀ q_nope
-                (qHat + r).update(from: qHead + dn, count: dp)
+                let qHead = q + t * heads * qk, qHat = queries + i * width
+                (qHat + r).update(from: qHead + h * qk + dn, count: dp)
                 let cs = angles + t * dp
                 rope.rotate(qHat + r, cos: cs, sin: cs + dp / 2)
             }
@@ -91,12 +93,12 @@ struct LatentAttention {
                 let row = scores + i * length, visible = start + t0 + i + 1
                 for j in 0..<visible { row[j] *= scale }
                 VectorOps.softmax(row, count: visible)
+                for j in visible..<length { row[j] = 0 }  // rows a token does not see add exactly nothing below
             }
+            // context_i = Σ_j p_ij · c_j: every cached c_j once for the block (the first r columns of the cache rows).
             context.initialize(repeating: 0, count: tb * r)
-            for j in 0..<length {  // each cached c_j once for the block
-                let c = cache.latent(layer, j)
-                for i in max(0, j - start - t0)..<tb { VectorOps.axpy(scores[i * length + j], c, context + i * r, count: r) }
-            }
+            keys.accumulateRows(from: 0, count: length, weights: scores, stride: length, tokens: tb, into: context, stride: r,
+                                columns: r)
             // W_v · context: the head's value rows of kv_b [dv, r] over the block's contexts, by the matrix kernels
             // where the encoding allows a view of those rows.
             let valueRows = (h * (dn + dv) + dn)..<(h * (dn + dv) + dn + dv)

@@ -60,6 +60,21 @@ public enum Kernels {
     }
 }
 
+extension Kernels {
+    /// The weighted-row-sum kernel (`WeightMatrix.accumulateRows`) for `encoding` under `isa`: f32 and bf16 on
+    /// AVX2 and AVX-512; nil where the Swift chain runs.
+    @inline(__always)
+    static func rows(_ encoding: WeightMatrix.Encoding, _ isa: KernelISA) -> moe_rows_fn? {
+        switch (isa, encoding) {
+        case (.avx2, .f32): moe_rows_f32_avx2
+        case (.avx2, .bf16): moe_rows_bf16_avx2
+        case (.avx512, .f32): moe_rows_f32_avx512
+        case (.avx512, .bf16): moe_rows_bf16_avx512
+        default: nil
+        }
+    }
+}
+
 public enum KernelError: Error, CustomStringConvertible, Equatable {
     case unsupported(KernelISA)
 

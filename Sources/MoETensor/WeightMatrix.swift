@@ -221,40 +221,36 @@ public struct WeightMatrix: @unchecked Sendable {
 }
 
 extension WeightMatrix {
-    /// `y[0..<cols] += Σ_i x[i] · W[firstRow + i, :]` for `count` rows: the transposed product `Wᵀx` over a block
-    /// of rows. MLA's absorbed attention uses it to fold kv_b's key rows into the query.
-    public func accumulateRows(from firstRow: Int, count: Int, weights x: UnsafePointer<Float>,
-                               into y: UnsafeMutablePointer<Float>) {
-        for i in 0..<count {
-            let a = x[i]
-            let r = firstRow + i
-            switch encoding {
-            case .f32:
-                let w = data.assumingMemoryBound(to: Float.self) + r * cols
-                for c in 0..<cols { y[c] += a * w[c] }
-            case .bf16:
-                let w = UnsafeRawPointer(data.assumingMemoryBound(to: UInt16.self) + r * cols)
-                var c = 0
-                let av = SIMD8<Float>(repeating: a)
-                while c + 8 <= cols {
-                    let yv = UnsafeMutableRawPointer(y + c)
-                    let acc = yv.loadUnaligned(as: SIMD8<Float>.self)
-                        + av * widenBF16(w.loadUnaligned(fromByteOffset: 2 * c, as: SIMD8<UInt16>.self))
-                    yv.storeBytes(of: acc, as: SIMD8<Float>.self)
-                    c += 8
-                }
-                while c < cols { y[c] += a * bf16ToFloat(w.load(fromByteOffset: 2 * c, as: UInt16.self)); c += 1 }
-            case .f16:
-                let w = data.assumingMemoryBound(to: UInt16.self) + r * cols
-                for c in 0..<cols { y[c] += a * f16ToFloat(w[c]) }
-            case .fp8Block(let scales, let blockRows, let blockCols):
-                let scaleCols = (cols + blockCols - 1) / blockCols
-                let w = data.assumingMemoryBound(to: UInt8.self) + r * cols
-                let s = scales + (r / blockRows) * scaleCols
-                for c in 0..<cols { y[c] += a * (e4m3ToFloat(w[c]) * s[c / blockCols]) }
-            case .int4g32, .int8g32, .int4g32x8:
-                for c in 0..<cols { y[c] += a * element(r, c) }
+    /// `y[t·yStride + c] += Σ_i a[t·aStride + i] · W[firstRow + i, c]` for `tokens` tokens and the first `columns`
+    /// columns: the transposed product `Wᵀa` over a block of rows. MLA's absorbed attention folds kv_b's key rows
+    /// into the queries with it (bf16), and sums the cached latent rows weighted by the attention (f32). Each
+    /// y[t, c] is one chain `y = fma(a[t, i], W[i, c], y)` over i ascending: the C kernels for f32 and bf16 with
+    /// `isa`, the same chain in Swift otherwise, so a token's result does not depend on the tokens beside it.
+    public func accumulateRows(from firstRow: Int, count: Int, weights a: UnsafePointer<Float>, stride aStride: Int,
+                               tokens: Int, into y: UnsafeMutablePointer<Float>, stride yStride: Int,
+                               columns: Int? = nil, isa: KernelISA = Kernels.isa) {
+        let width = columns ?? cols
+        precondition(firstRow >= 0 && count >= 0 && firstRow + count <= rows && width <= cols)
+        guard count > 0, tokens > 0, width > 0 else { return }
+        if let kernel = Kernels.rows(encoding, isa) {
+            let bytes = encoding.isBF16 ? 2 : 4
+            kernel(data + firstRow * cols * bytes, Int64(cols), Int64(count), Int64(width), a, Int64(aStride), Int64(tokens),
+                   y, Int64(yStride))
+            return
+        }
+        for t in 0..<tokens {
+            for c in 0..<width {
+                var s = y[t * yStride + c]
+                for i in 0..<count { s = s.addingProduct(a[t * aStride + i], element(firstRow + i, c)) }
+                y[t * yStride + c] = s
             }
         }
+    }
+}
+
+extension WeightMatrix.Encoding {
+    var isBF16: Bool {
+        if case .bf16 = self { return true }
+        return false
     }
 }

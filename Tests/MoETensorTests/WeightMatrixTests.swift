@@ -83,14 +83,32 @@ import Testing
         let (w, exact) = makeMatrix(rows: rows, cols: cols, encoding: encoding, seed: 3)
         let first = 130, count = 10  // crosses the FP8 block boundary at row 128
         var rng = LCG(state: 5)
-        let x = FloatBuffer((0..<count).map { _ in rng.next() })
-        let y = FloatBuffer(count: cols)
-        w.accumulateRows(from: first, count: count, weights: x.pointer, into: y.pointer)
-        for c in 0..<cols {
-            var s: Double = 0
-            for i in 0..<count { s += Double(x.pointer[i]) * Double(exact[(first + i) * cols + c]) }
-            #expect(abs(s - Double(y.pointer[c])) < 1e-3, "column \(c)")
+        // 7 tokens with strided weights and outputs, into the first 35 columns of rows 40 wide, starting from y's
+        // own values; every kernel set gives the same bits (one fma chain per element), alone or in a block.
+        let (tokens, aStride, yStride, columns) = (7, count + 3, 40, 35)
+        let x = FloatBuffer((0..<(tokens * aStride)).map { _ in rng.next() })
+        let start = FloatBuffer((0..<(tokens * yStride)).map { _ in rng.next() })
+        var results: [[Float]] = []
+        for isa in KernelISA.allCases where isa.isSupported {
+            let y = FloatBuffer(start.array)
+            w.accumulateRows(from: first, count: count, weights: x.pointer, stride: aStride, tokens: tokens, into: y.pointer,
+                             stride: yStride, columns: columns, isa: isa)
+            for t in 0..<tokens {
+                for c in 0..<yStride {
+                    var s = Double(start.pointer[t * yStride + c])
+                    if c < columns {
+                        for i in 0..<count { s += Double(x.pointer[t * aStride + i]) * Double(exact[(first + i) * cols + c]) }
+                    }
+                    #expect(abs(s - Double(y.pointer[t * yStride + c])) < 1e-3, "\(isa) token \(t) column \(c)")
+                }
+            }
+            let alone = FloatBuffer(Array(start.array[(5 * yStride)..<(6 * yStride)]))
+            w.accumulateRows(from: first, count: count, weights: x.pointer + 5 * aStride, stride: aStride, tokens: 1,
+                             into: alone.pointer, stride: yStride, columns: columns, isa: isa)
+            #expect(alone.array == Array(y.array[(5 * yStride)..<(6 * yStride)]), "\(isa): token 5 alone")
+            results.append(y.array)
         }
+        #expect(results.allSatisfy { $0 == results[0] }, "every kernel set, bit for bit")
     }
 
     @Test(arguments: ["f32", "bf16", "f16", "fp8"])
