@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import MoEGeneration
 import MoEServer
+import MoETensor
 import MoETokenizer
 
 struct Serve: AsyncParsableCommand {
@@ -79,7 +80,8 @@ struct Serve: AsyncParsableCommand {
                                   stop: setup.stop, cache: loaded.cache)
         printError("serving \(model.model) as '\(modelName)' on http://\(host):\(port) (context \(config.contextLimit), queue \(queue), "
             + "idle timeout \(idleTimeout) s, \(maxConnections) connections"
-            + (config.apiKey == nil ? ", no API key: cross-origin and foreign-Host requests refused)" : ", API key required)"))
+            + (config.apiKey == nil ? ", no API key: cross-origin and foreign-Host requests refused)" : ", API key required)")
+            + "; kernels \(Kernels.isa.rawValue), expert activations \(loaded.model.expertActivations.rawValue)")
         if config.apiKey == nil && !OpenAIServer.isLoopbackName(host) {
             printError("""
                 WARNING: listening on \(host) without an API key: anyone who can reach this port can use the model.
