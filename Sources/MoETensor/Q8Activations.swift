@@ -71,6 +71,8 @@ extension WeightMatrix {
         precondition(x.cols == cols)
         guard !range.isEmpty else { return }
         if case .int4g32x8(let scales, let type) = encoding {
+            precondition(range.lowerBound % rowTile == 0 && range.upperBound % rowTile == 0,
+                         "the interleaved layout is multiplied in whole blocks of \(rowTile) rows")
             if isa != .generic {
                 var m = moe_matrix(data: data, scales: scales, rows: Int64(rows), cols: Int64(cols),
                                    scales_bf16: type == .bf16 ? 1 : 0)

@@ -142,6 +142,8 @@ public struct WeightMatrix: @unchecked Sendable {
     public func gemm(rows range: Range<Int>, _ x: UnsafePointer<Float>, tokens: Int, into y: UnsafeMutablePointer<Float>,
                      isa: KernelISA = Kernels.isa) {
         guard !range.isEmpty else { return }
+        precondition(rowTile == 4 || (range.lowerBound % rowTile == 0 && (range.upperBound % rowTile == 0 || range.upperBound == rows)),
+                     "the interleaved layout is multiplied in whole blocks of \(rowTile) rows")
         if let kernel = Kernels.gemm(encoding, isa) {
             var m = moe_matrix(data: data, scales: nil, rows: Int64(rows), cols: Int64(cols), scales_bf16: 0)
             switch encoding {
