@@ -70,31 +70,29 @@ extension WeightMatrix {
                        isa: KernelISA = Kernels.isa) {
         precondition(x.cols == cols)
         guard !range.isEmpty else { return }
-        if case .int4g32x8(let scales, let type) = encoding {
+        let scales: UnsafeRawPointer, type: ScaleType, interleaved: Bool
+        switch encoding {
+        case .int4g32x8(let s, let t):
             precondition(range.lowerBound % rowTile == 0 && range.upperBound % rowTile == 0,
                          "the interleaved layout is multiplied in whole blocks of \(rowTile) rows")
-            if isa != .generic {
-                var m = moe_matrix(data: data, scales: scales, rows: Int64(rows), cols: Int64(cols),
-                                   scales_bf16: type == .bf16 ? 1 : 0)
-                var acts = moe_q8_acts(q: x.q, d: x.d, sums: x.sums)
-                let kernel = isa == .avx512 && Self.hasVNNI ? moe_gemm_q4x8_q8_avx512vnni : moe_gemm_q4x8_q8_avx2
-                kernel(&m, Int64(range.lowerBound), Int64(range.upperBound), &acts, Int64(x.tokens), y)
-                return
-            }
-            for r in range {
-                for t in 0..<x.tokens { y[t * rows + r] = dotInterleavedQ8(row: r, token: t, x, scales: scales, type: type) }
-            }
-            return
-        }
-        guard case .int4g32(let scales, let type) = encoding else {
-            preconditionFailure("Q8 activations are for int4 weights")
+            (scales, type, interleaved) = (s, t, true)
+        case .int4g32(let s, let t): (scales, type, interleaved) = (s, t, false)
+        default: preconditionFailure("Q8 activations are for int4 weights")
         }
         if isa != .generic {
             var m = moe_matrix(data: data, scales: scales, rows: Int64(rows), cols: Int64(cols),
                                scales_bf16: type == .bf16 ? 1 : 0)
             var acts = moe_q8_acts(q: x.q, d: x.d, sums: x.sums)
-            let kernel = isa == .avx512 && Self.hasVNNI ? moe_gemm_q4_q8_avx512vnni : moe_gemm_q4_q8_avx2
+            let vnni = isa == .avx512 && Self.hasVNNI
+            let kernel = interleaved ? (vnni ? moe_gemm_q4x8_q8_avx512vnni : moe_gemm_q4x8_q8_avx2)
+                                     : (vnni ? moe_gemm_q4_q8_avx512vnni : moe_gemm_q4_q8_avx2)
             kernel(&m, Int64(range.lowerBound), Int64(range.upperBound), &acts, Int64(x.tokens), y)
+            return
+        }
+        if interleaved {
+            for r in range {
+                for t in 0..<x.tokens { y[t * rows + r] = dotInterleavedQ8(row: r, token: t, x, scales: scales, type: type) }
+            }
             return
         }
         let groups = cols / 32
