@@ -19,33 +19,35 @@
                          C(acc[7]), C(acc[8]), C(acc[9]), C(acc[10]), C(acc[11]));                               \
     }
 
-__attribute__((target("avx2,fma")))
-double moe_peak_fma_avx2(int64_t iterations) {
-    const __m256 a = _mm256_set1_ps(0.999999f), b = _mm256_set1_ps(1e-7f);
-#define INIT(i) _mm256_set1_ps((float)(i) * 1e-3f)
-#define STEP(v) _mm256_fmadd_ps((v), a, b)
-    PEAK_LOOP(__m256, "+x", INIT, STEP)
-#undef INIT
-#undef STEP
-    __m256 s = acc[0];
-    for (int i = 1; i < CHAINS; i++) s = _mm256_add_ps(s, acc[i]);
+// fp32 FMA chains: acc = acc·a + b with a just under 1, then the chains summed (SUM: the vector's sum as a double).
+// SET1 and FMADD name the ISA's broadcast and fused multiply-add where it is instantiated.
+#define PEAK_FMA(NAME, TARGET, T, C, ADD, SUM)                                                                   \
+    __attribute__((target(TARGET))) double NAME(int64_t iterations) {                                            \
+        const T a = SET1(0.999999f), b = SET1(1e-7f);                                                            \
+        PEAK_LOOP(T, C, PEAK_FMA_INIT, PEAK_FMA_STEP)                                                            \
+        T s = acc[0];                                                                                            \
+        for (int i = 1; i < CHAINS; i++) s = ADD(s, acc[i]);                                                     \
+        return SUM(s);                                                                                           \
+    }
+#define PEAK_FMA_INIT(i) SET1((float)(i) * 1e-3f)
+#define PEAK_FMA_STEP(v) FMADD((v), a, b)
+
+__attribute__((target("avx2"))) static inline double sum8(__m256 v) {
     float out[8];
-    _mm256_storeu_ps(out, s);
+    _mm256_storeu_ps(out, v);
     return out[0];
 }
 
-__attribute__((target("avx512f")))
-double moe_peak_fma_avx512(int64_t iterations) {
-    const __m512 a = _mm512_set1_ps(0.999999f), b = _mm512_set1_ps(1e-7f);
-#define INIT(i) _mm512_set1_ps((float)(i) * 1e-3f)
-#define STEP(v) _mm512_fmadd_ps((v), a, b)
-    PEAK_LOOP(__m512, "+v", INIT, STEP)
-#undef INIT
-#undef STEP
-    __m512 s = acc[0];
-    for (int i = 1; i < CHAINS; i++) s = _mm512_add_ps(s, acc[i]);
-    return _mm512_reduce_add_ps(s);
-}
+#define SET1 _mm256_set1_ps
+#define FMADD _mm256_fmadd_ps
+PEAK_FMA(moe_peak_fma_avx2, "avx2,fma", __m256, "+x", _mm256_add_ps, sum8)
+#undef SET1
+#undef FMADD
+#define SET1 _mm512_set1_ps
+#define FMADD _mm512_fmadd_ps
+PEAK_FMA(moe_peak_fma_avx512, "avx512f", __m512, "+v", _mm512_add_ps, _mm512_reduce_add_ps)
+#undef SET1
+#undef FMADD
 
 // int8 dot products on AVX2 at their cheapest: maddubs (u8 × s8, pairs summed to s16) accumulated with paddw,
 // 32 multiply-adds per two instructions. (The interleaved q8 tiles do this, with a madd to s32 per eight.) The
