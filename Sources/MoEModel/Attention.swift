@@ -39,20 +39,20 @@ struct LatentAttention {
         let q = ws.floats(T * heads * qk)  // [T, n·(dn + dp)]
         switch weights.query {
         case .full(let proj):
-            proj.apply(x, tokens: T, into: q)
+            proj.apply(x, tokens: T, into: q, workspace: ws)
         case .lowRank(let a, let norm, let b):
             let qa = ws.floats(T * a.rows)  // [T, q_lora]
-            a.apply(x, tokens: T, into: qa)
+            a.apply(x, tokens: T, into: qa, workspace: ws)
             for t in 0..<T {
                 let row = qa + t * a.rows
                 VectorOps.rmsNorm(row, weight: norm, eps: 1e-6, count: a.rows, into: row)
             }
-            b.apply(qa, tokens: T, into: q)
+            b.apply(qa, tokens: T, into: q, workspace: ws)
         }
 
         let kv = ws.floats(T * (r + dp))  // [T, r + dp]: c | k_pe
         let angles = ws.floats(T * dp)    // [T, dp]: cos [dp/2] | sin [dp/2]
-        weights.kvA.apply(x, tokens: T, into: kv)
+        weights.kvA.apply(x, tokens: T, into: kv, workspace: ws)
         for t in 0..<T {
             let row = kv + t * (r + dp)
             let cs = angles + t * dp
@@ -112,6 +112,6 @@ struct LatentAttention {
                 }
             }
         }
-        weights.output.apply(attended, tokens: T, into: out)
+        weights.output.apply(attended, tokens: T, into: out, workspace: ws)
     }
 }

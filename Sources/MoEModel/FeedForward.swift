@@ -2,10 +2,15 @@ import MoECheckpoint
 import MoETensor
 
 extension MLPWeights {
-    /// `out [T, H] = down(silu(gate(x)) · up(x))` for `x [T, H]`.
+    /// `out [T, H] = down(silu(gate(x)) · up(x))` for `x [T, H]`, with the pass's resident arithmetic.
     func callAsFunction(_ x: UnsafePointer<Float>, tokens T: Int, workspace: Workspace,
                         into out: UnsafeMutablePointer<Float>) {
-        swiGLU(gate: gate, up: up, down: down, x, tokens: T, scratch: workspace.floats(2 * T * gate.rows), into: out)
+        let scratch = workspace.floats(2 * T * gate.rows)
+        if workspace.residentActivations == .bf16x2, gate.takesBF16Tiles, up.takesBF16Tiles, down.takesBF16Tiles {
+            swiGLUBF16(gate: gate, up: up, down: down, x, tokens: T, workspace: workspace, scratch: scratch, into: out)
+        } else {
+            swiGLU(gate: gate, up: up, down: down, x, tokens: T, scratch: scratch, into: out)
+        }
     }
 }
 

@@ -50,6 +50,8 @@ public final class KimiModel: @unchecked Sendable {
     private let scratchLock = NSLock()
     /// How routed experts multiply (`expertActivations`), read once at the start of each pass.
     private var activations = ExpertActivations.fp32
+    /// How resident matrices multiply (`residentActivations`), read once at the start of each pass.
+    private var resident = ResidentActivations.fp32
     private let settingsLock = NSLock()
 
     /// How this model's routed experts multiply: fp32 activations (exact, the library's default, what every
@@ -57,6 +59,14 @@ public final class KimiModel: @unchecked Sendable {
     public var expertActivations: ExpertActivations {
         get { settingsLock.lock(); defer { settingsLock.unlock() }; return activations }
         set { settingsLock.lock(); activations = newValue; settingsLock.unlock() }
+    }
+
+    /// How this model's resident bf16 matrices multiply: fp32 activations (exact, the library's default) or split
+    /// into two bf16 parts on AMX tiles (`ResidentActivations`; the command line's default where the CPU has AMX).
+    /// Where AMX is not available `.bf16x2` multiplies as `.fp32` does. Applies from the next pass.
+    public var residentActivations: ResidentActivations {
+        get { settingsLock.lock(); defer { settingsLock.unlock() }; return resident }
+        set { settingsLock.lock(); resident = newValue; settingsLock.unlock() }
     }
 
     /// Bytes the forward-pass workspace holds: the largest pass so far (steady while decoding).
@@ -110,6 +120,7 @@ public final class KimiModel: @unchecked Sendable {
         let ws = scratch.workspace
         ws.reset()
         let activations = expertActivations
+        ws.residentActivations = residentActivations
         let x = ws.floats(T * H)       // [T, H] residual stream
         let normed = ws.floats(T * H)  // [T, H]
         let delta = ws.floats(T * H)   // [T, H]
@@ -152,7 +163,7 @@ public final class KimiModel: @unchecked Sendable {
         }
         // The logits are the caller's: the one activation array a pass allocates.
         let logits = [Float](unsafeUninitializedCapacity: rows * V) { buffer, count in
-            weights.lmHead.apply(normed, tokens: rows, into: buffer.baseAddress!)  // [rows, V]
+            weights.lmHead.apply(normed, tokens: rows, into: buffer.baseAddress!, workspace: ws)  // [rows, V]
             count = rows * V
         }
         if let bad = logits.firstIndex(where: { !$0.isFinite }) { throw ModelError.nonFiniteLogits(position: start + first + bad / V) }

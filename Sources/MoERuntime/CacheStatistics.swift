@@ -54,6 +54,8 @@ public struct CacheStatistics: Codable, Sendable, Equatable {
     public var kernels = ""
     /// `--expert-activations`: fp32 or q8.
     public var expertActivations = "fp32"
+    /// `--resident-activations`: fp32 or bf16x2 (AMX tiles).
+    public var residentActivations = "fp32"
     public var threads = 0
     /// Experts read by `--preload` before the first request (not counted as requests or misses).
     public var preloadedExperts = 0

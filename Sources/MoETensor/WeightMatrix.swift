@@ -116,10 +116,11 @@ public struct WeightMatrix: @unchecked Sendable {
     }
 
     /// Runs `body` on row ranges across the kernel pool: chunks of at least ~64 KB of weights (and whole tiles:
-    /// 4 rows, or the interleaved layout's blocks of 8), a few per worker so none idles.
+    /// 4 rows, the interleaved layout's blocks of 8, or `tile` (a power of two) when given), a few per worker so
+    /// none idles.
     @inline(__always)
-    public func splitRows(_ body: (Range<Int>) -> Void) {
-        let tile = rowTile
+    public func splitRows(tile: Int? = nil, _ body: (Range<Int>) -> Void) {
+        let tile = tile ?? rowTile
         let minimumRows = max(tile, (65_536 / max(1, storedByteCount / max(rows, 1))) & ~(tile - 1))
         let pool = KernelPool.current
         let workers = pool.width

@@ -17,6 +17,8 @@ public final class Workspace: @unchecked Sendable {  // no lock: one pass at a t
     private var overflowBytes = 0
     /// The most this pass has held at once (slab part plus live overflow).
     private var highWater = 0
+    /// How this pass's resident matrices multiply (`KimiModel.residentActivations`, set at the start of a pass).
+    public var residentActivations = ResidentActivations.fp32
 
     /// What has been taken so far in this pass.
     public struct Mark: Sendable {
@@ -66,6 +68,11 @@ public final class Workspace: @unchecked Sendable {  // no lock: one pass at a t
     /// `count` zeroed floats, valid until the next `reset`.
     public func floats(_ count: Int) -> UnsafeMutablePointer<Float> {
         take(max(count, 1) * MemoryLayout<Float>.stride).bindMemory(to: Float.self, capacity: max(count, 1))
+    }
+
+    /// `count` zeroed UInt16s (bf16 values), valid until the next `reset`.
+    public func halves(_ count: Int) -> UnsafeMutablePointer<UInt16> {
+        take(max(count, 1) * MemoryLayout<UInt16>.stride).bindMemory(to: UInt16.self, capacity: max(count, 1))
     }
 
     /// `count` zeroed Ints, valid until the next `reset`.

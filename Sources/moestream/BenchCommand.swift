@@ -158,6 +158,8 @@ struct BenchKernels: ParsableCommand {
             print(String(format: "peak of one core, %@: fp32 FMA %.1f GFLOP/s", isa.rawValue, p.fp32)
                   + (p.int8.map { String(format: ", int8 dot %.1f GOP/s (%@)", $0, isa == .avx2 ? "maddubs" : "vpdpbusd") } ?? ""))
         }
+        let amxPeak = KernelBenchmark.amxPeak()
+        if let amxPeak { print(String(format: "peak of one core, AMX: bf16 tdpbf16ps %.1f GFLOP/s", amxPeak)) }
         print("kind       tokens  isa       ms      GB/s  GFLOP/s  vs generic  max |Δ|/scale  % of peak")
         for kind in KernelBenchmark.Kind.allCases {
             let m = KernelBenchmark.randomMatrix(kind, rows: rows, cols: cols)
@@ -196,13 +198,31 @@ struct BenchKernels: ParsableCommand {
             }
         }
         }
+        // bf16 weights × activations split into two bf16 parts on AMX tiles (`--resident-activations bf16x2`),
+        // packing included: its error against the fp32 product is the split's.
+        if let amxPeak, rows % WeightMatrix.amxTileRows == 0 {
+            let m = KernelBenchmark.randomMatrix(.bf16, rows: rows, cols: cols)
+            let saved = Kernels.isa
+            Kernels.isa = .avx512
+            defer { Kernels.isa = saved }
+            for t in counts {
+                let x = KernelBenchmark.randomActivations(t * cols)
+                let reference = FloatBuffer(count: t * rows)
+                m.gemm(rows: 0..<rows, x.pointer, tokens: t, into: reference.pointer, isa: .generic)
+                let scale = (0..<(t * rows)).reduce(Float(0)) { max($0, abs(reference.pointer[$1])) }
+                let base = KernelBenchmark.time(m, tokens: t, isa: .generic, repeats: max(1, repeats / 2))
+                let (s, y) = KernelBenchmark.timeBF16(m, x, tokens: t, repeats: repeats)
+                printRow("bf16x2", t, .avx512, seconds: s, base: base, bytes: m.storedByteCount, y: y, reference: reference,
+                         scale: scale, peak: amxPeak, isaName: "amx")
+            }
+        }
     }
 
     /// One line: time, bandwidth, GFLOP/s, speed against the generic fp32 product, the largest difference from it
     /// relative to the largest output, and the GFLOP/s as a share of the core's measured `peak` for the kernel's
     /// instructions (fp32 FMA, or int8 dot products for the q8 rows).
     func printRow(_ name: String, _ tokens: Int, _ isa: KernelISA, seconds s: Double, base: Double, bytes: Int,
-                  y: FloatBuffer, reference: FloatBuffer, scale: Float, peak: Double?) {
+                  y: FloatBuffer, reference: FloatBuffer, scale: Float, peak: Double?, isaName: String? = nil) {
         var worst: Float = 0
         for i in 0..<(tokens * rows) { worst = max(worst, abs(y.pointer[i] - reference.pointer[i])) }
         let ms: Double = s * 1e3
@@ -211,7 +231,7 @@ struct BenchKernels: ParsableCommand {
         let ratio: Double = base / s
         let error: Double = Double(worst) / Double(max(scale, 1e-30))
         let label = name.padding(toLength: 9, withPad: " ", startingAt: 0)
-        let isaName = isa.rawValue.padding(toLength: 7, withPad: " ", startingAt: 0)
+        let isaName = (isaName ?? isa.rawValue).padding(toLength: 7, withPad: " ", startingAt: 0)
         print(label + String(format: "  %6d  ", tokens) + isaName
               + String(format: " %7.2f  %7.2f  %7.2f  %8.2f×  %.1e", ms, gbps, flops, ratio, error)
               + (peak.map { String(format: "        %5.1f%%", 100 * flops / $0) } ?? ""))

@@ -11,6 +11,7 @@ extension PrefetchMode: ExpressibleByArgument {}
 extension ReadEngine: ExpressibleByArgument {}
 extension KernelISA: ExpressibleByArgument {}
 extension ExpertActivations: ExpressibleByArgument {}
+extension ResidentActivations: ExpressibleByArgument {}
 
 /// The expert cache and compute flags, shared by every command that runs the model from a store.
 struct CacheOptions: ParsableArguments {
@@ -48,11 +49,19 @@ struct CacheOptions: ParsableArguments {
     @Option(help: ArgumentHelp("Routed experts' activations (int4 experts): q8-gate-up (the default) quantises gate's and up's inputs to int8 per 32 values and multiplies with int8 dot products, down stays fp32; q8 quantises down's input too, as llama.cpp does; fp32 is exact. Quality and speed of each: docs/performance.md.", valueName: "q8-gate-up|q8|fp32"))
     var expertActivations: ExpertActivations?
 
-    @Flag(help: "Exact arithmetic: fp32 activations everywhere, as transformers computes (within 1e-4 of its logits); the same as --expert-activations fp32.")
+    @Option(help: ArgumentHelp("Resident bf16 matrices' activations (attention projections, dense and shared MLPs, output head): bf16x2 splits each into two bf16 parts (16 significant bits) and multiplies on AMX tiles, the default where the CPU has AMX-BF16 and the avx512 kernels run; fp32, the default elsewhere, is exact. Quality and speed: docs/performance.md.", valueName: "bf16x2|fp32"))
+    var residentActivations: ResidentActivations?
+
+    @Flag(help: "Exact arithmetic: fp32 activations everywhere, as transformers computes (within 1e-4 of its logits); the same as --expert-activations fp32 --resident-activations fp32.")
     var exact = false
 
     /// What the routed experts multiply with: `--exact` or `--expert-activations`, else q8.
     var activations: ExpertActivations { exact ? .fp32 : expertActivations ?? .q8GateUp }
+
+    /// What the resident matrices multiply with: `--exact` or `--resident-activations`, else bf16x2 where AMX runs.
+    var resident: ResidentActivations {
+        exact ? .fp32 : residentActivations ?? (ResidentActivations.amxAvailable(isa: kernels) ? .bf16x2 : .fp32)
+    }
 
     @Option(help: ArgumentHelp("Pretend the machine has N NUMA nodes (testing placement and per-node budgets).", visibility: .hidden))
     var numaNodes: Int?
@@ -64,6 +73,13 @@ struct CacheOptions: ParsableArguments {
         guard kernels.isSupported else { throw ValidationError(KernelError.unsupported(kernels).description) }
         if exact, let a = expertActivations, a != .fp32 {
             throw ValidationError("--exact multiplies with fp32 activations; it cannot be combined with --expert-activations \(a.rawValue)")
+        }
+        if residentActivations == .bf16x2 {
+            if exact { throw ValidationError("--exact multiplies with fp32 activations; it cannot be combined with --resident-activations bf16x2") }
+            guard ResidentActivations.amxAvailable(isa: kernels) else {
+                throw ValidationError("--resident-activations bf16x2 multiplies on AMX tiles: this CPU "
+                    + (kernels == .avx512 ? "lacks AMX-BF16 (or Linux did not grant the tile state)" : "runs the \(kernels.rawValue) kernels, not avx512"))
+            }
         }
         if let cache, parseSize(cache) == nil && parsePercent(cache) == nil {
             throw ValidationError("--cache '\(cache)' is not a size such as 96G or 512M, nor a share such as 25%")

@@ -45,6 +45,7 @@ struct LoadedModel {
                 }
                 let model = try KimiModel.load(checkpoint: options.model)
                 model.expertActivations = cacheOptions.activations
+                model.residentActivations = cacheOptions.resident
                 return LoadedModel(model: model, cache: nil)
             }
             let store = try ExpertStore(path: options.model)
@@ -52,6 +53,7 @@ struct LoadedModel {
             notes.forEach { printError($0) }
             let (model, cache) = try store.loadModel(cache: config)
             model.expertActivations = cacheOptions.activations
+            model.residentActivations = cacheOptions.resident
             if let f = cache.fallbackMessage { printError(f) }
             if cacheOptions.preload {
                 let started = ContinuousClock.now
@@ -72,12 +74,13 @@ struct LoadedModel {
         var s = cache.statistics()
         s.kernels = Kernels.isa.rawValue
         s.expertActivations = model.expertActivations.rawValue
+        s.residentActivations = model.residentActivations.rawValue
         s.threads = Parallelism.threads
         cache.shutdown()
         if !stats.noStats {
             var lines = [s.report()]
             lines += extra
-            lines.append("threads \(Parallelism.threads), kernels \(Kernels.isa.rawValue), expert activations \(model.expertActivations.rawValue)")
+            lines.append("threads \(Parallelism.threads), kernels \(Kernels.isa.rawValue), expert activations \(model.expertActivations.rawValue), resident activations \(model.residentActivations.rawValue)")
             printError(lines.joined(separator: "\n"))
         }
         if let path = stats.statsJson { try s.json().write(to: URL(fileURLWithPath: path)) }

@@ -20,7 +20,7 @@ struct Perplexity: ParsableCommand {
     @Option(help: "Score at most this many tokens (0: all).")
     var maxTokens = 0
 
-    @Flag(help: "Score the text twice, with the arithmetic chosen here and with the exact one (fp32 expert activations), and print both perplexities, the mean KL divergence between their next-token distributions and the argmax agreement.")
+    @Flag(help: "Score the text twice, with the arithmetic chosen here and with the exact one (fp32 activations for experts and resident matrices), and print both perplexities, the mean KL divergence between their next-token distributions and the argmax agreement.")
     var compareExact = false
 
     @OptionGroup(title: "Expert cache") var cacheOptions: CacheOptions
@@ -54,21 +54,23 @@ struct Perplexity: ParsableCommand {
 
     /// `--compare-exact`: the gate of the arithmetic policy (docs/performance.md).
     func compare(_ loaded: LoadedModel, _ ids: [Int]) throws {
-        let model = loaded.model, fast = model.expertActivations
+        let model = loaded.model, fast = model.expertActivations, fastResident = model.residentActivations
         let c: ArithmeticComparison
         do {
-            c = try compareArithmetic(model: model, ids: ids, window: window, useExact: { model.expertActivations = .fp32 },
-                                      useFast: { model.expertActivations = fast }) { done, total in
+            c = try compareArithmetic(model: model, ids: ids, window: window,
+                                      useExact: { model.expertActivations = .fp32; model.residentActivations = .fp32 },
+                                      useFast: { model.expertActivations = fast; model.residentActivations = fastResident }) { done, total in
                 FileHandle.standardError.write("\r\(done)/\(total) tokens".data(using: .utf8)!)
             }
         } catch let e as ModelError { throw CLIError(e.description) }
         model.expertActivations = fast
+        model.residentActivations = fastResident
         FileHandle.standardError.write("\n".data(using: .utf8)!)
-        print(String(format: "exact: fp32 activations    perplexity %.4f over %d tokens in %.1f s", c.exact.perplexity, c.exact.tokens,
-                     c.exact.seconds))
-        print(String(format: "this run: %@ activations%@ perplexity %.4f in %.1f s (%.2f× exact's speed)", fast.rawValue,
-                     String(repeating: " ", count: max(0, 5 - fast.rawValue.count)), c.fast.perplexity, c.fast.seconds,
-                     c.exact.seconds / max(c.fast.seconds, 1e-9)))
+        print(String(format: "exact: fp32 activations everywhere    perplexity %.4f over %d tokens in %.1f s", c.exact.perplexity,
+                     c.exact.tokens, c.exact.seconds))
+        let label = "experts \(fast.rawValue), resident \(fastResident.rawValue)"
+        print(String(format: "this run: %@ activations    perplexity %.4f in %.1f s (%.2f× exact's speed)", label,
+                     c.fast.perplexity, c.fast.seconds, c.exact.seconds / max(c.fast.seconds, 1e-9)))
         print(String(format: "perplexity change %+.3f%%; KL(exact ‖ this run) mean %.5f nats, max %.5f; largest logit difference %.4f",
                      c.perplexityChange * 100, c.meanKL, c.maxKL, c.maxLogitDifference))
         print(String(format: "argmax agrees at %d of %d positions where exact's top-2 margin exceeds %.2f (%.2f%%)", c.agreeing, c.decided,

@@ -83,4 +83,15 @@ void moe_gemm_f32_avx512(const moe_matrix *m, int64_t r0, int64_t r1, const floa
 /// bf16 with a 4 × 4 register tile for four tokens or more (what `Kernels` uses for bf16 on AVX-512).
 void moe_gemm_bf16_avx512_blocked(const moe_matrix *m, int64_t r0, int64_t r1, const float *x, int64_t T, float *y);
 
+/// bf16 weights × activations split into two bf16 parts on AMX tiles (kernels_amx.c), for
+/// `--resident-activations bf16x2`. `moe_cpu_has_amx_bf16` is 1 when the CPU has AMX-TILE and AMX-BF16 and Linux
+/// granted this process the tile state (it asks once). `moe_pack_bf16_amx` splits token blocks [b0, b1) of
+/// x [T, cols] (cols a multiple of 32) into the tiles' order (2 · ceil(T/16) · 16 · cols values in all);
+/// `moe_gemm_bf16_amx` multiplies bf16 rows [r0, r1) (multiples of 16) by them. `moe_peak_amx_bf16` is the
+/// instruction's peak loop (4 · 8,192 multiply-adds per round).
+int moe_cpu_has_amx_bf16(void);
+void moe_pack_bf16_amx(const float *x, int64_t T, int64_t cols, int64_t b0, int64_t b1, uint16_t *out);
+void moe_gemm_bf16_amx(const moe_matrix *m, int64_t r0, int64_t r1, const uint16_t *xt, int64_t T, float *y);
+double moe_peak_amx_bf16(int64_t iterations);
+
 #endif

@@ -1,0 +1,33 @@
+import MoETensor
+
+extension WeightMatrix {
+    /// `apply` with the pass's resident arithmetic (`Workspace.residentActivations`): on AMX tiles with the
+    /// activations split into two bf16 parts where the pass asks for it and the matrix takes them, else the fp32
+    /// kernels.
+    /// The packed activations live in the workspace until the product is done.
+    func apply(_ x: UnsafePointer<Float>, tokens T: Int, into y: UnsafeMutablePointer<Float>, workspace ws: Workspace) {
+        guard ws.residentActivations == .bf16x2, takesBF16Tiles else { return apply(x, tokens: T, into: y) }
+        let mark = ws.mark()
+        defer { ws.release(to: mark) }
+        let tiles = BF16Tiles(x, tokens: T, cols: cols, memory: ws.halves(BF16Tiles.valuesNeeded(tokens: T, cols: cols)))
+        applyBF16(tiles, into: y)
+    }
+}
+
+/// `swiGLU` on AMX tiles: x split and packed once for gate and up (fused with SiLU per chunk of rows, as `swiGLU`
+/// does), then silu(gate)·up packed for down. `scratch` holds 2·T·inter floats.
+func swiGLUBF16(gate: WeightMatrix, up: WeightMatrix, down: WeightMatrix, _ x: UnsafePointer<Float>, tokens T: Int,
+                workspace ws: Workspace, scratch: UnsafeMutablePointer<Float>, into out: UnsafeMutablePointer<Float>) {
+    let inter = gate.rows
+    let g = scratch, u = scratch + T * inter  // [T, inter] each
+    let mark = ws.mark()
+    defer { ws.release(to: mark) }
+    let packed = ws.halves(BF16Tiles.valuesNeeded(tokens: T, cols: max(gate.cols, inter)))
+    let xt = BF16Tiles(x, tokens: T, cols: gate.cols, memory: packed)
+    gate.splitRows(tile: WeightMatrix.amxTileRows) { rows in
+        gate.gemmBF16(rows: rows, xt, into: g)
+        up.gemmBF16(rows: rows, xt, into: u)
+        gateRows(rows, tokens: T, inter: inter, g, u)
+    }
+    down.applyBF16(BF16Tiles(g, tokens: T, cols: inter, memory: packed), into: out)
+}

@@ -1,0 +1,125 @@
+import Testing
+@testable import MoETensor
+
+/// The AMX bf16 tiles (`--resident-activations bf16x2`) against a float64 product of the split activations,
+/// and the guarantees the fp32 kernels give: a token's result is the same alone or among others, however rows are
+/// split. Where the CPU has no AMX (or Linux did not grant it) the tests say so and check only the packing.
+@Suite struct BF16TileTests {
+    /// The two bf16 parts of x, rounded to nearest even, as the packing splits it.
+    static func split(_ f: Float) -> (hi: UInt16, lo: UInt16) {
+        let hi = floatToBF16(f)
+        return (hi, floatToBF16(f - bf16ToFloat(hi)))
+    }
+
+    @Test func packingRoundsToNearestEvenInTheTilesOrder() {
+        let (tokens, cols) = (19, 64)  // two token blocks (the second padded), two chunks
+        let x = KernelBenchmark.randomActivations(tokens * cols, seed: 3)
+        x.pointer[5] = Float(bitPattern: 0x3F80_8000)  // a tie: rounds to the even 0x3F80
+        x.pointer[6] = Float(bitPattern: 0x3F81_8000)  // a tie: rounds up to the even 0x3F82
+        let memory = UnsafeMutablePointer<UInt16>.allocate(capacity: BF16Tiles.valuesNeeded(tokens: tokens, cols: cols))
+        defer { memory.deallocate() }
+        let tiles = BF16Tiles(x.pointer, tokens: tokens, cols: cols, memory: memory)
+        #expect(BF16Tiles.valuesNeeded(tokens: tokens, cols: cols) == 2 * 32 * cols)
+        for b in 0..<2 {
+            for k in 0..<2 {
+                for h in 0..<2 {
+                    for p in 0..<16 {
+                        for t in 0..<16 {
+                            for e in 0..<2 {
+                                let v = tiles.values[((b * 2 + k) * 2 + h) * 512 + 32 * p + 2 * t + e]
+                                let token = 16 * b + t, c = 32 * k + 2 * p + e
+                                let parts: (hi: UInt16, lo: UInt16) = token < tokens ? Self.split(x.pointer[token * cols + c]) : (0, 0)
+                                #expect(v == (h == 0 ? parts.hi : parts.lo), "block \(b) chunk \(k) part \(h) pair \(p) token \(t) element \(e)")
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        // Token 0's columns 5 (pair 2, second element) and 6 (pair 3, first): the ties went to even, and the lo
+        // parts hold what hi dropped exactly.
+        #expect(tiles.values[32 * 2 + 1] == 0x3F80 && bf16ToFloat(tiles.values[512 + 32 * 2 + 1]) == Float(bitPattern: 0x3F80_8000) - 1)
+        #expect(tiles.values[32 * 3] == 0x3F82)
+        // Sixteen significant bits: hi + lo is within 2⁻¹⁷ of every activation.
+        for i in 0..<(tokens * cols) {
+            let (hi, lo) = Self.split(x.pointer[i])
+            #expect(abs(bf16ToFloat(hi) + bf16ToFloat(lo) - x.pointer[i]) <= abs(x.pointer[i]) * 0x1p-17)
+        }
+    }
+
+    @Test(arguments: [(48, 1024, 1), (48, 1024, 9), (80, 2048, 37), (16, 32, 16)])
+    func amxTilesMatchTheExactProductOfTheRoundedValues(shape: (Int, Int, Int)) {
+        let (rows, cols, tokens) = shape
+        guard ResidentActivations.amxAvailable(isa: .avx512) else {
+            print("note: this CPU has no AMX-BF16 (or no grant of the tile state); the AMX kernel is compiled but not run here")
+            return
+        }
+        let saved = Kernels.isa
+        Kernels.isa = .avx512
+        defer { Kernels.isa = saved }
+        let m = KernelBenchmark.randomMatrix(.bf16, rows: rows, cols: cols, seed: UInt64(rows + cols))
+        let x = KernelBenchmark.randomActivations(tokens * cols, seed: UInt64(tokens))
+        let memory = UnsafeMutablePointer<UInt16>.allocate(capacity: BF16Tiles.valuesNeeded(tokens: tokens, cols: cols))
+        defer { memory.deallocate() }
+        let y = FloatBuffer(count: tokens * rows)
+        m.applyBF16(BF16Tiles(x.pointer, tokens: tokens, cols: cols, memory: memory), into: y.pointer)
+        for t in 0..<tokens {
+            for r in 0..<rows {
+                var s = 0.0, magnitude = 0.0
+                for c in 0..<cols {
+                    let (hi, lo) = Self.split(x.pointer[t * cols + c])
+                    let p = Double(m.element(r, c)) * (Double(bf16ToFloat(hi)) + Double(bf16ToFloat(lo)))
+                    s += p
+                    magnitude += abs(p)
+                }
+                // Products of bf16 values are exact in fp32; the sums are fp32.
+                let bound = 1e-6 * magnitude * Double(cols).squareRoot() + 1e-30
+                #expect(abs(Double(y.pointer[t * rows + r]) - s) <= bound, "row \(r) token \(t): \(y.pointer[t * rows + r]) vs \(s)")
+            }
+        }
+    }
+
+    /// 300 rows would not split into tiles; 336 rows × 4096 columns × 150 tokens crosses the kernel's row blocks
+    /// (64), token super-blocks (8 blocks of 16) and column spans (32 chunks of 32).
+    @Test func aTokensResultDependsNeitherOnItsNeighboursNorOnTheRowSplit() {
+        guard ResidentActivations.amxAvailable(isa: .avx512) else {
+            print("note: no AMX here; the AMX kernel's invariants are not checked")
+            return
+        }
+        let saved = Kernels.isa
+        Kernels.isa = .avx512
+        defer { Kernels.isa = saved }
+        let (rows, cols, tokens) = (336, 4096, 150)
+        let m = KernelBenchmark.randomMatrix(.bf16, rows: rows, cols: cols, seed: 11)
+        #expect(m.takesBF16Tiles)
+        #expect(!KernelBenchmark.randomMatrix(.bf16, rows: 300, cols: cols, seed: 11).takesBF16Tiles)
+        let x = KernelBenchmark.randomActivations(tokens * cols, seed: 12)
+        let memory = UnsafeMutablePointer<UInt16>.allocate(capacity: BF16Tiles.valuesNeeded(tokens: tokens, cols: cols))
+        defer { memory.deallocate() }
+        let whole = FloatBuffer(count: tokens * rows)
+        m.gemmBF16(rows: 0..<rows, BF16Tiles(x.pointer, tokens: tokens, cols: cols, memory: memory), into: whole.pointer)
+        let pooled = FloatBuffer(count: tokens * rows)
+        m.applyBF16(BF16Tiles(x.pointer, tokens: tokens, cols: cols, memory: memory), into: pooled.pointer)
+        #expect(pooled.array == whole.array, "through the pool")
+        let single = FloatBuffer(count: rows)
+        for t in [0, 15, 16, 77, 149] {
+            let one = BF16Tiles(x.pointer + t * cols, tokens: 1, cols: cols, memory: memory)
+            for split in [16, 64, 320] {
+                m.gemmBF16(rows: 0..<split, one, into: single.pointer)
+                m.gemmBF16(rows: split..<rows, one, into: single.pointer)
+                for r in 0..<rows {
+                    #expect(single.pointer[r] == whole.pointer[t * rows + r], "token \(t) row \(r) split \(split)")
+                }
+            }
+        }
+    }
+
+    @Test func kernelsOtherThanAVX512NeverTakeTheTiles() {
+        #expect(!ResidentActivations.amxAvailable(isa: .avx2))
+        #expect(!ResidentActivations.amxAvailable(isa: .generic))
+        let saved = Kernels.isa
+        Kernels.isa = KernelISA.avx2.isSupported ? KernelISA.avx2 : .generic
+        defer { Kernels.isa = saved }
+        #expect(!KernelBenchmark.randomMatrix(.bf16, rows: 32, cols: 64, seed: 1).takesBF16Tiles)
+    }
+}
