@@ -82,11 +82,11 @@ void moe_pack_bf16_amx(const float *x, int64_t T, int64_t cols, int64_t b0, int6
 enum { C00 = 0, C01 = 1, C10 = 2, C11 = 3, A0 = 4, A1 = 5, B0 = 6, B1 = 7 };
 
 /// Cache blocking: rows in blocks of RB, tokens in super-blocks of SB blocks of 16, columns in spans of KS chunks of
-/// 32. A span's weights (RB rows, 128 KB) and activations (SB·16 tokens, both parts, 512 KB) stay in L2 while every tile of
-/// the block passes over them; the tiles' partial sums wait in `part` (RB/16 · SB tiles of 1 KB) between spans.
-/// (Chosen by a sweep on the AMX Xeon: 2048 × 7168 × 512 tokens ran at 120 GMAC/s unblocked, 260-340 so; larger
-/// spans or blocks were no better. Timings there were bimodal from process to process, ~150 or ~300.)
-enum { RB = 64, SB = 8, KS = 32 };
+/// 32. A span's weights (RB rows, 128 KB) and activations (SB·16 tokens, both parts, 128 KB) stay in L2 while every
+/// tile of the block passes over them; the tiles' partial sums wait in `part` (RB/16 · SB tiles of 1 KB) between
+/// spans. Chosen by a sweep on the AMX Xeon (timings there are bimodal from process to process): for 2048 × 7168
+/// × 256 tokens, unblocked ran at ~60 G useful multiply-adds/s, (64, 8, 32) at 80-85, (64, 2, 32) at 150-200.
+enum { RB = 64, SB = 2, KS = 32 };
 
 /// Writes the 16 × 16 fp32 tile `buf` (rows r.., tokens 16b..) into y [T, rows], tokens past T dropped.
 static inline void scatter(const float *buf, int64_t r, int64_t b, int64_t T, int64_t rows, float *y) {
@@ -165,7 +165,7 @@ TA void moe_gemm_bf16_amx(const moe_matrix *m, int64_t r0, int64_t r1, const uin
     const int64_t cols = m->cols, K = cols / 32, stride = 2 * cols, blocks = (T + 15) / 16;
     const uint16_t *w = (const uint16_t *)m->data;
     float buf[256] __attribute__((aligned(64)));
-    float part[(RB / 16) * SB * 256] __attribute__((aligned(64)));  // 32 KB
+    float part[(RB / 16) * SB * 256] __attribute__((aligned(64)));  // 8 KB
     for (int64_t c0 = r0; c0 < r1; c0 += RB) {
         const int64_t c1 = c0 + RB < r1 ? c0 + RB : r1;
         for (int64_t s0 = 0; s0 < blocks; s0 += SB) {

@@ -80,7 +80,7 @@ import Testing
     }
 
     /// 300 rows would not split into tiles; 336 rows × 4096 columns × 150 tokens crosses the kernel's row blocks
-    /// (64), token super-blocks (8 blocks of 16) and column spans (32 chunks of 32).
+    /// (64), token super-blocks (2 blocks of 16) and column spans (32 chunks of 32).
     @Test func aTokensResultDependsNeitherOnItsNeighboursNorOnTheRowSplit() {
         guard ResidentActivations.amxAvailable(isa: .avx512) else {
             print("note: no AMX here; the AMX kernel's invariants are not checked")

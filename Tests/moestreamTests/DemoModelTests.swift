@@ -49,10 +49,16 @@ import Testing
             return Double(out[r.upperBound...].prefix { "0123456789.+-e".contains($0) })
         }
         let kl = number(after: "mean "), change = number(after: "perplexity change "), diff = number(after: "logit difference ")
-        #expect(out.contains("over 128 tokens") && out.contains("q8-gate-up activations"), "\(out)")
+        #expect(out.contains("over 128 tokens") && out.contains("experts q8-gate-up, resident "), "\(out)")
         #expect((kl ?? 0) > 0 && (kl ?? 1) < 0.01 && (diff ?? 0) > 0 && abs(change ?? 1) < 1, "\(out)")
         let (refused, _, why) = try moestream(["generate", Self.store, "--tokens", "1,2", "--exact", "--expert-activations", "q8"])
         #expect(refused != 0 && why.contains("--exact"), "\(why)")
+        let (refusedToo, _, whyToo) = try moestream(["generate", Self.store, "--tokens", "1,2", "--exact", "--resident-activations", "bf16x2"])
+        #expect(refusedToo != 0 && whyToo.contains("--exact"), "\(whyToo)")
+        // AMX tiles need the avx512 kernels: with avx2 (or on a CPU without AMX) asking for them is refused by name.
+        let kernels = KernelISA.avx2.isSupported ? "avx2" : "generic"
+        let (noTiles, _, whyNot) = try moestream(["generate", Self.store, "--tokens", "1,2", "--kernels", kernels, "--resident-activations", "bf16x2"])
+        #expect(noTiles != 0 && whyNot.contains("AMX") && whyNot.contains(kernels), "\(whyNot)")
     }
 
     /// With every matrix kernel this CPU runs: the generic Swift twins and the fastest (AVX2 or AVX-512). A
@@ -72,8 +78,8 @@ import Testing
         }
     }
 
-    /// The default arithmetic (q8-gate-up: int8 activations and dot products into the routed experts' gate and up)
-    /// and llama.cpp's (q8: into down as well) keep torch's greedy tokens wherever torch's margin between the best
+    /// The default arithmetic (q8-gate-up: int8 activations and dot products into the routed experts' gate and up;
+    /// bf16x2 resident products where AMX runs) and llama.cpp's (q8: into down as well) keep torch's greedy tokens wherever torch's margin between the best
     /// two logits exceeds 0.1, with every kernel set.
     @Test(arguments: ["generic", "avx2", "avx512"].filter(KernelISA.supportedNames.contains))
     func q8ExpertActivationsKeepDecisiveGreedyTokens(kernels: String) throws {
@@ -86,7 +92,10 @@ import Testing
                                                         "--max-tokens", "\(decisive)", "--ignore-eos", "--cache", "25%",
                                                         "--kernels", kernels] + (mode.map { ["--expert-activations", $0] } ?? []))
                 #expect(status == 0, "\(err)")
-                #expect(err.contains("expert activations \(mode ?? "q8-gate-up")\n"), "the statistics report the mode")
+                // The resident matrices' default: on AMX tiles only with the avx512 kernels on a CPU with AMX.
+                let resident = kernels == "avx512" && ResidentActivations.amxAvailable(isa: .avx512) ? "bf16x2" : "fp32"
+                #expect(err.contains("expert activations \(mode ?? "q8-gate-up"), resident activations \(resident)\n"),
+                        "the statistics report the arithmetic")
                 let ids = out.split(separator: "\n").last.map { $0.split(separator: ",").compactMap { Int($0) } } ?? []
                 #expect(ids == Array(g.tokens.prefix(decisive)), "\(name) with \(mode ?? "default") activations, \(kernels) kernels")
                 compared += decisive
