@@ -74,9 +74,16 @@ func usesQ8(_ expert: ExpertWeights, _ activations: ExpertActivations) -> Bool {
 /// An MoE layer for a batch of tokens: route each token, ask the provider for every expert any token chose
 /// (each once), run each expert on the tokens that chose it, and combine.
 ///
-/// Each (token, choice) result lands in its own slot, and slots are summed per token in choice order (the
-/// router returns each token's experts ascending) after all experts are done, so the result is bit-identical
-/// whatever order or thread the provider delivers experts in: a cache that serves hits first cannot change it.
+/// Each (token, choice) result lands in its own slot, and slots are added to a token's sum in choice order (the
+/// router returns each token's experts ascending) once every expert of their window is done, so the result is
+/// bit-identical whatever order or thread the provider delivers experts in: a cache that serves hits first cannot
+/// change it.
+///
+/// Memory is bounded by `chunk`, not by the prompt: the chosen experts are asked for in windows of ascending ids
+/// whose slots fit in `chunk · k` rows (one expert alone when it has more users; its results then go straight to
+/// the sums, a token having one slot per expert), each expert runs on at most `chunk` of its tokens at a time, and
+/// the shared experts take `chunk` tokens at a time. Every expert is still asked for once per layer, and windows
+/// go in ascending order, so a token's slots are added in the same order as with one window.
 struct MoELayer {
     let config: ModelConfig
     let weights: MoEWeights
@@ -84,6 +91,8 @@ struct MoELayer {
     let layer: Int
     /// How routed experts multiply in this pass.
     let activations: ExpertActivations
+    /// Tokens the per-token buffers are sized for (`KimiModel.prefillChunk`).
+    let chunk: Int
 
     func callAsFunction(_ x: UnsafePointer<Float>, tokens T: Int, experts provider: any ExpertProviding,
                         scratch: ForwardScratch, into out: UnsafeMutablePointer<Float>) throws -> [Routing] {
@@ -107,42 +116,75 @@ struct MoELayer {
         scratch.experts.removeAll(keepingCapacity: true)
         for e in 0..<n where first[e + 1] > first[e] { scratch.experts.append(e) }
 
-        let slots = ws.floats(T * k * H)  // [T, k, H]
-        try provider.withExperts(layer: layer, scratch.experts) { e, expert in
-            let list = UnsafeBufferPointer(start: users + first[e], count: first[e + 1] - first[e])
-            guard !list.isEmpty else { return }
-            // Inputs, hidden and outputs of this expert in the running thread's scratch (experts run in parallel).
-            let m = list.count, inter = expert.gate.rows, q8 = usesQ8(expert, activations)
-            let quantised = q8 ? Q8Activations.floatsNeeded(tokens: m, cols: max(H, inter)) : 0
-            let xs = ThreadScratch.floats(2 * m * H + 2 * m * inter + quantised), ys = xs + m * H, hidden = ys + m * H
-            for (i, u) in list.enumerated() { (xs + i * H).update(from: x + (u / k) * H, count: H) }  // [m, H]
-            if q8 {
-                swiGLUQ8(gate: expert.gate, up: expert.up, down: expert.down, xs, tokens: m, quantiseDown: activations == .q8,
-                         scratch: hidden, into: ys)
-            } else {
-                swiGLU(gate: expert.gate, up: expert.up, down: expert.down, xs, tokens: m, scratch: hidden, into: ys)
+        out.initialize(repeating: 0, count: T * H)
+        let budget = max(1, chunk) * k  // slot rows a window holds
+        let slots = ws.floats(min(T * k, budget) * H)  // [window's users, H], in `users` order
+        var w0 = 0
+        while w0 < scratch.experts.count {
+            // The window: ascending experts while their users fit (at least one expert).
+            var w1 = w0 + 1
+            while w1 < scratch.experts.count, first[scratch.experts[w1] + 1] - first[scratch.experts[w0]] <= budget { w1 += 1 }
+            let window = Array(scratch.experts[w0..<w1]), base = first[window[0]]
+            let direct = first[window.last! + 1] - base > budget  // one expert with more users than a window holds
+            try provider.withExperts(layer: layer, window) { e, expert in
+                for c0 in stride(from: first[e], to: first[e + 1], by: max(1, chunk)) {
+                    let list = UnsafeBufferPointer(start: users + c0, count: min(max(1, chunk), first[e + 1] - c0))
+                    run(expert, on: list, x, routings: routings) { i, u, y in
+                        let w = routings[u / k].weights[u % k]
+                        if direct {
+                            let o = out + (u / k) * H
+                            for j in 0..<H {
+                                let s = y[j] * w
+                                o[j] += s
+                            }
+                        } else {
+                            let dst = slots + (c0 - base + i) * H
+                            for j in 0..<H { dst[j] = y[j] * w }
+                        }
+                    }
+                }
             }
-            for (i, u) in list.enumerated() {
-                let w = routings[u / k].weights[u % k]
-                let dst = slots + u * H, src = ys + i * H
-                for j in 0..<H { dst[j] = src[j] * w }
+            if !direct {
+                // Users go by expert ascending, so each token's slots of this window are added in choice order.
+                for p in base..<first[window.last! + 1] {
+                    let o = out + (users[p] / k) * H, s = slots + (p - base) * H
+                    for j in 0..<H { o[j] += s[j] }
+                }
             }
+            w0 = w1
         }
 
-        // out = Σ_slots (ascending expert id) + shared(x)
-        for t in 0..<T {
-            let o = out + t * H
-            o.initialize(repeating: 0, count: H)
-            for slot in 0..<k {
-                let s = slots + (t * k + slot) * H
-                for j in 0..<H { o[j] += s[j] }
+        // out += shared(x), `chunk` tokens at a time.
+        if let shared = weights.shared {
+            for c0 in stride(from: 0, to: T, by: max(1, chunk)) {
+                let m = min(max(1, chunk), T - c0), mark = ws.mark()
+                let s = ws.floats(m * H)
+                shared(x + c0 * H, tokens: m, workspace: ws, into: s)
+                let o = out + c0 * H
+                for i in 0..<(m * H) { o[i] += s[i] }
+                ws.release(to: mark)
             }
         }
-        if let shared = weights.shared {
-            let s = ws.floats(T * H)
-            shared(x, tokens: T, workspace: ws, into: s)
-            for i in 0..<(T * H) { out[i] += s[i] }
-        }
         return routings
+    }
+
+    /// Runs `expert` on the tokens of `list` (users `token · k + slot`) and hands each user's output row [H] to
+    /// `deliver(i, user, row)`; inputs, hidden and outputs live in the running thread's scratch (experts run in
+    /// parallel).
+    private func run(_ expert: ExpertWeights, on list: UnsafeBufferPointer<Int>, _ x: UnsafePointer<Float>,
+                     routings: [Routing], deliver: (Int, Int, UnsafePointer<Float>) -> Void) {
+        guard !list.isEmpty else { return }
+        let H = config.hiddenSize, k = config.expertsPerToken
+        let m = list.count, inter = expert.gate.rows, q8 = usesQ8(expert, activations)
+        let quantised = q8 ? Q8Activations.floatsNeeded(tokens: m, cols: max(H, inter)) : 0
+        let xs = ThreadScratch.floats(2 * m * H + 2 * m * inter + quantised), ys = xs + m * H, hidden = ys + m * H
+        for (i, u) in list.enumerated() { (xs + i * H).update(from: x + (u / k) * H, count: H) }  // [m, H]
+        if q8 {
+            swiGLUQ8(gate: expert.gate, up: expert.up, down: expert.down, xs, tokens: m, quantiseDown: activations == .q8,
+                     scratch: hidden, into: ys)
+        } else {
+            swiGLU(gate: expert.gate, up: expert.up, down: expert.down, xs, tokens: m, scratch: hidden, into: ys)
+        }
+        for (i, u) in list.enumerated() { deliver(i, u, ys + i * H) }
     }
 }

@@ -52,6 +52,8 @@ public final class KimiModel: @unchecked Sendable {
     private var activations = ExpertActivations.fp32
     /// How resident matrices multiply (`residentActivations`), read once at the start of each pass.
     private var resident = ResidentActivations.fp32
+    /// `prefillChunk`, read once at the start of each pass.
+    private var chunk = 512
     private let settingsLock = NSLock()
 
     /// How this model's routed experts multiply: fp32 activations (exact, the library's default, what every
@@ -67,6 +69,15 @@ public final class KimiModel: @unchecked Sendable {
     public var residentActivations: ResidentActivations {
         get { settingsLock.lock(); defer { settingsLock.unlock() }; return resident }
         set { settingsLock.lock(); resident = newValue; settingsLock.unlock() }
+    }
+
+    /// Tokens a pass's per-token stages take at a time (attention, dense and shared MLPs, routed experts' inputs
+    /// and slots): a prompt of any length runs with scratch sized by this, not by its length, beside the residual
+    /// stream and its two companions (3 · T · hidden floats) and the KV cache. Every routed expert is still asked
+    /// for once per layer, and results do not depend on it (bit for bit). Default 512; at least 16.
+    public var prefillChunk: Int {
+        get { settingsLock.lock(); defer { settingsLock.unlock() }; return chunk }
+        set { settingsLock.lock(); chunk = max(16, newValue); settingsLock.unlock() }
     }
 
     /// Bytes the forward-pass workspace holds: the largest pass so far (steady while decoding).
@@ -119,7 +130,7 @@ public final class KimiModel: @unchecked Sendable {
         let scratch = shared ? self.scratch : ForwardScratch(bytes: 0)
         let ws = scratch.workspace
         ws.reset()
-        let activations = expertActivations
+        let activations = expertActivations, C = prefillChunk
         ws.residentActivations = residentActivations
         let x = ws.floats(T * H)       // [T, H] residual stream
         let normed = ws.floats(T * H)  // [T, H]
@@ -134,7 +145,13 @@ public final class KimiModel: @unchecked Sendable {
             for t in 0..<T {
                 VectorOps.rmsNorm(x + t * H, weight: layer.inputNorm, eps: config.rmsNormEps, count: H, into: normed + t * H)
             }
-            attention[l](normed, tokens: T, start: start, cache: cache, workspace: ws, into: delta)
+            // C tokens at a time: a chunk's queries see the cache rows the chunks before it wrote in this pass.
+            for c0 in stride(from: 0, to: T, by: C) {
+                let chunkStart = ws.mark()
+                attention[l](normed + c0 * H, tokens: min(C, T - c0), start: start + c0, cache: cache, workspace: ws,
+                             into: delta + c0 * H)
+                ws.release(to: chunkStart)
+            }
             for i in 0..<(T * H) { x[i] += delta[i] }
             experts.hint(afterAttentionOf: l, hidden: x, tokens: T)
 
@@ -144,10 +161,15 @@ public final class KimiModel: @unchecked Sendable {
             }
             switch layer.feedForward {
             case .dense(let mlp):
-                mlp(normed, tokens: T, workspace: ws, into: delta)
+                for c0 in stride(from: 0, to: T, by: C) {
+                    let chunkStart = ws.mark()
+                    mlp(normed + c0 * H, tokens: min(C, T - c0), workspace: ws, into: delta + c0 * H)
+                    ws.release(to: chunkStart)
+                }
                 routing.append([])
             case .moe(let moe):
-                let moeLayer = MoELayer(config: config, weights: moe, router: router, layer: l, activations: activations)
+                let moeLayer = MoELayer(config: config, weights: moe, router: router, layer: l, activations: activations,
+                                        chunk: C)
                 routing.append(try moeLayer(normed, tokens: T, experts: experts, scratch: scratch, into: delta))
             }
             for i in 0..<(T * H) { x[i] += delta[i] }

@@ -63,6 +63,9 @@ struct CacheOptions: ParsableArguments {
         exact ? .fp32 : residentActivations ?? (ResidentActivations.amxAvailable(isa: kernels) ? .bf16x2 : .fp32)
     }
 
+    @Option(help: ArgumentHelp("Prompt tokens a forward pass's per-token stages take at a time: attention, dense and shared MLPs, routed experts' inputs and results. Bounds a long prompt's scratch memory (about 0.4 MB per chunk token at Kimi K2's sizes, beside 86 KB per prompt token for the residual stream); every routed expert is still read once per layer, and results do not change.", valueName: "tokens"))
+    var prefillChunk: Int = 512
+
     @Option(help: ArgumentHelp("Pretend the machine has N NUMA nodes (testing placement and per-node budgets).", visibility: .hidden))
     var numaNodes: Int?
 
@@ -70,6 +73,7 @@ struct CacheOptions: ParsableArguments {
         guard prefetchDepth >= 1 else { throw ValidationError("--prefetch-depth must be at least 1") }
         guard (1...4096).contains(ioDepth) else { throw ValidationError("--io-depth must be in 1...4096") }
         guard threads >= 1 else { throw ValidationError("--threads must be at least 1") }
+        guard prefillChunk >= 16 else { throw ValidationError("--prefill-chunk must be at least 16 tokens") }
         guard kernels.isSupported else { throw ValidationError(KernelError.unsupported(kernels).description) }
         if exact, let a = expertActivations, a != .fp32 {
             throw ValidationError("--exact multiplies with fp32 activations; it cannot be combined with --expert-activations \(a.rawValue)")

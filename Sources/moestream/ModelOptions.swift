@@ -46,6 +46,7 @@ struct LoadedModel {
                 let model = try KimiModel.load(checkpoint: options.model)
                 model.expertActivations = cacheOptions.activations
                 model.residentActivations = cacheOptions.resident
+                model.prefillChunk = cacheOptions.prefillChunk
                 return LoadedModel(model: model, cache: nil)
             }
             let store = try ExpertStore(path: options.model)
@@ -54,6 +55,7 @@ struct LoadedModel {
             let (model, cache) = try store.loadModel(cache: config)
             model.expertActivations = cacheOptions.activations
             model.residentActivations = cacheOptions.resident
+            model.prefillChunk = cacheOptions.prefillChunk
             if let f = cache.fallbackMessage { printError(f) }
             if cacheOptions.preload {
                 let started = ContinuousClock.now
@@ -75,12 +77,13 @@ struct LoadedModel {
         s.kernels = Kernels.isa.rawValue
         s.expertActivations = model.expertActivations.rawValue
         s.residentActivations = model.residentActivations.rawValue
+        s.prefillChunk = model.prefillChunk
         s.threads = Parallelism.threads
         cache.shutdown()
         if !stats.noStats {
             var lines = [s.report()]
             lines += extra
-            lines.append("threads \(Parallelism.threads), kernels \(Kernels.isa.rawValue), expert activations \(model.expertActivations.rawValue), resident activations \(model.residentActivations.rawValue)")
+            lines.append("threads \(Parallelism.threads), kernels \(Kernels.isa.rawValue), expert activations \(model.expertActivations.rawValue), resident activations \(model.residentActivations.rawValue), prefill chunk \(model.prefillChunk)")
             printError(lines.joined(separator: "\n"))
         }
         if let path = stats.statsJson { try s.json().write(to: URL(fileURLWithPath: path)) }

@@ -81,7 +81,7 @@ struct Serve: AsyncParsableCommand {
         printError("serving \(model.model) as '\(modelName)' on http://\(host):\(port) (context \(config.contextLimit), queue \(queue), "
             + "idle timeout \(idleTimeout) s, \(maxConnections) connections"
             + (config.apiKey == nil ? ", no API key: cross-origin and foreign-Host requests refused)" : ", API key required)")
-            + "; kernels \(Kernels.isa.rawValue), expert activations \(loaded.model.expertActivations.rawValue), resident activations \(loaded.model.residentActivations.rawValue)")
+            + "; kernels \(Kernels.isa.rawValue), expert activations \(loaded.model.expertActivations.rawValue), resident activations \(loaded.model.residentActivations.rawValue), prefill chunk \(loaded.model.prefillChunk)")
         if config.apiKey == nil && !OpenAIServer.isLoopbackName(host) {
             printError("""
                 WARNING: listening on \(host) without an API key: anyone who can reach this port can use the model.

@@ -56,6 +56,39 @@ final class FailingExperts: ExpertProviding, @unchecked Sendable {
         }
     }
 
+    /// A prompt in chunks of 16 tokens (the smallest) gives the one-pass logits bit for bit, asks for every chosen
+    /// expert once per layer (in several windows of ascending ids, each delivered in reverse), and holds less
+    /// scratch. 600 tokens × 8 choices over 32 experts: some expert has more users than a window's 128 slots, so
+    /// the path that adds such an expert's results straight to the sums runs too.
+    @Test func chunkedPrefillEqualsOnePassAndAsksForEachExpertOnce() throws {
+        let (model, source) = try load("kimi_k2")
+        var rng = SplitMix(seed: 9)
+        let prompt = (0..<600).map { _ in Int(rng.next() % UInt64(model.config.vocabSize)) }
+        let whole = try model.forward(prompt, cache: model.makeCache(), logits: .all)
+        let recorder = ReversedExperts(try CheckpointExperts(source))
+        let chunked = KimiModel(config: model.config, weights: model.weights, experts: recorder)
+        chunked.prefillChunk = 1
+        #expect(chunked.prefillChunk == 16, "at least 16")
+        let c = try chunked.forward(prompt, cache: chunked.makeCache(), logits: .all)
+        #expect(c.logits == whole.logits)
+        for l in [1, 2] {
+            let windows = recorder.requests.filter { $0.layer == l }
+            let asked = windows.flatMap(\.experts)
+            #expect(asked == asked.sorted() && Set(asked).count == asked.count)
+            #expect(Set(asked) == Set(whole.routing[l].flatMap(\.experts)))
+            #expect(windows.count > 1, "layer \(l): several windows")
+            let users = whole.routing[l].flatMap(\.experts).reduce(into: [Int: Int]()) { $0[$1, default: 0] += 1 }
+            #expect(users.values.max()! > 16 * model.config.expertsPerToken, "layer \(l): an expert beyond a window")
+        }
+        // Decode after a chunked prompt continues as after a whole one.
+        let cacheA = model.makeCache(), cacheB = chunked.makeCache()
+        _ = try model.forward(prompt, cache: cacheA)
+        _ = try chunked.forward(prompt, cache: cacheB)
+        #expect(try model.forward([7], cache: cacheA).logits == chunked.forward([7], cache: cacheB).logits)
+        // The workspace, sized at each pass's start by the largest before it: the prompt's, held in chunks.
+        #expect(chunked.workspaceBytes < model.workspaceBytes, "\(chunked.workspaceBytes) vs \(model.workspaceBytes)")
+    }
+
     @Test func routingHasTopKDistinctExpertsAndScaledWeights() throws {
         let ref = try Reference.load("kimi_k2")
         let (model, _) = try load("kimi_k2")

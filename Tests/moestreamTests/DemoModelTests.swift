@@ -94,7 +94,7 @@ import Testing
                 #expect(status == 0, "\(err)")
                 // The resident matrices' default: on AMX tiles only with the avx512 kernels on a CPU with AMX.
                 let resident = kernels == "avx512" && ResidentActivations.amxAvailable(isa: .avx512) ? "bf16x2" : "fp32"
-                #expect(err.contains("expert activations \(mode ?? "q8-gate-up"), resident activations \(resident)\n"),
+                #expect(err.contains("expert activations \(mode ?? "q8-gate-up"), resident activations \(resident), prefill chunk 512\n"),
                         "the statistics report the arithmetic")
                 let ids = out.split(separator: "\n").last.map { $0.split(separator: ",").compactMap { Int($0) } } ?? []
                 #expect(ids == Array(g.tokens.prefix(decisive)), "\(name) with \(mode ?? "default") activations, \(kernels) kernels")
