@@ -94,13 +94,26 @@ struct MoELayer {
     /// Tokens the per-token buffers are sized for (`KimiModel.prefillChunk`).
     let chunk: Int
 
-    func callAsFunction(_ x: UnsafePointer<Float>, tokens T: Int, experts provider: any ExpertProviding,
+    /// The layer's output for RMSNorm(x) with `norm`'s weights, into `out [T, H]`. The normalised rows are made
+    /// where they are used (a chunk for the router and the shared experts, each expert's own tokens), so nothing of
+    /// size T · H is held beside `x` and `out`; a row is normalised the same way wherever it is.
+    func callAsFunction(_ x: UnsafePointer<Float>, norm: [Float], tokens T: Int, experts provider: any ExpertProviding,
                         scratch: ForwardScratch, into out: UnsafeMutablePointer<Float>) throws -> [Routing] {
-        let H = config.hiddenSize, n = config.numRoutedExperts, k = config.expertsPerToken
+        let H = config.hiddenSize, n = config.numRoutedExperts, k = config.expertsPerToken, C = max(1, chunk)
         let ws = scratch.workspace
+        /// Runs `body(c0, rows, normed)` on chunks of C tokens with their normalised rows [rows, H].
+        func normalisedChunks(_ body: (Int, Int, UnsafePointer<Float>) -> Void) {
+            for c0 in stride(from: 0, to: T, by: C) {
+                let m = min(C, T - c0), mark = ws.mark()
+                let normed = ws.floats(m * H)
+                for t in 0..<m { VectorOps.rmsNorm(x + (c0 + t) * H, weight: norm, eps: config.rmsNormEps, count: H, into: normed + t * H) }
+                body(c0, m, normed)
+                ws.release(to: mark)
+            }
+        }
 
         let logits = ws.floats(T * n)  // [T, n_routed]
-        weights.router.apply(x, tokens: T, into: logits)
+        normalisedChunks { c0, m, normed in weights.router.apply(normed, tokens: m, into: logits + c0 * n) }
         for i in 0..<(T * n) { logits[i] = VectorOps.sigmoid(logits[i]) }
         let routings = (0..<T).map { t in router.route(scores: logits + t * n, bias: weights.correctionBias) }
 
@@ -127,9 +140,9 @@ struct MoELayer {
             let window = Array(scratch.experts[w0..<w1]), base = first[window[0]]
             let direct = first[window.last! + 1] - base > budget  // one expert with more users than a window holds
             try provider.withExperts(layer: layer, window) { e, expert in
-                for c0 in stride(from: first[e], to: first[e + 1], by: max(1, chunk)) {
-                    let list = UnsafeBufferPointer(start: users + c0, count: min(max(1, chunk), first[e + 1] - c0))
-                    run(expert, on: list, x, routings: routings) { i, u, y in
+                for c0 in stride(from: first[e], to: first[e + 1], by: C) {
+                    let list = UnsafeBufferPointer(start: users + c0, count: min(C, first[e + 1] - c0))
+                    run(expert, on: list, x, norm: norm) { i, u, y in
                         let w = routings[u / k].weights[u % k]
                         if direct {
                             let o = out + (u / k) * H
@@ -154,31 +167,31 @@ struct MoELayer {
             w0 = w1
         }
 
-        // out += shared(x), `chunk` tokens at a time.
+        // out += shared(RMSNorm(x)), C tokens at a time.
         if let shared = weights.shared {
-            for c0 in stride(from: 0, to: T, by: max(1, chunk)) {
-                let m = min(max(1, chunk), T - c0), mark = ws.mark()
+            normalisedChunks { c0, m, normed in
                 let s = ws.floats(m * H)
-                shared(x + c0 * H, tokens: m, workspace: ws, into: s)
+                shared(normed, tokens: m, workspace: ws, into: s)
                 let o = out + c0 * H
                 for i in 0..<(m * H) { o[i] += s[i] }
-                ws.release(to: mark)
             }
         }
         return routings
     }
 
-    /// Runs `expert` on the tokens of `list` (users `token · k + slot`) and hands each user's output row [H] to
-    /// `deliver(i, user, row)`; inputs, hidden and outputs live in the running thread's scratch (experts run in
-    /// parallel).
-    private func run(_ expert: ExpertWeights, on list: UnsafeBufferPointer<Int>, _ x: UnsafePointer<Float>,
-                     routings: [Routing], deliver: (Int, Int, UnsafePointer<Float>) -> Void) {
+    /// Runs `expert` on RMSNorm(x) of the tokens of `list` (users `token · k + slot`) and hands each user's output
+    /// row [H] to `deliver(i, user, row)`; inputs, hidden and outputs live in the running thread's scratch (experts
+    /// run in parallel).
+    private func run(_ expert: ExpertWeights, on list: UnsafeBufferPointer<Int>, _ x: UnsafePointer<Float>, norm: [Float],
+                     deliver: (Int, Int, UnsafePointer<Float>) -> Void) {
         guard !list.isEmpty else { return }
         let H = config.hiddenSize, k = config.expertsPerToken
         let m = list.count, inter = expert.gate.rows, q8 = usesQ8(expert, activations)
         let quantised = q8 ? Q8Activations.floatsNeeded(tokens: m, cols: max(H, inter)) : 0
         let xs = ThreadScratch.floats(2 * m * H + 2 * m * inter + quantised), ys = xs + m * H, hidden = ys + m * H
-        for (i, u) in list.enumerated() { (xs + i * H).update(from: x + (u / k) * H, count: H) }  // [m, H]
+        for (i, u) in list.enumerated() {  // [m, H]
+            VectorOps.rmsNorm(x + (u / k) * H, weight: norm, eps: config.rmsNormEps, count: H, into: xs + i * H)
+        }
         if q8 {
             swiGLUQ8(gate: expert.gate, up: expert.up, down: expert.down, xs, tokens: m, quantiseDown: activations == .q8,
                      scratch: hidden, into: ys)

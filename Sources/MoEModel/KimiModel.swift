@@ -73,7 +73,7 @@ public final class KimiModel: @unchecked Sendable {
 
     /// Tokens a pass's per-token stages take at a time (attention, dense and shared MLPs, routed experts' inputs
     /// and slots): a prompt of any length runs with scratch sized by this, not by its length, beside the residual
-    /// stream and its two companions (3 · T · hidden floats) and the KV cache. Every routed expert is still asked
+    /// stream and an MoE layer's output (2 · T · hidden floats) and the KV cache. Every routed expert is still asked
     /// for once per layer, and results do not depend on it (bit for bit). Default 512; at least 16.
     public var prefillChunk: Int {
         get { settingsLock.lock(); defer { settingsLock.unlock() }; return chunk }
@@ -132,53 +132,56 @@ public final class KimiModel: @unchecked Sendable {
         ws.reset()
         let activations = expertActivations, C = prefillChunk
         ws.residentActivations = residentActivations
-        let x = ws.floats(T * H)       // [T, H] residual stream
-        let normed = ws.floats(T * H)  // [T, H]
-        let delta = ws.floats(T * H)   // [T, H]
+        let x = ws.floats(T * H)      // [T, H] residual stream
+        let delta = ws.floats(T * H)  // [T, H] an MoE layer's output (complete for a token only after every expert)
         for (t, token) in tokens.enumerated() { weights.embedding.copyRow(token, into: x + t * H) }
+
+        /// `x[c0 ..< c0 + n] += f(RMSNorm(x[c0 ..< c0 + n]))` for chunks of C tokens, `f` writing into its last
+        /// argument: a stage whose tokens do not see each other's residual (attention sees earlier tokens through
+        /// the cache, which a chunk writes before the next one reads it), so adding a chunk's output before the next
+        /// chunk runs is the same arithmetic as adding the whole prompt's after.
+        func residualChunks(norm: [Float], _ f: (UnsafePointer<Float>, Int, Int, UnsafeMutablePointer<Float>) throws -> Void) rethrows {
+            for c0 in stride(from: 0, to: T, by: C) {
+                let n = min(C, T - c0), chunkStart = ws.mark()
+                let normed = ws.floats(n * H), out = ws.floats(n * H)  // [n, H] each
+                for t in 0..<n {
+                    VectorOps.rmsNorm(x + (c0 + t) * H, weight: norm, eps: config.rmsNormEps, count: H, into: normed + t * H)
+                }
+                try f(normed, c0, n, out)
+                let xs = x + c0 * H
+                for i in 0..<(n * H) { xs[i] += out[i] }
+                ws.release(to: chunkStart)
+            }
+        }
 
         var routing: [[Routing]] = []
         for (l, layer) in weights.layers.enumerated() {
             if let cancelled, cancelled() { throw ModelError.cancelled(layer: l) }
             let layerStart = ws.mark()  // a layer's buffers are the next layer's
             defer { ws.release(to: layerStart) }
-            for t in 0..<T {
-                VectorOps.rmsNorm(x + t * H, weight: layer.inputNorm, eps: config.rmsNormEps, count: H, into: normed + t * H)
+            residualChunks(norm: layer.inputNorm) { normed, c0, n, out in
+                attention[l](normed, tokens: n, start: start + c0, cache: cache, workspace: ws, into: out)
             }
-            // C tokens at a time: a chunk's queries see the cache rows the chunks before it wrote in this pass.
-            for c0 in stride(from: 0, to: T, by: C) {
-                let chunkStart = ws.mark()
-                attention[l](normed + c0 * H, tokens: min(C, T - c0), start: start + c0, cache: cache, workspace: ws,
-                             into: delta + c0 * H)
-                ws.release(to: chunkStart)
-            }
-            for i in 0..<(T * H) { x[i] += delta[i] }
             experts.hint(afterAttentionOf: l, hidden: x, tokens: T)
 
-            for t in 0..<T {
-                VectorOps.rmsNorm(x + t * H, weight: layer.postAttentionNorm, eps: config.rmsNormEps, count: H,
-                                  into: normed + t * H)
-            }
             switch layer.feedForward {
             case .dense(let mlp):
-                for c0 in stride(from: 0, to: T, by: C) {
-                    let chunkStart = ws.mark()
-                    mlp(normed + c0 * H, tokens: min(C, T - c0), workspace: ws, into: delta + c0 * H)
-                    ws.release(to: chunkStart)
-                }
+                residualChunks(norm: layer.postAttentionNorm) { normed, _, n, out in mlp(normed, tokens: n, workspace: ws, into: out) }
                 routing.append([])
             case .moe(let moe):
                 let moeLayer = MoELayer(config: config, weights: moe, router: router, layer: l, activations: activations,
                                         chunk: C)
-                routing.append(try moeLayer(normed, tokens: T, experts: experts, scratch: scratch, into: delta))
+                routing.append(try moeLayer(x, norm: layer.postAttentionNorm, tokens: T, experts: experts, scratch: scratch,
+                                            into: delta))
+                for i in 0..<(T * H) { x[i] += delta[i] }
             }
-            for i in 0..<(T * H) { x[i] += delta[i] }
         }
         cache.commit(T)
         experts.forwardDidFinish(tokens: T)
 
         let first = request == .all ? 0 : T - 1
         let rows = T - first
+        let normed = ws.floats(rows * H)  // [rows, H]
         for t in first..<T {
             VectorOps.rmsNorm(x + t * H, weight: weights.finalNorm, eps: config.rmsNormEps, count: H,
                               into: normed + (t - first) * H)
