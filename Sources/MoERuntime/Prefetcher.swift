@@ -12,8 +12,8 @@ import MoETensor
 /// Candidates go to the cache best first; the cache bounds them by free slots and reads in flight, demand
 /// misses overtake them, and the I/O thread drops those the model has already passed.
 ///
-/// Every buffer is allocated up front (grown only when a larger prefill batch arrives): the decode path
-/// allocates nothing.
+/// Every buffer is allocated up front (grown only when a larger prefill batch arrives, up to `chunk` tokens: a
+/// longer prompt is speculated on in chunks): the decode path allocates nothing.
 ///
 /// Concurrency (why `@unchecked Sendable` is true): two forward passes may share one cache. The speculation
 /// scratch (`normed`, `scores`, `route*`, `chosen`, `lists`, `listCounts`) belongs to `hint`, which holds
@@ -34,8 +34,10 @@ final class Prefetcher: @unchecked Sendable {
     /// Router statistics (stats mode).
     var learned: CoactivationModel
     // Scratch.
-    var normed = FloatBuffer(count: 0)      // [T, H]
-    var scores = FloatBuffer(count: 0)      // [T, E]
+    /// Tokens speculated on at a time.
+    static let chunk = 512
+    var normed = FloatBuffer(count: 0)      // [min(T, chunk), H]
+    var scores = FloatBuffer(count: 0)      // [min(T, chunk), E]
     var scratchTokens = 0
     let routeScratch: UnsafeMutablePointer<Float>   // [E + n_group]
     let routeExperts: UnsafeMutablePointer<Int32>   // [k]
@@ -93,28 +95,34 @@ final class Prefetcher: @unchecked Sendable {
         hintLock.lock()
         defer { hintLock.unlock() }
         let H = config.hiddenSize, E = config.numRoutedExperts, k = config.expertsPerToken
-        if T > scratchTokens {
-            normed = FloatBuffer(count: T * H)
-            scores = FloatBuffer(count: T * E)
-            scratchTokens = T
+        // A long prompt goes through in chunks, so the scratch stays at `Self.chunk` tokens.
+        let C = min(T, Self.chunk)
+        if C > scratchTokens {
+            normed = FloatBuffer(count: C * H)
+            scores = FloatBuffer(count: C * E)
+            scratchTokens = C
         }
         for (i, target) in targets[layer].enumerated() {
             let (norm, moe) = routers[target.ordinal]
-            for t in 0..<T {
-                VectorOps.rmsNorm(hidden + t * H, weight: norm, eps: config.rmsNormEps, count: H, into: normed.row(t, width: H))
-            }
-            moe.router.apply(normed.pointer, tokens: T, into: scores.pointer)
-            for j in 0..<(T * E) { scores.pointer[j] = VectorOps.sigmoid(scores.pointer[j]) }
             let mark = chosen + i * E, list = lists + i * E
             mark.initialize(repeating: false, count: E)
             listCounts[i] = 0
-            for t in 0..<T {
-                router.route(scores: scores.row(t, width: E), bias: moe.correctionBias, scratch: routeScratch,
-                             experts: routeExperts, weights: routeWeights)
-                for j in 0..<k where !mark[Int(routeExperts[j])] {
-                    mark[Int(routeExperts[j])] = true
-                    list[listCounts[i]] = routeExperts[j]
-                    listCounts[i] += 1
+            for c0 in stride(from: 0, to: T, by: C) {
+                let n = min(C, T - c0)
+                for t in 0..<n {
+                    VectorOps.rmsNorm(hidden + (c0 + t) * H, weight: norm, eps: config.rmsNormEps, count: H,
+                                      into: normed.row(t, width: H))
+                }
+                moe.router.apply(normed.pointer, tokens: n, into: scores.pointer)
+                for j in 0..<(n * E) { scores.pointer[j] = VectorOps.sigmoid(scores.pointer[j]) }
+                for t in 0..<n {
+                    router.route(scores: scores.row(t, width: E), bias: moe.correctionBias, scratch: routeScratch,
+                                 experts: routeExperts, weights: routeWeights)
+                    for j in 0..<k where !mark[Int(routeExperts[j])] {
+                        mark[Int(routeExperts[j])] = true
+                        list[listCounts[i]] = routeExperts[j]
+                        listCounts[i] += 1
+                    }
                 }
             }
         }
