@@ -63,7 +63,7 @@ struct CacheOptions: ParsableArguments {
         exact ? .fp32 : residentActivations ?? (ResidentActivations.amxAvailable(isa: kernels) ? .bf16x2 : .fp32)
     }
 
-    @Option(help: ArgumentHelp("Prompt tokens a forward pass's per-token stages take at a time: attention, dense and shared MLPs, routed experts' inputs and results. Bounds a long prompt's scratch memory (about 0.4 MB per chunk token at Kimi K2's sizes, beside 86 KB per prompt token for the residual stream); every routed expert is still read once per layer, and results do not change.", valueName: "tokens"))
+    @Option(help: ArgumentHelp("Prompt tokens a forward pass's per-token stages take at a time: attention, dense and shared MLPs, routed experts' inputs and results. Bounds a long prompt's scratch memory (about 0.4 MB per chunk token at Kimi K2's sizes, beside 57 KB per prompt token for the residual stream and an MoE layer's output); every routed expert is still read once per layer, and results do not change.", valueName: "tokens"))
     var prefillChunk: Int = 512
 
     @Option(help: ArgumentHelp("Pretend the machine has N NUMA nodes (testing placement and per-node budgets).", visibility: .hidden))
