@@ -137,7 +137,9 @@ struct MoELayer {
             // The window: ascending experts while their users fit (at least one expert).
             var w1 = w0 + 1
             while w1 < scratch.experts.count, first[scratch.experts[w1] + 1] - first[scratch.experts[w0]] <= budget { w1 += 1 }
-            let window = Array(scratch.experts[w0..<w1]), base = first[window[0]]
+            // (One window, as for every prompt of up to `chunk` tokens and every decode step: the kept list itself.)
+            let window = w0 == 0 && w1 == scratch.experts.count ? scratch.experts : Array(scratch.experts[w0..<w1])
+            let base = first[window[0]]
             let direct = first[window.last! + 1] - base > budget  // one expert with more users than a window holds
             try provider.withExperts(layer: layer, window) { e, expert in
                 for c0 in stride(from: first[e], to: first[e + 1], by: C) {

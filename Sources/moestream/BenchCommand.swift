@@ -184,11 +184,7 @@ struct BenchKernels: ParsableCommand {
         for kind in [KernelBenchmark.Kind.int4, .int4x8] {
         let m = KernelBenchmark.randomMatrix(kind, rows: rows, cols: cols)
         for t in counts {
-            let x = KernelBenchmark.randomActivations(t * cols)
-            let reference = FloatBuffer(count: t * rows)
-            m.gemm(rows: 0..<rows, x.pointer, tokens: t, into: reference.pointer, isa: .generic)
-            let scale = (0..<(t * rows)).reduce(Float(0)) { max($0, abs(reference.pointer[$1])) }
-            let base = KernelBenchmark.time(m, tokens: t, isa: .generic, repeats: max(1, repeats / 2))
+            let (x, reference, scale, base) = generic(m, tokens: t)
             for isa in isas {
                 let (s, y) = KernelBenchmark.timeQ8(m, x, tokens: t, isa: isa, repeats: isa == .generic ? max(1, repeats / 2) : repeats)
                 // The q8 kernels' products are int8 (AVX-512 without VNNI runs the AVX2 one).
@@ -202,20 +198,23 @@ struct BenchKernels: ParsableCommand {
         // packing included: its error against the fp32 product is the split's.
         if let amxPeak, rows % WeightMatrix.amxTileRows == 0 {
             let m = KernelBenchmark.randomMatrix(.bf16, rows: rows, cols: cols)
-            let saved = Kernels.isa
-            Kernels.isa = .avx512
-            defer { Kernels.isa = saved }
             for t in counts {
-                let x = KernelBenchmark.randomActivations(t * cols)
-                let reference = FloatBuffer(count: t * rows)
-                m.gemm(rows: 0..<rows, x.pointer, tokens: t, into: reference.pointer, isa: .generic)
-                let scale = (0..<(t * rows)).reduce(Float(0)) { max($0, abs(reference.pointer[$1])) }
-                let base = KernelBenchmark.time(m, tokens: t, isa: .generic, repeats: max(1, repeats / 2))
+                let (x, reference, scale, base) = generic(m, tokens: t)
                 let (s, y) = KernelBenchmark.timeBF16(m, x, tokens: t, repeats: repeats)
                 printRow("bf16x2", t, .avx512, seconds: s, base: base, bytes: m.storedByteCount, y: y, reference: reference,
                          scale: scale, peak: amxPeak, isaName: "amx")
             }
         }
+    }
+
+    /// Random activations for `tokens` tokens, the generic fp32 product over them (the reference a kernel's error
+    /// is measured against), its largest magnitude, and its time.
+    func generic(_ m: WeightMatrix, tokens t: Int) -> (x: FloatBuffer, reference: FloatBuffer, scale: Float, seconds: Double) {
+        let x = KernelBenchmark.randomActivations(t * cols)
+        let reference = FloatBuffer(count: t * rows)
+        m.gemm(rows: 0..<rows, x.pointer, tokens: t, into: reference.pointer, isa: .generic)
+        let scale = (0..<(t * rows)).reduce(Float(0)) { max($0, abs(reference.pointer[$1])) }
+        return (x, reference, scale, KernelBenchmark.time(m, tokens: t, isa: .generic, repeats: max(1, repeats / 2)))
     }
 
     /// One line: time, bandwidth, GFLOP/s, speed against the generic fp32 product, the largest difference from it
