@@ -74,11 +74,14 @@ public final class KimiModel: @unchecked Sendable {
     /// Tokens a pass's per-token stages take at a time (attention, dense and shared MLPs, routed experts' inputs
     /// and slots): a prompt of any length runs with scratch sized by this, not by its length, beside the residual
     /// stream and an MoE layer's output (2 · T · hidden floats) and the KV cache. Every routed expert is still asked
-    /// for once per layer, and results do not depend on it (bit for bit). Default 512; at least 16.
+    /// for once per layer, and results do not depend on it (bit for bit). Default 512; kept within 16 ... 2²⁰.
     public var prefillChunk: Int {
         get { settingsLock.lock(); defer { settingsLock.unlock() }; return chunk }
-        set { settingsLock.lock(); chunk = max(16, newValue); settingsLock.unlock() }
+        set { settingsLock.lock(); chunk = min(max(16, newValue), Self.maxPrefillChunk); settingsLock.unlock() }
     }
+
+    /// The largest `prefillChunk` (chunk · experts per token · hidden must not overflow a buffer's size).
+    public static let maxPrefillChunk = 1 << 20
 
     /// Bytes the forward-pass workspace holds: the largest pass so far (steady while decoding).
     public var workspaceBytes: Int {

@@ -73,7 +73,9 @@ struct CacheOptions: ParsableArguments {
         guard prefetchDepth >= 1 else { throw ValidationError("--prefetch-depth must be at least 1") }
         guard (1...4096).contains(ioDepth) else { throw ValidationError("--io-depth must be in 1...4096") }
         guard threads >= 1 else { throw ValidationError("--threads must be at least 1") }
-        guard prefillChunk >= 16 else { throw ValidationError("--prefill-chunk must be at least 16 tokens") }
+        guard (16...KimiModel.maxPrefillChunk).contains(prefillChunk) else {
+            throw ValidationError("--prefill-chunk must be between 16 and \(KimiModel.maxPrefillChunk) tokens")
+        }
         guard kernels.isSupported else { throw ValidationError(KernelError.unsupported(kernels).description) }
         if exact, let a = expertActivations, a != .fp32 {
             throw ValidationError("--exact multiplies with fp32 activations; it cannot be combined with --expert-activations \(a.rawValue)")

@@ -67,6 +67,8 @@ final class FailingExperts: ExpertProviding, @unchecked Sendable {
         let whole = try model.forward(prompt, cache: model.makeCache(), logits: .all)
         let recorder = ReversedExperts(try CheckpointExperts(source))
         let chunked = KimiModel(config: model.config, weights: model.weights, experts: recorder)
+        chunked.prefillChunk = .max
+        #expect(chunked.prefillChunk == KimiModel.maxPrefillChunk, "at most 2²⁰")
         chunked.prefillChunk = 1
         #expect(chunked.prefillChunk == 16, "at least 16")
         let c = try chunked.forward(prompt, cache: chunked.makeCache(), logits: .all)

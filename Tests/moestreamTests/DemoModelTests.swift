@@ -59,6 +59,10 @@ import Testing
         let kernels = KernelISA.avx2.isSupported ? "avx2" : "generic"
         let (noTiles, _, whyNot) = try moestream(["generate", Self.store, "--tokens", "1,2", "--kernels", kernels, "--resident-activations", "bf16x2"])
         #expect(noTiles != 0 && whyNot.contains("AMX") && whyNot.contains(kernels), "\(whyNot)")
+        for chunk in ["8", "9223372036854775807"] {
+            let (status, _, why) = try moestream(["generate", Self.store, "--tokens", "1,2", "--prefill-chunk", chunk])
+            #expect(status != 0 && why.contains("--prefill-chunk"), "\(why)")
+        }
     }
 
     /// With every matrix kernel this CPU runs: the generic Swift twins and the fastest (AVX2 or AVX-512). A
