@@ -1,8 +1,9 @@
 // bf16 weights × activations split into two bf16 parts on AMX tiles (Intel Sapphire Rapids and later: AMX-TILE +
 // AMX-BF16), for the resident matrices under `--resident-activations bf16x2`.
 //
-// One `tdpbf16ps` multiplies a 16 × 32 bf16 tile by a 32 × 16 one into a 16 × 16 fp32 tile: 8,192 multiply-adds,
-// about seven times what the core's fp32 FMA units do in the same time (`moestream bench kernels` prints both).
+// One `tdpbf16ps` multiplies a 16 × 32 bf16 tile by a 32 × 16 one into a 16 × 16 fp32 tile: 8,192 multiply-adds;
+// its measured peak was 6-14 times the core's fp32 FMA peak on the development Xeon (`moestream bench kernels`
+// prints both; the AMX figure varied from process to process there).
 // The weights are bf16 already (Kimi K2's resident matrices are), so only the activations need care: each is split
 // as x = hi + lo + ε with hi = bf16(x), lo = bf16(x − hi), |ε| ≤ 2⁻¹⁷|x| (16 significant bits where fp32 has 24),
 // and both parts are multiplied (products of bf16 values are exact in fp32; the sums are fp32). One part alone
@@ -26,7 +27,6 @@
 #include <unistd.h>
 
 #define TA __attribute__((target("amx-tile,amx-bf16,avx512f,avx512bw,avx512vl,avx512bf16,avx2,fma,f16c")))
-#define T5 __attribute__((target("avx512f,avx512bw,avx512vl,avx2,fma,f16c")))
 
 /// The tile configuration every call loads: eight tiles of 16 rows × 64 bytes (palette 1).
 typedef struct {
