@@ -3,7 +3,8 @@
 
 Starts the server on the chat fixture model (random weights: the text is noise, so the checks are about the
 protocol and the engine: identical greedy answers streamed and whole, exact prompt rendering of a tool-call
-round trip, 20 concurrent clients, a client that disconnects mid-stream, broken JSON, an oversized prompt, a
+round trip, a multi-turn tool-using conversation reusing its cached prefix (and answering as a server that keeps
+nothing does), 20 concurrent clients, a client that disconnects mid-stream, broken JSON, an oversized prompt, a
 missing API key), then checks the server still answers and its memory stayed bounded.
 
 Usage: python3 Tools/test_server.py [path/to/moestream]   Prints 'N passed, N failed'; exits 1 on failure.
@@ -159,6 +160,59 @@ def tool_call_round_trip_renders_kimis_format():
     assert r.usage.prompt_tokens == expected, (r.usage.prompt_tokens, expected)
 
 
+WEATHER_TOOLS = [{"type": "function", "function": {"name": "get_weather", "description": "Weather of a city",
+                                                   "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]
+
+
+def tool_turn(city, i):
+    """An assistant turn that calls get_weather, and the tool's answer."""
+    call = f"functions.get_weather:{i}"
+    return [{"role": "assistant", "content": "", "tool_calls": [{"id": call, "type": "function", "function": {
+                "name": "get_weather", "arguments": json.dumps({"city": city})}}]},
+            {"role": "tool", "tool_call_id": call, "name": "get_weather", "content": f"{15 + i}°C, cloudy"}]
+
+
+# Each turn of the conversation below: (messages sent, answer), replayed against a server that keeps nothing.
+CONVERSATION = []
+
+
+@test
+def multi_turn_tool_conversation_reuses_the_prefix():
+    """An agent's conversation resent whole on every turn: each turn reuses at least every token of the turn before
+    (reported in usage.prompt_tokens_details.cached_tokens and /metrics) and computes only what is new."""
+    before = metric(raw("/metrics")[1], "moestream_prompt_tokens_total", 'source="reused"')
+    messages = [{"role": "system", "content": "You are a weather agent. " * 6},
+                {"role": "user", "content": "Weather in Paris?"}]
+    previous, reused = 0, 0
+    for turn in range(6):
+        r = client.chat.completions.create(model="kimi-k2", messages=messages, tools=WEATHER_TOOLS, max_tokens=5,
+                                           temperature=0)
+        cached = r.usage.prompt_tokens_details.cached_tokens
+        assert previous <= cached < r.usage.prompt_tokens, (turn, previous, cached, r.usage)
+        reused += cached
+        CONVERSATION.append(([dict(m) for m in messages], r.choices[0].message.content))
+        previous = r.usage.prompt_tokens
+        print(f"      turn {turn}: {r.usage.prompt_tokens} prompt tokens, {cached} reused", flush=True)
+        if turn % 2 == 0:
+            messages += tool_turn(["Paris", "Rome", "Oslo"][turn // 2], turn)
+        else:
+            messages += [{"role": "assistant", "content": r.choices[0].message.content or "It is mild."},
+                         {"role": "user", "content": f"And {turn}?"}]
+    after = metric(raw("/metrics")[1], "moestream_prompt_tokens_total", 'source="reused"')
+    assert after - before == reused and reused > 5 * 80, (before, after, reused)
+    assert metric(raw("/metrics")[1], "moestream_prefix_cache_entries") >= 1
+
+
+def replay_conversation_cold(port):
+    """The conversation above, turn by turn, on a server with --kv-budget 0: the same answers, nothing reused."""
+    cold = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0, timeout=120)
+    assert CONVERSATION, "the conversation test did not run"
+    for turn, (messages, answer) in enumerate(CONVERSATION):
+        r = cold.chat.completions.create(model="kimi-k2", messages=messages, tools=WEATHER_TOOLS, max_tokens=5, temperature=0)
+        assert r.usage.prompt_tokens_details.cached_tokens == 0, r.usage
+        assert r.choices[0].message.content == answer, (turn, r.choices[0].message.content, answer)
+
+
 @test
 def twenty_concurrent_clients():
     reference = client.chat.completions.create(model="kimi-k2", messages=HELLO, max_tokens=6, temperature=0).choices[0].message.content
@@ -292,7 +346,7 @@ def keyless_server_refuses_other_origins(store):
     """Without a key: a browser page elsewhere (Origin) or a rebound DNS name (Host) is refused; this machine is not."""
     port = PORT + 1
     log = open(os.path.join(os.path.dirname(store), "keyless-server.log"), "w")
-    server = subprocess.Popen([BIN, "serve", store, "--port", str(port), "--cache", "50%", "--queue", "1",
+    server = subprocess.Popen([BIN, "serve", store, "--port", str(port), "--cache", "50%", "--queue", "1", "--kv-budget", "0",
                                "--idle-timeout", "1", "--max-connections", "8"], stderr=log, text=True)
 
     def get(headers):
@@ -322,6 +376,11 @@ def keyless_server_refuses_other_origins(store):
                 status, body = get(headers)
                 assert status == 403 and json.loads(body)["error"]["code"] in ("foreign_origin", "foreign_host"), (headers, body)
         foreign_origin_and_host_are_refused_without_a_key()
+
+        @test
+        def prefix_reuse_answers_as_a_cold_start():
+            replay_conversation_cold(port)
+        prefix_reuse_answers_as_a_cold_start()
 
         @test
         def silent_and_slow_connections_are_closed():
@@ -438,7 +497,8 @@ def main():
         models_are_listed()
         whole_and_streamed_chat_agree()  # warms the model, the cache and the allocator
         start_rss = rss_kb(server.pid)
-        for t in [completions_endpoint, tool_call_round_trip_renders_kimis_format, twenty_concurrent_clients,
+        for t in [completions_endpoint, tool_call_round_trip_renders_kimis_format, multi_turn_tool_conversation_reuses_the_prefix,
+                  twenty_concurrent_clients,
                   disconnect_mid_stream_cancels, broken_json_is_a_400, hostile_inputs_are_refused, oversized_prompt_is_a_400, api_key_is_required,
                   metrics_are_prometheus_text]:
             t()

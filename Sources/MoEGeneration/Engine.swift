@@ -55,6 +55,9 @@ public final class Engine: @unchecked Sendable {
         public var failed = 0
         public var rejected = 0
         public var promptTokens = 0
+        /// Prompt tokens whose positions came from the prefix cache, and those computed.
+        public var promptTokensReused = 0
+        public var promptTokensComputed = 0
         public var generatedTokens = 0
         public var queued = 0
         public var running = 0
@@ -80,6 +83,8 @@ public final class Engine: @unchecked Sendable {
     public let maxQueue: Int
     /// Positions one request may use (prompt + generated).
     public let contextLimit: Int
+    /// Recent sequences' KV caches: a request starts from the longest prefix of its ids kept here.
+    public let prefixCache: PrefixCache
     private let lock = NSCondition()
     private var jobs: [Job] = []
     /// Admissions taken and not yet submitted or dropped: they count against `maxQueue`.
@@ -88,10 +93,12 @@ public final class Engine: @unchecked Sendable {
     private var stopping = false
     private let finished = DispatchSemaphore(value: 0)
 
-    public init(generator: Generator, maxQueue: Int = 64, contextLimit: Int) {
+    /// `prefixBudget`: bytes of idle sequences' KV caches kept for prefix reuse (0: every request starts cold).
+    public init(generator: Generator, maxQueue: Int = 64, contextLimit: Int, prefixBudget: Int = 0) {
         self.generator = generator
         self.maxQueue = maxQueue
         self.contextLimit = contextLimit
+        prefixCache = PrefixCache(budgetBytes: prefixBudget)
         let t = Thread { [self] in
             work()
             finished.signal()
@@ -190,12 +197,12 @@ public final class Engine: @unchecked Sendable {
             finish(job, cancelled: true, result: nil)
             return
         }
-        let kv = generator.model.makeCache(limit: contextLimit)
+        let (kv, reused) = prefixCache.checkout(prompt: r.prompt) { generator.model.makeCache(limit: contextLimit) }
         var produced = ""
         var held = ""  // text that might be the start of a stop text
         var stopped = false  // a stop text was seen: nothing after it is shown
         do {
-            var result = try generator.generate(prompt: r.prompt, cache: kv, sampling: r.sampling, maxTokens: r.maxTokens,
+            var result = try generator.generate(prompt: r.prompt, cached: reused, cache: kv, sampling: r.sampling, maxTokens: r.maxTokens,
                                                 stop: r.stop, quietAfter: r.quietAfter,
                                                 cancel: CancelCheck { job.cancellation.isCancelled }) { piece in
                 if job.cancellation.isCancelled || stopped { return false }
@@ -230,8 +237,14 @@ public final class Engine: @unchecked Sendable {
                 result.stopReason = .stopToken  // a stop text, not a cancellation
                 result.visibleText = produced
             }
+            // The cache holds the prompt and the generated tokens fed back (all but the last sampled, or fewer
+            // when the prefill was cancelled): kept for the next request that shares its prefix.
+            let history = r.prompt + result.tokens
+            prefixCache.checkin(tokens: Array(history.prefix(kv.count)), cache: kv)
             lock.lock()
             counters.promptTokens += result.promptTokens
+            counters.promptTokensReused += result.cachedPromptTokens
+            counters.promptTokensComputed += max(0, min(kv.count, r.prompt.count) - reused)  // a cancelled prefill computed none
             counters.generatedTokens += result.tokens.count
             counters.prefillSeconds += result.prefillSeconds
             counters.decodeSeconds += result.decodeSeconds

@@ -11,11 +11,14 @@ public struct GenerationResult: Sendable {
     /// What was shown: the text without special tokens (what `onText` received).
     public var visibleText: String
     public var promptTokens: Int
+    /// Leading prompt tokens whose positions the cache already held (a reused prefix): not computed again.
+    public var cachedPromptTokens = 0
     public var stopReason: StopReason
     public var prefillSeconds: Double
     public var decodeSeconds: Double
     public var decodeTokensPerSecond: Double { decodeSeconds > 0 ? Double(max(0, tokens.count - 1)) / decodeSeconds : 0 }
-    public var prefillTokensPerSecond: Double { prefillSeconds > 0 ? Double(promptTokens) / prefillSeconds : 0 }
+    /// Prompt tokens computed per second (a reused prefix is not computed).
+    public var prefillTokensPerSecond: Double { prefillSeconds > 0 ? Double(promptTokens - cachedPromptTokens) / prefillSeconds : 0 }
 }
 
 /// Asked between the prompt's layers and before every token: true stops the generation. (A struct, not a bare
@@ -36,6 +39,9 @@ public struct Generator {
     }
 
     /// Generates after `prompt` (token ids), continuing the sequence in `cache` (which may hold earlier turns).
+    /// `cached`: how many leading tokens of `prompt` the cache holds (a reused prefix: then `cache.count`); only
+    /// the rest is run, and the sampler still sees the whole prompt, so the answer is the one a cold start gives.
+    /// With `cached` 0 the prompt continues whatever the cache holds.
     /// `onText` receives each piece of visible text as soon as it is whole (never half a UTF-8 character;
     /// special tokens such as tool-call markers are not shown) and returns false to stop (a client that went
     /// away). The result's `text` is the raw output, special tokens included, for the chat format to parse.
@@ -43,9 +49,11 @@ public struct Generator {
     /// (the caller parses it from `text` instead).
     /// `cancel` is asked between the prompt's layers and before every token, streamed or not (a tool-call
     /// section is not streamed, a stop text may hold text back): a request whose client left stops at once.
-    public func generate(prompt: [Int], cache: KVCache, sampling: SamplingParameters, maxTokens: Int, stop: Set<Int>,
+    public func generate(prompt: [Int], cached: Int = 0, cache: KVCache, sampling: SamplingParameters, maxTokens: Int, stop: Set<Int>,
                          quietAfter: Set<Int> = [], cancel: CancelCheck? = nil,
                          onText: (String) -> Bool = { _ in true }) throws -> GenerationResult {
+        precondition(cached >= 0 && cached < prompt.count && (cached == 0 || cache.count == cached),
+                     "the cache holds exactly the prompt's first `cached` tokens, and one prompt token at least is left to run")
         var sampler = Sampler(sampling)
         var decoder = StreamingDecoder(tokenizer: tokenizer)
         var tokens: [Int] = []
@@ -55,9 +63,9 @@ public struct Generator {
         let t0 = ContinuousClock.now
         var reason = GenerationResult.StopReason.maxTokens
         var result: ForwardResult
-        do { result = try model.forward(prompt, cache: cache, logits: .last, cancelled: cancel?.isCancelled) } catch ModelError.cancelled {
-            return GenerationResult(tokens: [], text: "", visibleText: "", promptTokens: prompt.count, stopReason: .cancelled,
-                                    prefillSeconds: (ContinuousClock.now - t0).seconds, decodeSeconds: 0)
+        do { result = try model.forward(Array(prompt[cached...]), cache: cache, logits: .last, cancelled: cancel?.isCancelled) } catch ModelError.cancelled {
+            return GenerationResult(tokens: [], text: "", visibleText: "", promptTokens: prompt.count, cachedPromptTokens: cached,
+                                    stopReason: .cancelled, prefillSeconds: (ContinuousClock.now - t0).seconds, decodeSeconds: 0)
         }
         let t1 = ContinuousClock.now
         var quiet = false
@@ -104,7 +112,8 @@ public struct Generator {
             }
         }
         let t2 = ContinuousClock.now
-        return GenerationResult(tokens: tokens, text: text, visibleText: visible, promptTokens: prompt.count, stopReason: reason,
+        return GenerationResult(tokens: tokens, text: text, visibleText: visible, promptTokens: prompt.count, cachedPromptTokens: cached,
+                                stopReason: reason,
                                 prefillSeconds: (t1 - t0).seconds, decodeSeconds: (t2 - t1).seconds)
     }
 }

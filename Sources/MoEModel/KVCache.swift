@@ -66,6 +66,32 @@ public final class KVCache: @unchecked Sendable {
     /// Marks `n` positions, written by the forward pass, as part of the sequence.
     func commit(_ n: Int) { count += n }
 
+    /// Bytes the cache holds allocated (capacity, not only the positions written): what keeping it costs.
+    public var allocatedBytes: Int { capacity * bytesPerToken }
+
+    /// A new cache holding this one's first `n` positions (a shared prefix to continue differently), with room
+    /// for `n` and this one's limit.
+    public func copy(prefix n: Int) -> KVCache {
+        precondition(n >= 0 && n <= count, "a prefix of the positions written")
+        let c = KVCache(layers: layers, latentDim: latentDim, ropeDim: ropeDim, limit: limit, initialCapacity: max(1, n))
+        for l in 0..<layers { c.storage[l].update(from: storage[l], count: n * width) }
+        c.count = n
+        return c
+    }
+
+    /// Gives back the room beyond the positions written (up to doubling's slack), before the cache is kept idle.
+    public func shrinkToFit() {
+        let target = max(1, count)
+        guard capacity > target + target / 8 else { return }
+        for l in 0..<layers {
+            let a = UnsafeMutablePointer<Float>.allocate(capacity: target * width)
+            a.update(from: storage[l], count: count * width)
+            storage[l].deallocate()
+            storage[l] = a
+        }
+        capacity = target
+    }
+
     /// Forgets everything (a new conversation).
     public func reset() { count = 0 }
 

@@ -188,8 +188,7 @@ public final class OpenAIServer: Sendable {
         } onCancel: { submitted.cancellation.cancel() }
         if let failedMessage { return Self.error(APIError(500, "generation failed: \(failedMessage)", type: "server_error")) }
         guard let result else { return Self.error(APIError(500, "generation ended without a result", type: "server_error")) }
-        let usage: [String: Any] = ["prompt_tokens": result.promptTokens, "completion_tokens": result.tokens.count,
-                                    "total_tokens": result.promptTokens + result.tokens.count]
+        let usage = Self.usage(result)
         if chat {
             let reply = format.parse(result.text)
             // Visible text only: special tokens (tool-call markers, reserved ids) are never content.
@@ -248,8 +247,7 @@ public final class OpenAIServer: Sendable {
                         if includeUsage {
                             try await send(["id": id, "object": chat ? "chat.completion.chunk" : "text_completion", "created": created,
                                             "model": model, "choices": [],
-                                            "usage": ["prompt_tokens": result.promptTokens, "completion_tokens": result.tokens.count,
-                                                      "total_tokens": result.promptTokens + result.tokens.count]])
+                                            "usage": Self.usage(result)])
                         }
                     case .failed(let message):
                         try await send(["error": ["message": "generation failed: \(message)", "type": "server_error"]])
@@ -263,6 +261,13 @@ public final class OpenAIServer: Sendable {
             }
         }
         return Response(status: .ok, headers: [.contentType: "text/event-stream", .cacheControl: "no-cache"], body: body)
+    }
+
+    /// OpenAI's usage object; `prompt_tokens_details.cached_tokens` counts the prompt's leading tokens taken from
+    /// the prefix cache instead of computed.
+    static func usage(_ r: GenerationResult) -> [String: Any] {
+        ["prompt_tokens": r.promptTokens, "completion_tokens": r.tokens.count, "total_tokens": r.promptTokens + r.tokens.count,
+         "prompt_tokens_details": ["cached_tokens": r.cachedPromptTokens]]
     }
 
     static func finishReason(_ r: GenerationResult) -> String {
@@ -302,6 +307,15 @@ public final class OpenAIServer: Sendable {
         metric("moestream_requests_running", "gauge", "Requests being generated.", [("", Double(c.running))])
         metric("moestream_tokens_total", "counter", "Tokens processed.",
                [("kind=\"prompt\"", Double(c.promptTokens)), ("kind=\"generated\"", Double(c.generatedTokens))])
+        metric("moestream_prompt_tokens_total", "counter", "Prompt tokens, by whether the prefix cache held them or they were computed.",
+               [("source=\"reused\"", Double(c.promptTokensReused)), ("source=\"computed\"", Double(c.promptTokensComputed))])
+        let p = engine.prefixCache.statistics
+        metric("moestream_prefix_cache_entries", "gauge", "Idle sequences whose KV caches are kept for prefix reuse.", [("", Double(p.entries))])
+        metric("moestream_prefix_cache_positions", "gauge", "Positions those KV caches hold.", [("", Double(p.positions))])
+        metric("moestream_prefix_cache_bytes", "gauge", "Bytes those KV caches take.", [("", Double(p.bytes))])
+        metric("moestream_prefix_cache_budget_bytes", "gauge", "The prefix cache's budget (--kv-budget).", [("", Double(p.budgetBytes))])
+        metric("moestream_prefix_cache_evictions_total", "counter", "Kept sequences dropped to stay within the budget.",
+               [("", Double(p.evictions))])
         metric("moestream_generation_seconds_total", "counter", "Seconds spent generating.",
                [("phase=\"prefill\"", c.prefillSeconds), ("phase=\"decode\"", c.decodeSeconds)])
         if let cache {

@@ -160,8 +160,9 @@ func parseSize(_ s: String) -> Int? {
     let t = s.trimmingCharacters(in: .whitespaces).uppercased().replacingOccurrences(of: "IB", with: "").replacingOccurrences(of: "B", with: "")
     guard let last = t.last else { return nil }
     let units: [Character: Double] = ["K": 1024, "M": 1_048_576, "G": 1_073_741_824, "T": 1_099_511_627_776]
-    if let u = units[last], let v = Double(t.dropLast()), v >= 0 { return Int(v * u) }
-    if let v = Int(t), v >= 0 { return v }
+    // Below 2^62 bytes: a size sums with others later, and Int(Double) traps beyond Int's range.
+    if let u = units[last], let v = Double(t.dropLast()), v >= 0, v * u < 0x1p62 { return Int(v * u) }
+    if let v = Int(t), v >= 0, v < 1 << 62 { return v }
     return nil
 }
 

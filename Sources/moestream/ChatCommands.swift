@@ -148,8 +148,9 @@ struct Run: ParsableCommand {
     }
 
     static func summary(_ r: GenerationResult, _ cache: ExpertCache?) -> String {
-        var line = String(format: "%d prompt tokens at %.1f tokens/s, %d generated at %.1f tokens/s (%@)", r.promptTokens,
-                          r.prefillTokensPerSecond, r.tokens.count, r.decodeTokensPerSecond, r.stopReason.rawValue)
+        let reused = r.cachedPromptTokens > 0 ? " (\(r.cachedPromptTokens) reused from the cache)" : ""
+        var line = String(format: "%d prompt tokens%@ at %.1f tokens/s, %d generated at %.1f tokens/s (%@)", r.promptTokens,
+                          reused, r.prefillTokensPerSecond, r.tokens.count, r.decodeTokensPerSecond, r.stopReason.rawValue)
         if let cache { line += String(format: ", expert hit rate %.1f%%", cache.statistics().total.hitRate * 100) }
         return line
     }
@@ -200,7 +201,7 @@ struct Chat: ParsableCommand {
             kv.truncate(to: common)
             let result: GenerationResult
             do {
-                result = try generator.generate(prompt: Array(all[common...]), cache: kv, sampling: sampling.parameters,
+                result = try generator.generate(prompt: all, cached: common, cache: kv, sampling: sampling.parameters,
                                                 maxTokens: sampling.maxTokens, stop: setup.stop) { piece in
                     writeOut(piece)
                     return true

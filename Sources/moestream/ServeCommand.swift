@@ -32,6 +32,9 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "Largest max_tokens a request may ask for.")
     var maxTokensLimit = 4096
 
+    @Option(help: ArgumentHelp("Bytes of recent conversations' KV caches kept so a request that resends one starts from its longest computed prefix, e.g. 8G; 0 turns reuse off (default: a twentieth of available RAM, at least 1G: half the headroom the expert cache's default leaves).", valueName: "size"))
+    var kvBudget: String?
+
     @Option(help: "Requests that may wait for the engine; more get a 503.")
     var queue = 64
 
@@ -58,7 +61,15 @@ struct Serve: AsyncParsableCommand {
         return key
     }
 
+    /// --kv-budget, else max(1 GiB, MemAvailable / 20), measured before the model loads.
+    static func kvBudget(_ flag: String?, available: Int) throws -> Int {
+        guard let flag else { return max(1 << 30, available / 20) }
+        guard let bytes = parseSize(flag) else { throw CLIError("--kv-budget '\(flag)' is not a size such as 8G or 512M") }
+        return bytes
+    }
+
     func run() async throws {
+        let kvBudget = try Self.kvBudget(kvBudget, available: availableMemory())
         let loaded = try LoadedModel.load(model, cacheOptions)
         let setup = try chat.setup(model.model, loaded.model.config)
         var config = ServerConfiguration()
@@ -75,12 +86,14 @@ struct Serve: AsyncParsableCommand {
         config.maxConnections = maxConnections
         config.sampling = sampling.parameters
         let engine = Engine(generator: Generator(model: loaded.model, tokenizer: setup.tokenizer), maxQueue: queue,
-                            contextLimit: config.contextLimit)
+                            contextLimit: config.contextLimit, prefixBudget: kvBudget)
+        let perToken = loaded.model.makeCache(limit: 1).bytesPerToken
         let server = OpenAIServer(configuration: config, engine: engine, tokenizer: setup.tokenizer, format: setup.format,
                                   stop: setup.stop, cache: loaded.cache)
         printError("serving \(model.model) as '\(modelName)' on http://\(host):\(port) (context \(config.contextLimit), queue \(queue), "
             + "idle timeout \(idleTimeout) s, \(maxConnections) connections"
             + (config.apiKey == nil ? ", no API key: cross-origin and foreign-Host requests refused)" : ", API key required)")
+            + "; KV cache \(humanBytes(perToken)) per position, prefix cache \(humanBytes(kvBudget)) (\(kvBudget / perToken) positions)"
             + "; kernels \(Kernels.isa.rawValue), expert activations \(loaded.model.expertActivations.rawValue), resident activations \(loaded.model.residentActivations.rawValue), prefill chunk \(loaded.model.prefillChunk)")
         if config.apiKey == nil && !OpenAIServer.isLoopbackName(host) {
             printError("""
