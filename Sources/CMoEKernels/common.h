@@ -13,6 +13,31 @@ static inline float bf16_value(uint16_t bits) {
     return f;
 }
 
+/// IEEE half → fp32, exactly (normal, subnormal, zero, infinity, NaN); what `vcvtph2ps` computes, for the
+/// scalar tails of the f16 kernels.
+static inline float f16_value(uint16_t h) {
+    const uint32_t sign = (uint32_t)(h & 0x8000) << 16, exp = (h >> 10) & 0x1F, mant = h & 0x3FF;
+    uint32_t bits;
+    float f;
+    if (exp == 0) {
+        f = (float)mant * 0x1p-24f;  // zero or subnormal: exact in fp32
+        memcpy(&bits, &f, 4);
+        bits |= sign;
+    } else if (exp == 31) {
+        bits = sign | 0x7F800000u | (mant << 13);
+    } else {
+        bits = sign | ((exp + 112) << 23) | (mant << 13);
+    }
+    memcpy(&f, &bits, 4);
+    return f;
+}
+
+static inline float f16_tail(const moe_matrix *m, int64_t r, const float *x, int64_t from, float s) {
+    const uint16_t *w = (const uint16_t *)m->data + r * m->cols;
+    for (int64_t c = from; c < m->cols; c++) s = __builtin_fmaf(f16_value(w[c]), x[c], s);
+    return s;
+}
+
 /// Horizontal sums in a fixed tree (8 → 4 → 2 → 1; 16 → 8 → …), the same in every kernel of an ISA.
 __attribute__((target("avx2,fma,f16c"))) static inline float hsum8(__m256 v) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));  // i + (i+4)
@@ -100,6 +125,7 @@ static inline int64_t q4_row_bytes(const moe_matrix *m) { return m->cols / 2 + m
 static inline int64_t q8_row_bytes(const moe_matrix *m) { return m->cols + m->cols / 32 * (m->scales_bf16 ? 2 : 4); }
 static inline int64_t bf_row_bytes(const moe_matrix *m) { return 2 * m->cols; }
 static inline int64_t f32_row_bytes(const moe_matrix *m) { return 4 * m->cols; }
+static inline int64_t f16_row_bytes(const moe_matrix *m) { return 2 * m->cols; }
 
 /// `s + Σ w[c]·x[c]` for c in [from, cols) of fp32 row `r`, one fused multiply-add at a time.
 static inline float f32_tail(const moe_matrix *m, int64_t r, const float *x, int64_t from, float s) {

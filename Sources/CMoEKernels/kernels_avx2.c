@@ -119,6 +119,21 @@ TARGET void moe_gemm_bf16_avx2_blocked(const moe_matrix *m, int64_t r0, int64_t 
 #define KERNEL moe_gemm_f32_avx2
 #include "tiles.h"
 
+// ---- f16 (a KV cache stored in half precision): F16C widens 8 halves at a time.
+TARGET static inline __attribute__((always_inline)) __m256 f16_load8(const uint16_t *p) {
+    return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
+}
+#undef ELEM
+#undef LOADW
+#undef TAIL
+#define ELEM uint16_t
+#define LOADW f16_load8
+#define TAIL f16_tail
+#define LOADROW(m, r, g) DENSE_LOADROW(m, r, g)
+#define PREFIX f16
+#define KERNEL moe_gemm_f16_avx2
+#include "tiles.h"
+
 int moe_cpu_has_avx2(void) {
     __builtin_cpu_init();
     return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
@@ -134,4 +149,5 @@ void moe_gemm_q8_avx2(const moe_matrix *m, int64_t r0, int64_t r1, const float *
 void moe_gemm_bf16_avx2(const moe_matrix *m, int64_t r0, int64_t r1, const float *x, int64_t T, float *y) {}
 void moe_gemm_bf16_avx2_blocked(const moe_matrix *m, int64_t r0, int64_t r1, const float *x, int64_t T, float *y) {}
 void moe_gemm_f32_avx2(const moe_matrix *m, int64_t r0, int64_t r1, const float *x, int64_t T, float *y) {}
+void moe_gemm_f16_avx2(const moe_matrix *m, int64_t r0, int64_t r1, const float *x, int64_t T, float *y) {}
 #endif

@@ -121,6 +121,21 @@ TARGET void moe_gemm_bf16_avx512_blocked(const moe_matrix *m, int64_t r0, int64_
 #define KERNEL moe_gemm_f32_avx512
 #include "tiles.h"
 
+// ---- f16 (a KV cache stored in half precision): 16 halves widened at a time.
+TARGET static inline __attribute__((always_inline)) __m512 f16_load16(const uint16_t *p) {
+    return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p));
+}
+#undef ELEM
+#undef LOADW
+#undef TAIL
+#define ELEM uint16_t
+#define LOADW f16_load16
+#define TAIL f16_tail
+#define LOADROW(m, r, g) DENSE_LOADROW(m, r, g)
+#define PREFIX f16
+#define KERNEL moe_gemm_f16_avx512
+#include "tiles.h"
+
 int moe_cpu_has_avx512(void) {
     __builtin_cpu_init();
     return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
@@ -134,4 +149,5 @@ void moe_gemm_q8_avx512(const moe_matrix *m, int64_t r0, int64_t r1, const float
 void moe_gemm_bf16_avx512(const moe_matrix *m, int64_t r0, int64_t r1, const float *x, int64_t T, float *y) {}
 void moe_gemm_bf16_avx512_blocked(const moe_matrix *m, int64_t r0, int64_t r1, const float *x, int64_t T, float *y) {}
 void moe_gemm_f32_avx512(const moe_matrix *m, int64_t r0, int64_t r1, const float *x, int64_t T, float *y) {}
+void moe_gemm_f16_avx512(const moe_matrix *m, int64_t r0, int64_t r1, const float *x, int64_t T, float *y) {}
 #endif

@@ -15,8 +15,8 @@ import MoETensor
 /// the cache holds r + p values per token instead of n·(dn + p + dv).
 ///
 /// The prompt is attended in blocks: per head and block of `queryBlock` tokens, the scores against every cached
-/// row up to the block's last position are one fp32 matrix product (the kernels' f32 tiles, each row read once
-/// for the block), and the context sums walk the cached rows once for the block. A token's operations are the
+/// row up to the block's last position are one matrix product (the kernels' f32 or bf16 tiles, as the cache
+/// stores its rows; each row read once for the block), and the context sums walk the cached rows once for the block. A token's operations are the
 /// same in a block as alone (the tiles' guarantee; the context adds keys in position order), so decode through
 /// the cache reproduces a whole-prompt pass bit for bit.
 struct LatentAttention {
@@ -57,16 +57,24 @@ struct LatentAttention {
             let row = kv + t * (r + dp)
             let cs = angles + t * dp
             rope.angles(position: start + t, cos: cs, sin: cs + dp / 2)
-            VectorOps.rmsNorm(row, weight: weights.kvANorm, eps: 1e-6, count: r, into: cache.latent(layer, start + t))
-            let kPe = cache.ropeKey(layer, start + t)
-            kPe.update(from: row + r, count: dp)
-            rope.rotate(kPe, cos: cs, sin: cs + dp / 2)
+            VectorOps.rmsNorm(row, weight: weights.kvANorm, eps: 1e-6, count: r, into: row)
+            rope.rotate(row + r, cos: cs, sin: cs + dp / 2)
+            cache.store(layer, start + t, row: row)  // rounded to the cache's precision once, here
         }
 
         let attended = ws.floats(T * heads * dv)  // [T, n·dv]
         let kvB = weights.kvB
         let width = r + dp
         let blocks = (T + Self.queryBlock - 1) / Self.queryBlock
+        // The cached rows up to the last token, as the kernels read them: a half-precision cache is widened once
+        // here for a prompt (every head and block reads all of it; decode reads the stored rows directly).
+        let rows = start + T
+        var cached = cache.matrix(layer, length: rows)  // [rows, r + p]
+        if cache.precision != .f32 && T > 1 {
+            let wide = ws.floats(rows * width)
+            cache.widen(layer, length: rows, into: wide)
+            cached = WeightMatrix(rows: rows, cols: width, data: UnsafeRawPointer(wide), encoding: .f32, owners: [])
+        }
         parallelFor(heads * blocks) { job in
             let h = job / blocks, t0 = (job % blocks) * Self.queryBlock
             let tb = min(Self.queryBlock, T - t0)
@@ -86,8 +94,7 @@ struct LatentAttention {
                 let cs = angles + t * dp
                 rope.rotate(qHat + r, cos: cs, sin: cs + dp / 2)
             }
-            let keys = WeightMatrix(rows: length, cols: width, data: UnsafeRawPointer(cache.rows(layer)),
-                                    encoding: .f32, owners: [])
+            let keys = cached.rows(0..<length)!  // [length, r + p]
             keys.gemm(rows: 0..<length, queries, tokens: tb, into: scores)  // scores[i, j] = q̂_i · row_j
             for i in 0..<tb {
                 let row = scores + i * length, visible = start + t0 + i + 1

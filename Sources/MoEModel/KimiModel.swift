@@ -54,6 +54,8 @@ public final class KimiModel: @unchecked Sendable {
     private var resident = ResidentActivations.fp32
     /// `prefillChunk`, read once at the start of each pass.
     private var chunk = 512
+    /// `kvPrecision`, read when a cache is made.
+    private var kvStorage = KVPrecision.f32
     private let settingsLock = NSLock()
 
     /// How this model's routed experts multiply: fp32 activations (exact, the library's default, what every
@@ -78,6 +80,18 @@ public final class KimiModel: @unchecked Sendable {
     public var prefillChunk: Int {
         get { settingsLock.lock(); defer { settingsLock.unlock() }; return chunk }
         set { settingsLock.lock(); chunk = min(max(16, newValue), Self.maxPrefillChunk); settingsLock.unlock() }
+    }
+
+    /// What the KV caches `makeCache` makes store their rows in: fp32 (exact, the library's default, what every
+    /// reference test uses) or bf16 (half the bytes per position). A cache keeps the precision it was made with.
+    public var kvPrecision: KVPrecision {
+        get { settingsLock.lock(); defer { settingsLock.unlock() }; return kvStorage }
+        set { settingsLock.lock(); kvStorage = newValue; settingsLock.unlock() }
+    }
+
+    /// Bytes one position of a cache from `makeCache` takes, over all layers.
+    public var kvBytesPerToken: Int {
+        KVCache.bytesPerToken(layers: config.numLayers, latentDim: config.kvLoraRank, ropeDim: config.qkRopeHeadDim, precision: kvPrecision)
     }
 
     /// The largest `prefillChunk` (chunk · experts per token · hidden must not overflow a buffer's size).
@@ -109,10 +123,10 @@ public final class KimiModel: @unchecked Sendable {
         return KimiModel(config: config, weights: try source.resident(), experts: try CheckpointExperts(source))
     }
 
-    /// A fresh latent KV cache for one sequence, bounded by `max_position_embeddings` (or `limit`).
+    /// A fresh latent KV cache for one sequence in `kvPrecision`, bounded by `max_position_embeddings` (or `limit`).
     public func makeCache(limit: Int? = nil) -> KVCache {
         KVCache(layers: config.numLayers, latentDim: config.kvLoraRank, ropeDim: config.qkRopeHeadDim,
-                limit: min(limit ?? config.maxPositionEmbeddings, config.maxPositionEmbeddings))
+                limit: min(limit ?? config.maxPositionEmbeddings, config.maxPositionEmbeddings), precision: kvPrecision)
     }
 
     /// Runs `tokens` at the positions after what `cache` holds (a whole prompt in one pass, or one decode token)

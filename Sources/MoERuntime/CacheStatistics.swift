@@ -56,6 +56,8 @@ public struct CacheStatistics: Codable, Sendable, Equatable {
     public var expertActivations = "fp32"
     /// `--resident-activations`: fp32 or bf16x2 (AMX tiles).
     public var residentActivations = "fp32"
+    /// `--kv-cache`: what the KV cache stores its rows in (f32 or bf16).
+    public var kvCache = "f32"
     /// `--prefill-chunk`: prompt tokens a pass's per-token stages take at a time.
     public var prefillChunk = 0
     public var threads = 0

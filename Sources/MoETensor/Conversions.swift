@@ -1,3 +1,5 @@
+import CMoEKernels
+
 /// Scalar conversions from the stored float formats to fp32. All kernels widen to fp32 before any arithmetic.
 
 /// bfloat16 is the upper half of an IEEE fp32: widening is a shift, exact.
@@ -52,5 +54,18 @@ public enum E4M3Table {
             magnitude = Float(sign: .plus, exponent: exponent - 7, significand: 1 + mantissa / 8)
         }
         return negative ? -magnitude : magnitude
+    }
+}
+
+/// `count` stored halves (f16) or bfloat16s (`bf16`) widened to fp32, exactly: F16C where the CPU has it (the
+/// avx2 kernels' requirement), the scalar conversions otherwise.
+public func widen16(_ src: UnsafeRawPointer, bf16: Bool, into dst: UnsafeMutablePointer<Float>, count: Int) {
+    let s = src.assumingMemoryBound(to: UInt16.self)
+    if bf16 {
+        for i in 0..<count { dst[i] = Float(bitPattern: UInt32(s[i]) << 16) }
+    } else if KernelISA.avx2.isSupported {
+        moe_widen_f16_avx2(s, dst, Int64(count))
+    } else {
+        for i in 0..<count { dst[i] = f16ToFloat(s[i]) }
     }
 }

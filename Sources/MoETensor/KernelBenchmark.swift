@@ -9,10 +9,12 @@ public enum KernelBenchmark {
         case int4x8 = "int4-x8"
         case int8 = "int8-g32"
         case bf16
+        /// IEEE half: the KV cache's rows under `--kv-cache f16`.
+        case f16
         case f32
 
-        /// int4/int8 come in groups of 32 columns; bf16 and f32 take any width (a scalar tail).
-        public var grouped: Bool { self != .bf16 && self != .f32 }
+        /// int4/int8 come in groups of 32 columns; bf16, f16 and f32 take any width (a scalar tail).
+        public var grouped: Bool { self != .bf16 && self != .f16 && self != .f32 }
     }
 
     /// A `rows × cols` matrix of `kind` with random values (a fixed seed), scales bf16. `int4x8` holds the same
@@ -48,6 +50,12 @@ public enum KernelBenchmark {
                 data.pointer.storeBytes(of: floatToBF16(Float(rng.normal() * 0.02)), toByteOffset: 2 * i, as: UInt16.self)
             }
             return WeightMatrix(rows: rows, cols: cols, data: UnsafeRawPointer(data.pointer), encoding: .bf16, owners: [data])
+        case .f16:
+            let data = AlignedBuffer(byteCount: rows * cols * 2)
+            for i in 0..<(rows * cols) {
+                data.pointer.storeBytes(of: Float16(Float(rng.normal())).bitPattern, toByteOffset: 2 * i, as: UInt16.self)
+            }
+            return WeightMatrix(rows: rows, cols: cols, data: UnsafeRawPointer(data.pointer), encoding: .f16, owners: [data])
         case .f32:
             let data = AlignedBuffer(byteCount: rows * cols * 4)
             for i in 0..<(rows * cols) {

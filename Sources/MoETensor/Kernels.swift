@@ -55,6 +55,8 @@ public enum Kernels {
         case (.avx512, .int4g32x8): moe_gemm_q4x8_avx512
         case (.avx2, .f32): moe_gemm_f32_avx2
         case (.avx512, .f32): moe_gemm_f32_avx512
+        case (.avx2, .f16): moe_gemm_f16_avx2
+        case (.avx512, .f16): moe_gemm_f16_avx512
         default: nil
         }
     }
@@ -70,6 +72,8 @@ extension Kernels {
         case (.avx2, .bf16): moe_rows_bf16_avx2
         case (.avx512, .f32): moe_rows_f32_avx512
         case (.avx512, .bf16): moe_rows_bf16_avx512
+        case (.avx2, .f16): moe_rows_f16_avx2
+        case (.avx512, .f16): moe_rows_f16_avx512
         default: nil
         }
     }

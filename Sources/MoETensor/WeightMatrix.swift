@@ -236,7 +236,7 @@ extension WeightMatrix {
         precondition(firstRow >= 0 && count >= 0 && firstRow + count <= rows && width <= cols)
         guard count > 0, tokens > 0, width > 0 else { return }
         if let kernel = Kernels.rows(encoding, isa) {
-            let bytes = encoding.isBF16 ? 2 : 4
+            let bytes = encoding.isBF16 || encoding.isF16 ? 2 : 4
             kernel(data + firstRow * cols * bytes, Int64(cols), Int64(count), Int64(width), a, Int64(aStride), Int64(tokens),
                    y, Int64(yStride))
             return
@@ -254,6 +254,11 @@ extension WeightMatrix {
 extension WeightMatrix.Encoding {
     var isBF16: Bool {
         if case .bf16 = self { return true }
+        return false
+    }
+
+    var isF16: Bool {
+        if case .f16 = self { return true }
         return false
     }
 }

@@ -12,6 +12,7 @@ extension ReadEngine: ExpressibleByArgument {}
 extension KernelISA: ExpressibleByArgument {}
 extension ExpertActivations: ExpressibleByArgument {}
 extension ResidentActivations: ExpressibleByArgument {}
+extension KVPrecision: ExpressibleByArgument {}
 
 /// The expert cache and compute flags, shared by every command that runs the model from a store.
 struct CacheOptions: ParsableArguments {
@@ -52,8 +53,17 @@ struct CacheOptions: ParsableArguments {
     @Option(help: ArgumentHelp("Resident bf16 matrices' activations (attention projections, dense and shared MLPs, output head): bf16x2 splits each into two bf16 parts (16 significant bits) and multiplies on AMX tiles, the default where the CPU has AMX-BF16 and the avx512 kernels run; fp32, the default elsewhere, is exact. Quality and speed: docs/performance.md.", valueName: "bf16x2|fp32"))
     var residentActivations: ResidentActivations?
 
-    @Flag(help: "Exact arithmetic: fp32 activations everywhere, as transformers computes (within 1e-4 of its logits); the same as --expert-activations fp32 --resident-activations fp32.")
+    @Option(help: ArgumentHelp("What the KV cache stores per layer and position (MLA's latent and roped key): f16, the default, rounds each value once when it is written and takes half f32's bytes; bf16 takes as few and is coarser; f32 is exact. Bytes per position: `moestream inspect`; quality: docs/performance.md.", valueName: "f16|bf16|f32"))
+    var kvCache: KVPrecision?
+
+    @Flag(help: "Exact arithmetic: fp32 activations everywhere and an fp32 KV cache, as transformers computes (within 1e-4 of its logits); the same as --expert-activations fp32 --resident-activations fp32 --kv-cache f32.")
     var exact = false
+
+    /// What the KV cache stores: `--exact` or `--kv-cache`, else the default.
+    var kv: KVPrecision { exact ? .f32 : kvCache ?? Self.defaultKV }
+
+    /// The KV cache's default precision (docs/performance.md gives the measurements behind it).
+    static let defaultKV = KVPrecision.f16
 
     /// What the routed experts multiply with: `--exact` or `--expert-activations`, else q8.
     var activations: ExpertActivations { exact ? .fp32 : expertActivations ?? .q8GateUp }
@@ -79,6 +89,9 @@ struct CacheOptions: ParsableArguments {
         guard kernels.isSupported else { throw ValidationError(KernelError.unsupported(kernels).description) }
         if exact, let a = expertActivations, a != .fp32 {
             throw ValidationError("--exact multiplies with fp32 activations; it cannot be combined with --expert-activations \(a.rawValue)")
+        }
+        if exact, kvCache == .bf16 {
+            throw ValidationError("--exact keeps an fp32 KV cache; it cannot be combined with --kv-cache bf16")
         }
         if residentActivations == .bf16x2 {
             if exact { throw ValidationError("--exact multiplies with fp32 activations; it cannot be combined with --resident-activations bf16x2") }

@@ -64,9 +64,20 @@ struct Inspect: ParsableCommand {
         print("resident (RAM)   \(humanBytes(inv.residentBytes))" + residentChoices(checkpoint, prefix: c.tensorPrefix))
         print("streamed (NVMe)  \(humanBytes(inv.streamedBytes)) in \(c.moeLayers.count * c.numRoutedExperts) experts"
             + (c.moeLayers.isEmpty ? "" : ", \(humanBytes(inv.streamedBytes / max(1, c.moeLayers.count * c.numRoutedExperts))) each"))
-        let kvPerToken = c.numLayers * (c.kvLoraRank + c.qkRopeHeadDim) * 4
-        print("KV cache         \(humanBytes(kvPerToken)) per token (fp32 latent), \(humanBytes(kvPerToken * 1024)) per 1K tokens")
+        print(kvCacheLine(c))
     }
+}
+
+/// "KV cache  X per position (--kv-cache f16, the default; f32 Y, bf16 Z), W at the full context of N": what a
+/// sequence's latent cache costs in each precision (`inspect`, `plan`).
+func kvCacheLine(_ c: ModelConfig) -> String {
+    func perToken(_ p: KVPrecision) -> Int {
+        KVCache.bytesPerToken(layers: c.numLayers, latentDim: c.kvLoraRank, ropeDim: c.qkRopeHeadDim, precision: p)
+    }
+    let d = CacheOptions.defaultKV
+    let others = KVPrecision.allCases.filter { $0 != d }.map { "\($0.rawValue) \(humanBytes(perToken($0)))" }.joined(separator: ", ")
+    return "KV cache         \(humanBytes(perToken(d))) per position (--kv-cache \(d.rawValue), the default; \(others)), "
+        + "\(humanBytes(perToken(d) * c.maxPositionEmbeddings)) at the full context of \(c.maxPositionEmbeddings)"
 }
 
 extension String {

@@ -47,6 +47,7 @@ struct LoadedModel {
                 model.expertActivations = cacheOptions.activations
                 model.residentActivations = cacheOptions.resident
                 model.prefillChunk = cacheOptions.prefillChunk
+                model.kvPrecision = cacheOptions.kv
                 return LoadedModel(model: model, cache: nil)
             }
             let store = try ExpertStore(path: options.model)
@@ -56,6 +57,7 @@ struct LoadedModel {
             model.expertActivations = cacheOptions.activations
             model.residentActivations = cacheOptions.resident
             model.prefillChunk = cacheOptions.prefillChunk
+            model.kvPrecision = cacheOptions.kv
             if let f = cache.fallbackMessage { printError(f) }
             if cacheOptions.preload {
                 let started = ContinuousClock.now
@@ -78,12 +80,13 @@ struct LoadedModel {
         s.expertActivations = model.expertActivations.rawValue
         s.residentActivations = model.residentActivations.rawValue
         s.prefillChunk = model.prefillChunk
+        s.kvCache = model.kvPrecision.rawValue
         s.threads = Parallelism.threads
         cache.shutdown()
         if !stats.noStats {
             var lines = [s.report()]
             lines += extra
-            lines.append("threads \(Parallelism.threads), kernels \(Kernels.isa.rawValue), expert activations \(model.expertActivations.rawValue), resident activations \(model.residentActivations.rawValue), prefill chunk \(model.prefillChunk)")
+            lines.append("threads \(Parallelism.threads), kernels \(Kernels.isa.rawValue), expert activations \(model.expertActivations.rawValue), resident activations \(model.residentActivations.rawValue), KV cache \(model.kvPrecision.rawValue), prefill chunk \(model.prefillChunk)")
             printError(lines.joined(separator: "\n"))
         }
         if let path = stats.statsJson { try s.json().write(to: URL(fileURLWithPath: path)) }

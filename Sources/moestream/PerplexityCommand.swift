@@ -54,22 +54,23 @@ struct Perplexity: ParsableCommand {
 
     /// `--compare-exact`: the gate of the arithmetic policy (docs/performance.md).
     func compare(_ loaded: LoadedModel, _ ids: [Int]) throws {
-        let model = loaded.model, fast = model.expertActivations, fastResident = model.residentActivations
+        let model = loaded.model, fast = model.expertActivations, fastResident = model.residentActivations, fastKV = model.kvPrecision
         let c: ArithmeticComparison
         do {
             c = try compareArithmetic(model: model, ids: ids, window: window,
-                                      useExact: { model.expertActivations = .fp32; model.residentActivations = .fp32 },
-                                      useFast: { model.expertActivations = fast; model.residentActivations = fastResident }) { done, total in
+                                      useExact: { model.expertActivations = .fp32; model.residentActivations = .fp32; model.kvPrecision = .f32 },
+                                      useFast: { model.expertActivations = fast; model.residentActivations = fastResident; model.kvPrecision = fastKV }) { done, total in
                 FileHandle.standardError.write("\r\(done)/\(total) tokens".data(using: .utf8)!)
             }
         } catch let e as ModelError { throw CLIError(e.description) }
         model.expertActivations = fast
         model.residentActivations = fastResident
+        model.kvPrecision = fastKV
         FileHandle.standardError.write("\n".data(using: .utf8)!)
-        print(String(format: "exact: fp32 activations everywhere    perplexity %.4f over %d tokens in %.1f s", c.exact.perplexity,
+        print(String(format: "exact: fp32 activations and KV cache    perplexity %.4f over %d tokens in %.1f s", c.exact.perplexity,
                      c.exact.tokens, c.exact.seconds))
-        let label = "experts \(fast.rawValue), resident \(fastResident.rawValue)"
-        print(String(format: "this run: %@ activations    perplexity %.4f in %.1f s (%.2f× exact's speed)", label,
+        let label = "experts \(fast.rawValue), resident \(fastResident.rawValue) activations, KV cache \(fastKV.rawValue)"
+        print(String(format: "this run: %@    perplexity %.4f in %.1f s (%.2f× exact's speed)", label,
                      c.fast.perplexity, c.fast.seconds, c.exact.seconds / max(c.fast.seconds, 1e-9)))
         print(String(format: "perplexity change %+.3f%%; KL(exact ‖ this run) mean %.5f nats, max %.5f; largest logit difference %.4f",
                      c.perplexityChange * 100, c.meanKL, c.maxKL, c.maxLogitDifference))

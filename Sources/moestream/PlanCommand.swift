@@ -32,8 +32,11 @@ struct Plan: ParsableCommand {
     @Option(help: ArgumentHelp("A routing trace: its hit rate at the planned budget replaces the uniform-routing estimate.", valueName: "file"))
     var trace: String?
 
-    @Option(help: "Context length to reserve KV cache for.")
+    @Option(help: "Context length to reserve KV cache for (at most the model's).")
     var context: Int = 8192
+
+    @Option(help: ArgumentHelp("KV cache precision to plan for (as `--kv-cache` of run, generate and serve).", valueName: "f16|bf16|f32"))
+    var kvCache: KVPrecision = CacheOptions.defaultKV
 
     @Option(help: ArgumentHelp("Plan for N NUMA nodes (default: this machine's).", valueName: "N"))
     var numaNodes: Int?
@@ -76,7 +79,11 @@ struct Plan: ParsableCommand {
         let ramBytes = try ram.map { guard let v = parseSize($0) else { throw CLIError("--ram '\($0)' is not a size") }; return v } ?? availableMemory()
         let experts = config.moeLayers.count * config.numRoutedExperts
         let allExperts = experts * extent
-        let kvPerToken = config.numLayers * (config.kvLoraRank + config.qkRopeHeadDim) * 4
+        guard (1...config.maxPositionEmbeddings).contains(context) else {
+            throw CLIError("--context \(context): the model's context is 1 ... \(config.maxPositionEmbeddings) tokens (max_position_embeddings)")
+        }
+        let kvPerToken = KVCache.bytesPerToken(layers: config.numLayers, latentDim: config.kvLoraRank, ropeDim: config.qkRopeHeadDim,
+                                               precision: kvCache)
         let kv = kvPerToken * context
         let headroom = max(2 << 30, ramBytes / 20)
         let budget = max(0, min(allExperts, ramBytes - residentBytes - kv - headroom))
@@ -87,7 +94,7 @@ struct Plan: ParsableCommand {
         print("RAM              \(humanBytes(ramBytes))\(ram == nil ? " available now" : "")")
         print("resident set     \(humanBytes(residentBytes)) (attention, dense layers, shared experts, routers, embeddings)"
               + choices)
-        print("KV cache         \(humanBytes(kvPerToken * 1024)) per 1K tokens; \(humanBytes(kv)) for \(context) tokens")
+        print("KV cache         \(kvCache.rawValue): \(humanBytes(kvPerToken)) per position, \(humanBytes(kv)) for \(context) tokens")
         print("headroom         \(humanBytes(headroom))")
         print("routed experts   \(experts) × \(humanBytes(extent)) = \(humanBytes(allExperts)) on NVMe")
         if budget <= 0 {

@@ -26,8 +26,8 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "Model id reported by /v1/models and in responses.")
     var modelName = "kimi-k2"
 
-    @Option(help: "Positions per request (prompt + answer); longer prompts get a 400.")
-    var context = 8192
+    @Option(help: "Positions per request (prompt + answer), at most the model's context; longer prompts get a 400 (default: 8192, or the model's context if shorter).")
+    var context: Int?
 
     @Option(help: "Largest max_tokens a request may ask for.")
     var maxTokensLimit = 4096
@@ -68,6 +68,17 @@ struct Serve: AsyncParsableCommand {
         return bytes
     }
 
+    /// --context, refused beyond the model's context (max_position_embeddings: positions past it have no trained
+    /// rope scaling); by default 8192 or the model's context if shorter.
+    static func contextLimit(_ flag: Int?, model: Int) throws -> Int {
+        guard let flag else { return min(8192, model) }
+        guard flag >= 2 else { throw CLIError("--context \(flag): a request needs at least 2 positions (a prompt token and an answer)") }
+        guard flag <= model else {
+            throw CLIError("--context \(flag) is beyond the model's context of \(model) positions (max_position_embeddings in config.json)")
+        }
+        return flag
+    }
+
     func run() async throws {
         let kvBudget = try Self.kvBudget(kvBudget, available: availableMemory())
         let loaded = try LoadedModel.load(model, cacheOptions)
@@ -77,7 +88,7 @@ struct Serve: AsyncParsableCommand {
         config.port = port
         config.apiKey = try resolvedKey()
         config.modelName = modelName
-        config.contextLimit = min(context, loaded.model.config.maxPositionEmbeddings)
+        config.contextLimit = try Self.contextLimit(context, model: loaded.model.config.maxPositionEmbeddings)
         config.maxTokensLimit = maxTokensLimit
         config.defaultMaxTokens = min(sampling.maxTokens, maxTokensLimit)
         config.maxQueue = queue
@@ -87,13 +98,13 @@ struct Serve: AsyncParsableCommand {
         config.sampling = sampling.parameters
         let engine = Engine(generator: Generator(model: loaded.model, tokenizer: setup.tokenizer), maxQueue: queue,
                             contextLimit: config.contextLimit, prefixBudget: kvBudget)
-        let perToken = loaded.model.makeCache(limit: 1).bytesPerToken
+        let perToken = loaded.model.kvBytesPerToken
         let server = OpenAIServer(configuration: config, engine: engine, tokenizer: setup.tokenizer, format: setup.format,
                                   stop: setup.stop, cache: loaded.cache)
         printError("serving \(model.model) as '\(modelName)' on http://\(host):\(port) (context \(config.contextLimit), queue \(queue), "
             + "idle timeout \(idleTimeout) s, \(maxConnections) connections"
             + (config.apiKey == nil ? ", no API key: cross-origin and foreign-Host requests refused)" : ", API key required)")
-            + "; KV cache \(humanBytes(perToken)) per position, prefix cache \(humanBytes(kvBudget)) (\(kvBudget / perToken) positions)"
+            + "; KV cache \(loaded.model.kvPrecision.rawValue), \(humanBytes(perToken)) per position, prefix cache \(humanBytes(kvBudget)) (\(kvBudget / perToken) positions)"
             + "; kernels \(Kernels.isa.rawValue), expert activations \(loaded.model.expertActivations.rawValue), resident activations \(loaded.model.residentActivations.rawValue), prefill chunk \(loaded.model.prefillChunk)")
         if config.apiKey == nil && !OpenAIServer.isLoopbackName(host) {
             printError("""

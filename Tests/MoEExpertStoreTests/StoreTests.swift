@@ -56,7 +56,7 @@ func convert(_ name: String, experts: StoreConverter.ExpertsOption = .source, re
         #expect(maxAbsDiff(last.row(0), ref.logits.last!) <= 1e-4, "position 511 by decode")
 
         // The default arithmetic's gate (docs/performance.md): with int8 activations into the experts' gate and up,
-        // and (where the CPU has AMX) the resident matrices' activations in bf16 on AMX tiles, the argmax is exact's
+        // (where the CPU has AMX) the resident matrices' activations in bf16 on AMX tiles, and an f16 KV cache, the argmax is exact's
         // at every one of the 512 positions where exact's top-2 margin exceeds 0.1.
         func gate(_ name: String) throws -> ForwardResult {
             let fast = try model.forward(ref.prompt, cache: model.makeCache(), logits: .all)
@@ -75,7 +75,9 @@ func convert(_ name: String, experts: StoreConverter.ExpertsOption = .source, re
         model.expertActivations = .q8GateUp
         _ = try gate("q8-gate-up")
         model.residentActivations = .bf16x2
-        let fast = try gate(ResidentActivations.amxAvailable() ? "q8-gate-up with bf16x2 resident products" : "q8-gate-up (no AMX here)")
+        _ = try gate(ResidentActivations.amxAvailable() ? "q8-gate-up with bf16x2 resident products" : "q8-gate-up (no AMX here)")
+        model.kvPrecision = .f16
+        let fast = try gate("the command line's default, with an f16 KV cache")
         // Decode through the cache reproduces the whole pass bit for bit in the fast arithmetic too.
         let fastCache = model.makeCache()
         _ = try model.forward(Array(ref.prompt[..<500]), cache: fastCache, logits: .last)

@@ -19,14 +19,21 @@ import Testing
     /// (inside and across prefill chunks), in every arithmetic this CPU runs.
     @Test func continuingAPrefixEqualsTheWholePrompt() throws {
         let prompt = Array(ids(String(repeating: "The quick brown fox jumps over the lazy dog. ", count: 6)).prefix(70))
-        var settings: [(ExpertActivations, ResidentActivations)] = [(.fp32, .fp32), (.q8GateUp, .fp32)]
-        if ResidentActivations.amxAvailable(isa: Kernels.isa) { settings.append((.q8GateUp, .bf16x2)) }
+        var settings: [(ExpertActivations, ResidentActivations, KVPrecision)] = [(.fp32, .fp32, .f32), (.q8GateUp, .fp32, .f16),
+                                                                                (.fp32, .fp32, .bf16)]
+        if ResidentActivations.amxAvailable(isa: Kernels.isa) { settings.append((.q8GateUp, .bf16x2, .f16)) }
         let savedChunk = model.prefillChunk
-        defer { model.prefillChunk = savedChunk; model.expertActivations = .fp32; model.residentActivations = .fp32 }
+        defer {
+            model.prefillChunk = savedChunk
+            model.expertActivations = .fp32
+            model.residentActivations = .fp32
+            model.kvPrecision = .f32
+        }
         model.prefillChunk = 16
-        for (experts, resident) in settings {
+        for (experts, resident, kv) in settings {
             model.expertActivations = experts
             model.residentActivations = resident
+            model.kvPrecision = kv
             let cold = try model.forward(prompt, cache: model.makeCache(), logits: .all)
             let whole = model.makeCache()
             _ = try model.forward(prompt, cache: whole, logits: .last)
@@ -35,7 +42,10 @@ import Testing
                 #expect(kept.count == cut)
                 let warm = try model.forward(Array(prompt[cut...]), cache: kept, logits: .all)
                 let coldTail = Array(cold.logits[(cut * cold.vocabSize)...])
-                #expect(warm.logits == coldTail, "prefix \(cut), \(experts.rawValue) / \(resident.rawValue)")
+                #expect(warm.logits == coldTail, "prefix \(cut), \(experts.rawValue) / \(resident.rawValue) / KV \(kv.rawValue)")
+                if cut == 69 {  // one token after the prefix: decode, which reads a half-precision cache directly
+                    #expect(kept.precision == kv && warm.rows == 1)
+                }
             }
         }
     }

@@ -1,5 +1,6 @@
 import Foundation
 import MoEModel
+import MoETensor
 import MoETestSupport
 import MoETokenizer
 import Testing
@@ -52,6 +53,40 @@ func moestream(_ args: [String], stdin: String? = nil) throws -> (Int32, String,
         // After /reset, "Hello" starts a fresh conversation: the same greedy answer as the first turn.
         #expect(answers.count >= 3 && answers[0] == answers[2], "\(answers)")
         #expect(err.contains("(conversation reset)"))
+    }
+
+    /// Contexts and KV cache settings are checked before anything runs: beyond the model's context, --exact with a
+    /// rounded KV cache, a budget that is not a size. `inspect` and `plan` show the KV cache's bytes per position.
+    @Test func contextAndKVCacheFlagsAreChecked() throws {
+        let m = try KimiModel.load(checkpoint: model)
+        let limit = m.config.maxPositionEmbeddings
+        let (s1, _, e1) = try moestream(["serve", model, "--context", "\(limit + 1)", "--port", "1"])
+        #expect(s1 != 0 && e1.contains("beyond the model's context of \(limit)"), "\(e1)")
+        let (s2, _, e2) = try moestream(["plan", model, "--context", "\(limit + 1)", "--ram", "8G", "--disk-bw", "3G"])
+        #expect(s2 != 0 && e2.contains("the model's context is 1 ... \(limit)"), "\(e2)")
+        let (s3, _, e3) = try moestream(["run", model, "-p", "x", "--exact", "--kv-cache", "bf16"])
+        #expect(s3 != 0 && e3.contains("--exact keeps an fp32 KV cache"), "\(e3)")
+        let (s4, _, e4) = try moestream(["serve", model, "--kv-budget", "lots", "--port", "1"])
+        #expect(s4 != 0 && e4.contains("--kv-budget 'lots'"), "\(e4)")
+        let perF16 = m.config.numLayers * (m.config.kvLoraRank + m.config.qkRopeHeadDim) * 2
+        let (s5, out5, _) = try moestream(["inspect", model])
+        #expect(s5 == 0 && out5.contains("KV cache         \(perF16) B per position (--kv-cache f16, the default; f32 \(2 * perF16) B, bf16 \(perF16) B)"), "\(out5)")
+        let (s6, out6, _) = try moestream(["plan", model, "--context", "4096", "--ram", "8G", "--disk-bw", "3G", "--kv-cache", "f32"])
+        #expect(s6 == 0 && out6.contains("KV cache         f32: \(2 * perF16) B per position"), "\(out6)")
+    }
+
+    /// `--kv-cache` reaches the model: run's greedy answer with a bf16 cache is the library's with a bf16 cache.
+    @Test func kvCacheFlagReachesTheModel() throws {
+        let (status, out, err) = try moestream(["run", model, "-p", "Hi there", "--temperature", "0", "--max-tokens", "10", "--kv-cache", "bf16"])
+        #expect(status == 0, "\(err)")
+        let tokenizer = try Tokenizer(directory: model)
+        let m = try KimiModel.load(checkpoint: model)
+        m.expertActivations = .q8GateUp
+        m.residentActivations = ResidentActivations.amxAvailable() ? .bf16x2 : .fp32
+        m.kvPrecision = .bf16
+        let prompt = tokenizer.encode(KimiChatFormat().render([ChatMessage(role: .user, content: "Hi there")], tools: nil, addGenerationPrompt: true))
+        let greedy = try m.greedy(prompt: prompt, maxTokens: 10)
+        #expect(out == tokenizer.decode(greedy.filter { !tokenizer.isSpecial($0) }) + "\n")
     }
 
     @Test func badSamplingFlagsAreRefused() throws {

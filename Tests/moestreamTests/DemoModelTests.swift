@@ -83,7 +83,7 @@ import Testing
     }
 
     /// The default arithmetic (q8-gate-up: int8 activations and dot products into the routed experts' gate and up;
-    /// bf16x2 resident products where AMX runs) and llama.cpp's (q8: into down as well) keep torch's greedy tokens wherever torch's margin between the best
+    /// bf16x2 resident products where AMX runs; an f16 KV cache) and llama.cpp's (q8: into down as well) keep torch's greedy tokens wherever torch's margin between the best
     /// two logits exceeds 0.1, with every kernel set.
     @Test(arguments: ["generic", "avx2", "avx512"].filter(KernelISA.supportedNames.contains))
     func q8ExpertActivationsKeepDecisiveGreedyTokens(kernels: String) throws {
@@ -98,7 +98,7 @@ import Testing
                 #expect(status == 0, "\(err)")
                 // The resident matrices' default: on AMX tiles only with the avx512 kernels on a CPU with AMX.
                 let resident = kernels == "avx512" && ResidentActivations.amxAvailable(isa: .avx512) ? "bf16x2" : "fp32"
-                #expect(err.contains("expert activations \(mode ?? "q8-gate-up"), resident activations \(resident), prefill chunk 512\n"),
+                #expect(err.contains("expert activations \(mode ?? "q8-gate-up"), resident activations \(resident), KV cache f16, prefill chunk 512\n"),
                         "the statistics report the arithmetic")
                 let ids = out.split(separator: "\n").last.map { $0.split(separator: ",").compactMap { Int($0) } } ?? []
                 #expect(ids == Array(g.tokens.prefix(decisive)), "\(name) with \(mode ?? "default") activations, \(kernels) kernels")

@@ -66,7 +66,7 @@ void moe_gemm_q4x8_q8_avx512vnni(const moe_matrix *m, int64_t r0, int64_t r1, co
 void moe_gemm_q4x8_avx2(const moe_matrix *m, int64_t r0, int64_t r1, const float *x, int64_t T, float *y);
 void moe_gemm_q4x8_avx512(const moe_matrix *m, int64_t r0, int64_t r1, const float *x, int64_t T, float *y);
 /// Weighted sums of rows (kernels_rows.c): y[t·y_stride + c] = fma chain over j < n of a[t·a_stride + j] ·
-/// W[j·stride + c], c < cols, for T tokens; W fp32 or bf16 (`stride` in elements). The same chain per (t, c)
+/// W[j·stride + c], c < cols, for T tokens; W fp32, bf16 or f16 (`stride` in elements). The same chain per (t, c)
 /// whatever the tile, the token count or the ISA.
 typedef void (*moe_rows_fn)(const void *w, int64_t stride, int64_t n, int64_t cols, const float *a, int64_t a_stride,
                             int64_t T, float *y, int64_t y_stride);
@@ -74,8 +74,15 @@ void moe_rows_f32_avx2(const void *w, int64_t stride, int64_t n, int64_t cols, c
 void moe_rows_bf16_avx2(const void *w, int64_t stride, int64_t n, int64_t cols, const float *a, int64_t a_stride, int64_t T, float *y, int64_t y_stride);
 void moe_rows_f32_avx512(const void *w, int64_t stride, int64_t n, int64_t cols, const float *a, int64_t a_stride, int64_t T, float *y, int64_t y_stride);
 void moe_rows_bf16_avx512(const void *w, int64_t stride, int64_t n, int64_t cols, const float *a, int64_t a_stride, int64_t T, float *y, int64_t y_stride);
+void moe_rows_f16_avx2(const void *w, int64_t stride, int64_t n, int64_t cols, const float *a, int64_t a_stride, int64_t T, float *y, int64_t y_stride);
+void moe_rows_f16_avx512(const void *w, int64_t stride, int64_t n, int64_t cols, const float *a, int64_t a_stride, int64_t T, float *y, int64_t y_stride);
 /// fp32 rows (the attention's latent keys: scores of a block of queries).
 void moe_gemm_f32_avx2(const moe_matrix *m, int64_t r0, int64_t r1, const float *x, int64_t T, float *y);
+/// `n` IEEE halves to fp32, exactly (F16C; where `moe_cpu_has_avx2`).
+void moe_widen_f16_avx2(const uint16_t *src, float *dst, int64_t n);
+/// IEEE half rows (a KV cache under `--kv-cache f16`), widened by F16C.
+void moe_gemm_f16_avx2(const moe_matrix *m, int64_t r0, int64_t r1, const float *x, int64_t T, float *y);
+void moe_gemm_f16_avx512(const moe_matrix *m, int64_t r0, int64_t r1, const float *x, int64_t T, float *y);
 void moe_gemm_q4_avx512(const moe_matrix *m, int64_t r0, int64_t r1, const float *x, int64_t T, float *y);
 void moe_gemm_q8_avx512(const moe_matrix *m, int64_t r0, int64_t r1, const float *x, int64_t T, float *y);
 void moe_gemm_bf16_avx512(const moe_matrix *m, int64_t r0, int64_t r1, const float *x, int64_t T, float *y);
