@@ -21,10 +21,8 @@ from make_tokenizer_fixture import KIMI_PATTERN  # noqa: E402
 from train_demo_model import perplexity  # noqa: E402
 
 
-def main():
-    root = sys.argv[1] if len(sys.argv) > 1 else os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "Demo", "kimi-demo")
-    release = os.path.join(root, "int4")
-    torch.set_num_threads(2)
+def load_release(release):
+    """transformers' DeepseekV3 holding exactly the release's values (fp32, eager attention), and its tokenizer."""
     with open(os.path.join(release, "config.json")) as f:
         cfg = json.load(f)
     rope = dict(cfg.pop("rope_scaling"))
@@ -44,6 +42,14 @@ def main():
             b, r = line.split()
             ranks[base64.b64decode(b)] = int(r)
     enc = tiktoken.Encoding("kimi-demo", pat_str=KIMI_PATTERN, mergeable_ranks=ranks, special_tokens={})
+    return model, enc
+
+
+def main():
+    root = sys.argv[1] if len(sys.argv) > 1 else os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "Demo", "kimi-demo")
+    release = os.path.join(root, "int4")
+    torch.set_num_threads(2)
+    model, enc = load_release(release)
     with open(os.path.join(release, "heldout.txt")) as f:
         ids = enc.encode_ordinary(f.read())
     # Greedy continuations (transformers' own KV cache) that `moestream generate` must reproduce.

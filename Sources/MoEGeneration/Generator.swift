@@ -63,7 +63,8 @@ public struct Generator {
         let t0 = ContinuousClock.now
         var reason = GenerationResult.StopReason.maxTokens
         var result: ForwardResult
-        do { result = try model.forward(Array(prompt[cached...]), cache: cache, logits: .last, cancelled: cancel?.isCancelled) } catch ModelError.cancelled {
+        do { result = try model.forward(Array(prompt[cached...]), cache: cache, logits: .last, keepRouting: false,
+                                        cancelled: cancel?.isCancelled) } catch ModelError.cancelled {
             return GenerationResult(tokens: [], text: "", visibleText: "", promptTokens: prompt.count, cachedPromptTokens: cached,
                                     stopReason: .cancelled, prefillSeconds: (ContinuousClock.now - t0).seconds, decodeSeconds: 0)
         }
@@ -101,7 +102,7 @@ public struct Generator {
                 reason = .cancelled
                 break
             }
-            result = try model.forward([next], cache: cache, logits: .last)
+            result = try model.forward([next], cache: cache, logits: .last, keepRouting: false)
         }
         let rest = decoder.flush()
         if !rest.isEmpty {

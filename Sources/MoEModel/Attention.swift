@@ -29,6 +29,11 @@ struct LatentAttention {
     /// Query tokens attended together: their scores are one kernel call over the cached rows.
     static let queryBlock = 16
 
+    /// A half-precision layer is widened for a prompt while it takes at most this many floats (64 MB: 29,000
+    /// positions at Kimi K2's 576 values); beyond, the prompt reads the stored rows as decode does (the same bits,
+    /// somewhat slower), so attention's scratch stays bounded whatever the context.
+    static let maxWidenedValues = 16 << 20
+
     /// Attends `x [T, H]` at positions `start ..< start + T`, appending to `cache`; writes `out [T, H]`.
     func callAsFunction(_ x: UnsafePointer<Float>, tokens T: Int, start: Int, cache: KVCache, workspace ws: Workspace,
                         into out: UnsafeMutablePointer<Float>) {
@@ -67,10 +72,11 @@ struct LatentAttention {
         let width = r + dp
         let blocks = (T + Self.queryBlock - 1) / Self.queryBlock
         // The cached rows up to the last token, as the kernels read them: a half-precision cache is widened once
-        // here for a prompt (every head and block reads all of it; decode reads the stored rows directly).
+        // here for a prompt (every head and block reads all of it; decode, and a context beyond
+        // `maxWidenedValues`, read the stored rows directly).
         let rows = start + T
         var cached = cache.matrix(layer, length: rows)  // [rows, r + p]
-        if cache.precision != .f32 && T > 1 {
+        if cache.precision != .f32 && T > 1 && rows * width <= Self.maxWidenedValues {
             let wide = ws.floats(rows * width)
             cache.widen(layer, length: rows, into: wide)
             cached = WeightMatrix(rows: rows, cols: width, data: UnsafeRawPointer(wide), encoding: .f32, owners: [])

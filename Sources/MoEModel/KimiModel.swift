@@ -56,6 +56,8 @@ public final class KimiModel: @unchecked Sendable {
     private var chunk = 512
     /// `kvPrecision`, read when a cache is made.
     private var kvStorage = KVPrecision.f32
+    /// `prefillWindow`, read once at the start of each forward.
+    private var window = 32_768
     private let settingsLock = NSLock()
 
     /// How this model's routed experts multiply: fp32 activations (exact, the library's default, what every
@@ -92,6 +94,16 @@ public final class KimiModel: @unchecked Sendable {
     /// Bytes one position of a cache from `makeCache` takes, over all layers.
     public var kvBytesPerToken: Int {
         KVCache.bytesPerToken(layers: config.numLayers, latentDim: config.kvLoraRank, ropeDim: config.qkRopeHeadDim, precision: kvPrecision)
+    }
+
+    /// Prompt tokens one pass takes through all the layers (`--prefill-window`): a longer prompt runs as consecutive
+    /// passes of this many tokens, each continuing the cache the previous one wrote, so the residual stream and an
+    /// MoE layer's output (2 · window · hidden floats: 1.9 GB at Kimi K2's hidden size and the default 32,768)
+    /// are bounded by it, not by the prompt. Each routed expert is read once per layer per window (a prompt within
+    /// one window reads it once per layer); results do not depend on it (bit for bit). Kept within 16 ... 2²⁰.
+    public var prefillWindow: Int {
+        get { settingsLock.lock(); defer { settingsLock.unlock() }; return window }
+        set { settingsLock.lock(); window = min(max(16, newValue), Self.maxPrefillChunk); settingsLock.unlock() }
     }
 
     /// The largest `prefillChunk` (chunk · experts per token · hidden must not overflow a buffer's size).
@@ -133,13 +145,43 @@ public final class KimiModel: @unchecked Sendable {
     /// and appends them to the cache. `cancelled` is asked between layers: when it says yes the pass stops with
     /// `ModelError.cancelled` and the cache keeps what it held before (a long prefill stops within one layer
     /// of a client going away).
-    public func forward(_ tokens: [Int], cache: KVCache, logits request: LogitsRequest = .last,
+    /// `keepRouting` false returns no routing records (a long prompt's would take ~200 bytes per token and layer);
+    /// a prompt longer than `prefillWindow` runs as consecutive passes of that many tokens (see there).
+    public func forward(_ tokens: [Int], cache: KVCache, logits request: LogitsRequest = .last, keepRouting: Bool = true,
                         cancelled: (() -> Bool)? = nil) throws -> ForwardResult {
-        let T = tokens.count, H = config.hiddenSize, V = config.vocabSize
+        let T = tokens.count, V = config.vocabSize
         guard T > 0 else { throw ModelError.emptyInput }
         for t in tokens where t < 0 || t >= V { throw ModelError.tokenOutOfRange(token: t, vocabSize: V) }
         let start = cache.count
         guard start + T <= cache.limit else { throw ModelError.contextFull(position: start + T - 1, limit: cache.limit) }
+        let W = prefillWindow
+        guard T > W else {
+            return try pass(tokens[...], cache: cache, logits: request, keepRouting: keepRouting, cancelled: cancelled)
+        }
+        // Windows of W tokens, each a whole pass continuing the cache: what a reused prefix computes, bit for bit.
+        var logits: [Float] = [], rows = 0
+        var routing: [[Routing]] = keepRouting ? Array(repeating: [], count: config.numLayers) : []
+        do {
+            for w0 in stride(from: 0, to: T, by: W) {
+                let last = w0 + W >= T
+                let r = try pass(tokens[w0..<min(T, w0 + W)], cache: cache, logits: request == .all || last ? request : nil,
+                                 keepRouting: keepRouting, cancelled: cancelled)
+                logits += r.logits
+                rows += r.rows
+                for l in routing.indices { routing[l] += r.routing[l] }
+            }
+        } catch {
+            cache.truncate(to: start)  // the cache keeps what it held before, as after a single pass that fails
+            throw error
+        }
+        return ForwardResult(logits: logits, rows: rows, vocabSize: V, routing: routing)
+    }
+
+    /// One pass of `tokens` through every layer; `request` nil computes no logits (a window before the last).
+    private func pass(_ tokens: ArraySlice<Int>, cache: KVCache, logits request: LogitsRequest?, keepRouting: Bool,
+                      cancelled: (() -> Bool)?) throws -> ForwardResult {
+        let T = tokens.count, H = config.hiddenSize, V = config.vocabSize
+        let start = cache.count
         cache.reserve(T)
 
         let shared = scratchLock.try()
@@ -188,14 +230,16 @@ public final class KimiModel: @unchecked Sendable {
             case .moe(let moe):
                 let moeLayer = MoELayer(config: config, weights: moe, router: router, layer: l, activations: activations,
                                         chunk: C)
-                routing.append(try moeLayer(x, norm: layer.postAttentionNorm, tokens: T, experts: experts, scratch: scratch,
-                                            into: delta))
+                let chosen = try moeLayer(x, norm: layer.postAttentionNorm, tokens: T, experts: experts, scratch: scratch,
+                                          into: delta)
+                routing.append(keepRouting ? chosen : [])
                 for i in 0..<(T * H) { x[i] += delta[i] }
             }
         }
         cache.commit(T)
         experts.forwardDidFinish(tokens: T)
 
+        guard let request else { return ForwardResult(logits: [], rows: 0, vocabSize: V, routing: keepRouting ? routing : []) }
         let first = request == .all ? 0 : T - 1
         let rows = T - first
         let normed = ws.floats(rows * H)  // [rows, H]

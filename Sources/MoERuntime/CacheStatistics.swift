@@ -60,6 +60,8 @@ public struct CacheStatistics: Codable, Sendable, Equatable {
     public var kvCache = "f32"
     /// `--prefill-chunk`: prompt tokens a pass's per-token stages take at a time.
     public var prefillChunk = 0
+    /// `--prefill-window`: prompt tokens one pass takes through all the layers.
+    public var prefillWindow = 0
     public var threads = 0
     /// Experts read by `--preload` before the first request (not counted as requests or misses).
     public var preloadedExperts = 0

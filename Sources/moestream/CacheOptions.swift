@@ -76,6 +76,9 @@ struct CacheOptions: ParsableArguments {
     @Option(help: ArgumentHelp("Prompt tokens a forward pass's per-token stages take at a time: attention, dense and shared MLPs, routed experts' inputs and results. Bounds a long prompt's scratch memory (about 0.4 MB per chunk token at Kimi K2's sizes, beside 57 KB per prompt token for the residual stream and an MoE layer's output); every routed expert is still read once per layer, and results do not change.", valueName: "tokens"))
     var prefillChunk: Int = 512
 
+    @Option(help: ArgumentHelp("Prompt tokens one pass takes through all the layers: a longer prompt runs as consecutive passes, so its residual stream (2 · window · hidden floats: 57 KB per token at Kimi K2's sizes) is bounded by this, not by the prompt; each routed expert is read once per layer per window. Results do not change.", valueName: "tokens"))
+    var prefillWindow: Int = 32_768
+
     @Option(help: ArgumentHelp("Pretend the machine has N NUMA nodes (testing placement and per-node budgets).", visibility: .hidden))
     var numaNodes: Int?
 
@@ -85,6 +88,9 @@ struct CacheOptions: ParsableArguments {
         guard threads >= 1 else { throw ValidationError("--threads must be at least 1") }
         guard (16...KimiModel.maxPrefillChunk).contains(prefillChunk) else {
             throw ValidationError("--prefill-chunk must be between 16 and \(KimiModel.maxPrefillChunk) tokens")
+        }
+        guard (16...KimiModel.maxPrefillChunk).contains(prefillWindow) else {
+            throw ValidationError("--prefill-window must be between 16 and \(KimiModel.maxPrefillChunk) tokens")
         }
         guard kernels.isSupported else { throw ValidationError(KernelError.unsupported(kernels).description) }
         if exact, let a = expertActivations, a != .fp32 {

@@ -48,6 +48,7 @@ struct LoadedModel {
                 model.residentActivations = cacheOptions.resident
                 model.prefillChunk = cacheOptions.prefillChunk
                 model.kvPrecision = cacheOptions.kv
+                model.prefillWindow = cacheOptions.prefillWindow
                 return LoadedModel(model: model, cache: nil)
             }
             let store = try ExpertStore(path: options.model)
@@ -58,6 +59,7 @@ struct LoadedModel {
             model.residentActivations = cacheOptions.resident
             model.prefillChunk = cacheOptions.prefillChunk
             model.kvPrecision = cacheOptions.kv
+            model.prefillWindow = cacheOptions.prefillWindow
             if let f = cache.fallbackMessage { printError(f) }
             if cacheOptions.preload {
                 let started = ContinuousClock.now
@@ -81,12 +83,13 @@ struct LoadedModel {
         s.residentActivations = model.residentActivations.rawValue
         s.prefillChunk = model.prefillChunk
         s.kvCache = model.kvPrecision.rawValue
+        s.prefillWindow = model.prefillWindow
         s.threads = Parallelism.threads
         cache.shutdown()
         if !stats.noStats {
             var lines = [s.report()]
             lines += extra
-            lines.append("threads \(Parallelism.threads), kernels \(Kernels.isa.rawValue), expert activations \(model.expertActivations.rawValue), resident activations \(model.residentActivations.rawValue), KV cache \(model.kvPrecision.rawValue), prefill chunk \(model.prefillChunk)")
+            lines.append("threads \(Parallelism.threads), kernels \(Kernels.isa.rawValue), expert activations \(model.expertActivations.rawValue), resident activations \(model.residentActivations.rawValue), KV cache \(model.kvPrecision.rawValue), prefill chunk \(model.prefillChunk), window \(model.prefillWindow)")
             printError(lines.joined(separator: "\n"))
         }
         if let path = stats.statsJson { try s.json().write(to: URL(fileURLWithPath: path)) }

@@ -91,6 +91,39 @@ final class FailingExperts: ExpertProviding, @unchecked Sendable {
         #expect(chunked.workspaceBytes < model.workspaceBytes, "\(chunked.workspaceBytes) vs \(model.workspaceBytes)")
     }
 
+    /// A prompt longer than `prefillWindow` runs as passes of that many tokens through all the layers: the same
+    /// logits, routing and cache as one pass, a workspace sized by the window, no routing records when not asked
+    /// for, and a cancellation in a later window leaves the cache as it was.
+    @Test func windowedPrefillEqualsOnePass() throws {
+        let (model, source) = try load("kimi_k2")
+        var rng = SplitMix(seed: 4)
+        let prompt = (0..<300).map { _ in Int(rng.next() % UInt64(model.config.vocabSize)) }
+        let wholeCache = model.makeCache()
+        let whole = try model.forward(prompt, cache: wholeCache, logits: .all)
+        let windowed = KimiModel(config: model.config, weights: model.weights, experts: try CheckpointExperts(source))
+        windowed.prefillChunk = 16
+        windowed.prefillWindow = 1
+        #expect(windowed.prefillWindow == 16, "at least 16")
+        windowed.prefillWindow = 64
+        let cache = windowed.makeCache()
+        let w = try windowed.forward(prompt, cache: cache, logits: .all)
+        #expect(w.logits == whole.logits && w.rows == prompt.count)
+        #expect(w.routing == whole.routing)
+        #expect(cache.count == prompt.count)
+        #expect(try windowed.forward([7], cache: cache).logits == model.forward([7], cache: wholeCache).logits)
+        let last = try windowed.forward(prompt, cache: windowed.makeCache(), logits: .last, keepRouting: false)
+        #expect(Array(last.row(0)) == Array(whole.row(prompt.count - 1)) && last.routing.allSatisfy(\.isEmpty))
+        #expect(windowed.workspaceBytes < model.workspaceBytes, "\(windowed.workspaceBytes) vs \(model.workspaceBytes)")
+        // Cancelled in the third window (layer checks: 3 per window of this 3-layer model): nothing is kept.
+        let kept = windowed.makeCache()
+        _ = try windowed.forward([5, 6, 7], cache: kept)
+        var asked = 0
+        #expect(throws: ModelError.self) {
+            try windowed.forward(prompt, cache: kept, cancelled: { asked += 1; return asked > 2 * model.config.numLayers })
+        }
+        #expect(kept.count == 3 && asked == 2 * model.config.numLayers + 1)
+    }
+
     @Test func routingHasTopKDistinctExpertsAndScaledWeights() throws {
         let ref = try Reference.load("kimi_k2")
         let (model, _) = try load("kimi_k2")

@@ -1,4 +1,6 @@
 import Foundation
+import MoEExpertStore
+import MoEModel
 import MoETensor
 import MoETestSupport
 import Testing
@@ -35,6 +37,35 @@ import Testing
         let ours = Double(out.split(separator: " ")[1])!
         #expect(out.contains("over \(ref.tokens) tokens"), "\(out)")
         #expect(abs(ours / ref.perplexity - 1) < 0.01, "moestream \(ours) vs torch \(ref.perplexity)")
+    }
+
+    /// A prompt of four times the demo model's original YaRN context (16,384 tokens for 4,096), in exact arithmetic,
+    /// against transformers' logits at positions before, at and far beyond that context
+    /// (Tools/demo_long_context.py). The prompt goes in windows of 2,048 tokens (`prefillWindow`, with chunks of 512),
+    /// so the workspace is what one window needs: a model that ran a single window holds as much.
+    @Test func fourTimesTheOriginalContextMatchesTransformers() throws {
+        struct Long: Decodable { let original_context: Int; let prompt: [Int]; let positions: [Int]; let logits: [[Float]] }
+        let url = URL(fileURLWithPath: Fixtures.root + "/long-context/demo_4x.json")
+        let ref = try JSONDecoder().decode(Long.self, from: Data(contentsOf: url))
+        #expect(ref.prompt.count == 4 * ref.original_context && ref.positions.last == ref.prompt.count - 1)
+        let store = try ExpertStore(path: Self.store)
+        let model = try store.loadModel()
+        #expect(model.config.rope.originalMaxPositionEmbeddings == ref.original_context)
+        model.prefillWindow = ref.original_context / 2
+        let cache = model.makeCache()
+        var done = 0
+        for (p, expected) in zip(ref.positions, ref.logits) {
+            // Up to and including p, continuing the cache: the logits of p.
+            let r = try model.forward(Array(ref.prompt[done...p]), cache: cache, logits: .last, keepRouting: false)
+            done = p + 1
+            #expect(maxAbsDiff(r.row(0), expected) <= 1e-4, "position \(p) of \(ref.prompt.count)")
+        }
+        let short = try store.loadModel()
+        short.prefillWindow = model.prefillWindow
+        for _ in 0..<2 {  // the workspace takes its size at a pass's start from the largest pass before
+            _ = try short.forward(Array(ref.prompt[..<model.prefillWindow]), cache: short.makeCache(), keepRouting: false)
+        }
+        #expect(model.workspaceBytes == short.workspaceBytes, "scratch for 16,384 tokens \(model.workspaceBytes) B, for one window \(short.workspaceBytes) B")
     }
 
     /// `perplexity --compare-exact` scores the held-out text with the default arithmetic (q8 activations) and with
@@ -98,7 +129,7 @@ import Testing
                 #expect(status == 0, "\(err)")
                 // The resident matrices' default: on AMX tiles only with the avx512 kernels on a CPU with AMX.
                 let resident = kernels == "avx512" && ResidentActivations.amxAvailable(isa: .avx512) ? "bf16x2" : "fp32"
-                #expect(err.contains("expert activations \(mode ?? "q8-gate-up"), resident activations \(resident), KV cache f16, prefill chunk 512\n"),
+                #expect(err.contains("expert activations \(mode ?? "q8-gate-up"), resident activations \(resident), KV cache f16, prefill chunk 512, window 32768\n"),
                         "the statistics report the arithmetic")
                 let ids = out.split(separator: "\n").last.map { $0.split(separator: ",").compactMap { Int($0) } } ?? []
                 #expect(ids == Array(g.tokens.prefix(decisive)), "\(name) with \(mode ?? "default") activations, \(kernels) kernels")
