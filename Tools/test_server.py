@@ -4,7 +4,7 @@
 Starts the server on the chat fixture model (random weights: the text is noise, so the checks are about the
 protocol and the engine: identical greedy answers streamed and whole, exact prompt rendering of a tool-call
 round trip, a multi-turn tool-using conversation reusing its cached prefix (and answering as a server that keeps
-nothing does), 20 concurrent clients, a client that disconnects mid-stream, broken JSON, an oversized prompt, a
+nothing does), two concurrent clients decoded together (each answer as alone), 20 concurrent clients, a client that disconnects mid-stream, broken JSON, an oversized prompt, a
 missing API key), then checks the server still answers and its memory stayed bounded.
 
 Usage: python3 Tools/test_server.py [path/to/moestream]   Prints 'N passed, N failed'; exits 1 on failure.
@@ -214,6 +214,43 @@ def replay_conversation_cold(port):
 
 
 @test
+def two_concurrent_clients_step_together():
+    """Two clients at once are decoded together (one forward per step over a token of each: /metrics counts more
+    sequences than steps) and each gets exactly its answer alone."""
+    prompts = [[{"role": "user", "content": "Tell me about the weather in Paris."}],
+               [{"role": "user", "content": "Write a short poem about foxes, please."}]]
+    alone = [client.chat.completions.create(model="kimi-k2", messages=m, max_tokens=24, temperature=0.7, seed=7 + i)
+             .choices[0].message.content for i, m in enumerate(prompts)]
+    text = raw("/metrics")[1]
+    steps, carried = metric(text, "moestream_decode_steps_total"), metric(text, "moestream_decode_step_sequences_total")
+    answers, errors = [None, None], []
+    barrier = threading.Barrier(2)
+
+    def one(i):
+        try:
+            c = openai.OpenAI(base_url=BASE + "/v1", api_key=KEY, max_retries=0, timeout=120)
+            barrier.wait()
+            s = c.chat.completions.create(model="kimi-k2", messages=prompts[i], max_tokens=24, temperature=0.7, seed=7 + i,
+                                          stream=True)
+            answers[i] = "".join(ch.choices[0].delta.content or "" for ch in s if ch.choices)
+        except Exception as e:  # noqa: BLE001
+            errors.append(e)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    assert answers == alone, (answers, alone)
+    text = raw("/metrics")[1]
+    d_steps = metric(text, "moestream_decode_steps_total") - steps
+    d_carried = metric(text, "moestream_decode_step_sequences_total") - carried
+    print(f"      2 clients: {d_carried:.0f} sequence-steps in {d_steps:.0f} steps", flush=True)
+    assert d_carried > d_steps, (d_carried, d_steps)
+
+
+@test
 def twenty_concurrent_clients():
     reference = client.chat.completions.create(model="kimi-k2", messages=HELLO, max_tokens=6, temperature=0).choices[0].message.content
     answers, errors = [], []
@@ -242,7 +279,8 @@ def twenty_concurrent_clients():
 @test
 def disconnect_mid_stream_cancels():
     before = metric(raw("/metrics")[1], "moestream_requests_finished_total", 'outcome="cancelled"')
-    s = client.chat.completions.create(model="kimi-k2", messages=HELLO, max_tokens=400, temperature=0.7, stream=True)
+    # Greedy: this answer runs to max_tokens; a sampled one may end by itself before the disconnect is noticed.
+    s = client.chat.completions.create(model="kimi-k2", messages=HELLO, max_tokens=400, temperature=0, stream=True)
     got = 0
     for _ in s:
         got += 1
@@ -346,7 +384,8 @@ def keyless_server_refuses_other_origins(store):
     """Without a key: a browser page elsewhere (Origin) or a rebound DNS name (Host) is refused; this machine is not."""
     port = PORT + 1
     log = open(os.path.join(os.path.dirname(store), "keyless-server.log"), "w")
-    server = subprocess.Popen([BIN, "serve", store, "--port", str(port), "--cache", "50%", "--queue", "1", "--kv-budget", "0",
+    # --parallel 1: the queue test below needs one request running and one waiting.
+    server = subprocess.Popen([BIN, "serve", store, "--port", str(port), "--cache", "50%", "--queue", "1", "--kv-budget", "0", "--parallel", "1",
                                "--idle-timeout", "1", "--max-connections", "8"], stderr=log, text=True)
 
     def get(headers):
@@ -498,7 +537,7 @@ def main():
         whole_and_streamed_chat_agree()  # warms the model, the cache and the allocator
         start_rss = rss_kb(server.pid)
         for t in [completions_endpoint, tool_call_round_trip_renders_kimis_format, multi_turn_tool_conversation_reuses_the_prefix,
-                  twenty_concurrent_clients,
+                  two_concurrent_clients_step_together, twenty_concurrent_clients,
                   disconnect_mid_stream_cancels, broken_json_is_a_400, hostile_inputs_are_refused, oversized_prompt_is_a_400, api_key_is_required,
                   metrics_are_prometheus_text]:
             t()

@@ -2,9 +2,13 @@ import Foundation
 import MoEModel
 import MoETokenizer
 
-/// Serialises generation requests: one worker thread runs them one at a time (the model and its expert cache
-/// serve one sequence at a time); callers get the text as an `AsyncStream` and may cancel at any point
-/// (a client that disconnects). Requests beyond `maxQueue` waiting are refused, not buffered without bound.
+/// Runs generation requests on one worker thread: up to `parallel` sequences at a time, decoded together (one
+/// forward per step over one token of each, so each chosen expert is read and computed once per step for every
+/// sequence that chose it; each sequence's tokens are bit for bit its tokens alone). A request joins at the next
+/// step after a place frees (first come, first served: none starves), its prompt run alone first, which pauses
+/// the others' steps for that long. Callers get the text as an `AsyncStream` and may cancel at any point (a
+/// client that disconnects): the request leaves at the next step, the others go on. Requests beyond `maxQueue`
+/// waiting are refused, not buffered without bound.
 /// Sendable: `jobs`, `admitted`, `counters` and `stopping` are guarded by `lock`; only the worker thread runs `generator`.
 public final class Engine: @unchecked Sendable {
     public struct Request: Sendable {
@@ -63,6 +67,9 @@ public final class Engine: @unchecked Sendable {
         public var running = 0
         public var prefillSeconds = 0.0
         public var decodeSeconds = 0.0
+        /// Decode steps, and the sequences they carried (sequences ÷ steps: how many went together on average).
+        public var steps = 0
+        public var stepSequences = 0
     }
 
     public final class Cancellation: @unchecked Sendable {  // `flag` is guarded by `lock`
@@ -83,6 +90,8 @@ public final class Engine: @unchecked Sendable {
     public let maxQueue: Int
     /// Positions one request may use (prompt + generated).
     public let contextLimit: Int
+    /// Sequences decoded together at most.
+    public let parallel: Int
     /// Recent sequences' KV caches: a request starts from the longest prefix of its ids kept here.
     public let prefixCache: PrefixCache
     private let lock = NSCondition()
@@ -94,10 +103,13 @@ public final class Engine: @unchecked Sendable {
     private let finished = DispatchSemaphore(value: 0)
 
     /// `prefixBudget`: bytes of idle sequences' KV caches kept for prefix reuse (0: every request starts cold).
-    public init(generator: Generator, maxQueue: Int = 64, contextLimit: Int, prefixBudget: Int = 0) {
+    /// `parallel`: sequences decoded together at most (1: one request at a time).
+    public init(generator: Generator, maxQueue: Int = 64, contextLimit: Int, prefixBudget: Int = 0, parallel: Int = 1) {
+        precondition(parallel >= 1)
         self.generator = generator
         self.maxQueue = maxQueue
         self.contextLimit = contextLimit
+        self.parallel = parallel
         prefixCache = PrefixCache(budgetBytes: prefixBudget)
         let t = Thread { [self] in
             work()
@@ -175,87 +187,159 @@ public final class Engine: @unchecked Sendable {
         finished.wait()
     }
 
-    private func work() {
-        while true {
-            lock.lock()
-            while jobs.isEmpty && !stopping { lock.wait() }
-            if stopping { lock.unlock(); return }
-            let job = jobs.removeFirst()
-            counters.queued -= 1
-            counters.running += 1
-            lock.unlock()
-            run(job)
-            lock.lock()
-            counters.running -= 1
-            lock.unlock()
-        }
-    }
-
-    private func run(_ job: Job) {
-        let r = job.request
-        guard !job.cancellation.isCancelled else {
-            finish(job, cancelled: true, result: nil)
-            return
-        }
-        let (kv, reused) = prefixCache.checkout(prompt: r.prompt) { generator.model.makeCache(limit: contextLimit) }
+    /// A request being generated: its generation and what its stop texts hold back.
+    final class Active {
+        let job: Job
+        let generation: Generation
         var produced = ""
         var held = ""  // text that might be the start of a stop text
         var stopped = false  // a stop text was seen: nothing after it is shown
-        do {
-            var result = try generator.generate(prompt: r.prompt, cached: reused, cache: kv, sampling: r.sampling, maxTokens: r.maxTokens,
-                                                stop: r.stop, quietAfter: r.quietAfter,
-                                                cancel: CancelCheck { job.cancellation.isCancelled }) { piece in
-                if job.cancellation.isCancelled || stopped { return false }
-                guard !r.stopTexts.isEmpty else {
-                    job.continuation.yield(.text(piece))
-                    return true
-                }
-                held += piece
-                if let hit = r.stopTexts.compactMap({ held.range(of: $0) }).min(by: { $0.lowerBound < $1.lowerBound }) {
-                    let before = String(held[..<hit.lowerBound])
-                    if !before.isEmpty { job.continuation.yield(.text(before)) }
-                    produced += before
-                    held = ""
-                    stopped = true
-                    return false
-                }
-                // Emit all but what could still grow into a stop text.
-                let keep = r.stopTexts.map { $0.count - 1 }.max() ?? 0
-                if held.count > keep {
-                    let emit = String(held.prefix(held.count - keep))
-                    job.continuation.yield(.text(emit))
-                    produced += emit
-                    held = String(held.suffix(keep))
-                }
+
+        init(job: Job, generation: Generation) {
+            self.job = job
+            self.generation = generation
+        }
+
+        /// Streams a piece of text, holding back what could grow into a stop text; false stops the generation.
+        func emit(_ piece: String) -> Bool {
+            let r = job.request
+            if job.cancellation.isCancelled || stopped { return false }
+            guard !r.stopTexts.isEmpty else {
+                job.continuation.yield(.text(piece))
                 return true
             }
-            if !held.isEmpty && !job.cancellation.isCancelled && !stopped {
-                job.continuation.yield(.text(held))
-                produced += held
+            held += piece
+            if let hit = r.stopTexts.compactMap({ held.range(of: $0) }).min(by: { $0.lowerBound < $1.lowerBound }) {
+                let before = String(held[..<hit.lowerBound])
+                if !before.isEmpty { job.continuation.yield(.text(before)) }
+                produced += before
+                held = ""
+                stopped = true
+                return false
             }
-            if !r.stopTexts.isEmpty && result.stopReason == .cancelled && !job.cancellation.isCancelled {
-                result.stopReason = .stopToken  // a stop text, not a cancellation
-                result.visibleText = produced
+            // Emit all but what could still grow into a stop text.
+            let keep = r.stopTexts.map { $0.count - 1 }.max() ?? 0
+            if held.count > keep {
+                let emit = String(held.prefix(held.count - keep))
+                job.continuation.yield(.text(emit))
+                produced += emit
+                held = String(held.suffix(keep))
             }
-            // The cache holds the prompt and the generated tokens fed back (all but the last sampled, or fewer
-            // when the prefill was cancelled): kept for the next request that shares its prefix.
-            let history = r.prompt + result.tokens
-            prefixCache.checkin(tokens: Array(history.prefix(kv.count)), cache: kv)
+            return true
+        }
+    }
+
+    private func work() {
+        var active: [Active] = []
+        while true {
             lock.lock()
-            counters.promptTokens += result.promptTokens
-            counters.promptTokensReused += result.cachedPromptTokens
-            counters.promptTokensComputed += max(0, min(kv.count, r.prompt.count) - reused)  // a cancelled prefill computed none
-            counters.generatedTokens += result.tokens.count
-            counters.prefillSeconds += result.prefillSeconds
-            counters.decodeSeconds += result.decodeSeconds
+            while jobs.isEmpty && active.isEmpty && !stopping { lock.wait() }
+            if stopping && active.isEmpty { lock.unlock(); return }
+            // First come, first served into the places free; none while stopping (the running ones finish).
+            var joining: [Job] = []
+            while !stopping && active.count + joining.count < parallel && !jobs.isEmpty {
+                joining.append(jobs.removeFirst())
+                counters.queued -= 1
+                counters.running += 1
+            }
             lock.unlock()
-            finish(job, cancelled: job.cancellation.isCancelled, result: result)
+            for job in joining {
+                if let a = start(job) { active.append(a) }
+            }
+            step(&active)
+        }
+    }
+
+    /// Takes a request in: its prompt from the longest kept prefix, then its first token. Nil when it ended there.
+    private func start(_ job: Job) -> Active? {
+        let r = job.request
+        guard !job.cancellation.isCancelled else {
+            lock.lock()
+            counters.running -= 1
+            lock.unlock()
+            finish(job, cancelled: true, result: nil)
+            return nil
+        }
+        let (kv, reused) = prefixCache.checkout(prompt: r.prompt) { generator.model.makeCache(limit: contextLimit) }
+        let g = Generation(generator, prompt: r.prompt, cached: reused, cache: kv, sampling: r.sampling, maxTokens: r.maxTokens,
+                           stop: r.stop, quietAfter: r.quietAfter)
+        let a = Active(job: job, generation: g)
+        do {
+            if try g.prefill(cancel: CancelCheck { job.cancellation.isCancelled }, onText: a.emit) { return a }
+            complete(a, cancelled: false)
         } catch {
-            lock.lock()
-            counters.failed += 1
-            lock.unlock()
-            job.continuation.yield(.failed("\(error)"))
-            job.continuation.finish()
+            fail([a], error)
+        }
+        return nil
+    }
+
+    /// One decode step: cancelled requests leave, then one forward over the next token of every other, each
+    /// sampling from its own row.
+    private func step(_ active: inout [Active]) {
+        active.removeAll { a in
+            guard a.job.cancellation.isCancelled else { return false }
+            complete(a, cancelled: true)
+            return true
+        }
+        guard !active.isEmpty else { return }
+        let result: ForwardResult
+        do {
+            result = try generator.model.forward(batch: active.map(\.generation.next), caches: active.map(\.generation.cache))
+        } catch {
+            fail(active, error)
+            active.removeAll()
+            return
+        }
+        lock.lock()
+        counters.steps += 1
+        counters.stepSequences += active.count
+        lock.unlock()
+        var still: [Active] = []
+        for (i, a) in active.enumerated() {
+            if a.generation.accept(result.row(i), onText: a.emit) { still.append(a) } else { complete(a, cancelled: false) }
+        }
+        active = still
+    }
+
+    /// Ends a request: the rest of its text, its result, its cache kept for prefix reuse.
+    private func complete(_ a: Active, cancelled: Bool) {
+        let r = a.job.request, job = a.job
+        var result = a.generation.finish(cancelled: cancelled, onText: a.emit)
+        if !a.held.isEmpty && !job.cancellation.isCancelled && !a.stopped {
+            job.continuation.yield(.text(a.held))
+            a.produced += a.held
+        }
+        if !r.stopTexts.isEmpty && result.stopReason == .cancelled && !job.cancellation.isCancelled {
+            result.stopReason = .stopToken  // a stop text, not a cancellation
+            result.visibleText = a.produced
+        }
+        // The cache holds the prompt and the generated tokens fed back (all but the last sampled, or fewer when
+        // the prefill was cancelled): kept for the next request that shares its prefix.
+        let kv = a.generation.cache, reused = a.generation.cached
+        let history = r.prompt + result.tokens
+        prefixCache.checkin(tokens: Array(history.prefix(kv.count)), cache: kv)
+        lock.lock()
+        counters.running -= 1
+        counters.promptTokens += result.promptTokens
+        counters.promptTokensReused += result.cachedPromptTokens
+        counters.promptTokensComputed += max(0, min(kv.count, r.prompt.count) - reused)  // a cancelled prefill computed none
+        counters.generatedTokens += result.tokens.count
+        counters.prefillSeconds += result.prefillSeconds
+        counters.decodeSeconds += result.decodeSeconds
+        lock.unlock()
+        finish(job, cancelled: job.cancellation.isCancelled, result: result)
+    }
+
+    /// Requests whose pass failed (a read error the cache could not recover, a full context): each gets the
+    /// error; their caches are dropped (a failed pass may have written rows it did not commit).
+    private func fail(_ failed: [Active], _ error: any Error) {
+        lock.lock()
+        counters.failed += failed.count
+        counters.running -= failed.count
+        lock.unlock()
+        for a in failed {
+            a.job.continuation.yield(.failed("\(error)"))
+            a.job.continuation.finish()
         }
     }
 

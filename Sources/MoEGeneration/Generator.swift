@@ -52,58 +52,113 @@ public struct Generator {
     public func generate(prompt: [Int], cached: Int = 0, cache: KVCache, sampling: SamplingParameters, maxTokens: Int, stop: Set<Int>,
                          quietAfter: Set<Int> = [], cancel: CancelCheck? = nil,
                          onText: (String) -> Bool = { _ in true }) throws -> GenerationResult {
+        let g = Generation(self, prompt: prompt, cached: cached, cache: cache, sampling: sampling, maxTokens: maxTokens, stop: stop,
+                           quietAfter: quietAfter)
+        guard try g.prefill(cancel: cancel, onText: onText) else { return g.finish(onText: onText) }
+        while true {
+            if let cancel, cancel.isCancelled() { return g.finish(cancelled: true, onText: onText) }
+            let r = try model.forward([g.next], cache: cache, logits: .last, keepRouting: false)
+            guard g.accept(r.row(0), onText: onText) else { return g.finish(onText: onText) }
+        }
+    }
+}
+
+/// One request's generation, stepped from outside: the prompt (`prefill`), then a token per step (`accept` of the
+/// logits that step computed for `next`), then `finish`. `Generator.generate` steps one alone; the server's
+/// engine steps several together, one batched forward per step (`KimiModel.forward(batch:caches:)`), and each
+/// gets exactly what it would alone: the same logits, the same sampler stream.
+/// Not Sendable: owned by one thread at a time.
+public final class Generation {
+    public let generator: Generator
+    public let prompt: [Int]
+    public let cached: Int
+    public let cache: KVCache
+    let maxTokens: Int
+    let stop: Set<Int>
+    let quietAfter: Set<Int>
+    var sampler: Sampler
+    var decoder: StreamingDecoder
+    public private(set) var tokens: [Int] = []
+    var text = ""
+    var visible = ""
+    var history: [Int]
+    var quiet = false
+    var reason = GenerationResult.StopReason.maxTokens
+    let started = ContinuousClock.now
+    var prefilled: ContinuousClock.Instant?
+    /// The token the next step feeds (the last one sampled), while the generation wants more.
+    public private(set) var next = 0
+
+    public init(_ generator: Generator, prompt: [Int], cached: Int = 0, cache: KVCache, sampling: SamplingParameters, maxTokens: Int,
+                stop: Set<Int>, quietAfter: Set<Int> = []) {
         precondition(cached >= 0 && cached < prompt.count && (cached == 0 || cache.count == cached),
                      "the cache holds exactly the prompt's first `cached` tokens, and one prompt token at least is left to run")
-        var sampler = Sampler(sampling)
-        var decoder = StreamingDecoder(tokenizer: tokenizer)
-        var tokens: [Int] = []
-        var text = ""
-        var visible = ""
-        var history = prompt
-        let t0 = ContinuousClock.now
-        var reason = GenerationResult.StopReason.maxTokens
-        var result: ForwardResult
-        do { result = try model.forward(Array(prompt[cached...]), cache: cache, logits: .last, keepRouting: false,
-                                        cancelled: cancel?.isCancelled) } catch ModelError.cancelled {
-            return GenerationResult(tokens: [], text: "", visibleText: "", promptTokens: prompt.count, cachedPromptTokens: cached,
-                                    stopReason: .cancelled, prefillSeconds: (ContinuousClock.now - t0).seconds, decodeSeconds: 0)
+        self.generator = generator
+        self.prompt = prompt
+        self.cached = cached
+        self.cache = cache
+        self.maxTokens = maxTokens
+        self.stop = stop
+        self.quietAfter = quietAfter
+        sampler = Sampler(sampling)
+        decoder = StreamingDecoder(tokenizer: generator.tokenizer)
+        history = prompt
+    }
+
+    /// Runs the prompt (its uncached part) and takes its first token. False when the generation is over already
+    /// (cancelled in the prompt, a stop token first, `maxTokens` 0 or 1, a client gone): then `finish`.
+    public func prefill(cancel: CancelCheck? = nil, onText: (String) -> Bool) throws -> Bool {
+        let result: ForwardResult
+        do {
+            result = try generator.model.forward(Array(prompt[cached...]), cache: cache, logits: .last, keepRouting: false,
+                                                 cancelled: cancel?.isCancelled)
+        } catch ModelError.cancelled {
+            reason = .cancelled
+            return false
         }
-        let t1 = ContinuousClock.now
-        var quiet = false
+        prefilled = ContinuousClock.now
+        guard tokens.count < maxTokens else { return false }
+        return accept(result.row(0), onText: onText)
+    }
+
+    /// Samples a token from `logits` (the last step's, for `next`), streams its text, and says whether the
+    /// generation wants another step (then `next` is the token to feed).
+    public func accept(_ logits: ArraySlice<Float>, onText: (String) -> Bool) -> Bool {
+        let tokenizer = generator.tokenizer
         func emit(_ piece: String) -> Bool { quiet || piece.isEmpty || onText(piece) }
-        while tokens.count < maxTokens {
-            let next = sampler.sample(result.row(0), previous: history)
-            tokens.append(next)
-            history.append(next)
-            if stop.contains(next) {
-                reason = .stopToken
-                break
-            }
-            if tokenizer.isSpecial(next) {
-                let held = decoder.flush()
-                text += held + tokenizer.decode([next])
-                if !quiet { visible += held }
-                if !emit(held) {
-                    reason = .cancelled
-                    break
-                }
-                if quietAfter.contains(next) { quiet = true }
-            } else {
-                let piece = decoder.append(next)
-                text += piece
-                if !quiet { visible += piece }
-                if !emit(piece) {
-                    reason = .cancelled
-                    break
-                }
-            }
-            guard tokens.count < maxTokens else { break }
-            if let cancel, cancel.isCancelled() {
-                reason = .cancelled
-                break
-            }
-            result = try model.forward([next], cache: cache, logits: .last, keepRouting: false)
+        let token = sampler.sample(logits, previous: history)
+        tokens.append(token)
+        history.append(token)
+        if stop.contains(token) {
+            reason = .stopToken
+            return false
         }
+        if tokenizer.isSpecial(token) {
+            let held = decoder.flush()
+            text += held + tokenizer.decode([token])
+            if !quiet { visible += held }
+            if !emit(held) {
+                reason = .cancelled
+                return false
+            }
+            if quietAfter.contains(token) { quiet = true }
+        } else {
+            let piece = decoder.append(token)
+            text += piece
+            if !quiet { visible += piece }
+            if !emit(piece) {
+                reason = .cancelled
+                return false
+            }
+        }
+        next = token
+        return tokens.count < maxTokens
+    }
+
+    /// Ends the generation (`cancelled`: stopped from outside between steps) and returns what it produced. The
+    /// cache holds the prompt and every generated token fed back: all but the last sampled.
+    public func finish(cancelled: Bool = false, onText: (String) -> Bool = { _ in true }) -> GenerationResult {
+        if cancelled { reason = .cancelled }
         let rest = decoder.flush()
         if !rest.isEmpty {
             text += rest
@@ -112,10 +167,10 @@ public struct Generator {
                 _ = onText(rest)
             }
         }
-        let t2 = ContinuousClock.now
+        let now = ContinuousClock.now
+        let t1 = prefilled ?? now
         return GenerationResult(tokens: tokens, text: text, visibleText: visible, promptTokens: prompt.count, cachedPromptTokens: cached,
-                                stopReason: reason,
-                                prefillSeconds: (t1 - t0).seconds, decodeSeconds: (t2 - t1).seconds)
+                                stopReason: reason, prefillSeconds: (t1 - started).seconds, decodeSeconds: (now - t1).seconds)
     }
 }
 

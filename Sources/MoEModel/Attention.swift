@@ -34,12 +34,32 @@ struct LatentAttention {
     /// somewhat slower), so attention's scratch stays bounded whatever the context.
     static let maxWidenedValues = 16 << 20
 
-    /// Attends `x [T, H]` at positions `start ..< start + T`, appending to `cache`; writes `out [T, H]`.
+    /// Attends `x [T, H]` at positions `start ..< start + T` of one sequence, appending to `cache`; writes
+    /// `out [T, H]`.
     func callAsFunction(_ x: UnsafePointer<Float>, tokens T: Int, start: Int, cache: KVCache, workspace ws: Workspace,
+                        into out: UnsafeMutablePointer<Float>) {
+        attend(x, tokens: T, caches: [cache], start: start, workspace: ws, into: out)
+    }
+
+    /// Attends one token of each of `caches.count` sequences (`x [B, H]`, token b at position `caches[b].count`,
+    /// appended to `caches[b]`): the decode step of several sequences at once. The projections take all B
+    /// tokens in one product; each token attends its own cache exactly as it would alone (a block of one query).
+    func callAsFunction(_ x: UnsafePointer<Float>, caches: [KVCache], workspace ws: Workspace, into out: UnsafeMutablePointer<Float>) {
+        attend(x, tokens: caches.count, caches: caches, start: nil, workspace: ws, into: out)
+    }
+
+    /// One sequence (`caches` [one], positions `start ..< start + T`) or one token per sequence (`start` nil,
+    /// token t at `caches[t].count`).
+    private func attend(_ x: UnsafePointer<Float>, tokens T: Int, caches: [KVCache], start: Int?, workspace ws: Workspace,
                         into out: UnsafeMutablePointer<Float>) {
         let c = config
         let (heads, dn, dp, dv, r) = (c.numHeads, c.qkNopeHeadDim, c.qkRopeHeadDim, c.vHeadDim, c.kvLoraRank)
         let qk = dn + dp
+        /// Token t's sequence and position.
+        func place(_ t: Int) -> (cache: KVCache, position: Int) {
+            if let start { return (caches[0], start + t) }
+            return (caches[t], caches[t].count)
+        }
 
         let q = ws.floats(T * heads * qk)  // [T, n·(dn + dp)]
         switch weights.query {
@@ -61,15 +81,27 @@ struct LatentAttention {
         for t in 0..<T {
             let row = kv + t * (r + dp)
             let cs = angles + t * dp
-            rope.angles(position: start + t, cos: cs, sin: cs + dp / 2)
+            let (cache, position) = place(t)
+            rope.angles(position: position, cos: cs, sin: cs + dp / 2)
             VectorOps.rmsNorm(row, weight: weights.kvANorm, eps: 1e-6, count: r, into: row)
             rope.rotate(row + r, cos: cs, sin: cs + dp / 2)
-            cache.store(layer, start + t, row: row)  // rounded to the cache's precision once, here
+            cache.store(layer, position, row: row)  // rounded to the cache's precision once, here
         }
 
         let attended = ws.floats(T * heads * dv)  // [T, n·dv]
-        let kvB = weights.kvB
         let width = r + dp
+        guard let start else {
+            // One query per sequence, against that sequence's own rows as stored (decode's path).
+            parallelFor(heads * T) { job in
+                let h = job / T, t = job % T
+                let (cache, position) = place(t)
+                attendBlock(head: h, q: q, angles: angles, firstToken: t, count: 1, firstPosition: position,
+                            rows: cache.matrix(layer, length: position + 1), into: attended)
+            }
+            weights.output.apply(attended, tokens: T, into: out, workspace: ws)
+            return
+        }
+        let cache = caches[0]
         let blocks = (T + Self.queryBlock - 1) / Self.queryBlock
         // The cached rows up to the last token, as the kernels read them: a half-precision cache is widened once
         // here for a prompt (every head and block reads all of it; decode, and a context beyond
@@ -84,47 +116,60 @@ struct LatentAttention {
         parallelFor(heads * blocks) { job in
             let h = job / blocks, t0 = (job % blocks) * Self.queryBlock
             let tb = min(Self.queryBlock, T - t0)
-            let length = start + t0 + tb  // cached rows the block's last token sees
-            let queries = ThreadScratch.floats(tb * (width + length + r + dv))  // [tb, r + p]: q̂ per token
-            let scores = queries + tb * width            // [tb, length]
-            let context = scores + tb * length           // [tb, r]
-            let values = context + tb * r                // [tb, dv]
-            for i in 0..<tb { (queries + i * width).initialize(repeating: 0, count: r) }
-            // q̂_nope = W_kᵀ q_nope for every token of the block: the head's key rows of kv_b [dn, r].
-            kvB.accumulateRows(from: h * (dn + dv), count: dn, weights: q + t0 * heads * qk + h * qk, stride: heads * qk,
-                               tokens: tb, into: queries, stride: width, columns: r)
-            for i in 0..<tb {
-                let t = t0 + i
-                let qHead = q + t * heads * qk, qHat = queries + i * width
-                (qHat + r).update(from: qHead + h * qk + dn, count: dp)
-                let cs = angles + t * dp
-                rope.rotate(qHat + r, cos: cs, sin: cs + dp / 2)
-            }
-            let keys = cached.rows(0..<length)!  // [length, r + p]
-            keys.gemm(rows: 0..<length, queries, tokens: tb, into: scores)  // scores[i, j] = q̂_i · row_j
-            for i in 0..<tb {
-                let row = scores + i * length, visible = start + t0 + i + 1
-                for j in 0..<visible { row[j] *= scale }
-                VectorOps.softmax(row, count: visible)
-                for j in visible..<length { row[j] = 0 }  // rows a token does not see add exactly nothing below
-            }
-            // context_i = Σ_j p_ij · c_j: every cached c_j once for the block (the first r columns of the cache rows).
-            context.initialize(repeating: 0, count: tb * r)
-            keys.accumulateRows(from: 0, count: length, weights: scores, stride: length, tokens: tb, into: context, stride: r,
-                                columns: r)
-            // W_v · context: the head's value rows of kv_b [dv, r] over the block's contexts, by the matrix kernels
-            // where the encoding allows a view of those rows.
-            let valueRows = (h * (dn + dv) + dn)..<(h * (dn + dv) + dn + dv)
-            if let wv = kvB.rows(valueRows) {
-                wv.gemm(rows: 0..<dv, context, tokens: tb, into: values)
-                for i in 0..<tb { (attended + (t0 + i) * heads * dv + h * dv).update(from: values + i * dv, count: dv) }
-            } else {
-                for i in 0..<tb {
-                    let oHead = attended + (t0 + i) * heads * dv + h * dv
-                    for (d, row) in valueRows.enumerated() { oHead[d] = kvB.dot(row: row, context + i * r) }
-                }
-            }
+            attendBlock(head: h, q: q, angles: angles, firstToken: t0, count: tb, firstPosition: start + t0,
+                        rows: cached.rows(0..<(start + t0 + tb))!, into: attended)
         }
         weights.output.apply(attended, tokens: T, into: out, workspace: ws)
+    }
+
+    /// Head `h` for tokens `firstToken ..< firstToken + tb` of the pass (`q [T, n·(dn + dp)]`, their rope
+    /// `angles`), at consecutive positions from `firstPosition` of one sequence whose cached rows up to the last of
+    /// them are `rows` [length, r + p]: writes their attended values into `attended [T, n·dv]`.
+    private func attendBlock(head h: Int, q: UnsafeMutablePointer<Float>, angles: UnsafeMutablePointer<Float>, firstToken t0: Int,
+                             count tb: Int, firstPosition: Int, rows keys: WeightMatrix, into attended: UnsafeMutablePointer<Float>) {
+        let c = config
+        let (heads, dn, dp, dv, r) = (c.numHeads, c.qkNopeHeadDim, c.qkRopeHeadDim, c.vHeadDim, c.kvLoraRank)
+        let qk = dn + dp, width = r + dp
+        let kvB = weights.kvB
+        let length = keys.rows  // cached rows the block's last token sees
+        precondition(length == firstPosition + tb)
+        let queries = ThreadScratch.floats(tb * (width + length + r + dv))  // [tb, r + p]: q̂ per token
+        let scores = queries + tb * width            // [tb, length]
+        let context = scores + tb * length           // [tb, r]
+        let values = context + tb * r                // [tb, dv]
+        for i in 0..<tb { (queries + i * width).initialize(repeating: 0, count: r) }
+        // q̂_nope = W_kᵀ q_nope for every token of the block: the head's key rows of kv_b [dn, r].
+        kvB.accumulateRows(from: h * (dn + dv), count: dn, weights: q + t0 * heads * qk + h * qk, stride: heads * qk,
+                           tokens: tb, into: queries, stride: width, columns: r)
+        for i in 0..<tb {
+            let t = t0 + i
+            let qHead = q + t * heads * qk, qHat = queries + i * width
+            (qHat + r).update(from: qHead + h * qk + dn, count: dp)
+            let cs = angles + t * dp
+            rope.rotate(qHat + r, cos: cs, sin: cs + dp / 2)
+        }
+        keys.gemm(rows: 0..<length, queries, tokens: tb, into: scores)  // scores[i, j] = q̂_i · row_j
+        for i in 0..<tb {
+            let row = scores + i * length, visible = firstPosition + i + 1
+            for j in 0..<visible { row[j] *= scale }
+            VectorOps.softmax(row, count: visible)
+            for j in visible..<length { row[j] = 0 }  // rows a token does not see add exactly nothing below
+        }
+        // context_i = Σ_j p_ij · c_j: every cached c_j once for the block (the first r columns of the cache rows).
+        context.initialize(repeating: 0, count: tb * r)
+        keys.accumulateRows(from: 0, count: length, weights: scores, stride: length, tokens: tb, into: context, stride: r,
+                            columns: r)
+        // W_v · context: the head's value rows of kv_b [dv, r] over the block's contexts, by the matrix kernels
+        // where the encoding allows a view of those rows.
+        let valueRows = (h * (dn + dv) + dn)..<(h * (dn + dv) + dn + dv)
+        if let wv = kvB.rows(valueRows) {
+            wv.gemm(rows: 0..<dv, context, tokens: tb, into: values)
+            for i in 0..<tb { (attended + (t0 + i) * heads * dv + h * dv).update(from: values + i * dv, count: dv) }
+        } else {
+            for i in 0..<tb {
+                let oHead = attended + (t0 + i) * heads * dv + h * dv
+                for (d, row) in valueRows.enumerated() { oHead[d] = kvB.dot(row: row, context + i * r) }
+            }
+        }
     }
 }

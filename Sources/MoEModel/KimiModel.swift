@@ -156,7 +156,8 @@ public final class KimiModel: @unchecked Sendable {
         guard start + T <= cache.limit else { throw ModelError.contextFull(position: start + T - 1, limit: cache.limit) }
         let W = prefillWindow
         guard T > W else {
-            return try pass(tokens[...], cache: cache, logits: request, keepRouting: keepRouting, cancelled: cancelled)
+            return try pass(tokens[...], caches: [cache], oneSequence: true, logits: request, keepRouting: keepRouting,
+                            cancelled: cancelled)
         }
         // Windows of W tokens, each a whole pass continuing the cache: what a reused prefix computes, bit for bit.
         var logits: [Float] = [], rows = 0
@@ -164,8 +165,8 @@ public final class KimiModel: @unchecked Sendable {
         do {
             for w0 in stride(from: 0, to: T, by: W) {
                 let last = w0 + W >= T
-                let r = try pass(tokens[w0..<min(T, w0 + W)], cache: cache, logits: request == .all || last ? request : nil,
-                                 keepRouting: keepRouting, cancelled: cancelled)
+                let r = try pass(tokens[w0..<min(T, w0 + W)], caches: [cache], oneSequence: true,
+                                 logits: request == .all || last ? request : nil, keepRouting: keepRouting, cancelled: cancelled)
                 logits += r.logits
                 rows += r.rows
                 for l in routing.indices { routing[l] += r.routing[l] }
@@ -177,12 +178,30 @@ public final class KimiModel: @unchecked Sendable {
         return ForwardResult(logits: logits, rows: rows, vocabSize: V, routing: routing)
     }
 
-    /// One pass of `tokens` through every layer; `request` nil computes no logits (a window before the last).
-    private func pass(_ tokens: ArraySlice<Int>, cache: KVCache, logits request: LogitsRequest?, keepRouting: Bool,
-                      cancelled: (() -> Bool)?) throws -> ForwardResult {
+    /// One decode step of several sequences at once: `tokens[b]` is the next token of the sequence in `caches[b]`
+    /// (distinct caches), run at that cache's next position and appended to it. One pass over all of them: every
+    /// resident matrix and every chosen routed expert is read once for the step, whichever sequences chose it, and
+    /// each token's operations are the ones it gets alone (the kernels' guarantee; attention reads only its own
+    /// sequence), so each sequence's logits are bit for bit those of `forward([token], cache:)`. Returns one logits
+    /// row per sequence; no routing records. A sequence whose cache is full fails the step before anything runs.
+    public func forward(batch tokens: [Int], caches: [KVCache]) throws -> ForwardResult {
+        let V = config.vocabSize
+        precondition(tokens.count == caches.count, "one token per sequence")
+        precondition(Set(caches.map(ObjectIdentifier.init)).count == caches.count, "distinct sequences")
+        guard !tokens.isEmpty else { throw ModelError.emptyInput }
+        for t in tokens where t < 0 || t >= V { throw ModelError.tokenOutOfRange(token: t, vocabSize: V) }
+        for c in caches where c.count + 1 > c.limit { throw ModelError.contextFull(position: c.count, limit: c.limit) }
+        return try pass(tokens[...], caches: caches, oneSequence: false, logits: .all, keepRouting: false, cancelled: nil)
+    }
+
+    /// One pass of `tokens` through every layer: consecutive positions of `caches[0]` (`oneSequence`), or token t
+    /// at the next position of `caches[t]`. `request` nil computes no logits (a window before the last).
+    private func pass(_ tokens: ArraySlice<Int>, caches: [KVCache], oneSequence: Bool, logits request: LogitsRequest?,
+                      keepRouting: Bool, cancelled: (() -> Bool)?) throws -> ForwardResult {
         let T = tokens.count, H = config.hiddenSize, V = config.vocabSize
-        let start = cache.count
-        cache.reserve(T)
+        let cache = caches[0]
+        let start = oneSequence ? cache.count : 0
+        if oneSequence { cache.reserve(T) } else { caches.forEach { $0.reserve(1) } }
 
         let shared = scratchLock.try()
         defer { if shared { scratchLock.unlock() } }
@@ -219,7 +238,11 @@ public final class KimiModel: @unchecked Sendable {
             let layerStart = ws.mark()  // a layer's buffers are the next layer's
             defer { ws.release(to: layerStart) }
             residualChunks(norm: layer.inputNorm) { normed, c0, n, out in
-                attention[l](normed, tokens: n, start: start + c0, cache: cache, workspace: ws, into: out)
+                if oneSequence {
+                    attention[l](normed, tokens: n, start: start + c0, cache: cache, workspace: ws, into: out)
+                } else {
+                    attention[l](normed, caches: Array(caches[c0..<(c0 + n)]), workspace: ws, into: out)
+                }
             }
             experts.hint(afterAttentionOf: l, hidden: x, tokens: T)
 
@@ -236,7 +259,7 @@ public final class KimiModel: @unchecked Sendable {
                 for i in 0..<(T * H) { x[i] += delta[i] }
             }
         }
-        cache.commit(T)
+        if oneSequence { cache.commit(T) } else { caches.forEach { $0.commit(1) } }
         experts.forwardDidFinish(tokens: T)
 
         guard let request else { return ForwardResult(logits: [], rows: 0, vocabSize: V, routing: keepRouting ? routing : []) }
@@ -252,7 +275,7 @@ public final class KimiModel: @unchecked Sendable {
             weights.lmHead.apply(normed, tokens: rows, into: buffer.baseAddress!, workspace: ws)  // [rows, V]
             count = rows * V
         }
-        if let bad = logits.firstIndex(where: { !$0.isFinite }) { throw ModelError.nonFiniteLogits(position: start + first + bad / V) }
+        if let bad = logits.firstIndex(where: { !$0.isFinite }) { throw ModelError.nonFiniteLogits(position: oneSequence ? start + first + bad / V : caches[bad / V].count - 1) }
         return ForwardResult(logits: logits, rows: rows, vocabSize: V, routing: routing)
     }
 

@@ -307,6 +307,10 @@ public final class OpenAIServer: Sendable {
         metric("moestream_requests_running", "gauge", "Requests being generated.", [("", Double(c.running))])
         metric("moestream_tokens_total", "counter", "Tokens processed.",
                [("kind=\"prompt\"", Double(c.promptTokens)), ("kind=\"generated\"", Double(c.generatedTokens))])
+        metric("moestream_decode_steps_total", "counter", "Decode steps: one forward over a token of each request decoded together.",
+               [("", Double(c.steps))])
+        metric("moestream_decode_step_sequences_total", "counter", "Requests those steps carried (over steps: how many went together).",
+               [("", Double(c.stepSequences))])
         metric("moestream_prompt_tokens_total", "counter", "Prompt tokens, by whether the prefix cache held them or they were computed.",
                [("source=\"reused\"", Double(c.promptTokensReused)), ("source=\"computed\"", Double(c.promptTokensComputed))])
         let p = engine.prefixCache.statistics

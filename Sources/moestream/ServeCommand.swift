@@ -35,6 +35,9 @@ struct Serve: AsyncParsableCommand {
     @Option(help: ArgumentHelp("Bytes of recent conversations' KV caches kept so a request that resends one starts from its longest computed prefix, e.g. 8G; 0 turns reuse off (default: a twentieth of available RAM, at least 1G: half the headroom the expert cache's default leaves).", valueName: "size"))
     var kvBudget: String?
 
+    @Option(help: "Requests decoded together at most: one forward per step over a token of each, each chosen expert read once per step for all of them; each answer is the one it gets alone. 1: one request at a time.")
+    var parallel = 4
+
     @Option(help: "Requests that may wait for the engine; more get a 503.")
     var queue = 64
 
@@ -93,15 +96,16 @@ struct Serve: AsyncParsableCommand {
         config.defaultMaxTokens = min(sampling.maxTokens, maxTokensLimit)
         config.maxQueue = queue
         guard idleTimeout >= 1, maxConnections >= 1 else { throw CLIError("--idle-timeout and --max-connections must be at least 1") }
+        guard (1...256).contains(parallel) else { throw CLIError("--parallel must be between 1 and 256") }
         config.idleTimeoutSeconds = idleTimeout
         config.maxConnections = maxConnections
         config.sampling = sampling.parameters
         let engine = Engine(generator: Generator(model: loaded.model, tokenizer: setup.tokenizer), maxQueue: queue,
-                            contextLimit: config.contextLimit, prefixBudget: kvBudget)
+                            contextLimit: config.contextLimit, prefixBudget: kvBudget, parallel: parallel)
         let perToken = loaded.model.kvBytesPerToken
         let server = OpenAIServer(configuration: config, engine: engine, tokenizer: setup.tokenizer, format: setup.format,
                                   stop: setup.stop, cache: loaded.cache)
-        printError("serving \(model.model) as '\(modelName)' on http://\(host):\(port) (context \(config.contextLimit), queue \(queue), "
+        printError("serving \(model.model) as '\(modelName)' on http://\(host):\(port) (context \(config.contextLimit), \(parallel) in parallel, queue \(queue), "
             + "idle timeout \(idleTimeout) s, \(maxConnections) connections"
             + (config.apiKey == nil ? ", no API key: cross-origin and foreign-Host requests refused)" : ", API key required)")
             + "; KV cache \(loaded.model.kvPrecision.rawValue), \(humanBytes(perToken)) per position, prefix cache \(humanBytes(kvBudget)) (\(kvBudget / perToken) positions)"

@@ -50,17 +50,13 @@ import Testing
         }
     }
 
-    /// Runs one request through the engine and returns its result.
-    func run(_ engine: Engine, _ prompt: [Int], sampling: SamplingParameters, maxTokens: Int = 6) throws -> GenerationResult {
+    /// Runs one request through the engine and returns its result (awaiting the stream: no blocking wait on the
+    /// cooperative pool the stream's task needs).
+    func run(_ engine: Engine, _ prompt: [Int], sampling: SamplingParameters, maxTokens: Int = 6) async throws -> GenerationResult {
         let (events, _) = try engine.submit(Engine.Request(prompt: prompt, sampling: sampling, maxTokens: maxTokens, stop: []))
-        let box = ResultBox()
-        let done = DispatchSemaphore(value: 0)
-        Task {
-            for await event in events { if case .done(let r) = event { box.set(r) } }
-            done.signal()
-        }
-        done.wait()
-        return try #require(box.get())
+        var result: GenerationResult?
+        for await event in events { if case .done(let r) = event { result = r } }
+        return try #require(result)
     }
 
     var sampling: SamplingParameters {
@@ -73,37 +69,37 @@ import Testing
 
     /// The same request cold, warm, and warm again after an unrelated request: the same answer, with the reused
     /// tokens reported; a budget of 0 keeps nothing.
-    @Test func aRepeatedRequestReusesItsPrefixAndAnswersTheSame() throws {
+    @Test func aRepeatedRequestReusesItsPrefixAndAnswersTheSame() async throws {
         let engine = Engine(generator: Generator(model: model, tokenizer: tokenizer), maxQueue: 4, contextLimit: 256,
                             prefixBudget: 64 << 20)
         defer { engine.shutdown() }
         let prompt = ids("You are a helpful assistant. Tell me about foxes and dogs.")
-        let cold = try run(engine, prompt, sampling: sampling)
+        let cold = try await run(engine, prompt, sampling: sampling)
         #expect(cold.cachedPromptTokens == 0)
-        let warm = try run(engine, prompt, sampling: sampling)
+        let warm = try await run(engine, prompt, sampling: sampling)
         #expect(warm.tokens == cold.tokens && warm.cachedPromptTokens == prompt.count - 1)
-        let other = try run(engine, ids("Something else entirely, about cats."), sampling: sampling)
+        let other = try await run(engine, ids("Something else entirely, about cats."), sampling: sampling)
         #expect(other.cachedPromptTokens == 0)
-        let again = try run(engine, prompt, sampling: sampling)
+        let again = try await run(engine, prompt, sampling: sampling)
         #expect(again.tokens == cold.tokens && again.cachedPromptTokens == prompt.count - 1)
         // A shared system prompt, a different question: the common prefix is reused, the answer is the cold one.
         let sibling = ids("You are a helpful assistant. Tell me about cats instead.")
         let shared = PrefixCache.commonPrefix(prompt, sibling)
-        let siblingWarm = try run(engine, sibling, sampling: sampling)
+        let siblingWarm = try await run(engine, sibling, sampling: sampling)
         #expect(shared > 3 && siblingWarm.cachedPromptTokens == shared)
         let c = engine.counterSnapshot
         #expect(c.promptTokensReused == 2 * (prompt.count - 1) + shared)
         #expect(c.promptTokensReused + c.promptTokensComputed == c.promptTokens)
         let coldEngine = Engine(generator: Generator(model: model, tokenizer: tokenizer), maxQueue: 4, contextLimit: 256)
         defer { coldEngine.shutdown() }
-        let siblingCold = try run(coldEngine, sibling, sampling: sampling)
+        let siblingCold = try await run(coldEngine, sibling, sampling: sampling)
         #expect(siblingCold.tokens == siblingWarm.tokens && siblingCold.cachedPromptTokens == 0)
-        #expect(try run(coldEngine, prompt, sampling: sampling).cachedPromptTokens == 0)
+        #expect(try await run(coldEngine, prompt, sampling: sampling).cachedPromptTokens == 0)
     }
 
     /// Ten turns of one conversation, each resending everything before it: every turn after the first reuses all
     /// the previous turn's positions and answers exactly as a cold start of that turn does.
-    @Test func aTenTurnConversationEqualsEachTurnCold() throws {
+    @Test func aTenTurnConversationEqualsEachTurnCold() async throws {
         let engine = Engine(generator: Generator(model: model, tokenizer: tokenizer), maxQueue: 4, contextLimit: 512,
                             prefixBudget: 64 << 20)
         defer { engine.shutdown() }
@@ -112,7 +108,7 @@ import Testing
         var kept = 0  // positions the previous turn left in the cache
         for turn in 0..<10 {
             conversation += ids(" Question \(turn): what comes after \(turn * 7)?")
-            let warm = try run(engine, conversation, sampling: sampling, maxTokens: 5)
+            let warm = try await run(engine, conversation, sampling: sampling, maxTokens: 5)
             let cold = try generator.generate(prompt: conversation, cache: model.makeCache(), sampling: sampling, maxTokens: 5, stop: [])
             #expect(warm.tokens == cold.tokens, "turn \(turn)")
             #expect(warm.cachedPromptTokens == kept, "turn \(turn)")
@@ -146,12 +142,4 @@ import Testing
         #expect(pool.statistics.positions == 80, "a sequence beyond the budget is not kept")
         #expect(PrefixCache(budgetBytes: 0).checkout(prompt: a) { model.makeCache() }.reused == 0)
     }
-}
-
-/// A result handed from the stream's task to the test's thread.
-final class ResultBox: @unchecked Sendable {  // guarded by `lock`
-    private let lock = NSLock()
-    private var value: GenerationResult?
-    func set(_ r: GenerationResult) { lock.lock(); value = r; lock.unlock() }
-    func get() -> GenerationResult? { lock.lock(); defer { lock.unlock() }; return value }
 }
