@@ -120,13 +120,15 @@ import Testing
     }
 
     @Test func aCancelledRequestLeavesTheOthersUndisturbed() async throws {
-        let requests = [request("Cancel me after a while", seed: 5, maxTokens: 40), request("Keep going", seed: 6, maxTokens: 20),
+        // The first asks for far more tokens than it gets: it is still running when its client cancels, however
+        // slowly the client's task is scheduled.
+        let requests = [request("Cancel me after a while", seed: 5, maxTokens: 3000), request("Keep going", seed: 6, maxTokens: 20),
                         request("Me too", seed: 7, maxTokens: 20)]
         let alone = Engine(generator: Generator(model: model, tokenizer: tokenizer), maxQueue: 8, contextLimit: 256)
         defer { alone.shutdown() }
         var expected: [(result: GenerationResult?, text: String)] = []
         for r in requests.dropFirst() { expected.append(try await runTogether(alone, [r])[0]) }
-        let engine = Engine(generator: Generator(model: model, tokenizer: tokenizer), maxQueue: 8, contextLimit: 256, parallel: 3)
+        let engine = Engine(generator: Generator(model: model, tokenizer: tokenizer), maxQueue: 8, contextLimit: 4096, parallel: 3)
         defer { engine.shutdown() }
         let got = try await runTogether(engine, requests, cancelAfterText: 3)
         #expect(got[0].result == nil, "the cancelled request gets no result")
