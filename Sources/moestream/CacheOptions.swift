@@ -16,7 +16,7 @@ extension KVPrecision: ExpressibleByArgument {}
 
 /// The expert cache and compute flags, shared by every command that runs the model from a store.
 struct CacheOptions: ParsableArguments {
-    @Option(help: ArgumentHelp("Expert cache budget, e.g. 96G, 512M, or 25% of all experts (default: available RAM less the resident set and headroom).",
+    @Option(help: ArgumentHelp("Expert cache budget, e.g. 96G, 512M, or 25% of all experts (default: available RAM, within a memory cgroup's limit, less the resident set and headroom).",
                                valueName: "size"))
     var cache: String?
 
@@ -191,12 +191,6 @@ func parsePercent(_ s: String) -> Double? {
     return v
 }
 
-/// MemAvailable from /proc/meminfo (what can be allocated without swapping), or physical memory.
-func availableMemory() -> Int {
-    if let text = try? String(contentsOfFile: "/proc/meminfo", encoding: .utf8) {
-        for line in text.split(separator: "\n") where line.hasPrefix("MemAvailable:") {
-            if let kb = Int(line.split(separator: " ").dropFirst().first ?? "") { return kb * 1024 }
-        }
-    }
-    return Int(ProcessInfo.processInfo.physicalMemory)
-}
+/// What this process may still allocate: MemAvailable, or less where its memory cgroup's limit leaves less
+/// (`AvailableMemory`).
+func availableMemory() -> Int { AvailableMemory.bytes() }

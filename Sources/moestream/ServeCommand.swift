@@ -32,7 +32,7 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "Largest max_tokens a request may ask for.")
     var maxTokensLimit = 4096
 
-    @Option(help: ArgumentHelp("Bytes of recent conversations' KV caches kept so a request that resends one starts from its longest computed prefix, e.g. 8G; 0 turns reuse off (default: a twentieth of available RAM, at least 1G: half the headroom the expert cache's default leaves).", valueName: "size"))
+    @Option(help: ArgumentHelp("Bytes of recent conversations' KV caches kept so a request that resends one starts from its longest computed prefix, e.g. 8G; 0 turns reuse off (default: a twentieth of available RAM, at least 1G: half the headroom the expert cache's default leaves; available RAM respects a memory cgroup's limit).", valueName: "size"))
     var kvBudget: String?
 
     @Option(help: "Requests decoded together at most: one forward per step over a token of each, each chosen expert read once per step for all of them; each answer is the one it gets alone. 1: one request at a time.")
