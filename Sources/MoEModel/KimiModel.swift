@@ -85,7 +85,8 @@ public final class KimiModel: @unchecked Sendable {
     }
 
     /// What the KV caches `makeCache` makes store their rows in: fp32 (exact, the library's default, what every
-    /// reference test uses) or bf16 (half the bytes per position). A cache keeps the precision it was made with.
+    /// reference test uses), f16 (the command line's default) or bf16 (both half the bytes per position). A cache
+    /// keeps the precision it was made with.
     public var kvPrecision: KVPrecision {
         get { settingsLock.lock(); defer { settingsLock.unlock() }; return kvStorage }
         set { settingsLock.lock(); kvStorage = newValue; settingsLock.unlock() }

@@ -83,6 +83,7 @@ struct Serve: AsyncParsableCommand {
     }
 
     func run() async throws {
+        guard (1...256).contains(parallel) else { throw CLIError("--parallel must be between 1 and 256") }
         let kvBudget = try Self.kvBudget(kvBudget, available: availableMemory())
         let loaded = try LoadedModel.load(model, cacheOptions)
         let setup = try chat.setup(model.model, loaded.model.config)
@@ -96,7 +97,6 @@ struct Serve: AsyncParsableCommand {
         config.defaultMaxTokens = min(sampling.maxTokens, maxTokensLimit)
         config.maxQueue = queue
         guard idleTimeout >= 1, maxConnections >= 1 else { throw CLIError("--idle-timeout and --max-connections must be at least 1") }
-        guard (1...256).contains(parallel) else { throw CLIError("--parallel must be between 1 and 256") }
         config.idleTimeoutSeconds = idleTimeout
         config.maxConnections = maxConnections
         config.sampling = sampling.parameters

@@ -68,6 +68,8 @@ func moestream(_ args: [String], stdin: String? = nil) throws -> (Int32, String,
         #expect(s3 != 0 && e3.contains("--exact keeps an fp32 KV cache"), "\(e3)")
         let (s4, _, e4) = try moestream(["serve", model, "--kv-budget", "lots", "--port", "1"])
         #expect(s4 != 0 && e4.contains("--kv-budget 'lots'"), "\(e4)")
+        let (s7, _, e7) = try moestream(["serve", model, "--parallel", "0", "--port", "1"])
+        #expect(s7 != 0 && e7.contains("--parallel must be between 1 and 256"), "\(e7)")
         let perF16 = m.config.numLayers * (m.config.kvLoraRank + m.config.qkRopeHeadDim) * 2
         let (s5, out5, _) = try moestream(["inspect", model])
         #expect(s5 == 0 && out5.contains("KV cache         \(perF16) B per position (--kv-cache f16, the default; f32 \(2 * perF16) B, bf16 \(perF16) B)"), "\(out5)")
