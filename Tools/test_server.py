@@ -105,6 +105,34 @@ def kimi_tokenizer():
 HELLO = [{"role": "user", "content": "Hello, who are you?"}]
 
 
+def streamed_text(stream):
+    """The content of a streamed chat completion, joined."""
+    return "".join(ch.choices[0].delta.content or "" for ch in stream if ch.choices)
+
+
+def concurrently(n, fn, timeout=300):
+    """fn(i, client) for i < n, each on its own thread with its own client, all started at once (a barrier);
+    returns their results in order, and raises the first error any of them hit."""
+    results, errors = [None] * n, []
+    barrier = threading.Barrier(n)
+
+    def one(i):
+        try:
+            c = openai.OpenAI(base_url=BASE + "/v1", api_key=KEY, max_retries=0, timeout=timeout)
+            barrier.wait()
+            results[i] = fn(i, c)
+        except Exception as e:  # noqa: BLE001 - reported below, after every thread ended
+            errors.append(e)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[:3]
+    return results
+
+
 @test
 def models_are_listed():
     ids = [m.id for m in client.models.list().data]
@@ -223,25 +251,8 @@ def two_concurrent_clients_step_together():
              .choices[0].message.content for i, m in enumerate(prompts)]
     text = raw("/metrics")[1]
     steps, carried = metric(text, "moestream_decode_steps_total"), metric(text, "moestream_decode_step_sequences_total")
-    answers, errors = [None, None], []
-    barrier = threading.Barrier(2)
-
-    def one(i):
-        try:
-            c = openai.OpenAI(base_url=BASE + "/v1", api_key=KEY, max_retries=0, timeout=120)
-            barrier.wait()
-            s = c.chat.completions.create(model="kimi-k2", messages=prompts[i], max_tokens=24, temperature=0.7, seed=7 + i,
-                                          stream=True)
-            answers[i] = "".join(ch.choices[0].delta.content or "" for ch in s if ch.choices)
-        except Exception as e:  # noqa: BLE001
-            errors.append(e)
-
-    threads = [threading.Thread(target=one, args=(i,)) for i in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors, errors
+    answers = concurrently(2, lambda i, c: streamed_text(c.chat.completions.create(
+        model="kimi-k2", messages=prompts[i], max_tokens=24, temperature=0.7, seed=7 + i, stream=True)), timeout=120)
     assert answers == alone, (answers, alone)
     text = raw("/metrics")[1]
     d_steps = metric(text, "moestream_decode_steps_total") - steps
@@ -253,26 +264,13 @@ def two_concurrent_clients_step_together():
 @test
 def twenty_concurrent_clients():
     reference = client.chat.completions.create(model="kimi-k2", messages=HELLO, max_tokens=6, temperature=0).choices[0].message.content
-    answers, errors = [], []
 
-    def one(i):
-        try:
-            c = openai.OpenAI(base_url=BASE + "/v1", api_key=KEY, max_retries=0, timeout=300)
-            if i % 2:
-                s = c.chat.completions.create(model="kimi-k2", messages=HELLO, max_tokens=6, temperature=0, stream=True)
-                answers.append("".join(ch.choices[0].delta.content or "" for ch in s if ch.choices))
-            else:
-                answers.append(c.chat.completions.create(model="kimi-k2", messages=HELLO, max_tokens=6, temperature=0)
-                               .choices[0].message.content)
-        except Exception as e:  # noqa: BLE001
-            errors.append(e)
+    def ask(i, c):
+        if i % 2:  # streamed and whole answers, interleaved
+            return streamed_text(c.chat.completions.create(model="kimi-k2", messages=HELLO, max_tokens=6, temperature=0, stream=True))
+        return c.chat.completions.create(model="kimi-k2", messages=HELLO, max_tokens=6, temperature=0).choices[0].message.content
 
-    threads = [threading.Thread(target=one, args=(i,)) for i in range(20)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors, errors[:3]
+    answers = concurrently(20, ask)
     assert len(answers) == 20 and all(a == reference for a in answers), answers[:3]
 
 
