@@ -20,6 +20,11 @@ public enum CheckpointError: Error, CustomStringConvertible, Equatable {
     case badIndex(file: String, reason: String)
     /// config.json is not valid JSON, lacks a key, or holds a value the engine does not support.
     case badConfig(file: String, key: String, reason: String)
+    /// A GGUF file's structure is wrong: bad magic or version, a count or length that runs past the file, a tensor
+    /// whose bytes lie outside the data or overlap another's.
+    case malformedGGUF(file: String, reason: String)
+    /// Tensors of GGML types this build cannot decode yet, by type, each with the tensors that use it.
+    case unsupportedTypes(file: String, types: [String: [String]])
 
     public var description: String {
         switch self {
@@ -35,6 +40,14 @@ public enum CheckpointError: Error, CustomStringConvertible, Equatable {
             return "\(file): tensor '\(tensor)' has dtype \(actual), expected \(expected)"
         case .badIndex(let file, let reason): return "\(file): bad shard index: \(reason)"
         case .badConfig(let file, let key, let reason): return "\(file): config key '\(key)': \(reason)"
+        case .malformedGGUF(let file, let reason): return "\(file): malformed GGUF: \(reason)"
+        case .unsupportedTypes(let file, let types):
+            let list = types.keys.sorted().map { type in
+                let tensors = types[type]!
+                let shown = tensors.prefix(4).joined(separator: ", ") + (tensors.count > 4 ? ", … (\(tensors.count) tensors)" : "")
+                return "\(type) (\(shown))"
+            }
+            return "\(file): GGML types this build cannot run yet: \(list.joined(separator: "; "))"
         }
     }
 }

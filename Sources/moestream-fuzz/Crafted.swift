@@ -94,6 +94,32 @@ func craftedInputs(_ seeds: Seeds) throws -> [(kind: String, target: String, nam
     tokConfig["added_tokens_decoder"] = added
     out.append(("tokenizer-config", "tokenizer_config.json", "special-id-twice", try bytes(tokConfig)))
 
+    // GGUF: header counts and lengths near 2^64, a tensor offset that wraps, extents that overflow, an unknown type.
+    let gguf = read(.gguf, "quant-blocks.gguf")
+    func patched(_ at: Int, _ value: UInt64, bytes n: Int = 8) -> [UInt8] {
+        var g = gguf
+        for i in 0..<n { g[at + i] = UInt8(truncatingIfNeeded: value >> (8 * UInt64(i))) }
+        return g
+    }
+    out.append(("gguf", "quant-blocks.gguf", "version-1", patched(4, 1, bytes: 4)))
+    out.append(("gguf", "quant-blocks.gguf", "tensor-count-2p60", patched(8, 1 << 60)))
+    out.append(("gguf", "quant-blocks.gguf", "metadata-count-2p64-1", patched(16, .max)))
+    out.append(("gguf", "quant-blocks.gguf", "first-key-length-2p64-1", patched(24, .max)))
+    out.append(("gguf", "quant-blocks.gguf", "truncated-header", Array(gguf.prefix(200))))
+    out.append(("gguf", "quant-blocks.gguf", "truncated-data", Array(gguf.prefix(gguf.count - 100))))
+    // The tensor info of "q.Q4_K": its name, then n_dims u32, ne u64 × n_dims, type u32, offset u64.
+    let name = Array("q.Q4_K".utf8)
+    if let at = (0...(gguf.count - name.count)).first(where: { Array(gguf[$0..<($0 + name.count)]) == name }) {
+        let dims = at + name.count, ne0 = dims + 4
+        let type = ne0 + 8 * 2, offset = type + 4
+        out.append(("gguf", "quant-blocks.gguf", "offset-near-2p64", patched(offset, UInt64.max - 255)))
+        out.append(("gguf", "quant-blocks.gguf", "ne1-2p31", patched(ne0 + 8, 1 << 31)))
+        out.append(("gguf", "quant-blocks.gguf", "ne0-not-whole-blocks", patched(ne0, 300)))
+        out.append(("gguf", "quant-blocks.gguf", "n-dims-5", patched(dims, 5, bytes: 4)))
+        out.append(("gguf", "quant-blocks.gguf", "type-99", patched(type, 99, bytes: 4)))
+        out.append(("gguf", "quant-blocks.gguf", "type-IQ2_XXS", patched(type, 16, bytes: 4)))
+    }
+
     // Routing traces: counts that overran tables or divided by zero.
     let trace = read(.traces, "kimi_k2.trace")
     let lines = trace.split(separator: UInt8(ascii: "\n"), omittingEmptySubsequences: false)

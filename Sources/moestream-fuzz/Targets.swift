@@ -18,7 +18,7 @@ struct FileKind: Sendable {
     /// After mutation: whether to put a fresh self-checksum on a manifest, so mutations reach past it.
     let resign: Bool
 
-    enum Seed: String, Sendable { case checkpoint, store, tokenizer, traces }
+    enum Seed: String, Sendable { case checkpoint, store, tokenizer, traces, gguf }
 
     static let all: [FileKind] = [
         FileKind(name: "shard", seed: .checkpoint, targets: { s in s.files(.checkpoint).filter { $0.hasSuffix(".safetensors") } },
@@ -34,6 +34,7 @@ struct FileKind: Sendable {
         FileKind(name: "tokenizer-config", seed: .tokenizer, targets: { _ in ["tokenizer_config.json"] }, style: .text,
                  resign: false),
         FileKind(name: "trace", seed: .traces, targets: { s in s.files(.traces) }, style: .text, resign: false),
+        FileKind(name: "gguf", seed: .gguf, targets: { s in s.files(.gguf) }, style: .binary, resign: false),
     ]
 
     static func named(_ name: String) -> FileKind? { all.first { $0.name == name } }
@@ -60,7 +61,7 @@ struct Seeds {
     static func prepare(root: String, fixtures: String) throws -> Seeds {
         let s = Seeds(root: root)
         let fm = FileManager.default
-        if fm.fileExists(atPath: root + "/ready") { return s }
+        if fm.fileExists(atPath: root + "/ready-2") { return s }  // 2: the gguf seed joined
         try? fm.removeItem(atPath: root)
         try fm.createDirectory(atPath: root, withIntermediateDirectories: true)
         try fm.copyItem(atPath: fixtures + "/models/kimi_k2", toPath: s.directory(.checkpoint))
@@ -73,13 +74,17 @@ struct Seeds {
         for f in ["kimi_k2.trace", "deepseek_v3.trace"] {
             try fm.copyItem(atPath: fixtures + "/traces/" + f, toPath: s.directory(.traces) + "/" + f)
         }
+        try fm.createDirectory(atPath: s.directory(.gguf), withIntermediateDirectories: true)
+        for f in try fm.contentsOfDirectory(atPath: fixtures + "/gguf").filter({ $0.hasSuffix(".gguf") }).sorted() {
+            try fm.copyItem(atPath: fixtures + "/gguf/" + f, toPath: s.directory(.gguf) + "/" + f)
+        }
         // Converted from inside `root` with relative paths: the manifest records its source path, and a seed that
         // depended on --work would make the same seed and case number mutate different bytes.
         let previous = fm.currentDirectoryPath
         fm.changeCurrentDirectoryPath(root)
         defer { fm.changeCurrentDirectoryPath(previous) }
         try StoreConverter(source: FileKind.Seed.checkpoint.rawValue, output: FileKind.Seed.store.rawValue).run()
-        fm.createFile(atPath: root + "/ready", contents: Data())
+        fm.createFile(atPath: root + "/ready-2", contents: Data())
         return s
     }
 }
@@ -125,6 +130,14 @@ func exercise(_ kind: FileKind, directory dir: String) -> (Outcome, String) {
                 _ = sim.run(policy: .lru, prefetch: .both)
                 _ = sim.run(policy: .lfu)
                 _ = sim.belady()
+            }
+            return (.accepted, "")
+        case .gguf:
+            // Open every file and decode every tensor this build can decode (NaN weights are data, not a fault
+            // of the reader: the quant fixture plants them on purpose).
+            for f in try FileManager.default.contentsOfDirectory(atPath: dir).sorted() where f.hasSuffix(".gguf") {
+                let g = try GGUFCheckpoint(path: dir + "/" + f)
+                for t in g.tensors where t.type.canDequantize { _ = try g.floats(t.name) }
             }
             return (.accepted, "")
         }

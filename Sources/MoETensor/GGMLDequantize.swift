@@ -1,0 +1,175 @@
+/// GGML block formats → fp32, bit-exact to gguf-py's `gguf.quants.dequantize` (and so to ggml-quants.c's
+/// `dequantize_row_*`): every value is computed with the same fp32 operations in the same order — the block scale
+/// times the sub-block scale rounded first, then times the quant, then minus the rounded minimum; no fused
+/// multiply-adds (Swift does not contract `a * b - c`).
+///
+/// Block layouts (ggml-common.h; fp16 fields little-endian, `QK_K` = 256):
+/// - Q4_0  { d: f16, qs[16] }            y = d · (q − 8),   q = low nibbles (values 0…15) then high (16…31)
+/// - Q4_1  { d, m: f16, qs[16] }         y = d · q + m
+/// - Q5_0  { d: f16, qh[4], qs[16] }     5th bit of value i is bit i of qh;  y = d · (q − 16)
+/// - Q5_1  { d, m: f16, qh[4], qs[16] }  y = d · q + m
+/// - Q8_0  { d: f16, qs[32]: i8 }        y = d · q
+/// - Q2_K  { scales[16], qs[64], d, dmin }            16 groups of 16; scale nibble low = ×d, high = ×dmin
+/// - Q3_K  { hmask[32], qs[64], scales[12], d }       16 groups of 16, 6-bit signed scales (−32)
+/// - Q4_K  { d, dmin, scales[12], qs[128] }           8 groups of 32, 6-bit scale and minimum each
+/// - Q5_K  { d, dmin, scales[12], qh[32], qs[128] }   as Q4_K with a 5th bit
+/// - Q6_K  { ql[128], qh[64], scales[16]: i8, d }     16 groups of 16, q − 32
+public enum GGMLDequantize {
+    /// Decodes `count` values of `type` (a whole number of blocks) from `src` into `dst`.
+    /// The caller has checked `type.canDequantize`, the block count and the bytes (`GGMLType.rowBytes`).
+    public static func values(_ type: GGMLType, from src: UnsafeRawPointer, count: Int, into dst: UnsafeMutablePointer<Float>) {
+        precondition(type.canDequantize && count % type.blockSize == 0, "GGML \(type): \(count) values is not whole blocks")
+        let blocks = count / type.blockSize
+        let size = type.typeSize
+        for b in 0..<blocks {
+            let block = src + b * size
+            let out = dst + b * type.blockSize
+            switch type {
+            case .f32: out.pointee = block.loadUnaligned(as: Float.self)
+            case .f16: out.pointee = f16ToFloat(block.loadUnaligned(as: UInt16.self))
+            case .bf16: out.pointee = bf16ToFloat(block.loadUnaligned(as: UInt16.self))
+            case .q4_0: q4_0(block, out)
+            case .q4_1: q4_1(block, out)
+            case .q5_0: q5_0(block, out)
+            case .q5_1: q5_1(block, out)
+            case .q8_0: q8_0(block, out)
+            case .q2_K: q2_K(block, out)
+            case .q3_K: q3_K(block, out)
+            case .q4_K: q4_K(block, out)
+            case .q5_K: q5_K(block, out)
+            case .q6_K: q6_K(block, out)
+            default: preconditionFailure("GGML \(type) has no decoder")
+            }
+        }
+    }
+
+    @inline(__always) static func half(_ p: UnsafeRawPointer, _ offset: Int) -> Float {
+        f16ToFloat(p.loadUnaligned(fromByteOffset: offset, as: UInt16.self))
+    }
+
+    @inline(__always) static func byte(_ p: UnsafeRawPointer, _ offset: Int) -> UInt8 {
+        p.load(fromByteOffset: offset, as: UInt8.self)
+    }
+
+    /// Value i < 16 is the low nibble of qs[i], value i ≥ 16 the high nibble of qs[i − 16].
+    @inline(__always) static func nibble(_ qs: UnsafeRawPointer, _ i: Int) -> Int {
+        Int((byte(qs, i & 15) >> UInt8((i >> 4) * 4)) & 0x0F)
+    }
+
+    static func q4_0(_ p: UnsafeRawPointer, _ y: UnsafeMutablePointer<Float>) {
+        let d = half(p, 0)
+        for i in 0..<32 { y[i] = d * Float(nibble(p + 2, i) - 8) }
+    }
+
+    static func q4_1(_ p: UnsafeRawPointer, _ y: UnsafeMutablePointer<Float>) {
+        let d = half(p, 0), m = half(p, 2)
+        for i in 0..<32 { y[i] = d * Float(nibble(p + 4, i)) + m }
+    }
+
+    static func q5_0(_ p: UnsafeRawPointer, _ y: UnsafeMutablePointer<Float>) {
+        let d = half(p, 0)
+        let qh = p.loadUnaligned(fromByteOffset: 2, as: UInt32.self)
+        for i in 0..<32 {
+            let q = nibble(p + 6, i) | Int((qh >> UInt32(i)) & 1) << 4
+            y[i] = d * Float(q - 16)
+        }
+    }
+
+    static func q5_1(_ p: UnsafeRawPointer, _ y: UnsafeMutablePointer<Float>) {
+        let d = half(p, 0), m = half(p, 2)
+        let qh = p.loadUnaligned(fromByteOffset: 4, as: UInt32.self)
+        for i in 0..<32 {
+            let q = nibble(p + 8, i) | Int((qh >> UInt32(i)) & 1) << 4
+            y[i] = d * Float(q) + m
+        }
+    }
+
+    static func q8_0(_ p: UnsafeRawPointer, _ y: UnsafeMutablePointer<Float>) {
+        let d = half(p, 0)
+        for i in 0..<32 { y[i] = Float(Int8(bitPattern: byte(p, 2 + i))) * d }
+    }
+
+    /// Value v = 128·h + 32·j + l is bits 2j…2j+1 of qs[32·h + l]; group v / 16 scales it.
+    static func q2_K(_ p: UnsafeRawPointer, _ y: UnsafeMutablePointer<Float>) {
+        let d = half(p, 80), dmin = half(p, 82)
+        for g in 0..<16 {
+            let sc = byte(p, g)
+            let dl = d * Float(sc & 0x0F), ml = dmin * Float(sc >> 4)
+            for v in (16 * g)..<(16 * g + 16) {
+                let (h, j, l) = (v >> 7, (v >> 5) & 3, v & 31)
+                let q = (byte(p, 16 + 32 * h + l) >> UInt8(2 * j)) & 3
+                y[v] = dl * Float(q) - ml
+            }
+        }
+    }
+
+    /// Scales: 16 six-bit values, low nibbles in bytes 0…7 (value i: byte i % 8, nibble i / 8), high pairs in
+    /// bytes 8…11 (value i: byte 8 + i % 4, bits 2·(i / 4)); minus 32. Value v = 128·h + 32·s + l is bits 2s…2s+1 of
+    /// qs[32·h + l], less 4 unless bit v / 32 of hmask[v % 32] is set.
+    static func q3_K(_ p: UnsafeRawPointer, _ y: UnsafeMutablePointer<Float>) {
+        let d = half(p, 108)
+        let scales = p + 96
+        for g in 0..<16 {
+            let low = (byte(scales, g % 8) >> UInt8(4 * (g / 8))) & 0x0F
+            let high = (byte(scales, 8 + g % 4) >> UInt8(2 * (g / 4))) & 0x03
+            let dl = d * Float(Int(Int8(bitPattern: low | high << 4)) - 32)
+            for v in (16 * g)..<(16 * g + 16) {
+                let (h, s, l) = (v >> 7, (v >> 5) & 3, v & 31)
+                let qLow = Int((byte(p, 32 + 32 * h + l) >> UInt8(2 * s)) & 3)
+                let bit = Int((byte(p, v & 31) >> UInt8(v >> 5)) & 1)
+                y[v] = dl * Float(qLow - ((bit ^ 1) << 2))
+            }
+        }
+    }
+
+    /// K-quants' 12 scale bytes: 8 six-bit scales and 8 six-bit minimums (ggml's `get_scale_min_k4`).
+    @inline(__always) static func scaleMin(_ s: UnsafeRawPointer, _ j: Int) -> (scale: UInt8, min: UInt8) {
+        if j < 4 { return (byte(s, j) & 63, byte(s, j + 4) & 63) }
+        return ((byte(s, j + 4) & 0x0F) | ((byte(s, j - 4) >> 6) << 4),
+                (byte(s, j + 4) >> 4) | ((byte(s, j) >> 6) << 4))
+    }
+
+    /// Group j = 2c + s of 32 values is nibble s of qs[32·c + l].
+    static func q4_K(_ p: UnsafeRawPointer, _ y: UnsafeMutablePointer<Float>) {
+        let d = half(p, 0), dmin = half(p, 2)
+        for j in 0..<8 {
+            let (sc, m) = scaleMin(p + 4, j)
+            let dj = d * Float(sc), mj = dmin * Float(m)
+            let (c, s) = (j >> 1, j & 1)
+            for l in 0..<32 {
+                let q = (byte(p, 16 + 32 * c + l) >> UInt8(4 * s)) & 0x0F
+                y[32 * j + l] = dj * Float(q) - mj
+            }
+        }
+    }
+
+    /// As Q4_K; the 5th bit of group j's value l is bit j of qh[l].
+    static func q5_K(_ p: UnsafeRawPointer, _ y: UnsafeMutablePointer<Float>) {
+        let d = half(p, 0), dmin = half(p, 2)
+        for j in 0..<8 {
+            let (sc, m) = scaleMin(p + 4, j)
+            let dj = d * Float(sc), mj = dmin * Float(m)
+            let (c, s) = (j >> 1, j & 1)
+            for l in 0..<32 {
+                let low = (byte(p, 48 + 32 * c + l) >> UInt8(4 * s)) & 0x0F
+                let high = (byte(p, 16 + l) >> UInt8(j)) & 1
+                y[32 * j + l] = dj * Float(low | high << 4) - mj
+            }
+        }
+    }
+
+    /// Value v = 128·h + r: low nibble s = r / 64 of ql[64·h + r % 64], high pair s = r / 32 of qh[32·h + r % 32],
+    /// minus 32; group v / 16 scales it.
+    static func q6_K(_ p: UnsafeRawPointer, _ y: UnsafeMutablePointer<Float>) {
+        let d = half(p, 208)
+        for g in 0..<16 {
+            let dl = d * Float(Int8(bitPattern: byte(p, 192 + g)))
+            for v in (16 * g)..<(16 * g + 16) {
+                let (h, r) = (v >> 7, v & 127)
+                let low = (byte(p, 64 * h + (r & 63)) >> UInt8(4 * (r >> 6))) & 0x0F
+                let high = (byte(p, 128 + 32 * h + (r & 31)) >> UInt8(2 * (r >> 5))) & 0x03
+                y[v] = dl * Float(Int(low | high << 4) - 32)
+            }
+        }
+    }
+}
