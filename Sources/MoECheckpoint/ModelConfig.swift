@@ -221,7 +221,7 @@ public struct ModelConfig: Sendable, Equatable {
         }
     }
 
-    private func validate(file: String) throws(CheckpointError) {
+    func validate(file: String) throws(CheckpointError) {
         func fail(_ key: String, _ why: String) -> CheckpointError { .badConfig(file: file, key: key, reason: why) }
         for (key, v) in [("vocab_size", vocabSize), ("hidden_size", hiddenSize), ("num_hidden_layers", numLayers),
                          ("num_attention_heads", numHeads), ("kv_lora_rank", kvLoraRank),

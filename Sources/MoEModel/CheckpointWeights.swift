@@ -1,13 +1,14 @@
 import MoECheckpoint
 import MoETensor
 
-/// Builds the model's weights from a Hugging Face checkpoint: finds each tensor by its transformers name, checks
-/// its shape against the configuration, and wraps it, zero-copy, in the encoding it is stored in.
+/// Builds the model's weights from a Hugging Face checkpoint (or a GGUF seen through transformers names,
+/// `GGUFTensors`): finds each tensor by its transformers name, checks its shape against the configuration, and
+/// wraps it, zero-copy, in the encoding it is stored in.
 public struct CheckpointWeights {
-    public let checkpoint: Checkpoint
+    public let checkpoint: any TensorSource
     public let config: ModelConfig
 
-    public init(checkpoint: Checkpoint, config: ModelConfig) {
+    public init(checkpoint: any TensorSource, config: ModelConfig) {
         self.checkpoint = checkpoint
         self.config = config
     }

@@ -136,6 +136,17 @@ public final class KimiModel: @unchecked Sendable {
         return KimiModel(config: config, weights: try source.resident(), experts: try CheckpointExperts(source))
     }
 
+    /// Loads a GGUF model (llama.cpp's `deepseek2`; any part of a split set), every tensor decoded to fp32 in
+    /// memory (`GGUFTensors`): the exact path, for checking and for models that fit in RAM.
+    public static func load(gguf path: String) throws(CheckpointError) -> KimiModel {
+        let gguf = try GGUFCheckpoint(path: path)
+        let config = try ModelConfig.fromGGUF(gguf)
+        let undecodable = gguf.undecodable()
+        guard undecodable.isEmpty else { throw .unsupportedTypes(file: gguf.path, types: undecodable) }
+        let source = CheckpointWeights(checkpoint: GGUFTensors(gguf: gguf, config: config), config: config)
+        return KimiModel(config: config, weights: try source.resident(), experts: try CheckpointExperts(source))
+    }
+
     /// A fresh latent KV cache for one sequence in `kvPrecision`, bounded by `max_position_embeddings` (or `limit`).
     public func makeCache(limit: Int? = nil) -> KVCache {
         KVCache(layers: config.numLayers, latentDim: config.kvLoraRank, ropeDim: config.qkRopeHeadDim,

@@ -24,6 +24,20 @@ public struct Tensor: @unchecked Sendable {
 
     public var elementCount: Int { shape.reduce(1, *) }
 
+    /// The same bytes under another name and shape of the same element count.
+    public func reshaped(name: String, _ shape: [Int]) -> Tensor {
+        precondition(shape.reduce(1, *) == elementCount, "reshape of \(self.shape) to \(shape)")
+        return Tensor(name: name, dtype: dtype, shape: shape, data: data, byteCount: byteCount, owner: owner)
+    }
+
+    /// An fp32 tensor owning a copy of `values`.
+    public static func f32(name: String, shape: [Int], values: [Float]) -> Tensor {
+        let buffer = AlignedBuffer(byteCount: values.count * 4)
+        values.withUnsafeBytes { buffer.pointer.copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
+        return Tensor(name: name, dtype: .f32, shape: shape, data: UnsafeRawPointer(buffer.pointer), byteCount: values.count * 4,
+                      owner: buffer)
+    }
+
     /// Element `i` (flat, row-major) widened to fp32. For scalars, small vectors and tests, not for kernels.
     public func float(at i: Int) -> Float {
         switch dtype {
