@@ -47,6 +47,24 @@ public struct BytePairEncoder: Sendable {
         self.tokens = tokens.map { $0! }
     }
 
+    /// Ranks given directly: `tokens[rank]` is that token's bytes (a GGUF vocabulary, decoded). The same rules as
+    /// a tiktoken file: no token twice, none empty, every single byte a token. `source` names where they came from.
+    public init(tokens: [Data], source: String) throws(TokenizerError) {
+        var ranks: [Data: Int] = [:]
+        ranks.reserveCapacity(tokens.count)
+        for (rank, bytes) in tokens.enumerated() {
+            guard !bytes.isEmpty else { throw TokenizerError(file: source, reason: "token \(rank) is empty") }
+            guard ranks.updateValue(rank, forKey: bytes) == nil else {
+                throw TokenizerError(file: source, reason: "token \(rank) has the same bytes as token \(ranks[bytes]!)")
+            }
+        }
+        for b in 0..<256 where ranks[Data([UInt8(b)])] == nil {
+            throw TokenizerError(file: source, reason: "byte \(b) has no token: a byte-level vocabulary needs all 256")
+        }
+        self.ranks = ranks
+        self.tokens = tokens
+    }
+
     /// Appends the ids of `piece` (UTF-8 bytes) to `out`.
     ///
     /// tiktoken's rule — merge the adjacent pair of lowest rank, the leftmost on ties, until none is a token —

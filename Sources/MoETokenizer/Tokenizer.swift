@@ -25,8 +25,8 @@ public final class Tokenizer: @unchecked Sendable {  // immutable after init: ev
 
     /// Loads `tiktoken.model` and (if present) `tokenizer_config.json` from `directory`. Without a config, the
     /// 256 ids after the ranks are reserved specials with Kimi's names at Kimi's offsets.
-    public init(directory: String) throws(TokenizerError) {
-        bpe = try BytePairEncoder(tiktokenFile: directory + "/tiktoken.model")
+    public convenience init(directory: String) throws(TokenizerError) {
+        let bpe = try BytePairEncoder(tiktokenFile: directory + "/tiktoken.model")
         let n = bpe.tokens.count
         var specials: [String: Int] = [:]
         var names: [Int: String] = [:]
@@ -68,6 +68,11 @@ public final class Tokenizer: @unchecked Sendable {  // immutable after init: ev
         if specials.isEmpty {
             for i in 0..<256 { specials[KimiSpecials.names[i] ?? "<|reserved_token_\(n + i)|>"] = n + i }
         }
+        self.init(bpe: bpe, specials: specials, bos: bos, eos: eos)
+    }
+
+    init(bpe: BytePairEncoder, specials: [String: Int], bos: String?, eos: String?) {
+        self.bpe = bpe
         specialIDs = specials
         specialNames = Dictionary(uniqueKeysWithValues: specials.map { ($1, $0) })
         bosID = specials[bos ?? "[BOS]"]

@@ -63,7 +63,7 @@ struct ChatSetup {
     let stop: Set<Int>
 
     init(path: String, config: ModelConfig, thinking: Bool) throws {
-        do { tokenizer = try Tokenizer(directory: path) } catch {
+        do { tokenizer = try Tokenizer.load(model: path) } catch {
             throw CLIError("\(error) (a model needs tiktoken.model beside config.json for text input)")
         }
         guard tokenizer.vocabularySize <= config.vocabSize else {
@@ -79,7 +79,7 @@ struct ChatSetup {
 struct Tokenize: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Print the token ids of a text (or, with --decode, the text of ids).")
 
-    @Argument(help: "A store, a checkpoint directory, or any directory with tiktoken.model.")
+    @Argument(help: "A store, a checkpoint directory, any directory with tiktoken.model, or a GGUF file.")
     var model: String
 
     @Argument(help: "The text to encode, or the ids to decode (1,2,3).")
@@ -93,7 +93,7 @@ struct Tokenize: ParsableCommand {
 
     func run() throws {
         let tokenizer: Tokenizer
-        do { tokenizer = try Tokenizer(directory: model) } catch { throw CLIError("\(error)") }
+        do { tokenizer = try Tokenizer.load(model: model) } catch { throw CLIError("\(error)") }
         if decode {
             guard let ids = TokenList(argument: input)?.ids else { throw CLIError("'\(input)' is not a list of ids") }
             print(tokenizer.decode(ids))

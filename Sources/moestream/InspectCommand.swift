@@ -12,6 +12,7 @@ struct Inspect: ParsableCommand {
     @OptionGroup var model: ModelOptions
 
     func run() throws {
+        if model.isGGUF { return try inspectGGUF(model.model) }
         let config: ModelConfig
         let checkpoint: Checkpoint
         var store: ExpertStore?
@@ -27,18 +28,7 @@ struct Inspect: ParsableCommand {
         } catch let e as StoreError { throw CLIError(e.description) } catch let e as CheckpointError { throw CLIError(e.description) }
         let c = config
         print("model          \(model.model)")
-        print("model_type     \(c.modelType)\(c.tensorPrefix.isEmpty ? "" : " (tensors under '\(c.tensorPrefix)')")")
-        print("layers         \(c.numLayers) (dense: \(c.numLayers - c.moeLayers.count), MoE: \(c.moeLayers.count))")
-        print("hidden         \(c.hiddenSize), intermediate \(c.intermediateSize), expert intermediate \(c.moeIntermediateSize)")
-        print("attention      MLA, \(c.numHeads) heads, q_lora \(c.qLoraRank.map(String.init) ?? "none"), kv_lora \(c.kvLoraRank), "
-            + "nope \(c.qkNopeHeadDim) + rope \(c.qkRopeHeadDim), v \(c.vHeadDim)")
-        print("experts        \(c.numRoutedExperts) routed (top-\(c.expertsPerToken), \(c.nGroup) groups, keep \(c.topkGroup)), "
-            + "\(c.numSharedExperts) shared, scaling \(c.routedScalingFactor)")
-        let rope = c.rope.kind == .yarn
-            ? "yarn θ=\(c.rope.theta) factor \(c.rope.factor) original \(c.rope.originalMaxPositionEmbeddings)"
-            : "θ=\(c.rope.theta)"
-        print("rope           \(rope), context \(c.maxPositionEmbeddings)")
-        print("vocabulary     \(c.vocabSize)")
+        printConfiguration(c)
         if let q = c.quantization { print("quantization   \(q)") }
         print("tensors        \(checkpoint.tensorNames.count) in \(checkpoint.files.count) file(s)")
 
@@ -66,6 +56,66 @@ struct Inspect: ParsableCommand {
             + (c.moeLayers.isEmpty ? "" : ", \(humanBytes(inv.streamedBytes / max(1, c.moeLayers.count * c.numRoutedExperts))) each"))
         print(kvCacheLine(c))
     }
+}
+
+/// The configuration lines `inspect` prints for every kind of model.
+func printConfiguration(_ c: ModelConfig) {
+    print("model_type     \(c.modelType)\(c.tensorPrefix.isEmpty ? "" : " (tensors under '\(c.tensorPrefix)')")")
+    print("layers         \(c.numLayers) (dense: \(c.numLayers - c.moeLayers.count), MoE: \(c.moeLayers.count))")
+    print("hidden         \(c.hiddenSize), intermediate \(c.intermediateSize), expert intermediate \(c.moeIntermediateSize)")
+    print("attention      MLA, \(c.numHeads) heads, q_lora \(c.qLoraRank.map(String.init) ?? "none"), kv_lora \(c.kvLoraRank), "
+        + "nope \(c.qkNopeHeadDim) + rope \(c.qkRopeHeadDim), v \(c.vHeadDim)")
+    print("experts        \(c.numRoutedExperts) routed (top-\(c.expertsPerToken), \(c.nGroup) groups, keep \(c.topkGroup)), "
+        + "\(c.numSharedExperts) shared, scaling \(c.routedScalingFactor)")
+    let rope = c.rope.kind == .yarn
+        ? "yarn θ=\(c.rope.theta) factor \(c.rope.factor) original \(c.rope.originalMaxPositionEmbeddings)"
+        : "θ=\(c.rope.theta)"
+    print("rope           \(rope), context \(c.maxPositionEmbeddings)")
+    print("vocabulary     \(c.vocabSize)")
+}
+
+/// `inspect` of a GGUF file: its configuration, its tensors by GGML type, and which stay resident and which are
+/// the routed experts a store would stream; types this build cannot run are named with their tensors.
+func inspectGGUF(_ path: String) throws {
+    let g: GGUFCheckpoint
+    let c: ModelConfig
+    do {
+        g = try GGUFCheckpoint(path: path)
+        c = try ModelConfig.fromGGUF(g)
+    } catch { throw CLIError("\(error)") }
+    print("model          \(path)")
+    print("format         GGUF v\(g.files[0].version), \(g.files.count) part(s), alignment \(g.files[0].alignment), "
+        + "\(humanBytes(g.totalBytes)) of tensors; no checksums (GGUF files carry none)")
+    if let name = g.metadata["general.name"]?.string { print("name           \(name)") }
+    printConfiguration(c)
+    if let pre = g.metadata["tokenizer.ggml.pre"]?.string {
+        print("tokenizer      \(g.metadata["tokenizer.ggml.model"]?.string ?? "?") / \(pre), "
+            + "\(g.metadata["tokenizer.ggml.tokens"]?.array?.count ?? 0) tokens")
+    }
+    let tensors = g.tensors
+    let isExpert = { (t: GGUFFile.TensorInfo) in t.name.hasSuffix("_exps.weight") }
+    print("")
+    print("type       tensors        bytes   bits/weight   resident       routed experts")
+    let byType = Dictionary(grouping: tensors, by: \.type)
+    for type in byType.keys.sorted(by: { $0.rawValue < $1.rawValue }) {
+        let ts = byType[type]!
+        let resident = ts.filter { !isExpert($0) }.reduce(0) { $0 + $1.range.count }
+        let experts = ts.filter(isExpert).reduce(0) { $0 + $1.range.count }
+        let bpw = String(format: "%.4g", type.bitsPerWeight)
+        var line = type.description.padding(toLength: 8, withPad: " ", startingAt: 0)
+        line += String(ts.count).leftPad(9) + humanBytes(resident + experts).leftPad(13) + bpw.leftPad(14)
+        line += humanBytes(resident).leftPad(11) + humanBytes(experts).leftPad(21)
+        print(line + (type.canDequantize ? "" : "   (cannot run yet)"))
+    }
+    let residentBytes = tensors.filter { !isExpert($0) }.reduce(0) { $0 + $1.range.count }
+    let expertBytes = tensors.filter(isExpert).reduce(0) { $0 + $1.range.count }
+    let count = c.moeLayers.count * c.numRoutedExperts
+    print("")
+    print("resident (RAM)   \(humanBytes(residentBytes)) as stored")
+    print("routed experts   \(humanBytes(expertBytes)) in \(count) experts" + (count > 0 ? ", \(humanBytes(expertBytes / count)) each" : ""))
+    print(kvCacheLine(c))
+    let missing = g.undecodable()
+    if !missing.isEmpty { print("cannot run yet  " + CheckpointError.unsupportedTypes(file: path, types: missing).description) }
 }
 
 /// "KV cache  X per position (--kv-cache f16, the default; f32 Y, bf16 Z), W at the full context of N": what a

@@ -6,13 +6,14 @@ import MoEModel
 import MoERuntime
 import MoETensor
 
-/// Where the model comes from: an expert store (made by `moestream convert`) or a Hugging Face checkpoint
-/// directory (config.json + safetensors), told apart by the store's manifest.
+/// Where the model comes from: an expert store (made by `moestream convert`), a Hugging Face checkpoint
+/// directory (config.json + safetensors), told apart by the store's manifest, or a GGUF file (by its name).
 struct ModelOptions: ParsableArguments {
-    @Argument(help: "An expert store, or a checkpoint directory (config.json and safetensors shards).")
+    @Argument(help: "An expert store, a checkpoint directory (config.json and safetensors shards), or a GGUF file (any part of a split one).")
     var model: String
 
     var isStore: Bool { ExpertStore.isStore(model) }
+    var isGGUF: Bool { model.hasSuffix(".gguf") }
 }
 
 /// What to write besides the output: statistics, heatmap, routing trace.
@@ -40,10 +41,17 @@ struct LoadedModel {
             try cacheOptions.startKernels()
             guard options.isStore else {
                 if cacheOptions.cache != nil || cacheOptions.cacheNode != nil || stats?.trace != nil {
-                    throw CLIError("\(options.model) is a checkpoint directory: the expert cache and traces need a store "
+                    throw CLIError("\(options.model) is \(options.isGGUF ? "a GGUF file" : "a checkpoint directory"): the expert cache and traces need a store "
                         + "(make one with `moestream convert \(options.model) -o STORE`)")
                 }
-                let model = try KimiModel.load(checkpoint: options.model)
+                let model: KimiModel
+                if options.isGGUF {
+                    model = try KimiModel.load(gguf: options.model)
+                    printError("\(options.model): every tensor decoded to fp32 in RAM (GGUF files run from RAM in this build; "
+                        + "the expert cache streams stores, and GGUF experts stream once direct mode lands)")
+                } else {
+                    model = try KimiModel.load(checkpoint: options.model)
+                }
                 model.expertActivations = cacheOptions.activations
                 model.residentActivations = cacheOptions.resident
                 model.prefillChunk = cacheOptions.prefillChunk

@@ -31,7 +31,7 @@ struct Perplexity: ParsableCommand {
         guard let text = try? String(contentsOfFile: file, encoding: .utf8) else { throw CLIError("\(file): cannot be read as UTF-8 text") }
         let loaded = try LoadedModel.load(model, cacheOptions, statsOptions)
         let tokenizer: Tokenizer
-        do { tokenizer = try Tokenizer(directory: model.model) } catch { throw CLIError("\(error)") }
+        do { tokenizer = try Tokenizer.load(model: model.model) } catch { throw CLIError("\(error)") }
         var ids = tokenizer.encode(text, allowSpecial: false)
         if maxTokens > 0 { ids = Array(ids.prefix(maxTokens + 1)) }
         guard ids.count >= 2 else { throw CLIError("\(file): fewer than two tokens") }
