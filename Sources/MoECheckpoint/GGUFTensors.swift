@@ -1,7 +1,8 @@
 import MoETensor
 
-/// A GGUF model's tensors under their transformers names, decoded to fp32 (`GGMLDequantize`, bit-exact to
-/// gguf-py), so the model's loader reads a GGUF exactly as it reads a safetensors checkpoint.
+/// A GGUF model's tensors under their transformers names, so the model's loader reads a GGUF as it reads a
+/// safetensors checkpoint: matrices stay in their GGML types over the mapped file (`WeightMatrix.Encoding.ggml`,
+/// F32/F16/BF16 as themselves), everything else is decoded to fp32 (`GGMLDequantize`, bit-exact to gguf-py).
 ///
 /// llama.cpp's `convert_hf_to_gguf.py` renames every tensor (`blk.3.attn_q_a.weight`), stacks each layer's routed
 /// experts into one [experts, rows, cols] tensor per projection (`ffn_gate_exps`), and since mid-2025 splits MLA's
@@ -86,6 +87,34 @@ public final class GGUFTensors: TensorSource, @unchecked Sendable {  // immutabl
         case .tensor(let t), .expert(let t, _), .splitKVB(let t, _): return gguf.info(t)?.file.path ?? gguf.path
         case nil: return gguf.path
         }
+    }
+
+    /// Matrices as the file stores them, zero-copy: one tensor, or one expert's slice of a stacked tensor. kv_b is
+    /// left to `tensor` (attention slices it by head, which needs a dense encoding).
+    public func matrix(_ name: String, rows: Int, cols: Int) throws(CheckpointError) -> WeightMatrix? {
+        guard let origin = origin(name), contains(name) else { return nil }
+        let (t, index): (String, Int?)
+        switch origin {
+        case .tensor(let n): (t, index) = (n, nil)
+        case .expert(let n, let i): (t, index) = (n, i)
+        case .splitKVB: return nil
+        }
+        if name.hasSuffix("kv_b_proj.weight") { return nil }
+        let (file, info) = gguf.info(t)!
+        let expected = index == nil ? [rows, cols] : [info.ne.count == 3 ? info.ne[2] : -1, rows, cols]
+        guard info.shape == expected else { throw .wrongShape(file: file.path, tensor: t, expected: expected, actual: info.shape) }
+        guard info.type.canDequantize else { throw .unsupportedTypes(file: file.path, types: [info.type.description: [t]]) }
+        let bytes = file.bytes(of: info)
+        let per = info.range.count / (index == nil ? 1 : info.ne[2])
+        let data = UnsafeRawPointer(bytes.baseAddress!) + (index ?? 0) * per
+        let encoding: WeightMatrix.Encoding
+        switch info.type {
+        case .f32: encoding = .f32
+        case .f16: encoding = .f16
+        case .bf16: encoding = .bf16
+        default: encoding = .ggml(info.type)
+        }
+        return WeightMatrix(rows: rows, cols: cols, data: data, encoding: encoding, owners: [gguf])
     }
 
     public func tensor(_ name: String, shape: [Int]) throws(CheckpointError) -> Tensor {

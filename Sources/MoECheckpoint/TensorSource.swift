@@ -10,6 +10,13 @@ public protocol TensorSource: AnyObject, Sendable {
     func tensor(_ name: String, shape: [Int]) throws(CheckpointError) -> Tensor
     /// The file that holds `name`, for error messages.
     func path(of name: String) -> String
+    /// `name` as a weight matrix in a form the source keeps that `tensor` cannot express (GGML blocks), or nil to
+    /// have the loader build it from `tensor`.
+    func matrix(_ name: String, rows: Int, cols: Int) throws(CheckpointError) -> WeightMatrix?
+}
+
+extension TensorSource {
+    public func matrix(_ name: String, rows: Int, cols: Int) throws(CheckpointError) -> WeightMatrix? { nil }
 }
 
 extension Checkpoint: TensorSource {}

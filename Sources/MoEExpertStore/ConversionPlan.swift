@@ -79,6 +79,8 @@ extension StoreConverter {
             case (.source, .f32): encoding = .f32
             case (.source, .fp8Block(_, let r, let cc)): encoding = .fp8; block = (r, cc)
             case (.source, .int8g32): encoding = .int8; scaleType = .f32
+            case (.source, .ggml(let t)):
+                throw .unsupportedSource(file: src.configPath, reason: "experts in GGML \(t) are converted from the GGUF file itself")
             }
             if encoding == .int4 || encoding == .int8 {
                 for (what, n) in [("hidden_size", c.hiddenSize), ("moe_intermediate_size", c.moeIntermediateSize)] where n % 32 != 0 {

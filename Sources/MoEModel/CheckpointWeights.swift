@@ -20,6 +20,7 @@ public struct CheckpointWeights {
     /// I8 with `weight_scale` [rows, cols/32] (F32 or BF16: a store converted with `--resident int8`).
     public func matrix(_ base: String, rows: Int, cols: Int) throws(CheckpointError) -> WeightMatrix {
         let weightName = name(base, ".weight")
+        if let m = try checkpoint.matrix(weightName, rows: rows, cols: cols) { return m }
         guard checkpoint.contains(weightName) else {
             if checkpoint.contains(name(base, ".weight_packed")) {
                 throw .wrongDType(file: checkpoint.path(of: name(base, ".weight_packed")), tensor: name(base, ".weight_packed"),

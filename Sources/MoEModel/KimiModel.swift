@@ -136,8 +136,8 @@ public final class KimiModel: @unchecked Sendable {
         return KimiModel(config: config, weights: try source.resident(), experts: try CheckpointExperts(source))
     }
 
-    /// Loads a GGUF model (llama.cpp's `deepseek2`; any part of a split set), every tensor decoded to fp32 in
-    /// memory (`GGUFTensors`): the exact path, for checking and for models that fit in RAM.
+    /// Loads a GGUF model (llama.cpp's `deepseek2`; any part of a split set) from the mapped file, matrices in
+    /// their GGML types and every expert resident (`GGUFTensors`): for checking, and for models that fit in RAM.
     public static func load(gguf path: String) throws(CheckpointError) -> KimiModel {
         let gguf = try GGUFCheckpoint(path: path)
         let config = try ModelConfig.fromGGUF(gguf)

@@ -23,6 +23,10 @@ public struct WeightMatrix: @unchecked Sendable {
         case int4g32x8(scales: UnsafeRawPointer, scaleType: ScaleType)
         /// Symmetric int8, one scale per 32 values: `W = q · scale`; `data` is `[rows, cols]` Int8.
         case int8g32(scales: UnsafeRawPointer, scaleType: ScaleType)
+        /// A GGML block type as a GGUF file stores it (`GGMLType`): each row is `cols / blockSize` blocks, rows
+        /// back to back. Multiplied by decoding a row exactly (`GGMLDequantize`, bit-exact to gguf-py) and taking
+        /// fp32 dot products with it.
+        case ggml(GGMLType)
     }
 
     /// How group scales are stored: bf16 (Kimi K2 Thinking's own) or fp32.
@@ -56,6 +60,7 @@ public struct WeightMatrix: @unchecked Sendable {
         case .fp8Block: rows * cols
         case .int4g32, .int4g32x8: rows * cols / 2
         case .int8g32: rows * cols
+        case .ggml(let type): rows * (type.rowBytes(elements: cols) ?? 0)
         }
     }
 
@@ -104,6 +109,24 @@ public struct WeightMatrix: @unchecked Sendable {
             return dotInt8G32(data.assumingMemoryBound(to: Int8.self) + r * cols, x, groups: groups) {
                 Self.groupScale(scales, type, r * groups + $0)
             }
+        case .ggml(let type):
+            return withUnsafeTemporaryAllocation(of: Float.self, capacity: cols) { row in
+                GGMLDequantize.values(type, from: data + r * storedByteCount / rows, count: cols, into: row.baseAddress!)
+                return dotF32(row.baseAddress!, x, cols)
+            }
+        }
+    }
+
+    /// `gemm` for GGML rows: each row decoded once into fp32, then one `dotF32` per token, so a token's result is
+    /// the same alone (`dot`) or among others.
+    func gemmGGML(_ type: GGMLType, rows range: Range<Int>, _ x: UnsafePointer<Float>, tokens: Int, into y: UnsafeMutablePointer<Float>) {
+        let rowBytes = storedByteCount / rows
+        withUnsafeTemporaryAllocation(of: Float.self, capacity: cols) { buffer in
+            let row = buffer.baseAddress!
+            for r in range {
+                GGMLDequantize.values(type, from: data + r * rowBytes, count: cols, into: row)
+                for t in 0..<tokens { y[t * rows + r] = dotF32(row, x + t * cols, cols) }
+            }
         }
     }
 
@@ -145,6 +168,7 @@ public struct WeightMatrix: @unchecked Sendable {
         guard !range.isEmpty else { return }
         precondition(rowTile == 4 || (range.lowerBound % rowTile == 0 && (range.upperBound % rowTile == 0 || range.upperBound == rows)),
                      "the interleaved layout is multiplied in whole blocks of \(rowTile) rows")
+        if case .ggml(let type) = encoding { return gemmGGML(type, rows: range, x, tokens: tokens, into: y) }
         if let kernel = Kernels.gemm(encoding, isa) {
             var m = moe_matrix(data: data, scales: nil, rows: Int64(rows), cols: Int64(cols), scales_bf16: 0)
             switch encoding {
@@ -192,6 +216,8 @@ public struct WeightMatrix: @unchecked Sendable {
             for c in 0..<cols { out[c] = e4m3ToFloat(w[c]) * scales[(r / blockRows) * scaleCols + c / blockCols] }
         case .int4g32, .int8g32, .int4g32x8:
             for c in 0..<cols { out[c] = element(r, c) }
+        case .ggml(let type):
+            GGMLDequantize.values(type, from: data + r * (storedByteCount / rows), count: cols, into: out)
         }
     }
 
@@ -219,6 +245,14 @@ public struct WeightMatrix: @unchecked Sendable {
         case .int8g32(let scales, let type):
             return Float(data.load(fromByteOffset: r * cols + c, as: Int8.self))
                 * Self.groupScale(scales, type, r * (cols / 32) + c / 32)
+        case .ggml(let type):
+            // The block that holds (r, c), decoded whole.
+            let block = c / type.blockSize
+            return withUnsafeTemporaryAllocation(of: Float.self, capacity: type.blockSize) { out in
+                GGMLDequantize.values(type, from: data + r * (storedByteCount / rows) + block * type.typeSize,
+                                      count: type.blockSize, into: out.baseAddress!)
+                return out[c % type.blockSize]
+            }
         }
     }
 }

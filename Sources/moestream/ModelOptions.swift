@@ -47,8 +47,8 @@ struct LoadedModel {
                 let model: KimiModel
                 if options.isGGUF {
                     model = try KimiModel.load(gguf: options.model)
-                    printError("\(options.model): every tensor decoded to fp32 in RAM (GGUF files run from RAM in this build; "
-                        + "the expert cache streams stores, and GGUF experts stream once direct mode lands)")
+                    printError("\(options.model): running from the mapped file, weights in their GGML types "
+                        + "(the expert cache streams stores; GGUF experts stream once direct mode lands)")
                 } else {
                     model = try KimiModel.load(checkpoint: options.model)
                 }

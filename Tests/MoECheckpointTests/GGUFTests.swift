@@ -34,6 +34,38 @@ import MoETestSupport
         #expect(q4k.ne == [256, 24] && q4k.shape == [24, 256])
     }
 
+    /// A GGML matrix multiplies as its decoded rows do: `gemm` over several tokens gives each token exactly what
+    /// `dot` gives it alone, and both are the fp64 product of the decoded weights to fp32 rounding.
+    @Test func ggmlMatricesMultiplyTheirDecodedRows() throws {
+        let gguf = try GGUFCheckpoint(path: Self.quantBlocks)
+        for type in [GGMLType.q4_0, .q5_1, .q8_0, .q2_K, .q3_K, .q4_K, .q5_K, .q6_K] {
+            let (file, info) = try #require(gguf.info("q.\(type)"))
+            let (rows, cols) = (info.ne[1], info.ne[0])
+            let m = WeightMatrix(rows: rows, cols: cols, data: file.bytes(of: info).baseAddress!, encoding: .ggml(type), owners: [gguf])
+            let w = try gguf.floats("x.\(type)").floats()
+            let tokens = 5
+            var rng = SplitMix(seed: 7)
+            let x = (0..<(tokens * cols)).map { _ in Float(rng.unit() * 2 - 1) }
+            var y = [Float](repeating: 0, count: tokens * rows)
+            // Rows whose decoded weights are all finite (the fixture plants inf and NaN scales in a few blocks).
+            let finite = (0..<rows).filter { r in w[(r * cols)..<((r + 1) * cols)].allSatisfy(\.isFinite) }
+            x.withUnsafeBufferPointer { xp in y.withUnsafeMutableBufferPointer { yp in
+                m.gemm(rows: 0..<rows, xp.baseAddress!, tokens: tokens, into: yp.baseAddress!)
+            } }
+            for r in finite {
+                for t in 0..<tokens {
+                    let alone = x.withUnsafeBufferPointer { m.dot(row: r, $0.baseAddress! + t * cols) }
+                    #expect(alone.bitPattern == y[t * rows + r].bitPattern, "\(type) row \(r) token \(t)")
+                    let exact = (0..<cols).reduce(0.0) { $0 + Double(w[r * cols + $1]) * Double(x[t * cols + $1]) }
+                    let scale = (0..<cols).reduce(0.0) { $0 + abs(Double(w[r * cols + $1]) * Double(x[t * cols + $1])) }
+                    #expect(abs(Double(alone) - exact) <= 1e-5 * max(scale, 1e-30), "\(type) row \(r): \(alone) vs \(exact)")
+                }
+                #expect(m.element(r, cols - 1).bitPattern == w[r * cols + cols - 1].bitPattern)
+            }
+            #expect(finite.count >= rows / 2, "\(type): only \(finite.count) finite rows")
+        }
+    }
+
     func write(_ w: GGUFWriter, _ name: String = "model.gguf") -> String {
         let path = dir + "/" + name
         w.write(to: path)
