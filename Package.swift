@@ -45,7 +45,7 @@ let package = Package(
         .target(name: "MoEModel", dependencies: ["MoETensor", "MoECheckpoint"], swiftSettings: optimized),
         // Our on-disk layout: manifest, resident safetensors, one aligned extent per routed expert; converter,
         // verifier and the synchronous expert reader.
-        .target(name: "MoEExpertStore", dependencies: ["MoESystem", "MoETensor", "MoECheckpoint", "MoEModel"],
+        .target(name: "MoEExpertStore", dependencies: ["MoESystem", "MoETensor", "MoECheckpoint", "MoEModel", "MoETokenizer"],
                 swiftSettings: optimized),
         // Kimi's tiktoken BPE with its pre-tokenizer, special tokens, chat formats.
         .target(name: "MoETokenizer", dependencies: ["MoESystem"], swiftSettings: optimized),

@@ -123,4 +123,18 @@ public final class Checkpoint: @unchecked Sendable {  // immutable after init: `
 
     /// The path of the file that holds `name`, for error messages.
     public func path(of name: String) -> String { entry(name)?.file.path ?? directory }
+
+    /// A matrix a store converted from a GGUF keeps in its GGML type: `U8 [rows, row bytes]`, the type named in the
+    /// file's metadata under `ggml:NAME` (`TensorSource.matrix`); nil for every other tensor.
+    public func matrix(_ name: String, rows: Int, cols: Int) throws(CheckpointError) -> WeightMatrix? {
+        guard let (file, entry) = entry(name), let typeName = file.metadata["ggml:" + name] else { return nil }
+        guard let type = GGMLType(named: typeName), type.canDequantize, let rowBytes = type.rowBytes(elements: cols) else {
+            throw .badTensor(file: file.path, tensor: name, reason: "GGML type '\(typeName)' cannot hold rows of \(cols) values")
+        }
+        guard entry.dtype == .u8, entry.shape == [rows, rowBytes] else {
+            throw .wrongShape(file: file.path, tensor: name, expected: [rows, rowBytes], actual: entry.shape)
+        }
+        let t = try file.tensor(name)
+        return WeightMatrix(rows: rows, cols: cols, data: t.data, encoding: .ggml(type), owners: [t.owner])
+    }
 }

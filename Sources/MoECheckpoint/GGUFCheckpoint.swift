@@ -79,6 +79,38 @@ public final class GGUFCheckpoint: @unchecked Sendable {  // immutable after ini
 
     public func contains(_ name: String) -> Bool { location[name] != nil }
 
+    /// The `tokenizer.ggml.*` metadata as plain values (nil when the file has no token list).
+    public struct Vocabulary: Sendable {
+        public let tokens: [String]
+        /// llama.cpp's token types (1 normal, 3 control, 5 unused …); all 1 when the file has none.
+        public let types: [Int]
+        public let model: String?
+        public let pre: String?
+        public let bosID: Int?
+        public let eosID: Int?
+    }
+
+    public func vocabulary() throws(CheckpointError) -> Vocabulary? {
+        let m = metadata
+        guard let list = m["tokenizer.ggml.tokens"]?.array else { return nil }
+        var tokens: [String] = []
+        tokens.reserveCapacity(list.count)
+        for (i, t) in list.enumerated() {
+            guard let s = t.string else { throw .badConfig(file: path, key: "tokenizer.ggml.tokens", reason: "entry \(i) is not a string") }
+            tokens.append(s)
+        }
+        var types = [Int](repeating: 1, count: tokens.count)
+        if let raw = m["tokenizer.ggml.token_type"]?.array {
+            types = []
+            for (i, t) in raw.enumerated() {
+                guard let n = t.int else { throw .badConfig(file: path, key: "tokenizer.ggml.token_type", reason: "entry \(i) is not an integer") }
+                types.append(n)
+            }
+        }
+        return Vocabulary(tokens: tokens, types: types, model: m["tokenizer.ggml.model"]?.string, pre: m["tokenizer.ggml.pre"]?.string,
+                          bosID: m["tokenizer.ggml.bos_token_id"]?.int, eosID: m["tokenizer.ggml.eos_token_id"]?.int)
+    }
+
     /// `name`'s info and the part that holds it.
     public func info(_ name: String) -> (file: GGUFFile, tensor: GGUFFile.TensorInfo)? {
         guard let (f, i) = location[name] else { return nil }

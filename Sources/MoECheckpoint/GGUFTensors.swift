@@ -28,7 +28,7 @@ public final class GGUFTensors: TensorSource, @unchecked Sendable {  // immutabl
         case splitKVB(kB: String, vB: String)
     }
 
-    static let layerNames: [String: String] = [
+    public static let layerNames: [String: String] = [
         "input_layernorm.weight": "attn_norm.weight",
         "post_attention_layernorm.weight": "ffn_norm.weight",
         "self_attn.q_proj.weight": "attn_q.weight",

@@ -16,6 +16,8 @@ extension StoreConverter {
                 /// Widen each row of `base` to fp32 and quantise it to int8 per 32 values (`GroupQuantization.quantizeInt8`,
                 /// fp32 scales): the values (`scales` false) or the scales.
                 case int8(base: String, rows: Int, cols: Int, scales: Bool)
+                /// A GGUF source: the tensor's bytes unchanged (`decoded` false) or decoded to fp32 (`GGUFConversion`).
+                case gguf(name: String, decoded: Bool)
             }
             let name: String
             let dtype: DType
@@ -37,8 +39,15 @@ extension StoreConverter {
             guard !c.moeLayers.isEmpty else {
                 throw .unsupportedSource(file: src.configPath, reason: "the model has no MoE layers: nothing to stream")
             }
-            layout = try Self.expertLayout(src, experts)
-            residentTensors = try Self.residentTensors(src, resident)
+            self.init(layout: try Self.expertLayout(src, experts), residentTensors: try Self.residentTensors(src, resident),
+                      experts: c.numRoutedExperts, moeLayers: c.moeLayers.count)
+        }
+
+        /// Lays out the resident file (header, then the tensors) and sizes the whole store.
+        init(layout: ExpertLayout, residentTensors tensors: [ResidentTensor], experts: Int, moeLayers: Int,
+             metadata: [String: String] = [:]) {
+            self.layout = layout
+            residentTensors = tensors
             // Data order: widest elements first, so every tensor is aligned to its element size.
             residentTensors.sort { ($0.dtype.byteSize, $1.name) > ($1.dtype.byteSize, $0.name) }
             var offset = 0
@@ -49,7 +58,7 @@ extension StoreConverter {
                 header[t.name] = ["dtype": t.dtype.rawValue, "shape": t.shape, "data_offsets": [offset, offset + t.bytes]] as [String: Any]
                 offset += t.bytes
             }
-            header["__metadata__"] = ["format": "pt", "producer": "moestream convert"]
+            header["__metadata__"] = ["format": "pt", "producer": "moestream convert"].merging(metadata) { a, _ in a }
             var json = Array((try? JSONSerialization.data(withJSONObject: header, options: [.sortedKeys])) ?? Data())
             // Pad the header with spaces so the data starts on a 4096-byte boundary.
             let padded = roundUp(8 + json.count, 4096) - 8
@@ -57,8 +66,8 @@ extension StoreConverter {
             residentHeader = withUnsafeBytes(of: UInt64(json.count).littleEndian, Array.init) + json
             for i in residentTensors.indices { residentTensors[i].offset += residentHeader.count }
             residentFileBytes = residentHeader.count + offset
-            expertFileBytes = layout.extentBytes * c.numRoutedExperts
-            totalBytes = residentFileBytes + expertFileBytes * c.moeLayers.count
+            expertFileBytes = layout.extentBytes * experts
+            totalBytes = residentFileBytes + expertFileBytes * moeLayers
         }
 
         static func expertLayout(_ src: ConversionSource, _ option: ExpertsOption) throws(StoreError) -> ExpertLayout {
@@ -161,6 +170,8 @@ extension StoreConverter {
         func produce(_ t: ResidentTensor, _ src: ConversionSource,
                      _ emit: (UnsafeRawPointer, Int) throws -> Void) throws(StoreError) {
             switch t.producer {
+            case .gguf:
+                preconditionFailure("GGUF tensors are produced by GGUFConversion")
             case .copy(let name):
                 let tensor: Tensor
                 do { tensor = try src.checkpoint.tensor(name) } catch { throw .checkpoint(error) }

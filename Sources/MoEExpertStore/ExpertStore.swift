@@ -83,10 +83,13 @@ public final class ExpertStore: @unchecked Sendable {  // immutable after init: 
         guard manifest.experts.files.map(\.layer) == config.moeLayers else {
             throw .badManifest(file: path + "/" + StoreManifest.fileName, reason: "expert files do not cover the MoE layers \(config.moeLayers)")
         }
-        guard layout.extentBytes % layout.alignment == 0,
-              layout == ExpertLayout(encoding: layout.encoding, scaleType: layout.scaleType, blockRows: layout.blockRows,
-                                     blockCols: layout.blockCols, hidden: config.hiddenSize,
-                                     intermediate: config.moeIntermediateSize, alignment: layout.alignment) else {
+        let expected = layout.encoding == .ggml
+            ? layout.ggmlTypes.map { ExpertLayout(ggml: $0, hidden: config.hiddenSize, intermediate: config.moeIntermediateSize,
+                                                  alignment: layout.alignment) }
+            : ExpertLayout(encoding: layout.encoding, scaleType: layout.scaleType, blockRows: layout.blockRows,
+                           blockCols: layout.blockCols, hidden: config.hiddenSize,
+                           intermediate: config.moeIntermediateSize, alignment: layout.alignment)
+        guard layout.extentBytes % layout.alignment == 0, layout == expected else {
             throw .badManifest(file: path + "/" + StoreManifest.fileName, reason: "expert layout does not fit the model's shapes")
         }
         for f in manifest.experts.files {

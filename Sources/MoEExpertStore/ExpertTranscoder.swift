@@ -35,6 +35,12 @@ enum ExpertTranscoder {
             data.copyMemory(from: src.data, byteCount: m.bytes)
         case (.fp8, _):
             throw .unsupportedSource(file: tensor, reason: "fp8 experts can only be passed through from a block-FP8 source with the same blocks")
+        case (.ggml, .ggml), (.ggml, .f32), (.ggml, .f16), (.ggml, .bf16):
+            // A GGUF's blocks, bit for bit (the layer's type may be smaller than the space the layout gives it).
+            precondition(src.storedByteCount <= m.bytes, "\(tensor): \(src.storedByteCount) bytes in a space of \(m.bytes)")
+            data.copyMemory(from: src.data, byteCount: src.storedByteCount)
+        case (.ggml, _):
+            throw .unsupportedSource(file: tensor, reason: "ggml experts are passed through from a GGUF file only")
         default:
             let row = FloatBuffer(count: src.cols)
             for r in 0..<src.rows {
@@ -62,8 +68,8 @@ enum ExpertTranscoder {
             let type = layout.scaleType ?? .f32
             GroupQuantization.quantizeInt8(row: w, cols: cols, scaleType: type, values: data.assumingMemoryBound(to: Int8.self) + r * cols,
                                            scales: scales! + r * (cols / 32) * type.byteSize)
-        case .fp8:
-            preconditionFailure("fp8 is pass-through only")
+        case .fp8, .ggml:
+            preconditionFailure("\(layout.encoding) is pass-through only")
         }
     }
 }

@@ -42,6 +42,7 @@ public struct StoreConverter {
     static let stateFileName = ".convert-state.json"
 
     public func run() throws(StoreError) {
+        if source.hasSuffix(".gguf") { return try runGGUF() }
         let src = try ConversionSource(path: source)
         let plan = try Plan(src, experts: experts, resident: resident)
         let fingerprint = try plan.fingerprint(src)
@@ -59,7 +60,9 @@ public struct StoreConverter {
             log("resident.safetensors: already written, skipped")
         } else {
             progress.unit = StoreManifest.residentFileName
-            residentSums = try writeResident(src, plan, to: residentPath, progress: &progress, report: report)
+            residentSums = try writeResident(plan, to: residentPath, progress: &progress, report: report) { t, emit throws(StoreError) in
+                try plan.produce(t, src, emit)
+            }
         }
 
         // Units 2…: one expert file per MoE layer
@@ -75,7 +78,16 @@ public struct StoreConverter {
                 log("\(rel): already written, skipped")
             } else {
                 progress.unit = rel
-                sums = try writeExperts(src, plan, layer: layer, to: path, progress: &progress, report: report)
+                sums = try writeExperts(plan, experts: src.config.numRoutedExperts, to: path, progress: &progress,
+                                        report: report) { e, extent throws(StoreError) in
+                    let base = "model.layers.\(layer).mlp.experts.\(e)"
+                    for (proj, m) in [("gate_proj", plan.layout.gate), ("up_proj", plan.layout.up), ("down_proj", plan.layout.down)] {
+                        let name = base + "." + proj
+                        let matrix = try src.matrix(name, rows: m.rows, cols: m.cols)
+                        try ExpertTranscoder.encode(matrix, as: plan.layout, into: extent, at: m, tensor: src.name(name, ".weight"))
+                        src.release(name)
+                    }
+                }
             }
             expertFiles.append(ExpertFile(layer: layer, path: rel, experts: src.config.numRoutedExperts, checksums: sums))
         }
@@ -99,7 +111,7 @@ public struct StoreConverter {
     // MARK: - Output directory and resuming
 
     /// Returns true when the store is already complete for this source and these options.
-    private func prepareOutput(fingerprint: String) throws(StoreError) -> Bool {
+    func prepareOutput(fingerprint: String) throws(StoreError) -> Bool {
         let manifestPath = output + "/" + StoreManifest.fileName
         let statePath = output + "/" + Self.stateFileName
         if FileSystem.exists(manifestPath) {
@@ -139,13 +151,13 @@ public struct StoreConverter {
     }
 
     /// The sidecar of a finished unit, or nil when the unit must be (re)done.
-    private func readSidecar<T: Decodable>(_ unitPath: String) throws(StoreError) -> T? {
+    func readSidecar<T: Decodable>(_ unitPath: String) throws(StoreError) -> T? {
         guard FileSystem.exists(unitPath), let data = FileManager.default.contents(atPath: unitPath + ".sums.json") else { return nil }
         return try? JSONDecoder().decode(T.self, from: data)
     }
 
     /// Finishes a unit: sidecar first, then the data file renamed into place (its presence means "done").
-    private func finishUnit<T: Encodable>(_ partial: String, _ final: String, sums: T) throws(StoreError) {
+    func finishUnit<T: Encodable>(_ partial: String, _ final: String, sums: T) throws(StoreError) {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys]
         let data: Data
@@ -155,7 +167,7 @@ public struct StoreConverter {
         try wrap { try FileSystem.syncDirectory((final as NSString).deletingLastPathComponent) }
     }
 
-    private func writeAtomically(_ data: Data, to path: String) throws(StoreError) {
+    func writeAtomically(_ data: Data, to path: String) throws(StoreError) {
         let tmp = path + ".partial"
         try wrap {
             let f = try File(path: tmp, mode: .createTruncate)
@@ -168,7 +180,7 @@ public struct StoreConverter {
         }
     }
 
-    private func cleanUp(layers: [Int]) {
+    func cleanUp(layers: [Int]) {
         FileSystem.remove(output + "/" + StoreManifest.residentFileName + ".sums.json")
         for layer in layers {
             FileSystem.remove(output + "/" + String(format: "experts/layer-%03d.bin", layer) + ".sums.json")
@@ -178,8 +190,10 @@ public struct StoreConverter {
 
     // MARK: - Resident file
 
-    private func writeResident(_ src: ConversionSource, _ plan: Plan, to path: String, progress: inout Progress,
-                               report: @escaping (Progress) -> Void) throws(StoreError) -> [String: String] {
+    /// Writes resident.safetensors: the plan's header, then each tensor's bytes as `produce` emits them.
+    func writeResident(_ plan: Plan, to path: String, progress: inout Progress, report: @escaping (Progress) -> Void,
+                       produce: (Plan.ResidentTensor, (UnsafeRawPointer, Int) throws -> Void) throws(StoreError) -> Void)
+        throws(StoreError) -> [String: String] {
         let partial = path + ".partial"
         var sums: [String: String] = [:]
         try wrap {
@@ -190,7 +204,7 @@ public struct StoreConverter {
             try header.withUnsafeBytes { try w.append($0.baseAddress!, count: $0.count) }
             for t in plan.residentTensors {
                 var hasher = XXHash64.Streaming()
-                try plan.produce(t, src) { p, n in
+                try produce(t) { p, n in
                     hasher.update(p, count: n)
                     try w.append(p, count: n)
                 }
@@ -205,8 +219,9 @@ public struct StoreConverter {
 
     // MARK: - Expert files
 
-    private func writeExperts(_ src: ConversionSource, _ plan: Plan, layer: Int, to path: String, progress: inout Progress,
-                              report: @escaping (Progress) -> Void) throws(StoreError) -> [String] {
+    /// Writes one layer's expert file: `experts` extents, each zeroed and then filled by `fill(expert, extent)`.
+    func writeExperts(_ plan: Plan, experts: Int, to path: String, progress: inout Progress, report: @escaping (Progress) -> Void,
+                      fill: (Int, UnsafeMutableRawPointer) throws(StoreError) -> Void) throws(StoreError) -> [String] {
         let partial = path + ".partial"
         let layout = plan.layout
         let extent = UnsafeMutableRawPointer.allocate(byteCount: layout.extentBytes, alignment: 4096)
@@ -216,15 +231,9 @@ public struct StoreConverter {
         let writer: StreamWriter
         do { writer = try StreamWriter(path: partial, chunkBytes: chunkBytes) } catch { throw .system(error) }
         writer.onWrite = { n in done.bytesDone += n; report(done) }
-        for e in 0..<src.config.numRoutedExperts {
+        for e in 0..<experts {
             extent.initializeMemory(as: UInt8.self, repeating: 0, count: layout.extentBytes)
-            let base = "model.layers.\(layer).mlp.experts.\(e)"
-            for (proj, m) in [("gate_proj", layout.gate), ("up_proj", layout.up), ("down_proj", layout.down)] {
-                let name = base + "." + proj
-                let matrix = try src.matrix(name, rows: m.rows, cols: m.cols)
-                try ExpertTranscoder.encode(matrix, as: layout, into: extent, at: m, tensor: src.name(name, ".weight"))
-                src.release(name)
-            }
+            try fill(e, extent)
             sums.append(XXHash64.hex(XXHash64.hash(extent, count: layout.extentBytes)))
             try wrap { try writer.append(extent, count: layout.extentBytes) }
         }

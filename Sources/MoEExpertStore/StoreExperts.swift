@@ -10,8 +10,8 @@ import MoETensor
 /// under `lock`.
 public final class StoreExperts: ExpertProviding, @unchecked Sendable {
     let layout: ExpertLayout
-    /// Open file and checksums per layer (index = layer; nil for dense layers).
-    private let files: [(file: File, checksums: [UInt64], path: String)?]
+    /// Open file, checksums and (for `ggml` experts) GGML types per layer (index = layer; nil for dense layers).
+    private let files: [(file: File, checksums: [UInt64], path: String, types: [GGMLType]?)?]
     private let buffer: UnsafeMutableRawPointer
     private let lock = NSLock()
     private var bytesReadSoFar = 0
@@ -22,12 +22,12 @@ public final class StoreExperts: ExpertProviding, @unchecked Sendable {
 
     public init(store: ExpertStore) throws(StoreError) {
         layout = store.manifest.experts.layout
-        var files: [(File, [UInt64], String)?] = Array(repeating: nil, count: store.config.numLayers)
+        var files: [(File, [UInt64], String, [GGMLType]?)?] = Array(repeating: nil, count: store.config.numLayers)
         for f in store.manifest.experts.files {
             let path = store.path + "/" + f.path
             let handle: File
             do { handle = try File(path: path, mode: .read) } catch { throw .system(error) }
-            files[f.layer] = (handle, f.checksums.map { UInt64($0, radix: 16) ?? 0 }, path)
+            files[f.layer] = (handle, f.checksums.map { UInt64($0, radix: 16) ?? 0 }, path, f.ggmlTypes(layout))
         }
         self.files = files
         buffer = .allocate(byteCount: layout.extentBytes, alignment: 4096)
@@ -52,7 +52,7 @@ public final class StoreExperts: ExpertProviding, @unchecked Sendable {
                 throw ModelError.expertUnavailable(layer: layer, expert: e,
                                                    reason: "checksum mismatch in \(entry.path) at offset \(offset)")
             }
-            let m = layout.weights(at: UnsafeRawPointer(buffer), owner: self)
+            let m = layout.weights(at: UnsafeRawPointer(buffer), owner: self, types: entry.types)
             try body(e, ExpertWeights(gate: m.gate, up: m.up, down: m.down))
         }
     }

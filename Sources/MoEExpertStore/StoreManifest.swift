@@ -14,6 +14,10 @@ public enum ExpertEncoding: String, Codable, Sendable, CaseIterable {
     case f32
     /// e4m3 with fp32 scales per 128×128 block (Kimi K2 Instruct's, passed through).
     case fp8
+    /// GGML blocks as a GGUF file holds them (`GGMLType`, passed through bit for bit): each matrix's type is in
+    /// its `MatrixLayout.ggmlType`, and a layer whose experts use other types (llama.cpp gives some layers' down
+    /// projections more bits) names them in its `ExpertFile.ggmlTypes`; each matrix's space fits its largest.
+    case ggml
 }
 
 /// Where one matrix of an expert (gate, up or down) sits inside the expert's extent.
@@ -26,6 +30,8 @@ public struct MatrixLayout: Codable, Sendable, Equatable {
     /// Scales (group-32 or FP8 block), when the encoding has them.
     public var scaleOffset: Int?
     public var scaleBytes: Int?
+    /// For `ggml` experts: the GGML type (`Q4_K`) whose rows size this matrix's space.
+    public var ggmlType: String?
 }
 
 /// The layout every expert extent shares: the store computes an expert's place as
@@ -76,6 +82,35 @@ public struct ExpertLayout: Codable, Sendable, Equatable {
         extentBytes = roundUp(cursor, alignment)
     }
 
+    /// A `ggml` layout: each matrix's space holds `rows` rows of its type (`types`: gate, up, down; the largest each
+    /// matrix has in any layer).
+    public init(ggml types: [GGMLType], hidden: Int, intermediate: Int, alignment: Int = 4096) {
+        precondition(types.count == 3)
+        encoding = .ggml
+        scaleType = nil
+        rowInterleave = nil
+        self.alignment = alignment
+        var cursor = 0
+        func place(_ type: GGMLType, rows: Int, cols: Int) -> MatrixLayout {
+            let bytes = rows * (type.rowBytes(elements: cols) ?? 0)
+            var m = MatrixLayout(rows: rows, cols: cols, offset: cursor, bytes: bytes)
+            m.ggmlType = type.description
+            cursor = roundUp(cursor + bytes, Self.innerAlignment)
+            return m
+        }
+        gate = place(types[0], rows: intermediate, cols: hidden)
+        up = place(types[1], rows: intermediate, cols: hidden)
+        down = place(types[2], rows: hidden, cols: intermediate)
+        extentBytes = roundUp(cursor, alignment)
+    }
+
+    /// The GGML types of a `ggml` layout's matrices (gate, up, down), or nil for other encodings.
+    public var ggmlTypes: [GGMLType]? {
+        guard encoding == .ggml else { return nil }
+        let types = [gate, up, down].compactMap { $0.ggmlType.flatMap(GGMLType.init(named:)) }
+        return types.count == 3 ? types : nil
+    }
+
     static func sizes(_ e: ExpertEncoding, _ s: WeightMatrix.ScaleType?, _ br: Int?, _ bc: Int?, rows: Int, cols: Int) -> (Int, Int?) {
         switch e {
         case .int4: return (rows * cols / 2, rows * (cols / 32) * (s ?? .bf16).byteSize)
@@ -85,12 +120,17 @@ public struct ExpertLayout: Codable, Sendable, Equatable {
         case .fp8:
             let (r, c) = (br ?? 128, bc ?? 128)
             return (rows * cols, ((rows + r - 1) / r) * ((cols + c - 1) / c) * 4)
+        case .ggml:
+            preconditionFailure("ggml sizes come from each matrix's type")
         }
     }
 
-    /// The three matrices of an expert whose extent starts at `base`.
-    public func weights(at base: UnsafeRawPointer, owner: AnyObject) -> (gate: WeightMatrix, up: WeightMatrix, down: WeightMatrix) {
-        func matrix(_ m: MatrixLayout) -> WeightMatrix {
+    /// The three matrices of an expert whose extent starts at `base`; `types` are its layer's GGML types for a
+    /// `ggml` layout (the layout's own when nil).
+    public func weights(at base: UnsafeRawPointer, owner: AnyObject, types: [GGMLType]? = nil)
+        -> (gate: WeightMatrix, up: WeightMatrix, down: WeightMatrix) {
+        let ggml = types ?? ggmlTypes
+        func matrix(_ m: MatrixLayout, _ index: Int) -> WeightMatrix {
             let data = base + m.offset
             let scales = m.scaleOffset.map { base + $0 }
             let enc: WeightMatrix.Encoding
@@ -103,14 +143,19 @@ public struct ExpertLayout: Codable, Sendable, Equatable {
             case .fp8:
                 enc = .fp8Block(scales: scales!.assumingMemoryBound(to: Float.self), blockRows: blockRows ?? 128,
                                 blockCols: blockCols ?? 128)
+            case .ggml: enc = .ggml(ggml![index])
             }
             return WeightMatrix(rows: m.rows, cols: m.cols, data: data, encoding: enc, owners: [owner])
         }
-        return (matrix(gate), matrix(up), matrix(down))
+        return (matrix(gate, 0), matrix(up, 1), matrix(down, 2))
     }
 }
 
 @inline(__always) func roundUp(_ n: Int, _ a: Int) -> Int { (n + a - 1) / a * a }
+
+func zip3<A, B, C>(_ a: [A], _ b: [B], _ c: [C]) -> [(A, B, C)] {
+    zip(a, zip(b, c)).map { ($0, $1.0, $1.1) }
+}
 
 /// One MoE layer's expert file.
 public struct ExpertFile: Codable, Sendable, Equatable {
@@ -120,6 +165,15 @@ public struct ExpertFile: Codable, Sendable, Equatable {
     public var experts: Int
     /// xxHash64 of each expert's whole extent (padding included), 16 hex digits.
     public var checksums: [String]
+    /// For `ggml` experts: this layer's GGML types of gate, up and down, when they differ from the layout's.
+    public var ggmlTypes: [String]?
+
+    /// This layer's GGML types (nil for other encodings).
+    public func ggmlTypes(_ layout: ExpertLayout) -> [GGMLType]? {
+        guard let names = ggmlTypes else { return layout.ggmlTypes }
+        let types = names.compactMap(GGMLType.init(named:))
+        return types.count == 3 ? types : nil
+    }
 }
 
 /// A resident tensor's place in resident.safetensors and its checksum.
@@ -257,8 +311,25 @@ public struct StoreManifest: Codable, Sendable, Equatable {
                            + (l.encoding == .int4 ? " and rows in blocks of 8" : ""))
             }
         }
+        if l.encoding == .ggml {
+            // Every layer's types: known, decodable, whole blocks per row, and fitting the space of the matrix.
+            guard l.ggmlTypes != nil else { throw fail("ggml experts need a known GGML type for gate, up and down") }
+            for f in experts.files {
+                guard let types = f.ggmlTypes(l), f.ggmlTypes == nil || f.ggmlTypes!.count == 3 else {
+                    throw fail("layer \(f.layer): GGML types \(f.ggmlTypes ?? []) are not three known types")
+                }
+                for (name, m, type) in zip3(["gate", "up", "down"], [l.gate, l.up, l.down], types) {
+                    guard type.canDequantize, let rowBytes = type.rowBytes(elements: m.cols),
+                          m.scaleOffset == nil, rowBytes.multipliedReportingOverflow(by: m.rows).overflow == false,
+                          rowBytes * m.rows <= m.bytes else {
+                        throw fail("layer \(f.layer): the \(name) matrix (\(m.rows) × \(m.cols)) in \(type) does not fit its \(m.bytes) bytes"
+                                   + (type.canDequantize ? "" : " (\(type) cannot run yet)"))
+                    }
+                }
+            }
+        }
         // The kernels read rows × cols of the encoding: the byte counts must be exactly that, scales where it has them.
-        for (name, m) in [("gate", l.gate), ("up", l.up), ("down", l.down)] {
+        for (name, m) in [("gate", l.gate), ("up", l.up), ("down", l.down)] where l.encoding != .ggml {
             let (data, scales) = ExpertLayout.sizes(l.encoding, l.scaleType, l.blockRows, l.blockCols, rows: m.rows, cols: m.cols)
             guard m.bytes == data, m.scaleBytes == scales, (m.scaleOffset == nil) == (scales == nil) else {
                 throw fail("the \(name) matrix's \(m.bytes) bytes and \(m.scaleBytes ?? 0) scale bytes do not fit its \(m.rows) × \(m.cols) shape")

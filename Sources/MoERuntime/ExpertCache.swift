@@ -17,6 +17,8 @@ import MoETensor
 public final class ExpertCache: ExpertProviding, @unchecked Sendable {  // `workers`, `checksumPools`, `pools` change only in `shutdown`, under `shutdownLock`
     public let configuration: CacheConfiguration
     let layout: ExpertLayout
+    /// For `ggml` experts: each layer's GGML types of gate, up and down (index = layer).
+    let ggmlTypes: [[GGMLType]?]
     let files: ReadFiles
     /// Slot memory, one block per node (the table's slots point into it).
     let memory: [NodeMemory]
@@ -67,6 +69,9 @@ public final class ExpertCache: ExpertProviding, @unchecked Sendable {  // `work
         let layout = store.manifest.experts.layout
         let extent = layout.extentBytes
         self.layout = layout
+        var types = [[GGMLType]?](repeating: nil, count: config.numLayers)
+        for f in store.manifest.experts.files { types[f.layer] = f.ggmlTypes(layout) }
+        ggmlTypes = types
         topK = config.expertsPerToken
         let filePaths = store.manifest.experts.files.map { store.path + "/" + $0.path }
         do { files = try ReadFiles(paths: filePaths, direct: configuration.directIO) } catch { throw .system(error) }
@@ -187,8 +192,8 @@ public final class ExpertCache: ExpertProviding, @unchecked Sendable {  // `work
     /// checks that nothing still holds its closure).
     @inline(never)
     private func compute(expert e: Int, slot s: Int) -> Error? {
-        guard let body = table.requestBody() else { return nil }
-        let m = layout.weights(at: UnsafeRawPointer(table.buffer(s)), owner: self)
+        guard let (body, layer) = table.requestBody() else { return nil }
+        let m = layout.weights(at: UnsafeRawPointer(table.buffer(s)), owner: self, types: ggmlTypes[layer])
         do { try body(e, ExpertWeights(gate: m.gate, up: m.up, down: m.down)) } catch { return error }
         return nil
     }

@@ -494,11 +494,11 @@ final class SlotTable: @unchecked Sendable {  // every `var` is guarded by `lock
         return (Int(jobExpert[j]), Int(jobSlot[j]), jobError != nil)
     }
 
-    /// The body of the request being served (nil once it has returned).
-    func requestBody() -> ((Int, ExpertWeights) throws -> Void)? {
+    /// The body of the request being served (nil once it has returned) and its layer.
+    func requestBody() -> (body: (Int, ExpertWeights) throws -> Void, layer: Int)? {
         lock.lock()
         defer { lock.unlock() }
-        return currentBody
+        return currentBody.map { ($0, lastLayer) }
     }
 
     /// Job `j` is done: unpins its slot and tells the request.

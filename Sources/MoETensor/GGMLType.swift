@@ -50,6 +50,12 @@ public enum GGMLType: UInt32, Sendable, CaseIterable, CustomStringConvertible {
         }
     }
 
+    /// The type llama.cpp spells `name` (`Q4_K`).
+    public init?(named name: String) {
+        guard let t = Self.allCases.first(where: { $0.description == name }) else { return nil }
+        self = t
+    }
+
     /// Values per block (256 = `QK_K` for the K- and most i-quants).
     public var blockSize: Int {
         switch self {

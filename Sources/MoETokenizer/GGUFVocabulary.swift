@@ -63,6 +63,20 @@ extension Tokenizer {
                   eos: try name(eosID, "tokenizer.ggml.eos_token_id"))
     }
 
+    /// This vocabulary as the files `init(directory:)` reads: `tiktoken.model` (base64 bytes and rank per line) and
+    /// `tokenizer_config.json` (the specials by id, BOS and EOS), so a store converted from a GGUF carries them.
+    public func files() -> [(name: String, data: Data)] {
+        var lines = ""
+        for (rank, bytes) in bpe.tokens.enumerated() { lines += bytes.base64EncodedString() + " \(rank)\n" }
+        var added: [String: Any] = [:]
+        for (text, id) in specialIDs { added[String(id)] = ["content": text, "special": true] }
+        var config: [String: Any] = ["added_tokens_decoder": added]
+        if let b = bosID, let name = specialNames[b] { config["bos_token"] = name }
+        if let e = eosID, let name = specialNames[e] { config["eos_token"] = name }
+        let json = (try? JSONSerialization.data(withJSONObject: config, options: [.sortedKeys, .prettyPrinted])) ?? Data()
+        return [("tiktoken.model", Data(lines.utf8)), ("tokenizer_config.json", json)]
+    }
+
     /// GPT-2's `bytes_to_unicode`, inverted: character → byte.
     public static let gpt2ByteDecoder: [Unicode.Scalar: UInt8] = {
         var map: [Unicode.Scalar: UInt8] = [:]

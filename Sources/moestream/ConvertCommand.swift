@@ -7,23 +7,24 @@ extension StoreConverter.ResidentOption: ExpressibleByArgument {}
 
 struct Convert: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Convert a Hugging Face checkpoint (BF16, block FP8 or INT4 pack-quantized) into an expert store.",
+        abstract: "Convert a Hugging Face checkpoint (BF16, block FP8 or INT4 pack-quantized) or a GGUF file into an expert store.",
         discussion: """
         Streams: memory stays bounded whatever the source's size. Interrupted conversions resume when run again \
-        with the same arguments and end byte-identical to an uninterrupted run.
+        with the same arguments and end byte-identical to an uninterrupted run. A GGUF (any part of a split one) \
+        keeps its blocks bit for bit: its experts and resident tensors pass through in their GGML types.
         """)
 
-    @Argument(help: "The source directory: config.json, safetensors shards (and index), tokenizer files.")
+    @Argument(help: "The source: a directory with config.json, safetensors shards (and index) and tokenizer files, or a .gguf file.")
     var source: String
 
     @Option(name: .shortAndLong, help: "The store directory to create (or to finish, after an interruption).")
     var output: String
 
-    @Option(help: "Routed expert encoding: int4 (group-32 scales; INT4 sources pass through unchanged), int8, bf16, or source (as stored).")
-    var experts: StoreConverter.ExpertsOption = .int4
+    @Option(help: "Routed expert encoding: int4 (group-32 scales; INT4 sources pass through unchanged), int8, bf16, or source (as stored). Default: int4, source for a GGUF.")
+    var experts: StoreConverter.ExpertsOption?
 
-    @Option(help: "Resident weights: bf16; int8 (attention, dense and shared-expert matrices with an fp32 scale per 32 values: about 60% of bf16's bytes, faster decode, slower prefill, see docs/performance.md; embeddings, routers and kv_b stay bf16); or source (as stored). Vectors (norms, biases) always stay as stored.")
-    var resident: StoreConverter.ResidentOption = .bf16
+    @Option(help: "Resident weights: bf16; int8 (attention, dense and shared-expert matrices with an fp32 scale per 32 values: about 60% of bf16's bytes, faster decode, slower prefill, see docs/performance.md; embeddings, routers and kv_b stay bf16); or source (as stored). Vectors (norms, biases) always stay as stored. Default: bf16, source for a GGUF.")
+    var resident: StoreConverter.ResidentOption?
 
     @Option(help: ArgumentHelp("Bytes per write, a multiple of 4096.", visibility: .hidden))
     var writeChunk: Int = 64 << 20
@@ -33,8 +34,9 @@ struct Convert: ParsableCommand {
 
     func run() throws {
         var converter = StoreConverter(source: source, output: output)
-        converter.experts = experts
-        converter.resident = resident
+        let gguf = source.hasSuffix(".gguf")
+        converter.experts = experts ?? (gguf ? .source : .int4)
+        converter.resident = resident ?? (gguf ? .source : .bf16)
         converter.chunkBytes = writeChunk
         let started = ContinuousClock.now
         var lastPrint = ContinuousClock.now - .seconds(10)

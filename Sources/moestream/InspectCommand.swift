@@ -39,6 +39,7 @@ struct Inspect: ParsableCommand {
             inv.add(.routedExperts, bytes: files.count * c.numRoutedExperts * layout.extentBytes, tensors: 0)
             print("store          format v\(store.manifest.version), experts \(layout.encoding.rawValue)"
                 + (layout.scaleType.map { " (group-32 \($0.rawValue) scales)" } ?? "")
+                + (layout.ggmlTypes.map { " (gate \($0[0]), up \($0[1]), down \($0[2]) at most)" } ?? "")
                 + ", one \(humanBytes(layout.extentBytes)) extent each (\(layout.alignment)-byte aligned), \(files.count) expert files")
             print("source         \(store.manifest.source.path) (\(store.manifest.source.kind))")
         }
@@ -51,7 +52,8 @@ struct Inspect: ParsableCommand {
             print("\(name)  \(count)  \(humanBytes(b).leftPad(11))   \(role.isResident ? "RAM" : "NVMe")")
         }
         print("")
-        print("resident (RAM)   \(humanBytes(inv.residentBytes))" + residentChoices(checkpoint, prefix: c.tensorPrefix))
+        let fromGGUF = store?.manifest.source.kind == "gguf"  // its resident tensors keep their GGML types
+        print("resident (RAM)   \(humanBytes(inv.residentBytes))" + (fromGGUF ? " in the GGUF's types" : residentChoices(checkpoint, prefix: c.tensorPrefix)))
         print("streamed (NVMe)  \(humanBytes(inv.streamedBytes)) in \(c.moeLayers.count * c.numRoutedExperts) experts"
             + (c.moeLayers.isEmpty ? "" : ", \(humanBytes(inv.streamedBytes / max(1, c.moeLayers.count * c.numRoutedExperts))) each"))
         print(kvCacheLine(c))
