@@ -123,7 +123,7 @@ extension StoreConverter {
     }
 
     /// Each MoE layer's expert types (gate, up, down), every stacked tensor checked against the configuration.
-    static func expertTypes(_ gguf: GGUFCheckpoint, _ c: ModelConfig) throws(StoreError) -> [Int: [GGMLType]] {
+    public static func expertTypes(_ gguf: GGUFCheckpoint, _ c: ModelConfig) throws(StoreError) -> [Int: [GGMLType]] {
         var out: [Int: [GGMLType]] = [:]
         for l in c.moeLayers {
             var types: [GGMLType] = []

@@ -7,6 +7,32 @@ import MoERuntime
 import MoETensor
 import MoESystem
 
+/// What a store converted from a GGUF holds, from the file's tensor types alone (`plan` on a .gguf).
+enum GGUFPlan {
+    /// The resident tensors as `convert` keeps them: their own bytes, kv_b widened to fp32 (from attn_k_b/attn_v_b).
+    static func residentBytes(_ g: GGUFCheckpoint, _ c: ModelConfig) -> Int {
+        var total = 0
+        for t in g.tensors where !t.name.hasSuffix("_exps.weight") && !t.name.hasSuffix("attn_v_b.weight") {
+            if t.name.hasSuffix("attn_k_b.weight") || t.name.hasSuffix("attn_kv_b.weight") {
+                total += c.numHeads * (c.qkNopeHeadDim + c.vHeadDim) * c.kvLoraRank * 4
+            } else {
+                total += t.range.count
+            }
+        }
+        return total
+    }
+
+    /// One expert's extent: each matrix sized for its largest type across the MoE layers.
+    static func extentBytes(_ g: GGUFCheckpoint, _ c: ModelConfig) throws -> Int {
+        let types = try StoreConverter.expertTypes(g, c)
+        let cols = [c.hiddenSize, c.hiddenSize, c.moeIntermediateSize]
+        let widest = (0..<3).map { i in
+            c.moeLayers.map { types[$0]![i] }.max { ($0.rowBytes(elements: cols[i]) ?? 0) < ($1.rowBytes(elements: cols[i]) ?? 0) }!
+        }
+        return ExpertLayout(ggml: widest, hidden: c.hiddenSize, intermediate: c.moeIntermediateSize).extentBytes
+    }
+}
+
 /// `7G` → 7e9, `3500M` → 3.5e9: drive rates are quoted in decimal units.
 func parseRate(_ s: String) -> Double? {
     let t = s.uppercased().replacingOccurrences(of: "B/S", with: "").replacingOccurrences(of: "B", with: "")
@@ -20,7 +46,7 @@ struct Plan: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Will the model run on this machine, and how fast? Resident set, KV cache, cache budget per node, expected decode rate.")
 
-    @Argument(help: "An expert store or a checkpoint directory.")
+    @Argument(help: "An expert store, a checkpoint directory, or a GGUF file (any part of a split one).")
     var model: String
 
     @Option(help: ArgumentHelp("RAM to plan for (default: this machine's available memory).", valueName: "size"))
@@ -48,7 +74,14 @@ struct Plan: ParsableCommand {
         let extent: Int
         var store: ExpertStore?
         do {
-            if ExpertStore.isStore(model) {
+            if model.hasSuffix(".gguf") {
+                // What `convert` makes of it: resident tensors in their types (kv_b in fp32), experts passed through.
+                let g = try GGUFCheckpoint(path: model)
+                config = try ModelConfig.fromGGUF(g)
+                residentBytes = GGUFPlan.residentBytes(g, config)
+                extent = try GGUFPlan.extentBytes(g, config)
+                choices = " in the GGUF's types"
+            } else if ExpertStore.isStore(model) {
                 let s = try ExpertStore(path: model, verifyResident: false)
                 store = s
                 config = s.config
@@ -63,7 +96,10 @@ struct Plan: ParsableCommand {
                                       intermediate: config.moeIntermediateSize).extentBytes
             }
         } catch let e as StoreError { throw CLIError(e.description) } catch let e as CheckpointError { throw CLIError(e.description) }
-        if let store {
+        if model.hasSuffix(".gguf") {
+        } else if let store, store.manifest.source.kind == "gguf" {
+            choices = " in the GGUF's types"
+        } else if let store {
             var list: [(name: String, dtype: DType, shape: [Int], bytes: Int)] = []
             for (name, t) in store.manifest.resident.tensors {
                 if let d = DType(rawValue: t.dtype) { list.append((name: name, dtype: d, shape: t.shape, bytes: t.bytes)) }

@@ -26,4 +26,24 @@ import Testing
         let (s4, _, e4) = try moestream(["generate", file, "--tokens", "1,2", "--cache", "1M"])
         #expect(s4 != 0 && e4.contains("GGUF") && e4.contains("convert"), "\(e4)")
     }
+
+    /// `convert` passes the file through; the store streams its experts through a two-expert cache and answers as
+    /// the file does; `plan` forecasts the store's sizes from the file alone.
+    @Test func convertPlanAndRunTheStore() throws {
+        let store = Fixtures.scratchDirectory("gguf-cli") + "/store"
+        let (s1, _, e1) = try moestream(["convert", file, "-o", store, "--quiet"])
+        #expect(s1 == 0, "\(e1)")
+        let (s2, verify, _) = try moestream(["verify", store])
+        #expect(s2 == 0 && verify.contains("OK"))
+        let prompt = "1024,709,470,919,40"
+        let (_, fromFile, _) = try moestream(["generate", file, "--tokens", prompt, "--max-tokens", "6"])
+        let (s3, fromStore, e3) = try moestream(["generate", store, "--tokens", prompt, "--max-tokens", "6", "--cache", "300K"])
+        #expect(s3 == 0 && fromStore == fromFile && !fromFile.isEmpty, "\(e3)")
+        #expect(e3.contains("expert cache:") && e3.contains("/4 slots"), "\(e3)")  // Q2_K: four 64 KB extents in 300 KB
+        let (_, planFile, _) = try moestream(["plan", file, "--ram", "8G", "--disk-bw", "3G"])
+        let (_, planStore, _) = try moestream(["plan", store, "--ram", "8G", "--disk-bw", "3G"])
+        let experts = { (s: String) in s.split(separator: "\n").first { $0.hasPrefix("routed experts") }.map(String.init) }
+        #expect(experts(planFile) != nil && experts(planFile) == experts(planStore), "\(planFile)\n\(planStore)")
+        #expect(planFile.contains("in the GGUF's types") && planStore.contains("in the GGUF's types"))
+    }
 }
