@@ -33,6 +33,12 @@ F16_FIELDS = {
     T.Q4_K: [0, 2],        # d, dmin, scales[12], qs[128]
     T.Q5_K: [0, 2],        # d, dmin, scales[12], qh[32], qs[128]
     T.Q6_K: [208],         # ql[128], qh[64], scales[16], d
+    # i-quants and ternary types (the low-bit experts of Unsloth's UD quants)
+    T.IQ4_NL: [0], T.IQ4_XS: [0], T.IQ2_XXS: [0], T.IQ2_XS: [0], T.IQ2_S: [0], T.IQ3_XXS: [0], T.IQ3_S: [0],
+    T.IQ1_S: [0],
+    T.IQ1_M: [],           # its fp16 scale is spread over the top nibbles of four words: random only
+    T.TQ1_0: [52],         # qs[48], qh[4], d
+    T.TQ2_0: [64],         # qs[64], d
 }
 EDGES = [0x0000, 0x8000, 0x0001, 0x03FF, 0x0400, 0x7BFF, 0xFBFF, 0x3C00, 0x7C00, 0xFC00, 0x7E00]
 BLOCKS = {32: 64, 256: 24}   # blocks per type, by block size

@@ -14,6 +14,8 @@
 /// - Q4_K  { d, dmin, scales[12], qs[128] }           8 groups of 32, 6-bit scale and minimum each
 /// - Q5_K  { d, dmin, scales[12], qh[32], qs[128] }   as Q4_K with a 5th bit
 /// - Q6_K  { ql[128], qh[64], scales[16]: i8, d }     16 groups of 16, q − 32
+/// - the i-quants (IQ4_NL, IQ4_XS, IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS, IQ3_S, IQ1_S, IQ1_M) and ternary TQ1_0, TQ2_0:
+///   GGMLGrids.swift, with the codebooks gguf-py uses
 public enum GGMLDequantize {
     /// Decodes `count` values of `type` (a whole number of blocks) from `src` into `dst`.
     /// The caller has checked `type.canDequantize`, the block count and the bytes (`GGMLType.rowBytes`).
@@ -38,6 +40,17 @@ public enum GGMLDequantize {
             case .q4_K: q4_K(block, out)
             case .q5_K: q5_K(block, out)
             case .q6_K: q6_K(block, out)
+            case .iq4_NL: iq4_NL(block, out)
+            case .iq4_XS: iq4_XS(block, out)
+            case .iq2_XXS: iq2_XXS(block, out)
+            case .iq2_XS: iq2_XS(block, out)
+            case .iq2_S: iq2_S(block, out)
+            case .iq3_XXS: iq3_XXS(block, out)
+            case .iq3_S: iq3_S(block, out)
+            case .iq1_S: iq1_S(block, out)
+            case .iq1_M: iq1_M(block, out)
+            case .tq1_0: tq1_0(block, out)
+            case .tq2_0: tq2_0(block, out)
             default: preconditionFailure("GGML \(type) has no decoder")
             }
         }

@@ -38,7 +38,7 @@ import MoETestSupport
     /// `dot` gives it alone, and both are the fp64 product of the decoded weights to fp32 rounding.
     @Test func ggmlMatricesMultiplyTheirDecodedRows() throws {
         let gguf = try GGUFCheckpoint(path: Self.quantBlocks)
-        for type in [GGMLType.q4_0, .q5_1, .q8_0, .q2_K, .q3_K, .q4_K, .q5_K, .q6_K] {
+        for type in [GGMLType.q4_0, .q5_1, .q8_0, .q2_K, .q3_K, .q4_K, .q5_K, .q6_K, .iq2_XXS, .iq4_XS, .iq1_M, .tq1_0] {
             let (file, info) = try #require(gguf.info("q.\(type)"))
             let (rows, cols) = (info.ne[1], info.ne[0])
             let m = WeightMatrix(rows: rows, cols: cols, data: file.bytes(of: info).baseAddress!, encoding: .ggml(type), owners: [gguf])
@@ -225,11 +225,11 @@ import MoETestSupport
 
     @Test func unsupportedTypesAreNamedWithTheirTensors() throws {
         var w = valid()
-        w.tensors.append(.init(name: "blk.1.ffn_down_exps.weight", type: 16, ne: [256, 1], data: [UInt8](repeating: 0, count: 66)))
+        w.tensors.append(.init(name: "blk.1.ffn_down_exps.weight", type: 39, ne: [256, 1], data: [UInt8](repeating: 0, count: 136)))
         let g = try GGUFCheckpoint(path: write(w))
-        #expect(g.undecodable() == ["IQ2_XXS": ["blk.1.ffn_down_exps.weight"]])
-        do { _ = try g.floats("blk.1.ffn_down_exps.weight"); Issue.record("decoded IQ2_XXS") } catch {
-            #expect(error.description.contains("IQ2_XXS") && error.description.contains("blk.1.ffn_down_exps.weight"), "\(error)")
+        #expect(g.undecodable() == ["MXFP4": ["blk.1.ffn_down_exps.weight"]])
+        do { _ = try g.floats("blk.1.ffn_down_exps.weight"); Issue.record("decoded MXFP4") } catch {
+            #expect(error.description.contains("MXFP4") && error.description.contains("blk.1.ffn_down_exps.weight"), "\(error)")
         }
     }
 }
