@@ -11,10 +11,15 @@ import MoETensor
 public final class GGUFTensors: TensorSource, @unchecked Sendable {  // immutable after init
     public let gguf: GGUFCheckpoint
     public let config: ModelConfig
+    /// Matrices copied into memory the process owns rather than viewed in the mapping, so a file truncated or
+    /// rewritten under a running model can neither raise SIGBUS nor change its weights (as a store's resident file
+    /// is copied); used when the experts stream from the file and only the resident set is loaded.
+    public let copy: Bool
 
-    public init(gguf: GGUFCheckpoint, config: ModelConfig) {
+    public init(gguf: GGUFCheckpoint, config: ModelConfig, copy: Bool = false) {
         self.gguf = gguf
         self.config = config
+        self.copy = copy
     }
 
     public var directory: String { gguf.path }
@@ -106,7 +111,14 @@ public final class GGUFTensors: TensorSource, @unchecked Sendable {  // immutabl
         guard info.type.canDequantize else { throw .unsupportedTypes(file: file.path, types: [info.type.description: [t]]) }
         let bytes = file.bytes(of: info)
         let per = info.range.count / (index == nil ? 1 : info.ne[2])
-        let data = UnsafeRawPointer(bytes.baseAddress!) + (index ?? 0) * per
+        var data = UnsafeRawPointer(bytes.baseAddress!) + (index ?? 0) * per
+        var owner: AnyObject = gguf
+        if copy {
+            let buffer = AlignedBuffer(byteCount: per)
+            buffer.pointer.copyMemory(from: data, byteCount: per)
+            file.release(info)
+            (data, owner) = (UnsafeRawPointer(buffer.pointer), buffer)
+        }
         let encoding: WeightMatrix.Encoding
         switch info.type {
         case .f32: encoding = .f32
@@ -114,7 +126,7 @@ public final class GGUFTensors: TensorSource, @unchecked Sendable {  // immutabl
         case .bf16: encoding = .bf16
         default: encoding = .ggml(info.type)
         }
-        return WeightMatrix(rows: rows, cols: cols, data: data, encoding: encoding, owners: [gguf])
+        return WeightMatrix(rows: rows, cols: cols, data: data, encoding: encoding, owners: [owner])
     }
 
     public func tensor(_ name: String, shape: [Int]) throws(CheckpointError) -> Tensor {

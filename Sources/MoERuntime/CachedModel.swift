@@ -15,6 +15,26 @@ extension ExpertStore {
     }
 }
 
+/// A GGUF model run directly (no conversion): its resident tensors loaded into memory, its routed experts read
+/// from the file into an expert cache, each expert's gate, up and down slices as aligned supersets
+/// (`GGUFExpertReads`). The file carries no checksums, so nothing the cache reads is verified.
+public enum GGUFDirect {
+    public static func load(path: String, cache configuration: CacheConfiguration) throws -> (model: KimiModel, cache: ExpertCache) {
+        let gguf = try GGUFCheckpoint(path: path)
+        let config = try ModelConfig.fromGGUF(gguf)
+        let undecodable = gguf.undecodable()
+        guard undecodable.isEmpty else { throw CheckpointError.unsupportedTypes(file: gguf.path, types: undecodable) }
+        let reads = try GGUFExpertReads.make(gguf, config)
+        for (i, budget) in configuration.budgets.enumerated() where budget < reads.slotBytes {
+            throw StoreError.badManifest(file: path, reason: "the cache budget of node \(configuration.topology.nodes[i].id) "
+                + "(\(budget) bytes) cannot hold one expert (\(reads.slotBytes) bytes)")
+        }
+        let weights = try CheckpointWeights(checkpoint: GGUFTensors(gguf: gguf, config: config, copy: true), config: config).resident()
+        let cache = try ExpertCache(config: config, reads: reads, configuration: configuration, resident: weights)
+        return (KimiModel(config: config, weights: weights, experts: cache), cache)
+    }
+}
+
 extension CacheConfiguration {
     /// Loud warnings for budgets that will work but badly: a node that cannot hold its share of one layer's
     /// chosen experts reloads experts within a single token.

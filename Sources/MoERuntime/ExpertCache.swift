@@ -16,9 +16,8 @@ import MoETensor
 /// output is bit-identical.
 public final class ExpertCache: ExpertProviding, @unchecked Sendable {  // `workers`, `checksumPools`, `pools` change only in `shutdown`, under `shutdownLock`
     public let configuration: CacheConfiguration
-    let layout: ExpertLayout
-    /// For `ggml` experts: each layer's GGML types of gate, up and down (index = layer).
-    let ggmlTypes: [[GGMLType]?]
+    /// Where the experts are and how a slot holds one (a store's extents, or a GGUF's slices).
+    let reads: ExpertReads
     let files: ReadFiles
     /// Slot memory, one block per node (the table's slots point into it).
     let memory: [NodeMemory]
@@ -61,26 +60,29 @@ public final class ExpertCache: ExpertProviding, @unchecked Sendable {  // `work
 
     /// - Parameter resident: the model's resident weights, for the router prefetcher (routers and norms of
     ///   later layers); nil disables router speculation.
-    public init(store: ExpertStore, configuration: CacheConfiguration, resident: ResidentWeights? = nil) throws(StoreError) {
+    public convenience init(store: ExpertStore, configuration: CacheConfiguration, resident: ResidentWeights? = nil) throws(StoreError) {
+        try self.init(config: store.config, reads: store.expertReads, configuration: configuration, resident: resident)
+    }
+
+    /// A cache over the experts `reads` describes (a store's, or a GGUF's read directly: `GGUFExpertReads`).
+    public init(config: ModelConfig, reads: ExpertReads, configuration requested: CacheConfiguration,
+                resident: ResidentWeights? = nil) throws(StoreError) {
+        var configuration = requested
+        // Every part of an expert goes to the reader in one batch.
+        configuration.ioDepth = max(configuration.ioDepth, reads.maxSegments)
         self.configuration = configuration
-        let config = store.config
         residentForPrefetch = resident
         modelConfig = config
-        let layout = store.manifest.experts.layout
-        let extent = layout.extentBytes
-        self.layout = layout
-        var types = [[GGMLType]?](repeating: nil, count: config.numLayers)
-        for f in store.manifest.experts.files { types[f.layer] = f.ggmlTypes(layout) }
-        ggmlTypes = types
+        self.reads = reads
+        let extent = reads.slotBytes
         topK = config.expertsPerToken
-        let filePaths = store.manifest.experts.files.map { store.path + "/" + $0.path }
-        do { files = try ReadFiles(paths: filePaths, direct: configuration.directIO) } catch { throw .system(error) }
+        do { files = try ReadFiles(paths: reads.paths, direct: configuration.directIO) } catch { throw .system(error) }
 
         var counts: [Int] = [], mem: [NodeMemory] = []
         for (i, node) in configuration.topology.nodes.enumerated() {
             let slots = max(0, configuration.budgets[i] / extent)
             guard slots > 0 else {
-                throw .badManifest(file: store.path, reason: "the cache budget of node \(node.id) (\(configuration.budgets[i]) bytes) "
+                throw .badManifest(file: reads.label, reason: "the cache budget of node \(node.id) (\(configuration.budgets[i]) bytes) "
                     + "cannot hold one expert (\(extent) bytes)")
             }
             counts.append(slots)
@@ -125,10 +127,9 @@ public final class ExpertCache: ExpertProviding, @unchecked Sendable {  // `work
         stats.readAttempts = configuration.readAttempts
         stats.checksumThreads = sumThreads.first ?? 0
 
-        let table = SlotTable(extent: extent, expertsPerLayer: config.numRoutedExperts, moeLayers: config.moeLayers,
+        let table = SlotTable(reads: reads, expertsPerLayer: config.numRoutedExperts, moeLayers: config.moeLayers,
                               layers: config.numLayers, placement: Placement(topology: configuration.topology),
-                              checksums: store.manifest.experts.files.map { $0.checksums.map { UInt64($0, radix: 16) ?? 0 } },
-                              filePaths: filePaths, nodeSlots: counts, slotBase: mem.map { $0.pointer },
+                              nodeSlots: counts, slotBase: mem.map { $0.pointer },
                               policy: configuration.policy, readAttempts: configuration.readAttempts, ioDepth: configuration.ioDepth,
                               engine: setupEngine, stats: stats, log: configuration.log)
         self.table = table
@@ -193,8 +194,7 @@ public final class ExpertCache: ExpertProviding, @unchecked Sendable {  // `work
     @inline(never)
     private func compute(expert e: Int, slot s: Int) -> Error? {
         guard let (body, layer) = table.requestBody() else { return nil }
-        let m = layout.weights(at: UnsafeRawPointer(table.buffer(s)), owner: self, types: ggmlTypes[layer])
-        do { try body(e, ExpertWeights(gate: m.gate, up: m.up, down: m.down)) } catch { return error }
+        do { try body(e, reads.weights(UnsafeRawPointer(table.buffer(s)), layer, e, self)) } catch { return error }
         return nil
     }
 

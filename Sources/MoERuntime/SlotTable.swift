@@ -1,4 +1,5 @@
 import Foundation
+import MoEExpertStore
 import MoEModel
 import MoESystem
 
@@ -18,13 +19,17 @@ final class SlotTable: @unchecked Sendable {  // every `var` is guarded by `lock
     enum SlotState: UInt8 { case empty, loading, verifying, ready, failed, lost }
 
     // Geometry, fixed at init.
+    /// Bytes of one slot.
     let extent: Int
+    /// Where each expert's bytes are, and how a slot holds them (one read per part).
+    let reads: ExpertReads
     let expertsPerLayer: Int
     /// layer → index among MoE layers (or -1), and back.
     let moeOrdinal: [Int]
     let moeLayers: [Int]
     let placement: Placement
-    let checksums: [[UInt64]]
+    /// Per MoE layer and expert, nil when the source has none (a GGUF read directly).
+    let checksums: [[UInt64]]?
     let filePaths: [String]
     /// Slots: global ids, node n owns [nodeStart[n], nodeStart[n] + nodeSlots[n]), at `slotBase[n]` in memory.
     let nodeStart: [Int]
@@ -49,6 +54,9 @@ final class SlotTable: @unchecked Sendable {  // every `var` is guarded by `lock
     private var slotGeneration: [UInt32]
     /// Reads of the current expert that failed in a row.
     private var slotAttempts: [UInt8]
+    /// Parts of the slot's current read not yet back, and the first thing wrong with those that are.
+    private var slotPending: [UInt8]
+    private var slotFault: [String?]
     private var slotOf: [Int32]                  // key → slot or -1
     private var policies: [any EvictionPolicy]
     private let candidates: [UnsafeMutableBufferPointer<Int32>]  // per node scratch for victim search
@@ -93,18 +101,19 @@ final class SlotTable: @unchecked Sendable {  // every `var` is guarded by `lock
     private var prefetcherStorage: Prefetcher?
     private var recorderStorage: RoutingTraceRecorder?
 
-    init(extent: Int, expertsPerLayer: Int, moeLayers: [Int], layers: Int, placement: Placement, checksums: [[UInt64]],
-         filePaths: [String], nodeSlots: [Int], slotBase: [UnsafeMutableRawPointer], policy: PolicyKind, readAttempts: Int,
+    init(reads: ExpertReads, expertsPerLayer: Int, moeLayers: [Int], layers: Int, placement: Placement,
+         nodeSlots: [Int], slotBase: [UnsafeMutableRawPointer], policy: PolicyKind, readAttempts: Int,
          ioDepth: Int, engine: String, stats: CacheStatistics, log: @escaping @Sendable (String) -> Void) {
-        self.extent = extent
+        self.reads = reads
+        extent = reads.slotBytes
+        checksums = reads.checksums
+        filePaths = reads.paths
         self.expertsPerLayer = expertsPerLayer
         self.moeLayers = moeLayers
         var ordinal = Array(repeating: -1, count: layers)
         for (i, l) in moeLayers.enumerated() { ordinal[l] = i }
         moeOrdinal = ordinal
         self.placement = placement
-        self.checksums = checksums
-        self.filePaths = filePaths
         self.nodeSlots = nodeSlots
         var start: [Int] = [], total = 0
         for n in nodeSlots {
@@ -127,6 +136,8 @@ final class SlotTable: @unchecked Sendable {  // every `var` is guarded by `lock
         slotError = Array(repeating: nil, count: total)
         slotGeneration = Array(repeating: 0, count: total)
         slotAttempts = Array(repeating: 0, count: total)
+        slotPending = Array(repeating: 0, count: total)
+        slotFault = Array(repeating: nil, count: total)
         slotOf = Array(repeating: -1, count: moeLayers.count * expertsPerLayer)
         policies = nodeSlots.map { policy.make(slots: $0) }
         candidates = nodeSlots.map { UnsafeMutableBufferPointer<Int32>.allocate(capacity: max(1, $0)) }
@@ -269,6 +280,7 @@ final class SlotTable: @unchecked Sendable {  // every `var` is guarded by `lock
         slotUsed[s] = false
         slotTarget[s] = target
         slotAttempts[s] = 0
+        slotPending[s] = 0
         let n = node(ofSlot: s)
         stats.nodes[n].occupied += 1
         policies[n].filled(s - nodeStart[n], now: tick)
@@ -294,11 +306,14 @@ final class SlotTable: @unchecked Sendable {  // every `var` is guarded by `lock
     // MARK: - Reads (called by a node's I/O worker)
 
     /// The tag of the slot's current read: generation in the high 32 bits, slot in the low.
-    @inline(__always) private func readTag(_ s: Int) -> UInt64 { UInt64(slotGeneration[s]) << 32 | UInt64(UInt32(s)) }
+    /// generation << 32 | part << 24 | slot: every part of a slot's read carries the read's generation.
+    @inline(__always) private func readTag(_ s: Int, part: Int = 0) -> UInt64 {
+        UInt64(slotGeneration[s]) << 32 | UInt64(part) << 24 | UInt64(UInt32(s))
+    }
 
     /// The slot a tag names, if the tag is of the slot's current read and the slot is in `state`.
     private func current(_ tag: UInt64, _ state: SlotState) -> Int? {
-        let s = Int(tag & 0xFFFF_FFFF)
+        let s = Int(tag & 0xFF_FFFF)
         guard s < totalSlots, slotGeneration[s] == UInt32(tag >> 32), slotState[s] == state else { return nil }
         return s
     }
@@ -307,7 +322,8 @@ final class SlotTable: @unchecked Sendable {  // every `var` is guarded by `lock
     private func location(ofSlot s: Int) -> (ordinal: Int, expert: Int, text: String) {
         let k = Int(slotKey[s])
         let ordinal = k / expertsPerLayer, e = k % expertsPerLayer
-        return (ordinal, e, "\(filePaths[ordinal]) at offset \(e * extent)")
+        let first = reads.segment(ordinal: ordinal, expert: e, 0)
+        return (ordinal, e, "\(filePaths[first.file]) at offset \(first.offset)")
     }
 
     /// Waits until node `n` has reads to start or reads in flight, then fills `batch` with up to `depth` minus
@@ -322,7 +338,8 @@ final class SlotTable: @unchecked Sendable {  // every `var` is guarded by `lock
         let room = depth - readsInFlight[n]
         while batch.count < room {
             let s: Int
-            if !demandQueue[n].isEmpty {
+            let fromDemand = !demandQueue[n].isEmpty
+            if fromDemand {
                 s = Int(demandQueue[n].removeFirst())
             } else if !prefetchQueue[n].isEmpty {
                 s = Int(prefetchQueue[n].removeFirst())
@@ -336,8 +353,20 @@ final class SlotTable: @unchecked Sendable {  // every `var` is guarded by `lock
             }
             let k = Int(slotKey[s])
             let ordinal = k / expertsPerLayer, e = k % expertsPerLayer
+            let parts = reads.parts[ordinal].count
+            if batch.count + parts > room {
+                // Not all of this expert's parts fit in this batch: it goes first next time.
+                if fromDemand { demandQueue[n].insert(Int32(s), at: 0) } else { prefetchQueue[n].insert(Int32(s), at: 0) }
+                break
+            }
             slotGeneration[s] &+= 1
-            batch.append(ReadRequest(file: ordinal, offset: e * extent, length: extent, buffer: buffer(s), tag: readTag(s)))
+            slotPending[s] = UInt8(parts)
+            slotFault[s] = nil
+            for i in 0..<parts {
+                let g = reads.segment(ordinal: ordinal, expert: e, i)
+                batch.append(ReadRequest(file: g.file, offset: g.offset, length: g.length, buffer: buffer(s) + g.slotOffset,
+                                         tag: readTag(s, part: i)))
+            }
         }
         readsInFlight[n] += batch.count
         if !batch.isEmpty {
@@ -374,14 +403,29 @@ final class SlotTable: @unchecked Sendable {  // every `var` is guarded by `lock
             if staleTags.count < 16 { staleTags.append(tag) }
             return
         }
-        let (ordinal, e, at) = location(ofSlot: s)
+        let k = Int(slotKey[s])
+        let ordinal = k / expertsPerLayer, e = k % expertsPerLayer
+        let g = reads.segment(ordinal: ordinal, expert: e, Int((tag >> 24) & 0xFF))
         if result > 0 {
             stats.layers[ordinal].bytesRead += result
             stats.nodes[node(ofSlot: s)].bytesRead += result
         }
-        guard result == extent else {
-            readFailed(s, result < 0 ? "read failed: \(String(cString: strerror(Int32(-result)))) in \(at)"
-                       : "short read (\(result) of \(extent) bytes) in \(at)")
+        if result != g.length && slotFault[s] == nil {
+            let at = "\(filePaths[g.file]) at offset \(g.offset)"
+            slotFault[s] = result < 0 ? "read failed: \(String(cString: strerror(Int32(-result)))) in \(at)"
+                : "short read (\(result) of \(g.length) bytes) in \(at)"
+        }
+        // The expert is read when all its parts are back; a fault in any is handled then (no part of it is still
+        // being written into the slot when it is read again).
+        slotPending[s] -= 1
+        guard slotPending[s] == 0 else { return }
+        if let fault = slotFault[s] {
+            readFailed(s, fault)
+            return
+        }
+        guard let checksums else {
+            slotState[s] = .ready
+            lock.broadcast()
             return
         }
         slotState[s] = .verifying
@@ -430,10 +474,13 @@ final class SlotTable: @unchecked Sendable {  // every `var` is guarded by `lock
     func readerReplaced(node n: Int, engine: String, never: [UInt64], lostUnlessDrained lost: Bool, reason: String,
                         message: (Int) -> String) -> Int {
         lock.lock()
-        let neverSet = Set(never)
+        // Per slot, its parts that never reached the kernel. A slot with a part that did and is not back may still be
+        // written into: it is lost. One whose outstanding parts all never started is read again.
+        var neverParts: [Int: Int] = [:]
+        for t in never { if let s = current(t, .loading) { neverParts[s, default: 0] += 1 } }
         var retired = 0
         if lost {
-            for s in nodeStart[n]..<(nodeStart[n] + nodeSlots[n]) where slotState[s] == .loading && !neverSet.contains(readTag(s))
+            for s in nodeStart[n]..<(nodeStart[n] + nodeSlots[n]) where slotState[s] == .loading && Int(slotPending[s]) > (neverParts[s] ?? 0)
                 && !demandQueue[n].contains(Int32(s)) && !prefetchQueue[n].contains(Int32(s)) {
                 let k = Int(slotKey[s])
                 if k >= 0 {
@@ -447,8 +494,8 @@ final class SlotTable: @unchecked Sendable {  // every `var` is guarded by `lock
                 retired += 1
             }
         }
-        for t in never {
-            guard let s = current(t, .loading) else { continue }
+        for s in neverParts.keys.sorted() where slotState[s] == .loading {
+            slotPending[s] = 0
             demandQueue[n].append(Int32(s))
         }
         readsFinished(readsInFlight[n])
@@ -567,6 +614,7 @@ final class SlotTable: @unchecked Sendable {  // every `var` is guarded by `lock
                 stats.layers[ordinal].misses += 1
                 slotState[s] = .loading
                 slotAttempts[s] = 0
+                slotPending[s] = 0
                 slotFromPrefetch[s] = false
                 demandQueue[node(ofSlot: s)].append(Int32(s))
                 lock.broadcast()
