@@ -132,6 +132,14 @@ struct CacheOptions: ParsableArguments {
 
     /// The cache configuration for `store`, and the lines to tell the user about it.
     func configuration(for store: ExpertStore) throws -> (CacheConfiguration, [String]) {
+        let experts = store.manifest.experts.files.count * store.config.numRoutedExperts * store.manifest.experts.layout.extentBytes
+        return try configuration(resident: store.manifest.resident.bytes, experts: experts,
+                                 extent: store.manifest.experts.layout.extentBytes, expertsPerToken: store.config.expertsPerToken)
+    }
+
+    /// The cache configuration for a model whose resident set is `resident` bytes and whose experts take `experts`
+    /// bytes in slots of `extent`.
+    func configuration(resident: Int, experts: Int, extent: Int, expertsPerToken: Int) throws -> (CacheConfiguration, [String]) {
         let topology = self.topology
         var notes: [String] = []
         var config: CacheConfiguration
@@ -148,14 +156,11 @@ struct CacheOptions: ParsableArguments {
             }
             config = CacheConfiguration(budgets: budgets, topology: topology)
         } else if let cache {
-            let experts = store.manifest.experts.files.count * store.config.numRoutedExperts * store.manifest.experts.layout.extentBytes
             let bytes = parsePercent(cache).map { Int((Double(experts) * $0 / 100).rounded()) } ?? parseSize(cache)!
             config = CacheConfiguration(totalBudget: bytes, topology: topology)
         } else {
-            let resident = store.manifest.resident.bytes
             let available = availableMemory()
             let headroom = max(2 << 30, available / 10)
-            let experts = store.manifest.experts.files.count * store.config.numRoutedExperts * store.manifest.experts.layout.extentBytes
             let budget = max(0, min(experts, available - resident - headroom))
             config = CacheConfiguration(totalBudget: budget, topology: topology)
             notes.append("cache budget \(humanBytes(budget)) (available \(humanBytes(available)) − resident \(humanBytes(resident)) "
@@ -167,7 +172,7 @@ struct CacheOptions: ParsableArguments {
         config.ioDepth = ioDepth
         config.engine = ioEngine
         config.computeThreads = threads
-        for w in config.warnings(extentBytes: store.manifest.experts.layout.extentBytes, expertsPerToken: store.config.expertsPerToken) {
+        for w in config.warnings(extentBytes: extent, expertsPerToken: expertsPerToken) {
             notes.append("WARNING: " + w)
         }
         return (config, notes)

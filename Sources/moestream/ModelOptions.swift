@@ -39,19 +39,13 @@ struct LoadedModel {
     static func load(_ options: ModelOptions, _ cacheOptions: CacheOptions, _ stats: StatsOptions? = nil) throws -> LoadedModel {
         do {
             try cacheOptions.startKernels()
+            if options.isGGUF { return try loadGGUF(options, cacheOptions, stats) }
             guard options.isStore else {
                 if cacheOptions.cache != nil || cacheOptions.cacheNode != nil || stats?.trace != nil {
-                    throw CLIError("\(options.model) is \(options.isGGUF ? "a GGUF file" : "a checkpoint directory"): the expert cache and traces need a store "
+                    throw CLIError("\(options.model) is a checkpoint directory: the expert cache and traces need a store "
                         + "(make one with `moestream convert \(options.model) -o STORE`)")
                 }
-                let model: KimiModel
-                if options.isGGUF {
-                    model = try KimiModel.load(gguf: options.model)
-                    printError("\(options.model): running from the mapped file, weights in their GGML types "
-                        + "(the expert cache streams stores; GGUF experts stream once direct mode lands)")
-                } else {
-                    model = try KimiModel.load(checkpoint: options.model)
-                }
+                let model = try KimiModel.load(checkpoint: options.model)
                 model.expertActivations = cacheOptions.activations
                 model.residentActivations = cacheOptions.resident
                 model.prefillChunk = cacheOptions.prefillChunk
@@ -63,6 +57,29 @@ struct LoadedModel {
             let (config, notes) = try cacheOptions.configuration(for: store)
             notes.forEach { printError($0) }
             let (model, cache) = try store.loadModel(cache: config)
+            return try finishLoading(model, cache, cacheOptions, stats)
+        } catch let e as StoreError { throw CLIError(e.description) } catch let e as CheckpointError {
+            throw CLIError(e.description)
+        }
+    }
+
+    /// A GGUF run directly: its resident tensors in memory, its experts streamed from the file through the cache.
+    static func loadGGUF(_ options: ModelOptions, _ cacheOptions: CacheOptions, _ stats: StatsOptions?) throws -> LoadedModel {
+        let gguf = try GGUFCheckpoint(path: options.model)
+        let c = try ModelConfig.fromGGUF(gguf)
+        let reads = try GGUFExpertReads.make(gguf, c)
+        let (config, notes) = try cacheOptions.configuration(resident: GGUFPlan.residentBytes(gguf, c),
+                                                             experts: reads.slotBytes * c.moeLayers.count * c.numRoutedExperts,
+                                                             extent: reads.slotBytes, expertsPerToken: c.expertsPerToken)
+        notes.forEach { printError($0) }
+        printError("\(gguf.path): a GGUF carries no checksums, so expert reads are not verified (`moestream convert` makes a checksummed store)")
+        let (model, cache) = try GGUFDirect.load(path: options.model, cache: config)
+        return try finishLoading(model, cache, cacheOptions, stats)
+    }
+
+    /// The model settings, the fallback line, `--preload` and `--trace`, for a model with an expert cache.
+    static func finishLoading(_ model: KimiModel, _ cache: ExpertCache, _ cacheOptions: CacheOptions, _ stats: StatsOptions?) throws -> LoadedModel {
+        do {
             model.expertActivations = cacheOptions.activations
             model.residentActivations = cacheOptions.resident
             model.prefillChunk = cacheOptions.prefillChunk

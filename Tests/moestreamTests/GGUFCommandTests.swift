@@ -3,8 +3,8 @@ import MoETestSupport
 import Testing
 
 /// The commands on a GGUF file (Tests/Fixtures/gguf, written by llama.cpp's tools): `inspect` shows its types,
-/// `generate` gives transformers' greedy tokens, `tokenize` uses the file's own vocabulary, and the expert cache
-/// is refused by name until GGUF experts stream.
+/// `generate` streams its experts from the file through the cache (direct mode) and gives transformers' greedy
+/// tokens, `tokenize` uses the file's own vocabulary.
 @Suite struct GGUFCommandTests {
     let file = Fixtures.root + "/gguf/kimi_k2_q2_k.gguf"
 
@@ -17,14 +17,17 @@ import Testing
         let ref = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: Fixtures.root + "/gguf/kimi_k2_q2_k.reference.json"))) as! [String: Any]
         let prompt = (ref["prompt"] as! [Int]).map(String.init).joined(separator: ",")
         let generated = ref["generated"] as! [Int]
-        let (s2, out, e2) = try moestream(["generate", file, "--tokens", prompt, "--max-tokens", "\(generated.count)"])
-        #expect(s2 == 0, "\(e2)")
-        #expect(out.trimmingCharacters(in: .whitespacesAndNewlines) == generated.map(String.init).joined(separator: ","), "\(out)")
+        for cache in ["100%", "200K"] {
+            let (s2, out, e2) = try moestream(["generate", file, "--tokens", prompt, "--max-tokens", "\(generated.count)", "--cache", cache])
+            #expect(s2 == 0, "\(e2)")
+            #expect(out.trimmingCharacters(in: .whitespacesAndNewlines) == generated.map(String.init).joined(separator: ","), "\(out)")
+            #expect(e2.contains("no checksums") && e2.contains("expert cache:"), "\(e2)")
+        }
         let (s3, ids, _) = try moestream(["tokenize", file, "Hello <|im_end|>"])
         let (_, same, _) = try moestream(["tokenize", Fixtures.root + "/tokenizer", "Hello <|im_end|>"])
         #expect(s3 == 0 && ids == same && ids.hasSuffix(",1026\n"))
-        let (s4, _, e4) = try moestream(["generate", file, "--tokens", "1,2", "--cache", "1M"])
-        #expect(s4 != 0 && e4.contains("GGUF") && e4.contains("convert"), "\(e4)")
+        let (s4, _, e4) = try moestream(["generate", file, "--tokens", "1,2", "--cache", "10K"])
+        #expect(s4 != 0 && e4.contains("cannot hold one expert"), "\(e4)")
     }
 
     /// `convert` passes the file through; the store streams its experts through a two-expert cache and answers as
