@@ -76,11 +76,14 @@ struct Plan: ParsableCommand {
         do {
             if model.hasSuffix(".gguf") {
                 // What `convert` makes of it: resident tensors in their types (kv_b in fp32), experts passed through.
+                // Run directly (what `run` on the file does): a slot holds an expert's three slices as aligned
+                // supersets; a converted store's extent is a little smaller.
                 let g = try GGUFCheckpoint(path: model)
                 config = try ModelConfig.fromGGUF(g)
                 residentBytes = GGUFPlan.residentBytes(g, config)
-                extent = try GGUFPlan.extentBytes(g, config)
-                choices = " in the GGUF's types"
+                extent = try GGUFExpertReads.make(g, config).slotBytes
+                choices = " in the GGUF's types; experts read straight from the file (a store made by `convert`: "
+                    + "\(humanBytes(try GGUFPlan.extentBytes(g, config))) per expert)"
             } else if ExpertStore.isStore(model) {
                 let s = try ExpertStore(path: model, verifyResident: false)
                 store = s
