@@ -102,35 +102,44 @@ public enum GGMLDequantize {
         for i in 0..<32 { y[i] = Float(Int8(bitPattern: byte(p, 2 + i))) * d }
     }
 
-    /// Value v = 128·h + 32·j + l is bits 2j…2j+1 of qs[32·h + l]; group v / 16 scales it.
+    /// Value v = 128·h + 32·j + l is bits 2j…2j+1 of qs[32·h + l]; group v / 16 = 8h + 2j + l / 16 scales it.
     static func q2_K(_ p: UnsafeRawPointer, _ y: UnsafeMutablePointer<Float>) {
         let d = half(p, 80), dmin = half(p, 82)
-        for g in 0..<16 {
-            let sc = byte(p, g)
-            let dl = d * Float(sc & 0x0F), ml = dmin * Float(sc >> 4)
-            for v in (16 * g)..<(16 * g + 16) {
-                let (h, j, l) = (v >> 7, (v >> 5) & 3, v & 31)
-                let q = (byte(p, 16 + 32 * h + l) >> UInt8(2 * j)) & 3
-                y[v] = dl * Float(q) - ml
+        let qs = p.assumingMemoryBound(to: UInt8.self) + 16
+        for h in 0..<2 {
+            for j in 0..<4 {
+                for half in 0..<2 {
+                    let sc = byte(p, 8 * h + 2 * j + half)
+                    let dl = d * Float(sc & 0x0F), ml = dmin * Float(sc >> 4)
+                    let q = qs + 32 * h + 16 * half, out = y + 128 * h + 32 * j + 16 * half
+                    for i in 0..<16 { out[i] = dl * Float((q[i] >> UInt8(2 * j)) & 3) - ml }
+                }
             }
         }
     }
 
     /// Scales: 16 six-bit values, low nibbles in bytes 0…7 (value i: byte i % 8, nibble i / 8), high pairs in
     /// bytes 8…11 (value i: byte 8 + i % 4, bits 2·(i / 4)); minus 32. Value v = 128·h + 32·s + l is bits 2s…2s+1 of
-    /// qs[32·h + l], less 4 unless bit v / 32 of hmask[v % 32] is set.
+    /// qs[32·h + l], less 4 unless bit 4h + s of hmask[l] is set; group v / 16 = 8h + 2s + l / 16.
     static func q3_K(_ p: UnsafeRawPointer, _ y: UnsafeMutablePointer<Float>) {
         let d = half(p, 108)
         let scales = p + 96
-        for g in 0..<16 {
-            let low = (byte(scales, g % 8) >> UInt8(4 * (g / 8))) & 0x0F
-            let high = (byte(scales, 8 + g % 4) >> UInt8(2 * (g / 4))) & 0x03
-            let dl = d * Float(Int(Int8(bitPattern: low | high << 4)) - 32)
-            for v in (16 * g)..<(16 * g + 16) {
-                let (h, s, l) = (v >> 7, (v >> 5) & 3, v & 31)
-                let qLow = Int((byte(p, 32 + 32 * h + l) >> UInt8(2 * s)) & 3)
-                let bit = Int((byte(p, v & 31) >> UInt8(v >> 5)) & 1)
-                y[v] = dl * Float(qLow - ((bit ^ 1) << 2))
+        let hmask = p.assumingMemoryBound(to: UInt8.self), qs = hmask + 32
+        for h in 0..<2 {
+            for s in 0..<4 {
+                for half in 0..<2 {
+                    let g = 8 * h + 2 * s + half
+                    let low = (byte(scales, g % 8) >> UInt8(4 * (g / 8))) & 0x0F
+                    let high = (byte(scales, 8 + g % 4) >> UInt8(2 * (g / 4))) & 0x03
+                    let dl = d * Float(Int(Int8(bitPattern: low | high << 4)) - 32)
+                    let out = y + 128 * h + 32 * s + 16 * half
+                    for i in 0..<16 {
+                        let l = 16 * half + i
+                        let qLow = Int((qs[32 * h + l] >> UInt8(2 * s)) & 3)
+                        let bit = Int((hmask[l] >> UInt8(4 * h + s)) & 1)
+                        out[i] = dl * Float(qLow - ((bit ^ 1) << 2))
+                    }
+                }
             }
         }
     }
@@ -171,17 +180,23 @@ public enum GGMLDequantize {
         }
     }
 
-    /// Value v = 128·h + r: low nibble s = r / 64 of ql[64·h + r % 64], high pair s = r / 32 of qh[32·h + r % 32],
-    /// minus 32; group v / 16 scales it.
+    /// Value v = 128·h + 32·s + l: low nibble s / 2 of ql[64·h + 32·(s % 2) + l], high pair s of qh[32·h + l],
+    /// minus 32; group v / 16 = 8h + 2s + l / 16 scales it.
     static func q6_K(_ p: UnsafeRawPointer, _ y: UnsafeMutablePointer<Float>) {
         let d = half(p, 208)
-        for g in 0..<16 {
-            let dl = d * Float(Int8(bitPattern: byte(p, 192 + g)))
-            for v in (16 * g)..<(16 * g + 16) {
-                let (h, r) = (v >> 7, v & 127)
-                let low = (byte(p, 64 * h + (r & 63)) >> UInt8(4 * (r >> 6))) & 0x0F
-                let high = (byte(p, 128 + 32 * h + (r & 31)) >> UInt8(2 * (r >> 5))) & 0x03
-                y[v] = dl * Float(Int(low | high << 4) - 32)
+        let ql = p.assumingMemoryBound(to: UInt8.self), qh = ql + 128
+        for h in 0..<2 {
+            for s in 0..<4 {
+                for half in 0..<2 {
+                    let dl = d * Float(Int8(bitPattern: byte(p, 192 + 8 * h + 2 * s + half)))
+                    let out = y + 128 * h + 32 * s + 16 * half
+                    for i in 0..<16 {
+                        let l = 16 * half + i
+                        let low = (ql[64 * h + 32 * (s % 2) + l] >> UInt8(4 * (s / 2))) & 0x0F
+                        let high = (qh[32 * h + l] >> UInt8(2 * s)) & 0x03
+                        out[i] = dl * Float(Int(low | high << 4) - 32)
+                    }
+                }
             }
         }
     }

@@ -1,11 +1,19 @@
 /// The i-quants' codebooks as fp32 tables, decoded once from gguf-py's packed form (`GGMLGridsData.swift`, made by
 /// Tools/make_ggml_grids.py) exactly as gguf-py's `init_grid` decodes them.
 public enum GGMLGrids {
-    /// Row-major [rows, columns] values of a codebook.
-    struct Grid: Sendable {
-        let values: [Float]
+    /// Row-major [rows, columns] values of a codebook, in memory that lives as long as the process (the decoders
+    /// index it in their innermost loops).
+    struct Grid: @unchecked Sendable {  // written once at init, read-only after
+        let values: UnsafeMutablePointer<Float>
         let columns: Int
     }
+
+    /// `ksigns` as a pointer for the same reason (written once here, read-only after).
+    nonisolated(unsafe) static let signs: UnsafeMutablePointer<UInt8> = {
+        let p = UnsafeMutablePointer<UInt8>.allocate(capacity: ksigns.count)
+        p.initialize(from: ksigns, count: ksigns.count)
+        return p
+    }()
 
     /// gguf-py's `init_grid`: hex digits → bytes; each byte holds `8 / bits` elements (bits = ⌈log2(map count)⌉),
     /// element k in bits k·(8 / elements)…; each element indexes `map`.
@@ -27,7 +35,9 @@ public enum GGMLGrids {
             for k in 0..<perByte { values.append(map[Int((byte >> UInt8(k * step)) & mask)]) }
         }
         precondition(values.count == shape.rows * shape.columns, "codebook size")
-        return Grid(values: values, columns: shape.columns)
+        let p = UnsafeMutablePointer<Float>.allocate(capacity: values.count)
+        p.initialize(from: values, count: values.count)
+        return Grid(values: p, columns: shape.columns)
     }
 
     static let iq2xxs = decode(iq2_xxsHex, map: iq2_xxsMap, shape: iq2_xxsShape)
@@ -42,8 +52,8 @@ public enum GGMLGrids {
 /// code: the block scale times the sub-block factor, then times the codebook value, then the sign).
 extension GGMLDequantize {
     /// Sign of value j of a group of 8 whose pattern index is `index` (`ksigns`): −1 where the bit is set.
-    @inline(__always) static func sign(_ index: Int, _ j: Int) -> Float {
-        (GGMLGrids.ksigns[index] >> UInt8(j)) & 1 == 0 ? 1 : -1
+    @inline(__always) static func sign(_ signs: UnsafeMutablePointer<UInt8>, _ index: Int, _ j: Int) -> Float {
+        (signs[index] >> UInt8(j)) & 1 == 0 ? 1 : -1
     }
 
     /// IQ4_NL { d, qs[16] }: Q4_0's nibble order, each nibble a value of the non-linear table.
@@ -72,13 +82,14 @@ extension GGMLDequantize {
     /// word holds four 7-bit sign patterns and a 4-bit scale (top); db = d · (0.5 + s) · 0.25.
     static func iq2_XXS(_ p: UnsafeRawPointer, _ y: UnsafeMutablePointer<Float>) {
         let d = half(p, 0)
+        let ks = GGMLGrids.signs
         let grid = GGMLGrids.iq2xxs
         for ib in 0..<8 {
             let aux = p.loadUnaligned(fromByteOffset: 2 + 8 * ib + 4, as: UInt32.self)
             let db = d * (0.5 + Float(aux >> 28)) * 0.25
             for l in 0..<4 {
                 let row = Int(byte(p, 2 + 8 * ib + l)), signs = Int((aux >> UInt32(7 * l)) & 127)
-                for j in 0..<8 { y[32 * ib + 8 * l + j] = db * grid.values[row * 8 + j] * sign(signs, j) }
+                for j in 0..<8 { y[32 * ib + 8 * l + j] = db * grid.values[row * 8 + j] * sign(ks, signs, j) }
             }
         }
     }
@@ -86,6 +97,7 @@ extension GGMLDequantize {
     /// IQ2_XS { d, qs: 32 × u16 (9-bit row, 7-bit signs), scales[8] }: 16 groups of 16 values, a nibble each.
     static func iq2_XS(_ p: UnsafeRawPointer, _ y: UnsafeMutablePointer<Float>) {
         let d = half(p, 0)
+        let ks = GGMLGrids.signs
         let grid = GGMLGrids.iq2xs
         for g in 0..<16 {
             let s = (byte(p, 66 + g / 2) >> UInt8(4 * (g % 2))) & 0x0F
@@ -93,7 +105,7 @@ extension GGMLDequantize {
             for k in 0..<2 {
                 let q = p.loadUnaligned(fromByteOffset: 2 + 2 * (2 * g + k), as: UInt16.self)
                 let row = Int(q & 511), signs = Int(q >> 9)
-                for j in 0..<8 { y[16 * g + 8 * k + j] = db * grid.values[row * 8 + j] * sign(signs, j) }
+                for j in 0..<8 { y[16 * g + 8 * k + j] = db * grid.values[row * 8 + j] * sign(ks, signs, j) }
             }
         }
     }
@@ -122,6 +134,7 @@ extension GGMLDequantize {
     /// patterns (each for 8 values) and a 4-bit scale; db = d · (0.5 + s) · 0.5.
     static func iq3_XXS(_ p: UnsafeRawPointer, _ y: UnsafeMutablePointer<Float>) {
         let d = half(p, 0)
+        let ks = GGMLGrids.signs
         let grid = GGMLGrids.iq3xxs
         for ib in 0..<8 {
             let aux = p.loadUnaligned(fromByteOffset: 66 + 4 * ib, as: UInt32.self)
@@ -131,7 +144,7 @@ extension GGMLDequantize {
                 for j in 0..<8 {
                     let v = 32 * ib + 8 * l + j
                     let row = Int(byte(p, 2 + v / 4))
-                    y[v] = db * grid.values[row * 4 + (v % 4)] * sign(signs, j)
+                    y[v] = db * grid.values[row * 4 + (v % 4)] * sign(ks, signs, j)
                 }
             }
         }

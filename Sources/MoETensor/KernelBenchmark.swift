@@ -65,6 +65,32 @@ public enum KernelBenchmark {
         }
     }
 
+    /// A `rows × cols` matrix of GGML `type` with random quant bytes and every fp16 scale field set to a small
+    /// normal value (for timing: the decoder's work does not depend on the values).
+    public static func randomGGML(_ type: GGMLType, rows: Int, cols: Int, seed: UInt64 = 3) -> WeightMatrix {
+        let rowBytes = type.rowBytes(elements: cols)!
+        let data = AlignedBuffer(byteCount: rows * rowBytes)
+        var rng = SplitMix(seed: seed)
+        for i in 0..<(rows * rowBytes) { data.pointer.storeBytes(of: UInt8(truncatingIfNeeded: rng.next()), toByteOffset: i, as: UInt8.self) }
+        let fields: [Int]
+        switch type {
+        case .q4_0, .q5_0, .q8_0, .iq4_NL, .iq4_XS, .iq2_XXS, .iq2_XS, .iq2_S, .iq3_XXS, .iq3_S, .iq1_S: fields = [0]
+        case .q4_1, .q5_1, .q4_K, .q5_K: fields = [0, 2]
+        case .q2_K: fields = [80, 82]
+        case .q3_K: fields = [108]
+        case .q6_K: fields = [208]
+        case .tq1_0: fields = [52]
+        case .tq2_0: fields = [64]
+        default: fields = []
+        }
+        for b in 0..<(rows * rowBytes / type.typeSize) {
+            for f in fields {
+                data.pointer.storeBytes(of: Float16(Float(0.001 + 0.01 * rng.unit())).bitPattern, toByteOffset: b * type.typeSize + f, as: UInt16.self)
+            }
+        }
+        return WeightMatrix(rows: rows, cols: cols, data: UnsafeRawPointer(data.pointer), encoding: .ggml(type), owners: [data])
+    }
+
     /// `count` random activations in [-1, 1).
     public static func randomActivations(_ count: Int, seed: UInt64 = 2) -> FloatBuffer {
         var rng = SplitMix(seed: seed)

@@ -110,26 +110,40 @@ public struct WeightMatrix: @unchecked Sendable {
                 Self.groupScale(scales, type, r * groups + $0)
             }
         case .ggml(let type):
-            return withUnsafeTemporaryAllocation(of: Float.self, capacity: cols) { row in
-                GGMLDequantize.values(type, from: data + r * storedByteCount / rows, count: cols, into: row.baseAddress!)
-                return dotF32(row.baseAddress!, x, cols)
-            }
+            // One token through the same path as a batch, so the two agree bit for bit.
+            var y: Float = 0
+            gemmGGML(type, rows: r..<(r + 1), x, tokens: 1, into: &y, outputRows: 1, isa: Kernels.isa)
+            return y
         }
     }
 
-    /// `gemm` for GGML rows: each row decoded once into fp32, then one `dotF32` per token, so a token's result is
-    /// the same alone (`dot`) or among others.
-    func gemmGGML(_ type: GGMLType, rows range: Range<Int>, _ x: UnsafePointer<Float>, tokens: Int, into y: UnsafeMutablePointer<Float>) {
+    /// `gemm` for GGML rows, `y [tokens, outputRows]` indexed from the range's first row when `outputRows` is 1
+    /// (a single row), from 0 otherwise. Rows are decoded exactly (`GGMLDequantize`) into this thread's kernel
+    /// scratch, 16 at a time; then the fp32 kernel of `isa` multiplies them, which gives each (row, token) the same
+    /// operations whatever the tile (tiles.h), so a token's result is the same alone or among others. The generic
+    /// ISA takes `dotF32` of each decoded row instead.
+    func gemmGGML(_ type: GGMLType, rows range: Range<Int>, _ x: UnsafePointer<Float>, tokens: Int, into y: UnsafeMutablePointer<Float>,
+                  outputRows: Int? = nil, isa: KernelISA) {
         let rowBytes = storedByteCount / rows
-        withUnsafeTemporaryAllocation(of: Float.self, capacity: cols) { buffer in
-            let row = buffer.baseAddress!
-            for r in range {
-                GGMLDequantize.values(type, from: data + r * rowBytes, count: cols, into: row)
-                for t in 0..<tokens { y[t * rows + r] = dotF32(row, x + t * cols, cols) }
+        let ldy = outputRows ?? rows, base = outputRows == nil ? 0 : range.lowerBound
+        let chunk = 16
+        let scratch = ThreadScratch.floats(chunk * cols + chunk * tokens, slot: .kernel)
+        let out = scratch + chunk * cols
+        let kernel = isa == .generic ? nil : Kernels.gemm(.f32, isa)
+        var r0 = range.lowerBound
+        while r0 < range.upperBound {
+            let n = min(chunk, range.upperBound - r0)
+            for i in 0..<n { GGMLDequantize.values(type, from: data + (r0 + i) * rowBytes, count: cols, into: scratch + i * cols) }
+            if let kernel {
+                var m = moe_matrix(data: UnsafeRawPointer(scratch), scales: nil, rows: Int64(n), cols: Int64(cols), scales_bf16: 0)
+                kernel(&m, 0, Int64(n), x, Int64(tokens), out)
+                for t in 0..<tokens { for i in 0..<n { y[t * ldy + r0 + i - base] = out[t * n + i] } }
+            } else {
+                for i in 0..<n { for t in 0..<tokens { y[t * ldy + r0 + i - base] = dotF32(scratch + i * cols, x + t * cols, cols) } }
             }
+            r0 += n
         }
     }
-
     /// `y[t, r] = Σ_c W[r, c] · x[t, c]` for `tokens` rows of `x [tokens, cols]` into `y [tokens, rows]`.
     ///
     /// Rows are split across the kernel pool's workers (on a worker of a pool already, the caller does it all);
@@ -168,7 +182,7 @@ public struct WeightMatrix: @unchecked Sendable {
         guard !range.isEmpty else { return }
         precondition(rowTile == 4 || (range.lowerBound % rowTile == 0 && (range.upperBound % rowTile == 0 || range.upperBound == rows)),
                      "the interleaved layout is multiplied in whole blocks of \(rowTile) rows")
-        if case .ggml(let type) = encoding { return gemmGGML(type, rows: range, x, tokens: tokens, into: y) }
+        if case .ggml(let type) = encoding { return gemmGGML(type, rows: range, x, tokens: tokens, into: y, isa: isa) }
         if let kernel = Kernels.gemm(encoding, isa) {
             var m = moe_matrix(data: data, scales: nil, rows: Int64(rows), cols: Int64(cols), scales_bf16: 0)
             switch encoding {

@@ -99,10 +99,15 @@ public final class Workspace: @unchecked Sendable {  // no lock: one pass at a t
 
 /// Scratch memory private to the calling thread and kept between calls: a parallel job's temporary arrays
 /// (attention's scores for a block of queries, an expert's inputs and outputs) without an allocation per job
-/// once the thread has seen the largest size. What `floats` returns is valid until the thread's next call.
+/// once the thread has seen the largest size. What `floats` returns is valid until the thread's next call for the
+/// same `slot`: a caller's arrays (`.caller`) and a kernel's own (`.kernel`: GGML rows decoded for a product the
+/// caller's arrays feed) never share memory.
 public enum ThreadScratch {
+    public enum Slot: Int { case caller = 0, kernel = 1 }
+
     /// `count` floats (not zeroed) owned by this thread.
-    public static func floats(_ count: Int) -> UnsafeMutablePointer<Float> {
+    public static func floats(_ count: Int, slot: Slot = .caller) -> UnsafeMutablePointer<Float> {
+        let key = keys[slot.rawValue]
         let box: Box
         if let raw = pthread_getspecific(key) {
             box = Unmanaged<Box>.fromOpaque(raw).takeUnretainedValue()
@@ -124,9 +129,9 @@ public enum ThreadScratch {
         deinit { pointer.deallocate() }
     }
 
-    private static let key: pthread_key_t = {
+    private static let keys: [pthread_key_t] = (0..<2).map { _ in
         var key = pthread_key_t()
         pthread_key_create(&key) { raw in if let raw { Unmanaged<Box>.fromOpaque(raw).release() } }
         return key
-    }()
+    }
 }

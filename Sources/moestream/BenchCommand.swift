@@ -141,6 +141,9 @@ struct BenchKernels: ParsableCommand {
     @Option(help: "Repeats per measurement (the best is kept).")
     var repeats: Int = 5
 
+    @Option(help: ArgumentHelp("GGML block types to time as well (rows decoded, then fp32 products), comma-separated; none to skip.", valueName: "list"))
+    var ggml: String = "Q4_K,Q2_K,IQ2_XXS"
+
     func run() throws {
         let counts = tokens.split(separator: ",").compactMap { Int($0.trimmingCharacters(in: .whitespaces)) }
         guard !counts.isEmpty, counts.allSatisfy({ $0 >= 1 }) else { throw CLIError("--tokens: a list of positive counts, e.g. 1,4,16") }
@@ -193,6 +196,23 @@ struct BenchKernels: ParsableCommand {
                          scale: scale, peak: peak)
             }
         }
+        }
+        // GGML block types (GGUF experts): rows decoded exactly, then the fp32 kernel of each ISA (generic: dotF32).
+        for name in ggml.split(separator: ",").map(String.init) where name != "none" {
+            guard let type = GGMLType(named: name), type.canDequantize, cols % type.blockSize == 0 else {
+                throw CLIError("--ggml \(name): not a GGML type this build decodes with rows of \(cols) values")
+            }
+            let m = KernelBenchmark.randomGGML(type, rows: rows, cols: cols)
+            for t in counts {
+                let (x, reference, scale, base) = generic(m, tokens: t)
+                for isa in isas {
+                    let s = isa == .generic ? base : KernelBenchmark.time(m, tokens: t, isa: isa, repeats: repeats)
+                    let y = FloatBuffer(count: t * rows)
+                    m.gemm(rows: 0..<rows, x.pointer, tokens: t, into: y.pointer, isa: isa)
+                    printRow(name, t, isa, seconds: s, base: base, bytes: m.storedByteCount, y: y, reference: reference, scale: scale,
+                             peak: peaks[isa]?.fp32)
+                }
+            }
         }
         // bf16 weights × activations split into two bf16 parts on AMX tiles (`--resident-activations bf16x2`),
         // packing included: its error against the fp32 product is the split's.
