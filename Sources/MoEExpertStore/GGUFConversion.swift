@@ -49,43 +49,20 @@ extension StoreConverter {
         if try prepareOutput(fingerprint: Self.fingerprint(gguf, plan)) { return }
 
         var progress = Progress(bytesDone: 0, bytesTotal: plan.totalBytes, unit: "")
-        let report = { (p: Progress) in onProgress(p) }
-        let residentPath = output + "/" + StoreManifest.residentFileName
-        var residentSums: [String: String]
-        if let done: [String: String] = try readSidecar(residentPath) {
-            residentSums = done
-            progress.bytesDone += plan.residentFileBytes
-            log("resident.safetensors: already written, skipped")
-        } else {
-            progress.unit = StoreManifest.residentFileName
-            residentSums = try writeResident(plan, to: residentPath, progress: &progress, report: report) { t, emit throws(StoreError) in
-                try Self.produce(t, gguf, tensors, emit)
-            }
+        let residentSums = try residentUnit(plan, progress: &progress) { t, emit throws(StoreError) in
+            try Self.produce(t, gguf, tensors, emit)
         }
-
-        try wrap { try FileSystem.makeDirectory(output + "/experts") }
         var expertFiles: [ExpertFile] = []
         for layer in config.moeLayers {
-            let rel = String(format: "experts/layer-%03d.bin", layer)
-            let path = output + "/" + rel
             let slices = ["gate", "up", "down"].map { gguf.info("blk.\(layer).ffn_\($0)_exps.weight")! }
-            let sums: [String]
-            if let done: [String] = try readSidecar(path) {
-                sums = done
-                progress.bytesDone += plan.expertFileBytes
-                log("\(rel): already written, skipped")
-            } else {
-                progress.unit = rel
-                sums = try writeExperts(plan, experts: config.numRoutedExperts, to: path, progress: &progress,
-                                        report: report) { e, extent throws(StoreError) in
-                    // Expert e's rows of each stacked tensor, bit for bit.
-                    for ((file, info), m) in zip(slices, [layout.gate, layout.up, layout.down]) {
-                        let per = info.range.count / config.numRoutedExperts
-                        (extent + m.offset).copyMemory(from: file.bytes(of: info).baseAddress! + e * per, byteCount: per)
-                    }
+            let (rel, sums) = try expertUnit(plan, layer: layer, experts: config.numRoutedExperts, progress: &progress) { e, extent throws(StoreError) in
+                // Expert e's rows of each stacked tensor, bit for bit.
+                for ((file, info), m) in zip(slices, [layout.gate, layout.up, layout.down]) {
+                    let per = info.range.count / config.numRoutedExperts
+                    (extent + m.offset).copyMemory(from: file.bytes(of: info).baseAddress! + e * per, byteCount: per)
                 }
-                for (file, info) in slices { file.release(info) }
             }
+            for (file, info) in slices { file.release(info) }
             let types = layerTypes[layer]!
             expertFiles.append(ExpertFile(layer: layer, path: rel, experts: config.numRoutedExperts, checksums: sums,
                                           ggmlTypes: types == widest ? nil : types.map(\.description)))
@@ -108,18 +85,7 @@ extension StoreConverter {
             try writeAtomically(data, to: output + "/" + name)
             carried.append(CarriedFile(name: name, bytes: data.count, xxh64: data.withUnsafeBytes { XXHash64.hex(XXHash64.hash($0)) }))
         }
-        var manifest = StoreManifest(
-            format: StoreManifest.formatName, version: StoreManifest.currentVersion,
-            source: .init(path: source, kind: "gguf", expertsOption: experts.rawValue, residentOption: resident.rawValue),
-            resident: .init(file: StoreManifest.residentFileName, bytes: plan.residentFileBytes,
-                            tensors: plan.residentTable(checksums: residentSums)),
-            experts: .init(layout: layout, files: expertFiles), files: carried, checksum: "")
-        manifest.source.path = (source as NSString).standardizingPath
-        let data: Data
-        do { data = try manifest.encoded() } catch { throw .badManifest(file: output, reason: "cannot encode: \(error)") }
-        try writeAtomically(data, to: output + "/" + StoreManifest.fileName)
-        cleanUp(layers: config.moeLayers)
-        log("store complete: \(output)")
+        try finish(plan, kind: "gguf", residentSums: residentSums, expertFiles: expertFiles, carried: carried, layers: config.moeLayers)
     }
 
     /// Each MoE layer's expert types (gate, up, down), every stacked tensor checked against the configuration.

@@ -49,54 +49,60 @@ public struct StoreConverter {
         if try prepareOutput(fingerprint: fingerprint) { return }
 
         var progress = Progress(bytesDone: 0, bytesTotal: plan.totalBytes, unit: "")
-        let report = { (p: Progress) in onProgress(p) }
-
-        // Unit 1: resident.safetensors
-        let residentPath = output + "/" + StoreManifest.residentFileName
-        var residentSums: [String: String]
-        if let done: [String: String] = try readSidecar(residentPath) {
-            residentSums = done
-            progress.bytesDone += plan.residentFileBytes
-            log("resident.safetensors: already written, skipped")
-        } else {
-            progress.unit = StoreManifest.residentFileName
-            residentSums = try writeResident(plan, to: residentPath, progress: &progress, report: report) { t, emit throws(StoreError) in
-                try plan.produce(t, src, emit)
-            }
-        }
-
-        // Units 2…: one expert file per MoE layer
-        try wrap { try FileSystem.makeDirectory(output + "/experts") }
+        let residentSums = try residentUnit(plan, progress: &progress) { t, emit throws(StoreError) in try plan.produce(t, src, emit) }
         var expertFiles: [ExpertFile] = []
         for layer in src.config.moeLayers {
-            let rel = String(format: "experts/layer-%03d.bin", layer)
-            let path = output + "/" + rel
-            let sums: [String]
-            if let done: [String] = try readSidecar(path) {
-                sums = done
-                progress.bytesDone += plan.expertFileBytes
-                log("\(rel): already written, skipped")
-            } else {
-                progress.unit = rel
-                sums = try writeExperts(plan, experts: src.config.numRoutedExperts, to: path, progress: &progress,
-                                        report: report) { e, extent throws(StoreError) in
-                    let base = "model.layers.\(layer).mlp.experts.\(e)"
-                    for (proj, m) in [("gate_proj", plan.layout.gate), ("up_proj", plan.layout.up), ("down_proj", plan.layout.down)] {
-                        let name = base + "." + proj
-                        let matrix = try src.matrix(name, rows: m.rows, cols: m.cols)
-                        try ExpertTranscoder.encode(matrix, as: plan.layout, into: extent, at: m, tensor: src.name(name, ".weight"))
-                        src.release(name)
-                    }
+            let (rel, sums) = try expertUnit(plan, layer: layer, experts: src.config.numRoutedExperts, progress: &progress) { e, extent throws(StoreError) in
+                let base = "model.layers.\(layer).mlp.experts.\(e)"
+                for (proj, m) in [("gate_proj", plan.layout.gate), ("up_proj", plan.layout.up), ("down_proj", plan.layout.down)] {
+                    let name = base + "." + proj
+                    let matrix = try src.matrix(name, rows: m.rows, cols: m.cols)
+                    try ExpertTranscoder.encode(matrix, as: plan.layout, into: extent, at: m, tensor: src.name(name, ".weight"))
+                    src.release(name)
                 }
             }
             expertFiles.append(ExpertFile(layer: layer, path: rel, experts: src.config.numRoutedExperts, checksums: sums))
         }
+        try finish(plan, kind: src.kind.name, residentSums: residentSums, expertFiles: expertFiles, carried: try writeCarriedFiles(src),
+                   layers: src.config.moeLayers)
+    }
 
-        // Carried files, then the manifest, last.
-        let carried = try writeCarriedFiles(src)
+    /// Unit 1, resident.safetensors: kept when a finished one is there (a resumed conversion), else written with
+    /// each tensor's bytes as `produce` emits them. Returns the tensors' checksums.
+    func residentUnit(_ plan: Plan, progress: inout Progress,
+                      produce: (Plan.ResidentTensor, (UnsafeRawPointer, Int) throws -> Void) throws(StoreError) -> Void)
+        throws(StoreError) -> [String: String] {
+        let path = output + "/" + StoreManifest.residentFileName
+        if let done: [String: String] = try readSidecar(path) {
+            progress.bytesDone += plan.residentFileBytes
+            log("resident.safetensors: already written, skipped")
+            return done
+        }
+        progress.unit = StoreManifest.residentFileName
+        return try writeResident(plan, to: path, progress: &progress, report: { onProgress($0) }, produce: produce)
+    }
+
+    /// Units 2…: MoE layer `layer`'s expert file, kept when finished, else written extent by extent (`fill`).
+    /// Returns its path in the store and the extents' checksums.
+    func expertUnit(_ plan: Plan, layer: Int, experts: Int, progress: inout Progress,
+                    fill: (Int, UnsafeMutableRawPointer) throws(StoreError) -> Void) throws(StoreError) -> (String, [String]) {
+        try wrap { try FileSystem.makeDirectory(output + "/experts") }
+        let rel = String(format: "experts/layer-%03d.bin", layer)
+        if let done: [String] = try readSidecar(output + "/" + rel) {
+            progress.bytesDone += plan.expertFileBytes
+            log("\(rel): already written, skipped")
+            return (rel, done)
+        }
+        progress.unit = rel
+        return (rel, try writeExperts(plan, experts: experts, to: output + "/" + rel, progress: &progress, report: { onProgress($0) }, fill: fill))
+    }
+
+    /// The manifest, last (its presence means the store is complete), then the clean-up of sidecars and state.
+    func finish(_ plan: Plan, kind: String, residentSums: [String: String], expertFiles: [ExpertFile], carried: [CarriedFile],
+                layers: [Int]) throws(StoreError) {
         var manifest = StoreManifest(
             format: StoreManifest.formatName, version: StoreManifest.currentVersion,
-            source: .init(path: source, kind: src.kind.name, expertsOption: experts.rawValue, residentOption: resident.rawValue),
+            source: .init(path: source, kind: kind, expertsOption: experts.rawValue, residentOption: resident.rawValue),
             resident: .init(file: StoreManifest.residentFileName, bytes: plan.residentFileBytes,
                             tensors: plan.residentTable(checksums: residentSums)),
             experts: .init(layout: plan.layout, files: expertFiles), files: carried, checksum: "")
@@ -104,7 +110,7 @@ public struct StoreConverter {
         let data: Data
         do { data = try manifest.encoded() } catch { throw .badManifest(file: output, reason: "cannot encode: \(error)") }
         try writeAtomically(data, to: output + "/" + StoreManifest.fileName)
-        cleanUp(layers: src.config.moeLayers)
+        cleanUp(layers: layers)
         log("store complete: \(output)")
     }
 
