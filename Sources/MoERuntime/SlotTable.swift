@@ -121,6 +121,7 @@ final class SlotTable: @unchecked Sendable {  // every `var` is guarded by `lock
             total += n
         }
         nodeStart = start
+        precondition(total < 1 << 24, "a read's tag holds the slot in 24 bits")
         self.slotBase = slotBase
         self.readAttempts = readAttempts
         self.ioDepth = ioDepth
@@ -305,8 +306,8 @@ final class SlotTable: @unchecked Sendable {  // every `var` is guarded by `lock
 
     // MARK: - Reads (called by a node's I/O worker)
 
-    /// The tag of the slot's current read: generation in the high 32 bits, slot in the low.
-    /// generation << 32 | part << 24 | slot: every part of a slot's read carries the read's generation.
+    /// The tag of part `part` of the slot's current read: generation << 32 | part << 24 | slot, so every part carries
+    /// the read's generation.
     @inline(__always) private func readTag(_ s: Int, part: Int = 0) -> UInt64 {
         UInt64(slotGeneration[s]) << 32 | UInt64(part) << 24 | UInt64(UInt32(s))
     }
