@@ -10,7 +10,8 @@ import MoETensor
 /// expert is one part, its whole extent (already aligned). A GGUF's is three — its gate, up and down rows in the
 /// stacked `ffn_*_exps` tensors — at offsets no one aligned, so each is read as its aligned superset (O_DIRECT
 /// reads whole blocks): from the block that holds its first byte to the end of the block that holds its last
-/// (clipped at the end of the file), into its own space of the slot; the matrix starts `lead` bytes in.
+/// (a part that ends the file comes back short, up to the file's end), into its own space of the slot; the matrix
+/// starts `lead` bytes in.
 public struct ExpertReads: @unchecked Sendable {  // immutable; `weights` builds views over a slot the caller owns
     public struct Part: Sendable, Equatable {
         /// Index into `paths`.
@@ -21,11 +22,13 @@ public struct ExpertReads: @unchecked Sendable {  // immutable; `weights` builds
         public var slotOffset: Int
     }
 
-    /// One read of a part of an expert.
+    /// One read of a part of an expert: `length` bytes asked for (whole blocks, as O_DIRECT wants), of which
+    /// `expected` come back (fewer only where the file ends first).
     public struct Segment: Sendable, Equatable {
         public var file: Int
         public var offset: Int
         public var length: Int
+        public var expected: Int
         public var slotOffset: Int
         /// Bytes of the superset before the part's first byte.
         public var lead: Int
@@ -67,8 +70,9 @@ public struct ExpertReads: @unchecked Sendable {  // immutable; `weights` builds
         let p = parts[k][i]
         let start = p.base + e * p.stride
         let first = start / alignment * alignment
-        let end = min(fileSizes[p.file], (start + p.stride + alignment - 1) / alignment * alignment)
-        return Segment(file: p.file, offset: first, length: end - first, slotOffset: p.slotOffset, lead: start - first)
+        let end = (start + p.stride + alignment - 1) / alignment * alignment
+        return Segment(file: p.file, offset: first, length: end - first, expected: min(end, fileSizes[p.file]) - first,
+                       slotOffset: p.slotOffset, lead: start - first)
     }
 }
 

@@ -411,10 +411,10 @@ final class SlotTable: @unchecked Sendable {  // every `var` is guarded by `lock
             stats.layers[ordinal].bytesRead += result
             stats.nodes[node(ofSlot: s)].bytesRead += result
         }
-        if result != g.length && slotFault[s] == nil {
+        if result != g.expected && slotFault[s] == nil {
             let at = "\(filePaths[g.file]) at offset \(g.offset)"
             slotFault[s] = result < 0 ? "read failed: \(String(cString: strerror(Int32(-result)))) in \(at)"
-                : "short read (\(result) of \(g.length) bytes) in \(at)"
+                : "short read (\(result) of \(g.expected) bytes) in \(at)"
         }
         // The expert is read when all its parts are back; a fault in any is handled then (no part of it is still
         // being written into the slot when it is read again).
