@@ -55,6 +55,9 @@ import sys
 import time
 from collections import Counter, OrderedDict
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from make_gguf_fixtures import bytes_to_unicode  # noqa: E402  (stdlib-only at import: runs in .venv-bench too)
+
 import numpy as np
 
 # --- the two models --------------------------------------------------------------------------------------------------
@@ -134,18 +137,6 @@ def check_twin():
 
 # --- step 1: the small GGUF ------------------------------------------------------------------------------------------
 
-def bytes_to_unicode():
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return [chr(c) for _, c in sorted(zip(bs, cs))]
-
-
 def write_twin(gguf, path, seed=7):
     """The small deepseek2 GGUF: convert_hf_to_gguf.py's metadata keys for Kimi K2 with the twin's dimensions."""
     c = TINY
@@ -188,7 +179,8 @@ def write_twin(gguf, path, seed=7):
     w.add_rope_scaling_yarn_log_mul(0.1 * 1.0)
     w.add_quantization_version(gguf.GGML_QUANT_VERSION)
     # gpt2-style vocabulary as convert's kimi-k2 branch writes it (byte tokens, merged tokens, two control tokens)
-    chars = bytes_to_unicode()
+    table = bytes_to_unicode()
+    chars = [table[b] for b in range(256)]
     merged = [chars[i] + chars[j] for i in range(16) for j in range(16)][: c["vocab"] - 256 - 2]
     tokens = chars + merged + ["[BOS]", "[EOS]"]
     assert len(tokens) == c["vocab"]

@@ -43,6 +43,7 @@ Usage:
 """
 import argparse
 import hashlib
+import inspect
 import json
 import os
 import runpy
@@ -94,6 +95,22 @@ def tiny_kimi_config(mf, ranks):
 
 # --- tokenizer -------------------------------------------------------------------------------------------------
 
+def bytes_to_unicode():
+    """GPT-2's byte → printable character table (what Kimi's file imports from transformers' gpt2 tokenizer)."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, [chr(c) for c in cs]))
+
+
+# The text of tokenization_kimi.py. Its byte table and Kimi's pattern are filled in from this script's
+# `bytes_to_unicode` and make_tokenizer_fixture.py's `KIMI_PATTERN` (one copy of each), since transformers loads the
+# file on its own (trust_remote_code) and it cannot import them.
 TOKENIZATION_KIMI = r'''"""A minimal TikTokenTokenizer in the shape of moonshotai/Kimi-K2-Instruct's tokenization_kimi.py: a tiktoken
 Encoding with Kimi's pattern over the ranks of tiktoken.model, special tokens at ids ranks + offset named by
 tokenizer_config.json's added_tokens_decoder (<|reserved_token_ID|> otherwise), `.model`, `.special_tokens`,
@@ -109,34 +126,14 @@ from transformers import PreTrainedTokenizer
 VOCAB_FILES_NAMES = {"vocab_file": "tiktoken.model"}
 
 
-def bytes_to_unicode():
-    """GPT-2's byte → printable character table (what Kimi's file imports from transformers' gpt2 tokenizer)."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, [chr(c) for c in cs]))
-
+__BYTES_TO_UNICODE__
 
 class TikTokenTokenizer(PreTrainedTokenizer):
     vocab_files_names = VOCAB_FILES_NAMES
     model_input_names = ["input_ids", "attention_mask"]
     special_tokens: Dict[str, int]
     num_reserved_special_tokens = 256
-    pat_str = "|".join([
-        r"""[\p{Han}]+""",
-        r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}&&[^\p{Han}]]*[\p{Ll}\p{Lm}\p{Lo}\p{M}&&[^\p{Han}]]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",
-        r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}&&[^\p{Han}]]+[\p{Ll}\p{Lm}\p{Lo}\p{M}&&[^\p{Han}]]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",
-        r"""\p{N}{1,3}""",
-        r""" ?[^\s\p{L}\p{N}]+[\r\n]*""",
-        r"""\s*[\r\n]+""",
-        r"""\s+(?!\S)""",
-        r"""\s+""",
-    ])
+    pat_str = __KIMI_PATTERN__
 
     def __init__(self, vocab_file, bos_token="[BOS]", eos_token="[EOS]", unk_token=None, pad_token=None,
                  additional_special_tokens=None, added_tokens_decoder: Optional[dict] = None, **kwargs):
@@ -294,8 +291,12 @@ def write_tokenizer(hf_dir):
     tok_cfg["auto_map"] = {"AutoTokenizer": ["tokenization_kimi.TikTokenTokenizer", None]}
     with open(os.path.join(hf_dir, "tokenizer_config.json"), "w") as f:
         json.dump(tok_cfg, f, indent=2, ensure_ascii=False)
+    sys.path.insert(0, TOOLS)
+    from make_tokenizer_fixture import KIMI_PATTERN
+    source = (TOKENIZATION_KIMI.replace("__BYTES_TO_UNICODE__", inspect.getsource(bytes_to_unicode))
+              .replace("__KIMI_PATTERN__", repr(KIMI_PATTERN)))
     with open(os.path.join(hf_dir, "tokenization_kimi.py"), "w") as f:
-        f.write(TOKENIZATION_KIMI)
+        f.write(source)
 
 
 def check_tokenizer(hf_dir):

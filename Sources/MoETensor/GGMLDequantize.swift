@@ -151,34 +151,26 @@ public enum GGMLDequantize {
                 (byte(s, j + 4) >> 4) | ((byte(s, j) >> 6) << 4))
     }
 
-    /// Group j = 2c + s of 32 values is nibble s of qs[32·c + l].
-    static func q4_K(_ p: UnsafeRawPointer, _ y: UnsafeMutablePointer<Float>) {
+    /// Group j = 2c + s of 32 values is nibble s of qs[32·c + l] (qs at byte `qsOffset`); Q5_K's 5th bit of group
+    /// j's value l is bit j of qh[l] (qh at byte `qhOffset`).
+    @inline(__always)
+    static func kQuant(_ p: UnsafeRawPointer, _ y: UnsafeMutablePointer<Float>, qsOffset: Int, qhOffset: Int?) {
         let d = half(p, 0), dmin = half(p, 2)
         for j in 0..<8 {
             let (sc, m) = scaleMin(p + 4, j)
             let dj = d * Float(sc), mj = dmin * Float(m)
             let (c, s) = (j >> 1, j & 1)
             for l in 0..<32 {
-                let q = (byte(p, 16 + 32 * c + l) >> UInt8(4 * s)) & 0x0F
+                var q = (byte(p, qsOffset + 32 * c + l) >> UInt8(4 * s)) & 0x0F
+                if let qhOffset { q |= ((byte(p, qhOffset + l) >> UInt8(j)) & 1) << 4 }
                 y[32 * j + l] = dj * Float(q) - mj
             }
         }
     }
 
-    /// As Q4_K; the 5th bit of group j's value l is bit j of qh[l].
-    static func q5_K(_ p: UnsafeRawPointer, _ y: UnsafeMutablePointer<Float>) {
-        let d = half(p, 0), dmin = half(p, 2)
-        for j in 0..<8 {
-            let (sc, m) = scaleMin(p + 4, j)
-            let dj = d * Float(sc), mj = dmin * Float(m)
-            let (c, s) = (j >> 1, j & 1)
-            for l in 0..<32 {
-                let low = (byte(p, 48 + 32 * c + l) >> UInt8(4 * s)) & 0x0F
-                let high = (byte(p, 16 + l) >> UInt8(j)) & 1
-                y[32 * j + l] = dj * Float(low | high << 4) - mj
-            }
-        }
-    }
+    static func q4_K(_ p: UnsafeRawPointer, _ y: UnsafeMutablePointer<Float>) { kQuant(p, y, qsOffset: 16, qhOffset: nil) }
+
+    static func q5_K(_ p: UnsafeRawPointer, _ y: UnsafeMutablePointer<Float>) { kQuant(p, y, qsOffset: 48, qhOffset: 16) }
 
     /// Value v = 128·h + 32·s + l: low nibble s / 2 of ql[64·h + 32·(s % 2) + l], high pair s of qh[32·h + l],
     /// minus 32; group v / 16 = 8h + 2s + l / 16 scales it.
