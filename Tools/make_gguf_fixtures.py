@@ -282,11 +282,12 @@ def write_config_code(hf_dir):
         json.dump(config, f, indent=2)
 
 
-def write_tokenizer(hf_dir):
-    """tiktoken.model and tokenizer_config.json of the chat fixture, plus Kimi K2's auto_map and our
-    tokenization_kimi.py, so that AutoTokenizer(trust_remote_code=True) builds the TikTokenTokenizer."""
-    shutil.copy(os.path.join(TOKENIZER_DIR, "tiktoken.model"), os.path.join(hf_dir, "tiktoken.model"))
-    with open(os.path.join(TOKENIZER_DIR, "tokenizer_config.json")) as f:
+def write_tokenizer(hf_dir, tokenizer_dir=TOKENIZER_DIR):
+    """tiktoken.model and tokenizer_config.json of `tokenizer_dir` (the chat fixture unless told), plus Kimi K2's
+    auto_map and our tokenization_kimi.py, so that AutoTokenizer(trust_remote_code=True) builds the
+    TikTokenTokenizer."""
+    shutil.copy(os.path.join(tokenizer_dir, "tiktoken.model"), os.path.join(hf_dir, "tiktoken.model"))
+    with open(os.path.join(tokenizer_dir, "tokenizer_config.json")) as f:
         tok_cfg = json.load(f)
     tok_cfg["auto_map"] = {"AutoTokenizer": ["tokenization_kimi.TikTokenTokenizer", None]}
     with open(os.path.join(hf_dir, "tokenizer_config.json"), "w") as f:
@@ -515,6 +516,23 @@ def made_by(t):
     return f"llama_cpp.llama_model_quantize(kimi_k2_bf16.gguf, ftype=LLAMA_FTYPE_MOSTLY_{arg}), llama-cpp-python 0.3.36"
 
 
+
+def run_in_temp(build, args, types, prefix):
+    """build(args, types, tmp) in a fresh temp dir holding transformers' caches (2 torch threads); the dir is removed
+    after unless --keep-temp."""
+    tmp = tempfile.mkdtemp(prefix=prefix)
+    hf_environment(tmp)
+    import torch
+    torch.set_num_threads(2)
+    sys.path.insert(0, TOOLS)
+    try:
+        build(args, types, tmp)
+    finally:
+        if args.keep_temp:
+            print(f"kept {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--llama-src", help="llama_cpp_python-0.3.36/vendor/llama.cpp (convert_hf_to_gguf.py, conversion/, gguf-py/)")
@@ -536,18 +554,7 @@ def main():
         if t not in VARIANTS:
             ap.error(f"unknown type {t}")
 
-    tmp = tempfile.mkdtemp(prefix="gguf-fixtures-")
-    hf_environment(tmp)
-    import torch
-    torch.set_num_threads(2)
-    sys.path.insert(0, TOOLS)
-    try:
-        build(args, types, tmp)
-    finally:
-        if args.keep_temp:
-            print(f"kept {tmp}")
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
+    run_in_temp(build, args, types, "gguf-fixtures-")
 
 
 def build(args, types, tmp):

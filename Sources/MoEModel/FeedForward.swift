@@ -5,8 +5,14 @@ extension MLPWeights {
     /// `out [T, H] = down(silu(gate(x)) · up(x))` for `x [T, H]`, with the pass's resident arithmetic.
     func callAsFunction(_ x: UnsafePointer<Float>, tokens T: Int, workspace: Workspace,
                         into out: UnsafeMutablePointer<Float>) {
+        let mode = workspace.residentActivations
+        if mode == .q8, gate.isGGML, gate.takesQ8, up.takesQ8 {
+            let scratch = workspace.floats(2 * T * gate.rows + Q8Activations.floatsNeeded(tokens: T, cols: max(gate.cols, gate.rows)))
+            swiGLUQ8(gate: gate, up: up, down: down, x, tokens: T, quantiseDown: down.takesQ8, scratch: scratch, into: out)
+            return
+        }
         let scratch = workspace.floats(2 * T * gate.rows)
-        if workspace.residentActivations == .bf16x2, gate.takesBF16Tiles, up.takesBF16Tiles, down.takesBF16Tiles {
+        if mode != .fp32, gate.takesBF16Tiles, up.takesBF16Tiles, down.takesBF16Tiles {
             swiGLUBF16(gate: gate, up: up, down: down, x, tokens: T, workspace: workspace, scratch: scratch, into: out)
         } else {
             swiGLU(gate: gate, up: up, down: down, x, tokens: T, scratch: scratch, into: out)
@@ -40,7 +46,7 @@ func gateRows(_ rows: Range<Int>, tokens T: Int, inter: Int, _ g: UnsafeMutableP
 }
 
 /// `swiGLU` with the activations quantised to int8 per 32 values before gate and up, and before down too when
-/// `quantiseDown` (`ExpertActivations.q8GateUp`, `.q8`; int4 weights only); `scratch` holds 2·T·inter floats and
+/// `quantiseDown` (`ExpertActivations.q8GateUp`, `.q8`; int4 and GGML weights: `takesQ8`); `scratch` holds 2·T·inter floats and
 /// `Q8Activations.floatsNeeded` for max(cols, inter).
 func swiGLUQ8(gate: WeightMatrix, up: WeightMatrix, down: WeightMatrix, _ x: UnsafePointer<Float>, tokens T: Int,
               quantiseDown: Bool = true, scratch: UnsafeMutablePointer<Float>, into out: UnsafeMutablePointer<Float>) {
@@ -59,16 +65,26 @@ func swiGLUQ8(gate: WeightMatrix, up: WeightMatrix, down: WeightMatrix, _ x: Uns
     }
 }
 
-/// Whether an expert takes the q8 path: asked for, and int4 weights throughout.
+/// Whether an expert takes the q8 path: asked for, and gate and up multiply Q8 activations (`takesQ8`).
 func usesQ8(_ expert: ExpertWeights, _ activations: ExpertActivations) -> Bool {
-    guard activations != .fp32 else { return false }
-    func int4(_ m: WeightMatrix) -> Bool {
-        switch m.encoding {
-        case .int4g32, .int4g32x8: return m.cols % 32 == 0
-        default: return false
+    activations != .fp32 && expert.gate.takesQ8 && expert.up.takesQ8
+}
+
+/// Whether down's input is quantised too: `q8` asked for, and down multiplies Q8 activations.
+func quantisesDown(_ expert: ExpertWeights, _ activations: ExpertActivations) -> Bool {
+    activations == .q8 && expert.down.takesQ8
+}
+
+extension WeightMatrix {
+    /// Whether `gemmQ8` multiplies this matrix: int4 (rows of whole groups of 32), or a GGML type with an integer
+    /// kernel (`GGMLType.hasQ8Kernel`; its blocks are whole groups of 32).
+    var takesQ8: Bool {
+        switch encoding {
+        case .int4g32, .int4g32x8: cols % 32 == 0
+        case .ggml(let type): type.hasQ8Kernel && cols % 32 == 0
+        default: false
         }
     }
-    return int4(expert.gate) && int4(expert.up) && int4(expert.down)
 }
 
 /// An MoE layer for a batch of tokens: route each token, ask the provider for every expert any token chose
@@ -195,7 +211,7 @@ struct MoELayer {
             VectorOps.rmsNorm(x + (u / k) * H, weight: norm, eps: config.rmsNormEps, count: H, into: xs + i * H)
         }
         if q8 {
-            swiGLUQ8(gate: expert.gate, up: expert.up, down: expert.down, xs, tokens: m, quantiseDown: activations == .q8,
+            swiGLUQ8(gate: expert.gate, up: expert.up, down: expert.down, xs, tokens: m, quantiseDown: quantisesDown(expert, activations),
                      scratch: hidden, into: ys)
         } else {
             swiGLU(gate: expert.gate, up: expert.up, down: expert.down, xs, tokens: m, scratch: hidden, into: ys)

@@ -2,15 +2,29 @@ import MoETensor
 
 extension WeightMatrix {
     /// `apply` with the pass's resident arithmetic (`Workspace.residentActivations`): on AMX tiles with the
-    /// activations split into two bf16 parts where the pass asks for it and the matrix takes them, else the fp32
-    /// kernels.
+    /// activations split into two bf16 parts where the pass asks for it (bf16x2, q8) and the matrix takes them;
+    /// with int8-quantised activations for a GGML matrix under q8; else the fp32 kernels.
     /// The packed activations live in the workspace until the product is done.
     func apply(_ x: UnsafePointer<Float>, tokens T: Int, into y: UnsafeMutablePointer<Float>, workspace ws: Workspace) {
-        guard ws.residentActivations == .bf16x2, takesBF16Tiles else { return apply(x, tokens: T, into: y) }
-        let mark = ws.mark()
-        defer { ws.release(to: mark) }
-        let tiles = BF16Tiles(x, tokens: T, cols: cols, memory: ws.halves(BF16Tiles.valuesNeeded(tokens: T, cols: cols)))
-        applyBF16(tiles, into: y)
+        let mode = ws.residentActivations
+        if mode != .fp32, takesBF16Tiles {
+            let mark = ws.mark()
+            defer { ws.release(to: mark) }
+            let tiles = BF16Tiles(x, tokens: T, cols: cols, memory: ws.halves(BF16Tiles.valuesNeeded(tokens: T, cols: cols)))
+            applyBF16(tiles, into: y)
+        } else if mode == .q8, isGGML, takesQ8 {
+            let mark = ws.mark()
+            defer { ws.release(to: mark) }
+            applyQ8(Q8Activations(x, tokens: T, cols: cols, memory: ws.floats(Q8Activations.floatsNeeded(tokens: T, cols: cols))), into: y)
+        } else {
+            apply(x, tokens: T, into: y)
+        }
+    }
+
+    /// Whether the weights are GGML blocks (a GGUF's).
+    var isGGML: Bool {
+        if case .ggml = encoding { return true }
+        return false
     }
 }
 

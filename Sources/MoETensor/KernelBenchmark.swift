@@ -99,7 +99,7 @@ public enum KernelBenchmark {
         return b
     }
 
-    /// Seconds for one single-threaded `gemmQ8` of all rows of an int4 matrix over already-quantised activations
+    /// Seconds for one single-threaded `gemmQ8` of all rows of an int4 or GGML matrix over already-quantised activations
     /// (the best of `repeats`), and the result.
     public static func timeQ8(_ m: WeightMatrix, _ x: FloatBuffer, tokens: Int, isa: KernelISA, repeats: Int) -> (Double, FloatBuffer) {
         let memory = FloatBuffer(count: Q8Activations.floatsNeeded(tokens: tokens, cols: m.cols))

@@ -4,7 +4,8 @@ import CMoEKernels
 /// to int8 per 32 values and multiplied with integer dot products (llama.cpp's Q4_0 × Q8_0 arithmetic) — into
 /// gate and up only (`q8-gate-up`: the command line's default, within the quality gate of docs/performance.md),
 /// or into down as well (`q8`, as llama.cpp does; down's input, silu(gate)·up, has the outliers that int8 rounds
-/// worst). Only int4 experts take the q8 paths. A model's setting (`KimiModel.expertActivations`).
+/// worst). Int4 experts and GGML experts of the legacy and K-quant types take the q8 paths (`GGMLType.hasQ8Kernel`);
+/// the others run fp32 whatever the setting. A model's setting (`KimiModel.expertActivations`).
 public enum ExpertActivations: String, CaseIterable, Sendable {
     case fp32
     case q8GateUp = "q8-gate-up"
@@ -12,16 +13,19 @@ public enum ExpertActivations: String, CaseIterable, Sendable {
 }
 
 /// `tokens` rows of `cols` activations quantised per group of 32: `x ≈ q · d` with d = max|x|/127 and
-/// q = round(x/d), plus Σq per group. A view over memory the caller owns (`floatsNeeded` sizes it).
+/// q = round(x/d), plus Σq per group and per half group (16 values: the GGML types' sub-blocks). A view over
+/// memory the caller owns (`floatsNeeded` sizes it).
 public struct Q8Activations {
     public let q: UnsafeMutablePointer<Int8>      // [tokens, cols]
     public let d: UnsafeMutablePointer<Float>     // [tokens, cols/32]
     public let sums: UnsafeMutablePointer<Int32>  // [tokens, cols/32]
+    public let sums16: UnsafeMutablePointer<Int16>  // [tokens, cols/16]
     public let tokens: Int
     public let cols: Int
 
-    /// Floats of memory `init(memory:)` takes for `tokens × cols`.
-    public static func floatsNeeded(tokens: Int, cols: Int) -> Int { tokens * cols / 4 + 2 * tokens * cols / 32 }
+    /// Floats of memory `init(memory:)` takes for `tokens × cols`: q (1 byte a value), d and sums (4 bytes a
+    /// group), sums16 (2 bytes a half group).
+    public static func floatsNeeded(tokens: Int, cols: Int) -> Int { tokens * cols / 4 + 3 * tokens * cols / 32 }
 
     /// Quantises `x [tokens, cols]` (cols a multiple of 32) into `memory` (`floatsNeeded` floats).
     public init(_ x: UnsafePointer<Float>, tokens: Int, cols: Int, memory: UnsafeMutablePointer<Float>) {
@@ -31,21 +35,24 @@ public struct Q8Activations {
         self.cols = cols
         d = memory
         sums = UnsafeMutableRawPointer(memory + groups).bindMemory(to: Int32.self, capacity: groups)
-        q = UnsafeMutableRawPointer(memory + 2 * groups).bindMemory(to: Int8.self, capacity: tokens * cols)
+        sums16 = UnsafeMutableRawPointer(memory + 2 * groups).bindMemory(to: Int16.self, capacity: 2 * groups)
+        q = UnsafeMutableRawPointer(memory + 3 * groups).bindMemory(to: Int8.self, capacity: tokens * cols)
         for g in 0..<groups {
             let v = x + 32 * g
             var amax: Float = 0
             for i in 0..<32 { amax = max(amax, abs(v[i])) }
             let scale = amax / 127
             let inverse: Float = scale > 0 ? 1 / scale : 0
-            var sum: Int32 = 0
+            var half: (Int16, Int16) = (0, 0)
             for i in 0..<32 {
                 let n = Int8((v[i] * inverse).rounded(.toNearestOrAwayFromZero))
                 q[32 * g + i] = n
-                sum += Int32(n)
+                if i < 16 { half.0 += Int16(n) } else { half.1 += Int16(n) }
             }
             d[g] = scale
-            sums[g] = sum
+            sums[g] = Int32(half.0) + Int32(half.1)
+            sums16[2 * g] = half.0
+            sums16[2 * g + 1] = half.1
         }
     }
 
@@ -70,6 +77,7 @@ extension WeightMatrix {
                        isa: KernelISA = Kernels.isa) {
         precondition(x.cols == cols)
         guard !range.isEmpty else { return }
+        if case .ggml(let type) = encoding { return gemmGGMLQ8(type, rows: range, x, into: y, isa: isa) }
         let scales: UnsafeRawPointer, type: ScaleType, interleaved: Bool
         switch encoding {
         case .int4g32x8(let s, let t):
@@ -77,12 +85,12 @@ extension WeightMatrix {
                          "the interleaved layout is multiplied in whole blocks of \(rowTile) rows")
             (scales, type, interleaved) = (s, t, true)
         case .int4g32(let s, let t): (scales, type, interleaved) = (s, t, false)
-        default: preconditionFailure("Q8 activations are for int4 weights")
+        default: preconditionFailure("Q8 activations are for int4 and GGML weights")
         }
         if isa != .generic {
             var m = moe_matrix(data: data, scales: scales, rows: Int64(rows), cols: Int64(cols),
                                scales_bf16: type == .bf16 ? 1 : 0)
-            var acts = moe_q8_acts(q: x.q, d: x.d, sums: x.sums)
+            var acts = moe_q8_acts(q: x.q, d: x.d, sums: x.sums, sums16: x.sums16)
             let vnni = isa == .avx512 && Self.hasVNNI
             let kernel = interleaved ? (vnni ? moe_gemm_q4x8_q8_avx512vnni : moe_gemm_q4x8_q8_avx2)
                                      : (vnni ? moe_gemm_q4_q8_avx512vnni : moe_gemm_q4_q8_avx2)

@@ -141,8 +141,8 @@ struct BenchKernels: ParsableCommand {
     @Option(help: "Repeats per measurement (the best is kept).")
     var repeats: Int = 5
 
-    @Option(help: ArgumentHelp("GGML block types to time as well (rows decoded, then fp32 products), comma-separated; none to skip.", valueName: "list"))
-    var ggml: String = "Q4_K,Q2_K,IQ2_XXS"
+    @Option(help: ArgumentHelp("GGML block types to time as well, comma-separated; none to skip. Each is timed exact (rows decoded, then fp32 products) and, for the legacy and K-quant types, with int8 dot products over Q8 activations.", valueName: "list"))
+    var ggml: String = "Q4_K,Q6_K,Q2_K,IQ2_XXS"
 
     func run() throws {
         let counts = tokens.split(separator: ",").compactMap { Int($0.trimmingCharacters(in: .whitespaces)) }
@@ -211,6 +211,13 @@ struct BenchKernels: ParsableCommand {
                     m.gemm(rows: 0..<rows, x.pointer, tokens: t, into: y.pointer, isa: isa)
                     printRow(name, t, isa, seconds: s, base: base, bytes: m.storedByteCount, y: y, reference: reference, scale: scale,
                              peak: peaks[isa]?.fp32)
+                }
+                guard type.hasQ8Kernel else { continue }
+                for isa in isas {
+                    let (s, y) = KernelBenchmark.timeQ8(m, x, tokens: t, isa: isa, repeats: isa == .generic ? 1 : repeats)
+                    let peak = isa == .generic ? nil : (peaks[isa]?.int8 ?? peaks[.avx2]?.int8)
+                    printRow(name + "×q8", t, isa, seconds: s, base: base, bytes: m.storedByteCount, y: y, reference: reference,
+                             scale: scale, peak: peak)
                 }
             }
         }

@@ -47,10 +47,10 @@ struct CacheOptions: ParsableArguments {
     @Option(help: ArgumentHelp("Matrix kernels: avx512, avx2 or generic (default: the best this CPU runs).", valueName: "isa"))
     var kernels: KernelISA = Kernels.isa
 
-    @Option(help: ArgumentHelp("Routed experts' activations (int4 experts): q8-gate-up (the default) quantises gate's and up's inputs to int8 per 32 values and multiplies with int8 dot products, down stays fp32; q8 quantises down's input too, as llama.cpp does; fp32 is exact. Quality and speed of each: docs/performance.md.", valueName: "q8-gate-up|q8|fp32"))
+    @Option(help: ArgumentHelp("Routed experts' activations (int4 experts, and GGML experts of the legacy and K-quant types): q8-gate-up (the default for int4) quantises gate's and up's inputs to int8 per 32 values and multiplies with int8 dot products, down stays fp32; q8 (the default for GGML experts) quantises down's input too, as llama.cpp does; fp32 is exact. Quality and speed of each: docs/performance.md.", valueName: "q8-gate-up|q8|fp32"))
     var expertActivations: ExpertActivations?
 
-    @Option(help: ArgumentHelp("Resident bf16 matrices' activations (attention projections, dense and shared MLPs, output head): bf16x2 splits each into two bf16 parts (16 significant bits) and multiplies on AMX tiles, the default where the CPU has AMX-BF16 and the avx512 kernels run; fp32, the default elsewhere, is exact. Quality and speed: docs/performance.md.", valueName: "bf16x2|fp32"))
+    @Option(help: ArgumentHelp("Resident matrices' activations (attention projections, dense and shared MLPs, output head): bf16x2 splits each into two bf16 parts (16 significant bits) and multiplies bf16 matrices on AMX tiles, the default where the CPU has AMX-BF16 and the avx512 kernels run; q8, the default for a GGUF's, quantises to int8 per 32 values for GGML matrices of the legacy and K-quant types (bf16 ones as bf16x2 where AMX runs); fp32, the default elsewhere, is exact. Quality and speed: docs/performance.md.", valueName: "bf16x2|q8|fp32"))
     var residentActivations: ResidentActivations?
 
     @Option(help: ArgumentHelp("What the KV cache stores per layer and position (MLA's latent and roped key): f16, the default, rounds each value once when it is written and takes half f32's bytes; bf16 takes as few and is coarser; f32 is exact. Bytes per position: `moestream inspect`; quality: docs/performance.md.", valueName: "f16|bf16|f32"))
@@ -65,12 +65,16 @@ struct CacheOptions: ParsableArguments {
     /// The KV cache's default precision (docs/performance.md gives the measurements behind it).
     static let defaultKV = KVPrecision.f16
 
-    /// What the routed experts multiply with: `--exact` or `--expert-activations`, else q8.
-    var activations: ExpertActivations { exact ? .fp32 : expertActivations ?? .q8GateUp }
+    /// What the routed experts multiply with: `--exact` or `--expert-activations`, else the default for their
+    /// encoding: q8-gate-up for int4, q8 for GGML blocks (the measurements behind both: docs/performance.md).
+    func activations(ggmlExperts: Bool) -> ExpertActivations {
+        exact ? .fp32 : expertActivations ?? (ggmlExperts ? .q8 : .q8GateUp)
+    }
 
-    /// What the resident matrices multiply with: `--exact` or `--resident-activations`, else bf16x2 where AMX runs.
-    var resident: ResidentActivations {
-        exact ? .fp32 : residentActivations ?? (ResidentActivations.amxAvailable(isa: kernels) ? .bf16x2 : .fp32)
+    /// What the resident matrices multiply with: `--exact` or `--resident-activations`, else q8 for a GGUF's
+    /// (GGML blocks), bf16x2 where AMX runs, fp32 elsewhere (the measurements: docs/performance.md).
+    func resident(ggml: Bool) -> ResidentActivations {
+        exact ? .fp32 : residentActivations ?? (ggml ? .q8 : ResidentActivations.amxAvailable(isa: kernels) ? .bf16x2 : .fp32)
     }
 
     @Option(help: ArgumentHelp("Prompt tokens a forward pass's per-token stages take at a time: attention, dense and shared MLPs, routed experts' inputs and results. Bounds a long prompt's scratch memory (about 0.4 MB per chunk token at Kimi K2's sizes, beside 57 KB per prompt token for the residual stream and an MoE layer's output); every routed expert is still read once per layer, and results do not change.", valueName: "tokens"))
@@ -98,6 +102,9 @@ struct CacheOptions: ParsableArguments {
         }
         if exact, kvCache == .bf16 {
             throw ValidationError("--exact keeps an fp32 KV cache; it cannot be combined with --kv-cache bf16")
+        }
+        if exact, residentActivations == .q8 {
+            throw ValidationError("--exact multiplies with fp32 activations; it cannot be combined with --resident-activations q8")
         }
         if residentActivations == .bf16x2 {
             if exact { throw ValidationError("--exact multiplies with fp32 activations; it cannot be combined with --resident-activations bf16x2") }

@@ -46,8 +46,8 @@ struct LoadedModel {
                         + "(make one with `moestream convert \(options.model) -o STORE`)")
                 }
                 let model = try KimiModel.load(checkpoint: options.model)
-                model.expertActivations = cacheOptions.activations
-                model.residentActivations = cacheOptions.resident
+                model.expertActivations = cacheOptions.activations(ggmlExperts: false)
+                model.residentActivations = cacheOptions.resident(ggml: false)
                 model.prefillChunk = cacheOptions.prefillChunk
                 model.kvPrecision = cacheOptions.kv
                 model.prefillWindow = cacheOptions.prefillWindow
@@ -57,7 +57,7 @@ struct LoadedModel {
             let (config, notes) = try cacheOptions.configuration(for: store)
             notes.forEach { printError($0) }
             let (model, cache) = try store.loadModel(cache: config)
-            return try finishLoading(model, cache, cacheOptions, stats)
+            return try finishLoading(model, cache, cacheOptions, stats, ggmlExperts: store.manifest.experts.layout.encoding == .ggml)
         } catch let e as StoreError { throw CLIError(e.description) } catch let e as CheckpointError {
             throw CLIError(e.description)
         }
@@ -74,14 +74,17 @@ struct LoadedModel {
         notes.forEach { printError($0) }
         printError("\(gguf.path): a GGUF carries no checksums, so expert reads are not verified (`moestream convert` makes a checksummed store)")
         let (model, cache) = try GGUFDirect.load(path: options.model, cache: config)
-        return try finishLoading(model, cache, cacheOptions, stats)
+        return try finishLoading(model, cache, cacheOptions, stats, ggmlExperts: true)
     }
 
-    /// The model settings, the fallback line, `--preload` and `--trace`, for a model with an expert cache.
-    static func finishLoading(_ model: KimiModel, _ cache: ExpertCache, _ cacheOptions: CacheOptions, _ stats: StatsOptions?) throws -> LoadedModel {
+    /// The model settings, the fallback line, `--preload` and `--trace`, for a model with an expert cache;
+    /// `ggmlExperts`: its experts are GGML blocks (a GGUF, or a store converted from one), whose default arithmetic
+    /// differs (`CacheOptions.activations`, `resident(ggml:)`: resident GGML matrices take q8 where there are any).
+    static func finishLoading(_ model: KimiModel, _ cache: ExpertCache, _ cacheOptions: CacheOptions, _ stats: StatsOptions?,
+                              ggmlExperts: Bool) throws -> LoadedModel {
         do {
-            model.expertActivations = cacheOptions.activations
-            model.residentActivations = cacheOptions.resident
+            model.expertActivations = cacheOptions.activations(ggmlExperts: ggmlExperts)
+            model.residentActivations = cacheOptions.resident(ggml: ggmlExperts)
             model.prefillChunk = cacheOptions.prefillChunk
             model.kvPrecision = cacheOptions.kv
             model.prefillWindow = cacheOptions.prefillWindow

@@ -31,6 +31,7 @@ typedef struct {
     const int8_t *q;       // [T, cols]
     const float *d;        // [T, cols/32]
     const int32_t *sums;   // [T, cols/32]
+    const int16_t *sums16; // [T, cols/16]: Σ q over each 16 values (the GGML types' 16-wide sub-blocks)
 } moe_q8_acts;
 
 typedef void (*moe_gemm_fn)(const moe_matrix *m, int64_t r0, int64_t r1, const float *x, int64_t T, float *y);
@@ -51,6 +52,18 @@ void moe_gemm_q4_q8_avx2(const moe_matrix *m, int64_t r0, int64_t r1, const moe_
 /// The same with AVX-512 VNNI (vpdpbusd, two groups per instruction), where `moe_cpu_has_avx512vnni`.
 void moe_gemm_q4_q8_avx512vnni(const moe_matrix *m, int64_t r0, int64_t r1, const moe_q8_acts *x, int64_t T, float *y);
 int moe_cpu_has_avx512vnni(void);
+/// GGML block types (their numbers in GGUF) that `moe_gemm_ggml_q8_*` multiply.
+enum {
+    MOE_GGML_Q4_0 = 2, MOE_GGML_Q4_1 = 3, MOE_GGML_Q5_0 = 6, MOE_GGML_Q5_1 = 7, MOE_GGML_Q8_0 = 8,
+    MOE_GGML_Q2_K = 10, MOE_GGML_Q3_K = 11, MOE_GGML_Q4_K = 12, MOE_GGML_Q5_K = 13, MOE_GGML_Q6_K = 14,
+};
+/// Rows [r0, r1) of a matrix of GGML `type` blocks (`data` the rows back to back; `scales` unused) × Q8
+/// activations (kernels_ggml_q8.c: the form every type is brought to). AVX2 (maddubs) and AVX-512 VNNI (vpdpbusd);
+/// the two and the Swift twin agree bit for bit.
+void moe_gemm_ggml_q8_avx2(int32_t type, const moe_matrix *m, int64_t r0, int64_t r1, const moe_q8_acts *x, int64_t T,
+                           float *y);
+void moe_gemm_ggml_q8_avx512vnni(int32_t type, const moe_matrix *m, int64_t r0, int64_t r1, const moe_q8_acts *x,
+                                 int64_t T, float *y);
 /// Register-only loops of `iterations` rounds over 12 independent chains (peak.c): the core's arithmetic peak.
 /// Per round: fma_avx2 12·8 FMAs, fma_avx512 12·16 FMAs, dot8_avx2 12·32 int8 multiply-adds (maddubs + paddw),
 /// dot8_avx512vnni 12·64 (vpdpbusd). Call only where the CPU has the ISA. The result only defeats dead-code removal.

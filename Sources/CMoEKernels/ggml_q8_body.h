@@ -1,0 +1,320 @@
+// GGML block rows × Q8 activations: the body of kernels_ggml_q8.c, compiled once per instruction set.
+//
+// The including file defines:
+//   TARGET            the function attribute of the instruction set
+//   SUFFIX            the exported name's suffix (moe_gemm_ggml_q8_SUFFIX)
+//   DOT_ONES(u, q)    8 int32 lanes, lane i = Σ u·q over bytes 4i…4i+3 (u unsigned ≤ 128, q signed int8)
+//
+// Every block type is brought to one form per group of 32 weights, the group of the activations' scale:
+//     w[l] = D · s(l) · u[l] − Dm · m(l)         u unsigned bytes, s and m integers per 16 values (a, b)
+// so that, with x[l] ≈ q[l] · dx (Q8Activations) and S_a, S_b the sums of q over the two halves,
+//     Σ w·x ≈ dx · D · Σ_lanes P  −  dx · Dm · (m_a·S_a + m_b·S_b)
+//     P lane i = s(l) · Σ_{l in bytes 4i…4i+3} u[l]·q[l]       (integer, exact)
+// Types whose sub-blocks are 32 wide fold s into D (s = 1: DOT_ONES); the 16-wide ones (Q2_K, Q3_K, Q6_K)
+// multiply pairs by s in int16 lanes (maddubs, then madd by [s_a ×8 | s_b ×8]). Q8_0's signed weights take
+// llama.cpp's sign trick (|w| × q·sign(w)) and have no offset.
+//
+// Groups go in chunks of 8 (a K-quant super-block, or 8 legacy blocks; fewer at a row's end). Per (row, token):
+//     k = D ⊙ dx                                         8 lanes, one per group of the chunk
+//     for each group i: acc = fma(float(P_i), k[i], acc)   (all 8 lanes of P_i)
+//     acc = fnmadd(dx, Dm ⊙ float(madd(m, S)), acc)     lane i: group i's offset, m and S as 16 int16 pairs
+// and the result is hsum8(acc): the same operations on every instruction set (their integer P are equal), and in
+// `WeightMatrix.gemmQ8`'s Swift twin, so all three agree bit for bit.
+
+#define QCAT_(a, b) a##b
+#define QCAT(a, b) QCAT_(a, b)
+#define QFN(name) QCAT(name, SUFFIX)
+#define AI __attribute__((always_inline))
+
+/// Where the activations of up to four tokens are: token j's q at q + j·cols, its scales at d + j·G32, its
+/// 16-value sums at s16 + j·2·G32.
+typedef struct {
+    const int8_t *q;
+    const float *d;
+    const int16_t *s16;
+    int64_t cols;
+    int64_t G32;
+} QFN(acts);
+
+/// The dx of groups g0…g0 + n − 1 of token j, zero past n.
+TARGET static inline AI __m256 QFN(dx8)(const QFN(acts) *a, int j, int64_t g0, int n) {
+    const float *d = a->d + j * a->G32 + g0;
+    if (n == 8) return _mm256_loadu_ps(d);
+    float v[8] = {0};
+    for (int i = 0; i < n; i++) v[i] = d[i];
+    return _mm256_loadu_ps(v);
+}
+
+/// Starts a chunk: k[j] = D ⊙ dx for each token.
+TARGET static inline AI void QFN(chunk_begin)(const QFN(acts) *a, int64_t g0, int n, const float *D, __m256 *k, const int nt) {
+    const __m256 Dv = _mm256_loadu_ps(D);
+    for (int j = 0; j < nt; j++) k[j] = _mm256_mul_ps(Dv, QFN(dx8)(a, j, g0, n));
+}
+
+/// Ends a chunk: each group's offset, acc −= dx ⊙ Dm ⊙ (m_a·S_a + m_b·S_b).
+TARGET static inline AI void QFN(chunk_end)(const QFN(acts) *a, int64_t g0, int n, const float *Dm, const int16_t *m16,
+                                            __m256 *acc, const int nt) {
+    const __m256 Dmv = _mm256_loadu_ps(Dm);
+    const __m256i mv = _mm256_loadu_si256((const __m256i *)m16);
+    for (int j = 0; j < nt; j++) {
+        const int16_t *s = a->s16 + j * 2 * a->G32 + 2 * g0;
+        __m256i S;
+        if (n == 8) {
+            S = _mm256_loadu_si256((const __m256i *)s);
+        } else {
+            int16_t v[16] = {0};
+            for (int i = 0; i < 2 * n; i++) v[i] = s[i];
+            S = _mm256_loadu_si256((const __m256i *)v);
+        }
+        const __m256 offset = _mm256_mul_ps(Dmv, _mm256_cvtepi32_ps(_mm256_madd_epi16(mv, S)));
+        acc[j] = _mm256_fnmadd_ps(QFN(dx8)(a, j, g0, n), offset, acc[j]);
+    }
+}
+
+/// Group i of the chunk at g0: acc += float(P) · k[i], P = DOT_ONES(u, q).
+TARGET static inline AI void QFN(group_ones)(const QFN(acts) *a, int64_t g0, int i, __m256i u, const __m256 *k,
+                                             __m256 *acc, const int nt) {
+    const __m256i lane = _mm256_set1_epi32(i);
+    for (int j = 0; j < nt; j++) {
+        const __m256i P = DOT_ONES(u, _mm256_loadu_si256((const __m256i *)(a->q + j * a->cols + 32 * (g0 + i))));
+        acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(P), _mm256_permutevar8x32_ps(k[j], lane), acc[j]);
+    }
+}
+
+/// Group i with 16-value integer scales s_a, s_b: P = madd(maddubs(u, q), [s_a ×8 | s_b ×8]).
+TARGET static inline AI void QFN(group_scaled)(const QFN(acts) *a, int64_t g0, int i, __m256i u, int16_t sa, int16_t sb,
+                                               const __m256 *k, __m256 *acc, const int nt) {
+    const __m256i sv = _mm256_set_m128i(_mm_set1_epi16(sb), _mm_set1_epi16(sa)), lane = _mm256_set1_epi32(i);
+    for (int j = 0; j < nt; j++) {
+        const __m256i q = _mm256_loadu_si256((const __m256i *)(a->q + j * a->cols + 32 * (g0 + i)));
+        const __m256i P = _mm256_madd_epi16(_mm256_maddubs_epi16(u, q), sv);
+        acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(P), _mm256_permutevar8x32_ps(k[j], lane), acc[j]);
+    }
+}
+
+/// Q8_0's group i: signed weights w, P = DOT_ONES(|w|, q·sign(w)) = Σ w·q.
+TARGET static inline AI void QFN(group_signed)(const QFN(acts) *a, int64_t g0, int i, __m256i w, const __m256 *k,
+                                               __m256 *acc, const int nt) {
+    const __m256i u = _mm256_sign_epi8(w, w), lane = _mm256_set1_epi32(i);
+    for (int j = 0; j < nt; j++) {
+        const __m256i q = _mm256_loadu_si256((const __m256i *)(a->q + j * a->cols + 32 * (g0 + i)));
+        const __m256i P = DOT_ONES(u, _mm256_sign_epi8(q, w));
+        acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(P), _mm256_permutevar8x32_ps(k[j], lane), acc[j]);
+    }
+}
+
+// ---- one row of each type: `row` its bytes, the groups numbered from 0 -------------------------------------
+
+/// The legacy types (blocks of 32, `size` bytes): chunks of up to 8 blocks; BLOCK(p, i) runs block p as group i,
+/// after D[i], Dm[i], m16[2i…2i+1] are set by COEFFS(p, i).
+#define LEGACY_ROW(size, COEFFS, BLOCK, OFFSET)                                                                  \
+    for (int64_t g0 = 0; g0 < a->G32; g0 += 8) {                                                                 \
+        const int n = a->G32 - g0 < 8 ? (int)(a->G32 - g0) : 8;                                                  \
+        float D[8] = {0}, Dm[8] = {0};                                                                           \
+        int16_t m16[16] = {0};                                                                                   \
+        __m256 k[4];                                                                                             \
+        for (int i = 0; i < n; i++) { const uint8_t *p = row + (size) * (g0 + i); COEFFS(p, i); }               \
+        QFN(chunk_begin)(a, g0, n, D, k, nt);                                                                    \
+        for (int i = 0; i < n; i++) { const uint8_t *p = row + (size) * (g0 + i); BLOCK(p, i); }                \
+        if (OFFSET) QFN(chunk_end)(a, g0, n, Dm, m16, acc, nt);                                                  \
+    }
+
+#define SYM_COEFFS(p, i, off) (D[i] = Dm[i] = ggml_half(p), m16[2 * (i)] = m16[2 * (i) + 1] = (off))
+#define MIN_COEFFS(p, i) (D[i] = ggml_half(p), Dm[i] = -ggml_half((p) + 2), m16[2 * (i)] = m16[2 * (i) + 1] = 1)
+
+TARGET static inline AI void QFN(row_q4_0)(const uint8_t *row, const QFN(acts) *a, __m256 *acc, const int nt) {
+#define C(p, i) SYM_COEFFS(p, i, 8)
+#define B(p, i) QFN(group_ones)(a, g0, i, nibbles_32((p) + 2), k, acc, nt)
+    LEGACY_ROW(18, C, B, 1)
+#undef C
+#undef B
+}
+
+TARGET static inline AI void QFN(row_q4_1)(const uint8_t *row, const QFN(acts) *a, __m256 *acc, const int nt) {
+#define B(p, i) QFN(group_ones)(a, g0, i, nibbles_32((p) + 4), k, acc, nt)
+    LEGACY_ROW(20, MIN_COEFFS, B, 1)
+#undef B
+}
+
+TARGET static inline AI void QFN(row_q5_0)(const uint8_t *row, const QFN(acts) *a, __m256 *acc, const int nt) {
+#define C(p, i) SYM_COEFFS(p, i, 16)
+#define B(p, i) QFN(group_ones)(a, g0, i, _mm256_or_si256(nibbles_32((p) + 6), _mm256_and_si256(bits_32((p) + 2), _mm256_set1_epi8(0x10))), k, acc, nt)
+    LEGACY_ROW(22, C, B, 1)
+#undef C
+#undef B
+}
+
+TARGET static inline AI void QFN(row_q5_1)(const uint8_t *row, const QFN(acts) *a, __m256 *acc, const int nt) {
+#define B(p, i) QFN(group_ones)(a, g0, i, _mm256_or_si256(nibbles_32((p) + 8), _mm256_and_si256(bits_32((p) + 4), _mm256_set1_epi8(0x10))), k, acc, nt)
+    LEGACY_ROW(24, MIN_COEFFS, B, 1)
+#undef B
+}
+
+TARGET static inline AI void QFN(row_q8_0)(const uint8_t *row, const QFN(acts) *a, __m256 *acc, const int nt) {
+#define C(p, i) (D[i] = ggml_half(p))
+#define B(p, i) QFN(group_signed)(a, g0, i, _mm256_loadu_si256((const __m256i *)((p) + 2)), k, acc, nt)
+    LEGACY_ROW(34, C, B, 0)
+#undef C
+#undef B
+}
+
+/// Q2_K { scales[16], qs[64], d, dmin }: group 4h + j is bits 2j of qs[32h + l]; its halves' scale bytes are
+/// 8h + 2j and 8h + 2j + 1 (low nibble × d, high nibble × dmin).
+TARGET static inline AI void QFN(row_q2_K)(const uint8_t *row, const QFN(acts) *a, __m256 *acc, const int nt) {
+    const __m256i three = _mm256_set1_epi8(3);
+    for (int64_t b = 0; b < a->G32 / 8; b++) {
+        const uint8_t *p = row + 84 * b;
+        const float d = ggml_half(p + 80), dmin = ggml_half(p + 82);
+        float D[8], Dm[8];
+        int16_t m16[16];
+        __m256 k[4];
+        for (int i = 0; i < 8; i++) { D[i] = d; Dm[i] = dmin; }
+        for (int i = 0; i < 16; i++) m16[i] = p[i] >> 4;
+        QFN(chunk_begin)(a, 8 * b, 8, D, k, nt);
+        for (int h = 0; h < 2; h++) {
+            const __m256i qs = _mm256_loadu_si256((const __m256i *)(p + 16 + 32 * h));
+            for (int j = 0; j < 4; j++) {
+                const __m256i u = _mm256_and_si256(_mm256_srli_epi16(qs, 2 * j), three);
+                QFN(group_scaled)(a, 8 * b, 4 * h + j, u, p[8 * h + 2 * j] & 15, p[8 * h + 2 * j + 1] & 15, k, acc, nt);
+            }
+        }
+        QFN(chunk_end)(a, 8 * b, 8, Dm, m16, acc, nt);
+    }
+}
+
+/// Q3_K { hmask[32], qs[64], scales[12], d }: group 4h + s is bits 2s of qs[32h + l] plus 4 where bit 4h + s of
+/// hmask[l] is set, less 4; 6-bit scales less 32.
+TARGET static inline AI void QFN(row_q3_K)(const uint8_t *row, const QFN(acts) *a, __m256 *acc, const int nt) {
+    const __m256i three = _mm256_set1_epi8(3), four = _mm256_set1_epi8(4);
+    for (int64_t b = 0; b < a->G32 / 8; b++) {
+        const uint8_t *p = row + 110 * b;
+        const float d = ggml_half(p + 108);
+        int16_t sc[16], m16[16];
+        float D[8], Dm[8];
+        __m256 k[4];
+        q3_K_scales(p + 96, sc);
+        for (int i = 0; i < 8; i++) { D[i] = d; Dm[i] = d; }
+        for (int i = 0; i < 16; i++) m16[i] = (int16_t)(4 * sc[i]);
+        QFN(chunk_begin)(a, 8 * b, 8, D, k, nt);
+        const __m256i hm = _mm256_loadu_si256((const __m256i *)p);
+        for (int h = 0; h < 2; h++) {
+            const __m256i qs = _mm256_loadu_si256((const __m256i *)(p + 32 + 32 * h));
+            for (int s = 0; s < 4; s++) {
+                const __m256i bit = _mm256_set1_epi8((char)(1 << (4 * h + s)));
+                const __m256i high = _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(hm, bit), bit), four);
+                const __m256i u = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(qs, 2 * s), three), high);
+                QFN(group_scaled)(a, 8 * b, 4 * h + s, u, sc[8 * h + 2 * s], sc[8 * h + 2 * s + 1], k, acc, nt);
+            }
+        }
+        QFN(chunk_end)(a, 8 * b, 8, Dm, m16, acc, nt);
+    }
+}
+
+/// Q4_K { d, dmin, scales[12], qs[128] } and Q5_K { …, qh[32], qs[128] }: group 2c + s is nibble s of
+/// qs[32c + l] (with bit 2c + s of qh[l] as the fifth); 6-bit scale and minimum per group.
+TARGET static inline AI void QFN(row_kq)(const uint8_t *row, const QFN(acts) *a, __m256 *acc, const int nt, const int five) {
+    const __m256i low4 = _mm256_set1_epi8(0x0F), sixteen = _mm256_set1_epi8(0x10);
+    const int64_t size = five ? 176 : 144;
+    for (int64_t b = 0; b < a->G32 / 8; b++) {
+        const uint8_t *p = row + size * b, *qs = p + (five ? 48 : 16);
+        const float d = ggml_half(p), dmin = ggml_half(p + 2);
+        uint8_t sc[8], mn[8];
+        float D[8], Dm[8];
+        int16_t m16[16];
+        __m256 k[4];
+        k4_scales(p + 4, sc, mn);
+        for (int i = 0; i < 8; i++) { D[i] = d * (float)sc[i]; Dm[i] = dmin; m16[2 * i] = m16[2 * i + 1] = mn[i]; }
+        QFN(chunk_begin)(a, 8 * b, 8, D, k, nt);
+        const __m256i qh = five ? _mm256_loadu_si256((const __m256i *)(p + 16)) : _mm256_setzero_si256();
+        for (int c = 0; c < 4; c++) {
+            const __m256i bytes = _mm256_loadu_si256((const __m256i *)(qs + 32 * c));
+            __m256i lo = _mm256_and_si256(bytes, low4), hi = _mm256_and_si256(_mm256_srli_epi16(bytes, 4), low4);
+            if (five) {
+                const __m256i b0 = _mm256_set1_epi8((char)(1 << (2 * c))), b1 = _mm256_set1_epi8((char)(1 << (2 * c + 1)));
+                lo = _mm256_or_si256(lo, _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(qh, b0), b0), sixteen));
+                hi = _mm256_or_si256(hi, _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(qh, b1), b1), sixteen));
+            }
+            QFN(group_ones)(a, 8 * b, 2 * c, lo, k, acc, nt);
+            QFN(group_ones)(a, 8 * b, 2 * c + 1, hi, k, acc, nt);
+        }
+        QFN(chunk_end)(a, 8 * b, 8, Dm, m16, acc, nt);
+    }
+}
+
+/// Q6_K { ql[128], qh[64], scales[16]: i8, d }: group 4h + s is nibble s/2 of ql[64h + 32(s%2) + l] with bits 2s
+/// of qh[32h + l] as the high pair, less 32.
+TARGET static inline AI void QFN(row_q6_K)(const uint8_t *row, const QFN(acts) *a, __m256 *acc, const int nt) {
+    const __m256i low4 = _mm256_set1_epi8(0x0F), three = _mm256_set1_epi8(3);
+    for (int64_t b = 0; b < a->G32 / 8; b++) {
+        const uint8_t *p = row + 210 * b;
+        const float d = ggml_half(p + 208);
+        const int8_t *sc = (const int8_t *)(p + 192);
+        float D[8];
+        int16_t m16[16];
+        __m256 k[4];
+        for (int i = 0; i < 8; i++) D[i] = d;
+        for (int i = 0; i < 16; i++) m16[i] = (int16_t)(32 * sc[i]);
+        QFN(chunk_begin)(a, 8 * b, 8, D, k, nt);
+        for (int h = 0; h < 2; h++) {
+            const __m256i qh = _mm256_loadu_si256((const __m256i *)(p + 128 + 32 * h));
+            for (int s = 0; s < 4; s++) {
+                const __m256i ql = _mm256_loadu_si256((const __m256i *)(p + 64 * h + 32 * (s & 1)));
+                const __m256i low = _mm256_and_si256(_mm256_srli_epi16(ql, 4 * (s >> 1)), low4);
+                const __m256i high = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2 * s), three), 4);
+                QFN(group_scaled)(a, 8 * b, 4 * h + s, _mm256_or_si256(low, high), sc[8 * h + 2 * s], sc[8 * h + 2 * s + 1],
+                                  k, acc, nt);
+            }
+        }
+        QFN(chunk_end)(a, 8 * b, 8, D, m16, acc, nt);
+    }
+}
+
+#undef LEGACY_ROW
+#undef SYM_COEFFS
+#undef MIN_COEFFS
+
+/// Row r of `m` for tokens t…t + nt − 1.
+TARGET static inline AI void QFN(row)(int32_t type, const moe_matrix *m, int64_t r, const moe_q8_acts *x, int64_t t,
+                                      float *y, const int nt) {
+    const int64_t G32 = m->cols / 32;
+    const QFN(acts) a = {x->q + t * m->cols, x->d + t * G32, x->sums16 + t * 2 * G32, m->cols, G32};
+    const uint8_t *row = (const uint8_t *)m->data + r * ggml_row_bytes(type, m->cols);
+    __m256 acc[4];
+    for (int j = 0; j < nt; j++) acc[j] = _mm256_setzero_ps();
+    switch (type) {
+    case MOE_GGML_Q4_0: QFN(row_q4_0)(row, &a, acc, nt); break;
+    case MOE_GGML_Q4_1: QFN(row_q4_1)(row, &a, acc, nt); break;
+    case MOE_GGML_Q5_0: QFN(row_q5_0)(row, &a, acc, nt); break;
+    case MOE_GGML_Q5_1: QFN(row_q5_1)(row, &a, acc, nt); break;
+    case MOE_GGML_Q8_0: QFN(row_q8_0)(row, &a, acc, nt); break;
+    case MOE_GGML_Q2_K: QFN(row_q2_K)(row, &a, acc, nt); break;
+    case MOE_GGML_Q3_K: QFN(row_q3_K)(row, &a, acc, nt); break;
+    case MOE_GGML_Q4_K: QFN(row_kq)(row, &a, acc, nt, 0); break;
+    case MOE_GGML_Q5_K: QFN(row_kq)(row, &a, acc, nt, 1); break;
+    case MOE_GGML_Q6_K: QFN(row_q6_K)(row, &a, acc, nt); break;
+    default: break;
+    }
+    for (int j = 0; j < nt; j++) y[(t + j) * m->rows + r] = hsum8(acc[j]);
+}
+
+TARGET static void QFN(rows_4)(int32_t type, const moe_matrix *m, int64_t b0, int64_t b1, const moe_q8_acts *x, int64_t t, float *y) {
+    for (int64_t r = b0; r < b1; r++) QFN(row)(type, m, r, x, t, y, 4);
+}
+
+TARGET static void QFN(rows_1)(int32_t type, const moe_matrix *m, int64_t b0, int64_t b1, const moe_q8_acts *x, int64_t t, float *y) {
+    for (int64_t r = b0; r < b1; r++) QFN(row)(type, m, r, x, t, y, 1);
+}
+
+TARGET void QFN(moe_gemm_ggml_q8_)(int32_t type, const moe_matrix *m, int64_t r0, int64_t r1, const moe_q8_acts *x,
+                                   int64_t T, float *y) {
+    FOR_ROW_BLOCKS(T, r0, r1, ggml_row_bytes(type, m->cols), b0, b1) {
+        int64_t t = 0;
+        for (; t + 4 <= T; t += 4) QFN(rows_4)(type, m, b0, b1, x, t, y);
+        for (; t < T; t++) QFN(rows_1)(type, m, b0, b1, x, t, y);
+    }
+}
+
+#undef QFN
+#undef TARGET
+#undef SUFFIX
+#undef DOT_ONES

@@ -1,0 +1,83 @@
+// GGML block rows (the types K-quant GGUF files use) × Q8 activations: integer dot products straight from the
+// blocks, no fp32 decode. The body (ggml_q8_body.h) is compiled twice: AVX2 (maddubs) and AVX-512 VNNI
+// (vpdpbusd); their integer products are equal, so the two agree bit for bit with each other and with the Swift
+// twin (`WeightMatrix.gemmQ8`). The block layouts are gguf-py's (GGMLDequantize.swift lists them).
+#include "CMoEKernels.h"
+
+#if defined(__x86_64__)
+#include "common.h"
+
+#define T2 __attribute__((target("avx2,fma,f16c")))
+
+/// Bytes of a row of `cols` values of `type` (cols a whole number of blocks: the caller checked).
+static inline int64_t ggml_row_bytes(int32_t type, int64_t cols) {
+    switch (type) {
+    case MOE_GGML_Q4_0: return cols / 32 * 18;
+    case MOE_GGML_Q4_1: return cols / 32 * 20;
+    case MOE_GGML_Q5_0: return cols / 32 * 22;
+    case MOE_GGML_Q5_1: return cols / 32 * 24;
+    case MOE_GGML_Q8_0: return cols / 32 * 34;
+    case MOE_GGML_Q2_K: return cols / 256 * 84;
+    case MOE_GGML_Q3_K: return cols / 256 * 110;
+    case MOE_GGML_Q4_K: return cols / 256 * 144;
+    case MOE_GGML_Q5_K: return cols / 256 * 176;
+    case MOE_GGML_Q6_K: return cols / 256 * 210;
+    default: return 0;
+    }
+}
+
+/// The little-endian fp16 at p, exactly.
+static inline float ggml_half(const uint8_t *p) { return f16_value((uint16_t)(p[0] | p[1] << 8)); }
+
+/// 16 bytes of nibbles as 32 values: low nibbles are values 0-15, high nibbles 16-31.
+T2 static inline __m256i nibbles_32(const uint8_t *p) {
+    const __m128i b = _mm_loadu_si128((const __m128i *)p), mask = _mm_set1_epi8(0x0F);
+    return _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(b, 4), mask), _mm_and_si128(b, mask));
+}
+
+/// The 32 bits at p (little-endian) as 32 bytes: 0xFF where bit i is set.
+T2 static inline __m256i bits_32(const uint8_t *p) {
+    uint32_t bits;
+    memcpy(&bits, p, 4);
+    const __m256i spread = _mm256_shuffle_epi8(_mm256_set1_epi32((int)bits),
+                                               _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1,
+                                                                2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3));
+    const __m256i bit = _mm256_set1_epi64x((long long)0x8040201008040201ULL);
+    return _mm256_cmpeq_epi8(_mm256_and_si256(spread, bit), bit);
+}
+
+/// Q3_K's 16 six-bit scales less 32: low nibbles in bytes 0-7 (value i: byte i % 8, nibble i / 8), high pairs in
+/// bytes 8-11 (value i: byte 8 + i % 4, bits 2·(i / 4)).
+static inline void q3_K_scales(const uint8_t *s, int16_t *out) {
+    for (int i = 0; i < 16; i++)
+        out[i] = (int16_t)((((s[i % 8] >> (4 * (i / 8))) & 0x0F) | (((s[8 + i % 4] >> (2 * (i / 4))) & 3) << 4)) - 32);
+}
+
+/// Q4_K/Q5_K's 12 scale bytes: 8 six-bit scales and 8 six-bit minimums (ggml's get_scale_min_k4).
+static inline void k4_scales(const uint8_t *s, uint8_t *sc, uint8_t *mn) {
+    for (int j = 0; j < 4; j++) {
+        sc[j] = s[j] & 63;
+        mn[j] = s[j + 4] & 63;
+    }
+    for (int j = 4; j < 8; j++) {
+        sc[j] = (uint8_t)((s[j + 4] & 0x0F) | ((s[j - 4] >> 6) << 4));
+        mn[j] = (uint8_t)((s[j + 4] >> 4) | ((s[j] >> 6) << 4));
+    }
+}
+
+#define TARGET T2
+#define SUFFIX avx2
+#define DOT_ONES(u, q) _mm256_madd_epi16(_mm256_maddubs_epi16((u), (q)), _mm256_set1_epi16(1))
+#include "ggml_q8_body.h"
+
+#define TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")))
+#define SUFFIX avx512vnni
+#define DOT_ONES(u, q) _mm256_dpbusd_epi32(_mm256_setzero_si256(), (u), (q))
+#include "ggml_q8_body.h"
+
+#else
+void moe_gemm_ggml_q8_avx2(int32_t type, const moe_matrix *m, int64_t r0, int64_t r1, const moe_q8_acts *x, int64_t T,
+                           float *y) {}
+void moe_gemm_ggml_q8_avx512vnni(int32_t type, const moe_matrix *m, int64_t r0, int64_t r1, const moe_q8_acts *x,
+                                 int64_t T, float *y) {}
+#endif

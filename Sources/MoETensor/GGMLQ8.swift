@@ -1,0 +1,141 @@
+import CMoEKernels
+
+extension GGMLType {
+    /// Whether `WeightMatrix.gemmQ8` multiplies this type with integer dot products (kernels_ggml_q8.c): the
+    /// legacy and K-quant types. The others (i-quants, ternary, float) take the exact fp32 path only.
+    public var hasQ8Kernel: Bool {
+        switch self {
+        case .q4_0, .q4_1, .q5_0, .q5_1, .q8_0, .q2_K, .q3_K, .q4_K, .q5_K, .q6_K: true
+        default: false
+        }
+    }
+}
+
+/// One group of 32 weights of a GGML row in the form the integer kernels multiply (ggml_q8_body.h):
+/// w[l] = D · s(l) · u[l] − Dm · m(l), with s and m integers per half group (a: values 0-15, b: 16-31). `signed`
+/// (Q8_0): u holds the signed weights themselves, and there is no offset.
+struct GGMLQ8Group {
+    var sa: Int32 = 1, sb: Int32 = 1
+    var D: Float = 0, Dm: Float = 0
+    var ma: Int32 = 0, mb: Int32 = 0
+    var signed = false
+
+    typealias G = GGMLDequantize
+
+    /// Group `g` (of 32 values, counted from the row's start) of `row`, its values into `u [32]`.
+    init(_ type: GGMLType, row: UnsafeRawPointer, group g: Int, u: UnsafeMutablePointer<Int32>) {
+        let nibble = { (qs: UnsafeRawPointer, i: Int) in Int32(G.nibble(qs, i)) }
+        switch type {
+        case .q4_0:
+            let p = row + 18 * g
+            self.D = G.half(p, 0); Dm = self.D; (ma, mb) = (8, 8)
+            for i in 0..<32 { u[i] = nibble(p + 2, i) }
+        case .q4_1:
+            let p = row + 20 * g
+            self.D = G.half(p, 0); Dm = -G.half(p, 2); (ma, mb) = (1, 1)
+            for i in 0..<32 { u[i] = nibble(p + 4, i) }
+        case .q5_0, .q5_1:
+            let one = type == .q5_1
+            let p = row + (one ? 24 : 22) * g, qh = p.loadUnaligned(fromByteOffset: one ? 4 : 2, as: UInt32.self)
+            self.D = G.half(p, 0)
+            if one { Dm = -G.half(p, 2); (ma, mb) = (1, 1) } else { Dm = self.D; (ma, mb) = (16, 16) }
+            for i in 0..<32 { u[i] = nibble(p + (one ? 8 : 6), i) | Int32((qh >> UInt32(i)) & 1) << 4 }
+        case .q8_0:
+            let p = row + 34 * g
+            self.D = G.half(p, 0); signed = true
+            for i in 0..<32 { u[i] = Int32(Int8(bitPattern: G.byte(p, 2 + i))) }
+        case .q2_K:
+            let p = row + 84 * (g / 8), h = (g % 8) / 4, j = g % 4
+            let s0 = G.byte(p, 8 * h + 2 * j), s1 = G.byte(p, 8 * h + 2 * j + 1)
+            (sa, sb, ma, mb) = (Int32(s0 & 15), Int32(s1 & 15), Int32(s0 >> 4), Int32(s1 >> 4))
+            self.D = G.half(p, 80); Dm = G.half(p, 82)
+            for l in 0..<32 { u[l] = Int32((G.byte(p, 16 + 32 * h + l) >> UInt8(2 * j)) & 3) }
+        case .q3_K:
+            let p = row + 110 * (g / 8), h = (g % 8) / 4, s = g % 4
+            func scale(_ i: Int) -> Int32 {
+                let low = (G.byte(p, 96 + i % 8) >> UInt8(4 * (i / 8))) & 0x0F
+                let high = (G.byte(p, 104 + i % 4) >> UInt8(2 * (i / 4))) & 3
+                return Int32(low | high << 4) - 32
+            }
+            (sa, sb) = (scale(8 * h + 2 * s), scale(8 * h + 2 * s + 1))
+            (ma, mb) = (4 * sa, 4 * sb)
+            self.D = G.half(p, 108); Dm = self.D
+            for l in 0..<32 {
+                let low = (G.byte(p, 32 + 32 * h + l) >> UInt8(2 * s)) & 3, bit = (G.byte(p, l) >> UInt8(4 * h + s)) & 1
+                u[l] = Int32(low) + 4 * Int32(bit)
+            }
+        case .q4_K, .q5_K:
+            let five = type == .q5_K
+            let p = row + (five ? 176 : 144) * (g / 8), j = g % 8
+            let (sc, m) = G.scaleMin(p + 4, j)
+            self.D = G.half(p, 0) * Float(sc); Dm = G.half(p, 2); (ma, mb) = (Int32(m), Int32(m))
+            for l in 0..<32 {
+                var q = (G.byte(p, (five ? 48 : 16) + 32 * (j / 2) + l) >> UInt8(4 * (j % 2))) & 0x0F
+                if five { q |= ((G.byte(p, 16 + l) >> UInt8(j)) & 1) << 4 }
+                u[l] = Int32(q)
+            }
+        case .q6_K:
+            let p = row + 210 * (g / 8), h = (g % 8) / 4, s = g % 4
+            (sa, sb) = (Int32(Int8(bitPattern: G.byte(p, 192 + 8 * h + 2 * s))), Int32(Int8(bitPattern: G.byte(p, 193 + 8 * h + 2 * s))))
+            (ma, mb) = (32 * sa, 32 * sb)
+            self.D = G.half(p, 208); Dm = self.D
+            for l in 0..<32 {
+                let low = (G.byte(p, 64 * h + 32 * (s % 2) + l) >> UInt8(4 * (s / 2))) & 0x0F
+                let high = (G.byte(p, 128 + 32 * h + l) >> UInt8(2 * s)) & 3
+                u[l] = Int32(low | high << 4)
+            }
+        default:
+            preconditionFailure("GGML \(type) has no integer kernel")
+        }
+    }
+}
+
+extension WeightMatrix {
+    /// `gemmQ8` for GGML rows: the C kernel of `isa` (VNNI on AVX-512 where the CPU has it), or the Swift twin,
+    /// which does what ggml_q8_body.h does per (row, token) — the same integers P per lane, the same fused
+    /// multiply-adds and the same horizontal sum — so the three agree bit for bit.
+    func gemmGGMLQ8(_ type: GGMLType, rows range: Range<Int>, _ x: Q8Activations, into y: UnsafeMutablePointer<Float>,
+                    isa: KernelISA) {
+        precondition(type.hasQ8Kernel && cols % type.blockSize == 0)
+        if isa != .generic {
+            var m = moe_matrix(data: data, scales: nil, rows: Int64(rows), cols: Int64(cols), scales_bf16: 0)
+            var acts = moe_q8_acts(q: x.q, d: x.d, sums: x.sums, sums16: x.sums16)
+            let kernel = isa == .avx512 && Self.hasVNNI ? moe_gemm_ggml_q8_avx512vnni : moe_gemm_ggml_q8_avx2
+            kernel(Int32(type.rawValue), &m, Int64(range.lowerBound), Int64(range.upperBound), &acts, Int64(x.tokens), y)
+            return
+        }
+        let rowBytes = storedByteCount / rows, groups = cols / 32
+        let u = UnsafeMutablePointer<Int32>.allocate(capacity: 32), acc = UnsafeMutablePointer<Float>.allocate(capacity: 8)
+        defer { u.deallocate(); acc.deallocate() }
+        for r in range {
+            let row = data + r * rowBytes
+            for t in 0..<x.tokens {
+                acc.initialize(repeating: 0, count: 8)
+                let dx = x.d + t * groups, S = x.sums16 + t * 2 * groups
+                // Chunks of 8 groups (fewer at the end): each group's products into all 8 lanes, then lane i takes
+                // group i's offset.
+                for g0 in stride(from: 0, to: groups, by: 8) {
+                    let n = min(8, groups - g0)
+                    for i in 0..<n {
+                        let g = g0 + i, f = GGMLQ8Group(type, row: row, group: g, u: u), q = x.q + t * cols + 32 * g
+                        let k = f.D * dx[g]
+                        for lane in 0..<8 {
+                            var p: Int32 = 0
+                            for l in (4 * lane)..<(4 * lane + 4) { p += u[l] * Int32(q[l]) }
+                            acc[lane] = acc[lane].addingProduct(Float(p * (lane < 4 ? f.sa : f.sb)), k)
+                        }
+                    }
+                    for i in 0..<n {
+                        let g = g0 + i, f = GGMLQ8Group(type, row: row, group: g, u: u)
+                        guard !f.signed else { continue }
+                        let offset = f.ma * Int32(S[2 * g]) + f.mb * Int32(S[2 * g + 1])
+                        acc[i] = acc[i].addingProduct(-dx[g], f.Dm * Float(offset))
+                    }
+                }
+                // hsum8's tree: lanes i and i + 4, then (0 + 2) + (1 + 3).
+                let s0 = acc[0] + acc[4], s1 = acc[1] + acc[5], s2 = acc[2] + acc[6], s3 = acc[3] + acc[7]
+                y[t * rows + r] = (s0 + s2) + (s1 + s3)
+            }
+        }
+    }
+}
