@@ -26,19 +26,19 @@
 #define QFN(name) QCAT(name, SUFFIX)
 #define AI __attribute__((always_inline))
 
-/// Where the activations of up to four tokens are: token j's q at q + j·cols, its scales at d + j·G32, its
-/// 16-value sums at s16 + j·2·G32.
+/// Where the activations of up to four tokens are, quantised per 32 (legacy types) or per 256 (K-quants): token
+/// j's q at q + j·cols, its `blocks` scales at d + j·blocks, its 16-value sums at s16 + j·cols/16.
 typedef struct {
     const int8_t *q;
     const float *d;
     const int16_t *s16;
     int64_t cols;
-    int64_t G32;
+    int64_t blocks;
 } QFN(acts);
 
 /// The dx of groups g0…g0 + n − 1 of token j, zero past n.
 TARGET static inline AI __m256 QFN(dx8)(const QFN(acts) *a, int j, int64_t g0, int n) {
-    const float *d = a->d + j * a->G32 + g0;
+    const float *d = a->d + j * a->blocks + g0;
     if (n == 8) return _mm256_loadu_ps(d);
     float v[8] = {0};
     for (int i = 0; i < n; i++) v[i] = d[i];
@@ -57,7 +57,7 @@ TARGET static inline AI void QFN(chunk_end)(const QFN(acts) *a, int64_t g0, int 
     const __m256 Dmv = _mm256_loadu_ps(Dm);
     const __m256i mv = _mm256_loadu_si256((const __m256i *)m16);
     for (int j = 0; j < nt; j++) {
-        const int16_t *s = a->s16 + j * 2 * a->G32 + 2 * g0;
+        const int16_t *s = a->s16 + j * (a->cols / 16) + 2 * g0;
         __m256i S;
         if (n == 8) {
             S = _mm256_loadu_si256((const __m256i *)s);
@@ -108,8 +108,8 @@ TARGET static inline AI void QFN(group_signed)(const QFN(acts) *a, int64_t g0, i
 /// The legacy types (blocks of 32, `size` bytes): chunks of up to 8 blocks; BLOCK(p, i) runs block p as group i,
 /// after D[i], Dm[i], m16[2i…2i+1] are set by COEFFS(p, i).
 #define LEGACY_ROW(size, COEFFS, BLOCK, OFFSET)                                                                  \
-    for (int64_t g0 = 0; g0 < a->G32; g0 += 8) {                                                                 \
-        const int n = a->G32 - g0 < 8 ? (int)(a->G32 - g0) : 8;                                                  \
+    for (int64_t g0 = 0; g0 < a->blocks; g0 += 8) {                                                                 \
+        const int n = a->blocks - g0 < 8 ? (int)(a->blocks - g0) : 8;                                                  \
         float D[8] = {0}, Dm[8] = {0};                                                                           \
         int16_t m16[16] = {0};                                                                                   \
         __m256 k[4];                                                                                             \
@@ -158,122 +158,227 @@ TARGET static inline AI void QFN(row_q8_0)(const uint8_t *row, const QFN(acts) *
 #undef B
 }
 
+// ---- K-quants: super-blocks of 256 against activations quantised per 256 (llama.cpp's Q8_K) ------------------
+//
+// Per super-block b and token, with x ≈ q · dx_b and the weights' 16-value integer scales s and offsets m:
+//     I lane i = Σ_groups s(l) · Σ_{l in bytes 4i…4i+3 of the group} u[l]·q[l]     (int32, exact)
+//     O lane i = m[2i]·S[2i] + m[2i+1]·S[2i+1]                                      (S: sums of q per 16 values)
+//     acc = fma(float(I), d·dx_b, acc);  acc = fnmadd(float(O), Dm·dx_b, acc)
+// so the float work is per super-block, not per group. The 32-wide types (Q4_K, Q5_K) give both halves of a
+// group its scale. A super-block is decoded once (`kblock`: groups in pairs, PAIR_T) and multiplied by every
+// token of a call: GROUP_PAIR(I, u, s, q) adds a pair of groups (q: their 64 activations) to the integer
+// accumulator I (IACC): two 256-bit steps on AVX2, one 512-bit step on AVX-512 (IREDUCE folds its halves): the
+// same integers either way.
+
+/// A decoded super-block: its 8 groups' values u and 16-bit scale vectors s ([s_a ×8 | s_b ×8]) in pairs, the
+/// offsets' integers per 16 values, and the two float scales.
+typedef struct {
+    PAIR_T u[4], s[4];
+    int16_t m16[16];
+    float d, Dm;
+} QFN(kblock);
+
+/// The 16-bit scale vector of a group: s_a for values 0-15, s_b for 16-31.
+TARGET static inline AI __m256i QFN(scales16)(int16_t sa, int16_t sb) {
+    return _mm256_set_m128i(_mm_set1_epi16(sb), _mm_set1_epi16(sa));
+}
+
+/// A decoder either stores each pair of groups in `k` (emit 0: the block is multiplied later by many tokens) or
+/// multiplies it at once into the integer accumulators I of `nt` tokens of `a` (emit 1: few tokens; nothing of
+/// the values goes through memory). Either way k gets the offsets and float scales.
+#define KQ_EMIT_PARAMS const QFN(acts) *a, int64_t b, IACC *I, const int nt, const int emit
+#define PUT(idx, U, S)                                                                                           \
+    do {                                                                                                         \
+        const PAIR_T u_ = (U), s_ = (S);                                                                         \
+        if (emit) {                                                                                              \
+            for (int t_ = 0; t_ < nt; t_++) GROUP_PAIR(I[t_], u_, s_, a->q + t_ * a->cols + 256 * b + 64 * (idx)); \
+        } else {                                                                                                 \
+            k->u[idx] = u_;                                                                                      \
+            k->s[idx] = s_;                                                                                      \
+        }                                                                                                        \
+    } while (0)
+
 /// Q2_K { scales[16], qs[64], d, dmin }: group 4h + j is bits 2j of qs[32h + l]; its halves' scale bytes are
 /// 8h + 2j and 8h + 2j + 1 (low nibble × d, high nibble × dmin).
-TARGET static inline AI void QFN(row_q2_K)(const uint8_t *row, const QFN(acts) *a, __m256 *acc, const int nt) {
+TARGET static inline AI void QFN(decode_q2_K)(const uint8_t *p, QFN(kblock) *k, KQ_EMIT_PARAMS) {
     const __m256i three = _mm256_set1_epi8(3);
-    for (int64_t b = 0; b < a->G32 / 8; b++) {
-        const uint8_t *p = row + 84 * b;
-        const float d = ggml_half(p + 80), dmin = ggml_half(p + 82);
-        float D[8], Dm[8];
-        int16_t m16[16];
-        __m256 k[4];
-        for (int i = 0; i < 8; i++) { D[i] = d; Dm[i] = dmin; }
-        for (int i = 0; i < 16; i++) m16[i] = p[i] >> 4;
-        QFN(chunk_begin)(a, 8 * b, 8, D, k, nt);
-        for (int h = 0; h < 2; h++) {
-            const __m256i qs = _mm256_loadu_si256((const __m256i *)(p + 16 + 32 * h));
-            for (int j = 0; j < 4; j++) {
-                const __m256i u = _mm256_and_si256(_mm256_srli_epi16(qs, 2 * j), three);
-                QFN(group_scaled)(a, 8 * b, 4 * h + j, u, p[8 * h + 2 * j] & 15, p[8 * h + 2 * j + 1] & 15, k, acc, nt);
-            }
+    for (int i = 0; i < 16; i++) k->m16[i] = p[i] >> 4;
+    for (int h = 0; h < 2; h++) {
+        const __m256i qs = _mm256_loadu_si256((const __m256i *)(p + 16 + 32 * h));
+        for (int j = 0; j < 4; j += 2) {
+            const uint8_t *sc = p + 8 * h + 2 * j;
+            PUT(2 * h + j / 2,
+                MAKE_PAIR(_mm256_and_si256(_mm256_srli_epi16(qs, 2 * j), three), _mm256_and_si256(_mm256_srli_epi16(qs, 2 * j + 2), three)),
+                MAKE_PAIR(QFN(scales16)(sc[0] & 15, sc[1] & 15), QFN(scales16)(sc[2] & 15, sc[3] & 15)));
         }
-        QFN(chunk_end)(a, 8 * b, 8, Dm, m16, acc, nt);
     }
+    k->d = ggml_half(p + 80);
+    k->Dm = ggml_half(p + 82);
 }
 
 /// Q3_K { hmask[32], qs[64], scales[12], d }: group 4h + s is bits 2s of qs[32h + l] plus 4 where bit 4h + s of
 /// hmask[l] is set, less 4; 6-bit scales less 32.
-TARGET static inline AI void QFN(row_q3_K)(const uint8_t *row, const QFN(acts) *a, __m256 *acc, const int nt) {
-    const __m256i three = _mm256_set1_epi8(3), four = _mm256_set1_epi8(4);
-    for (int64_t b = 0; b < a->G32 / 8; b++) {
-        const uint8_t *p = row + 110 * b;
-        const float d = ggml_half(p + 108);
-        int16_t sc[16], m16[16];
-        float D[8], Dm[8];
-        __m256 k[4];
-        q3_K_scales(p + 96, sc);
-        for (int i = 0; i < 8; i++) { D[i] = d; Dm[i] = d; }
-        for (int i = 0; i < 16; i++) m16[i] = (int16_t)(4 * sc[i]);
-        QFN(chunk_begin)(a, 8 * b, 8, D, k, nt);
-        const __m256i hm = _mm256_loadu_si256((const __m256i *)p);
-        for (int h = 0; h < 2; h++) {
-            const __m256i qs = _mm256_loadu_si256((const __m256i *)(p + 32 + 32 * h));
-            for (int s = 0; s < 4; s++) {
-                const __m256i bit = _mm256_set1_epi8((char)(1 << (4 * h + s)));
-                const __m256i high = _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(hm, bit), bit), four);
-                const __m256i u = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(qs, 2 * s), three), high);
-                QFN(group_scaled)(a, 8 * b, 4 * h + s, u, sc[8 * h + 2 * s], sc[8 * h + 2 * s + 1], k, acc, nt);
-            }
+TARGET static inline AI __m256i QFN(q3_K_u)(__m256i qs, __m256i hm, int h, int s) {
+    const __m256i bit = _mm256_set1_epi8((char)(1 << (4 * h + s)));
+    const __m256i high = _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(hm, bit), bit), _mm256_set1_epi8(4));
+    return _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(qs, 2 * s), _mm256_set1_epi8(3)), high);
+}
+
+TARGET static inline AI void QFN(decode_q3_K)(const uint8_t *p, QFN(kblock) *k, KQ_EMIT_PARAMS) {
+    int16_t sc[16];
+    q3_K_scales(p + 96, sc);
+    for (int i = 0; i < 16; i++) k->m16[i] = (int16_t)(4 * sc[i]);
+    const __m256i hm = _mm256_loadu_si256((const __m256i *)p);
+    for (int h = 0; h < 2; h++) {
+        const __m256i qs = _mm256_loadu_si256((const __m256i *)(p + 32 + 32 * h));
+        for (int s = 0; s < 4; s += 2) {
+            const int16_t *g = sc + 8 * h + 2 * s;
+            PUT(2 * h + s / 2, MAKE_PAIR(QFN(q3_K_u)(qs, hm, h, s), QFN(q3_K_u)(qs, hm, h, s + 1)),
+                MAKE_PAIR(QFN(scales16)(g[0], g[1]), QFN(scales16)(g[2], g[3])));
         }
-        QFN(chunk_end)(a, 8 * b, 8, Dm, m16, acc, nt);
     }
+    k->d = k->Dm = ggml_half(p + 108);
 }
 
 /// Q4_K { d, dmin, scales[12], qs[128] } and Q5_K { …, qh[32], qs[128] }: group 2c + s is nibble s of
 /// qs[32c + l] (with bit 2c + s of qh[l] as the fifth); 6-bit scale and minimum per group.
-TARGET static inline AI void QFN(row_kq)(const uint8_t *row, const QFN(acts) *a, __m256 *acc, const int nt, const int five) {
+TARGET static inline AI void QFN(decode_kq)(const uint8_t *p, QFN(kblock) *k, KQ_EMIT_PARAMS, const int five) {
     const __m256i low4 = _mm256_set1_epi8(0x0F), sixteen = _mm256_set1_epi8(0x10);
-    const int64_t size = five ? 176 : 144;
-    for (int64_t b = 0; b < a->G32 / 8; b++) {
-        const uint8_t *p = row + size * b, *qs = p + (five ? 48 : 16);
-        const float d = ggml_half(p), dmin = ggml_half(p + 2);
-        uint8_t sc[8], mn[8];
-        float D[8], Dm[8];
-        int16_t m16[16];
-        __m256 k[4];
-        k4_scales(p + 4, sc, mn);
-        for (int i = 0; i < 8; i++) { D[i] = d * (float)sc[i]; Dm[i] = dmin; m16[2 * i] = m16[2 * i + 1] = mn[i]; }
-        QFN(chunk_begin)(a, 8 * b, 8, D, k, nt);
-        const __m256i qh = five ? _mm256_loadu_si256((const __m256i *)(p + 16)) : _mm256_setzero_si256();
-        for (int c = 0; c < 4; c++) {
-            const __m256i bytes = _mm256_loadu_si256((const __m256i *)(qs + 32 * c));
-            __m256i lo = _mm256_and_si256(bytes, low4), hi = _mm256_and_si256(_mm256_srli_epi16(bytes, 4), low4);
-            if (five) {
-                const __m256i b0 = _mm256_set1_epi8((char)(1 << (2 * c))), b1 = _mm256_set1_epi8((char)(1 << (2 * c + 1)));
-                lo = _mm256_or_si256(lo, _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(qh, b0), b0), sixteen));
-                hi = _mm256_or_si256(hi, _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(qh, b1), b1), sixteen));
-            }
-            QFN(group_ones)(a, 8 * b, 2 * c, lo, k, acc, nt);
-            QFN(group_ones)(a, 8 * b, 2 * c + 1, hi, k, acc, nt);
+    const uint8_t *qs = p + (five ? 48 : 16);
+    uint8_t sc[8], mn[8];
+    k4_scales(p + 4, sc, mn);
+    for (int i = 0; i < 8; i++) k->m16[2 * i] = k->m16[2 * i + 1] = mn[i];
+    const __m256i qh = five ? _mm256_loadu_si256((const __m256i *)(p + 16)) : _mm256_setzero_si256();
+    for (int c = 0; c < 4; c++) {
+        const __m256i bytes = _mm256_loadu_si256((const __m256i *)(qs + 32 * c));
+        __m256i lo = _mm256_and_si256(bytes, low4), hi = _mm256_and_si256(_mm256_srli_epi16(bytes, 4), low4);
+        if (five) {
+            const __m256i b0 = _mm256_set1_epi8((char)(1 << (2 * c))), b1 = _mm256_set1_epi8((char)(1 << (2 * c + 1)));
+            lo = _mm256_or_si256(lo, _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(qh, b0), b0), sixteen));
+            hi = _mm256_or_si256(hi, _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(qh, b1), b1), sixteen));
         }
-        QFN(chunk_end)(a, 8 * b, 8, Dm, m16, acc, nt);
+        PUT(c, MAKE_PAIR(lo, hi), MAKE_PAIR(_mm256_set1_epi16(sc[2 * c]), _mm256_set1_epi16(sc[2 * c + 1])));
     }
+    k->d = ggml_half(p);
+    k->Dm = ggml_half(p + 2);
 }
 
 /// Q6_K { ql[128], qh[64], scales[16]: i8, d }: group 4h + s is nibble s/2 of ql[64h + 32(s%2) + l] with bits 2s
 /// of qh[32h + l] as the high pair, less 32.
-TARGET static inline AI void QFN(row_q6_K)(const uint8_t *row, const QFN(acts) *a, __m256 *acc, const int nt) {
+TARGET static inline AI void QFN(decode_q6_K)(const uint8_t *p, QFN(kblock) *k, KQ_EMIT_PARAMS) {
     const __m256i low4 = _mm256_set1_epi8(0x0F), three = _mm256_set1_epi8(3);
-    for (int64_t b = 0; b < a->G32 / 8; b++) {
-        const uint8_t *p = row + 210 * b;
-        const float d = ggml_half(p + 208);
-        const int8_t *sc = (const int8_t *)(p + 192);
-        float D[8];
-        int16_t m16[16];
-        __m256 k[4];
-        for (int i = 0; i < 8; i++) D[i] = d;
-        for (int i = 0; i < 16; i++) m16[i] = (int16_t)(32 * sc[i]);
-        QFN(chunk_begin)(a, 8 * b, 8, D, k, nt);
-        for (int h = 0; h < 2; h++) {
-            const __m256i qh = _mm256_loadu_si256((const __m256i *)(p + 128 + 32 * h));
-            for (int s = 0; s < 4; s++) {
-                const __m256i ql = _mm256_loadu_si256((const __m256i *)(p + 64 * h + 32 * (s & 1)));
-                const __m256i low = _mm256_and_si256(_mm256_srli_epi16(ql, 4 * (s >> 1)), low4);
-                const __m256i high = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2 * s), three), 4);
-                QFN(group_scaled)(a, 8 * b, 4 * h + s, _mm256_or_si256(low, high), sc[8 * h + 2 * s], sc[8 * h + 2 * s + 1],
-                                  k, acc, nt);
-            }
+    const int8_t *sc = (const int8_t *)(p + 192);
+    for (int i = 0; i < 16; i++) k->m16[i] = (int16_t)(32 * sc[i]);
+    for (int h = 0; h < 2; h++) {
+        const __m256i qh = _mm256_loadu_si256((const __m256i *)(p + 128 + 32 * h));
+        const __m256i ql0 = _mm256_loadu_si256((const __m256i *)(p + 64 * h)), ql1 = _mm256_loadu_si256((const __m256i *)(p + 64 * h + 32));
+        __m256i u[4];
+        for (int s = 0; s < 4; s++) {
+            const __m256i low = _mm256_and_si256(_mm256_srli_epi16(s & 1 ? ql1 : ql0, 4 * (s >> 1)), low4);
+            u[s] = _mm256_or_si256(low, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2 * s), three), 4));
         }
-        QFN(chunk_end)(a, 8 * b, 8, D, m16, acc, nt);
+        const int8_t *g = sc + 8 * h;
+        PUT(2 * h, MAKE_PAIR(u[0], u[1]), MAKE_PAIR(QFN(scales16)(g[0], g[1]), QFN(scales16)(g[2], g[3])));
+        PUT(2 * h + 1, MAKE_PAIR(u[2], u[3]), MAKE_PAIR(QFN(scales16)(g[4], g[5]), QFN(scales16)(g[6], g[7])));
+    }
+    k->d = k->Dm = ggml_half(p + 208);
+}
+
+/// Super-block b of a K-quant row, decoded (`PUT`).
+TARGET static inline AI void QFN(decode_k)(int32_t type, const uint8_t *row, QFN(kblock) *k, KQ_EMIT_PARAMS) {
+    switch (type) {
+    case MOE_GGML_Q2_K: QFN(decode_q2_K)(row + 84 * b, k, a, b, I, nt, emit); break;
+    case MOE_GGML_Q3_K: QFN(decode_q3_K)(row + 110 * b, k, a, b, I, nt, emit); break;
+    case MOE_GGML_Q4_K: QFN(decode_kq)(row + 144 * b, k, a, b, I, nt, emit, 0); break;
+    case MOE_GGML_Q5_K: QFN(decode_kq)(row + 176 * b, k, a, b, I, nt, emit, 1); break;
+    default: QFN(decode_q6_K)(row + 210 * b, k, a, b, I, nt, emit); break;
     }
 }
 
-#undef LEGACY_ROW
-#undef SYM_COEFFS
-#undef MIN_COEFFS
+/// The float steps of super-block b for tokens 0…nt − 1 of `a`, their integer products I done.
+TARGET static inline AI void QFN(kq_end)(const QFN(kblock) *k, const QFN(acts) *a, int64_t b, const IACC *I, __m256 *acc,
+                                         const int nt) {
+    const __m256i mv = _mm256_loadu_si256((const __m256i *)k->m16);
+    for (int j = 0; j < nt; j++) {
+        const float dx = a->d[j * a->blocks + b];
+        const __m256i S = _mm256_loadu_si256((const __m256i *)(a->s16 + j * (a->cols / 16) + 16 * b));
+        acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(IREDUCE(I[j])), _mm256_set1_ps(k->d * dx), acc[j]);
+        acc[j] = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(mv, S)), _mm256_set1_ps(k->Dm * dx), acc[j]);
+    }
+}
 
-/// Row r of `m` for tokens t…t + nt − 1.
+/// A stored super-block b times tokens 0…nt − 1 of `a`.
+TARGET static inline AI void QFN(kq_block)(const QFN(kblock) *k, const QFN(acts) *a, int64_t b, __m256 *acc, const int nt) {
+    IACC I[4];
+    for (int j = 0; j < nt; j++) I[j] = IZERO();
+    for (int p = 0; p < 4; p++)
+        for (int j = 0; j < nt; j++) GROUP_PAIR(I[j], k->u[p], k->s[p], a->q + j * a->cols + 256 * b + 64 * p);
+    QFN(kq_end)(k, a, b, I, acc, nt);
+}
+
+/// The K-quant activations of tokens t… of `x` for a row of `cols`.
+static inline QFN(acts) QFN(kacts_at)(const moe_q8_acts *x, int64_t cols, int64_t t) {
+    const int64_t SB = cols / 256;
+    return (QFN(acts)){x->q256 + t * cols, x->d256 + t * SB, x->sums256 + t * 16 * SB, cols, SB};
+}
+
+/// K-quant row r for tokens t…t + nt − 1 (nt ≤ 4): each super-block decoded, then multiplied. `type` is a
+/// constant in each instance (`row_k`), so the decoded block stays in registers.
+TARGET static inline AI void QFN(row_k_of)(const int32_t type, const moe_matrix *m, int64_t r, const moe_q8_acts *x,
+                                           int64_t t, __m256 *acc, const int nt) {
+    const QFN(acts) a = QFN(kacts_at)(x, m->cols, t);
+    const uint8_t *row = (const uint8_t *)m->data + r * ggml_row_bytes(type, m->cols);
+    for (int64_t b = 0; b < a.blocks; b++) {
+        QFN(kblock) k;
+        IACC I[4];
+        for (int j = 0; j < nt; j++) I[j] = IZERO();
+        QFN(decode_k)(type, row, &k, &a, b, I, nt, 1);
+        QFN(kq_end)(&k, &a, b, I, acc, nt);
+    }
+}
+
+TARGET static inline AI void QFN(row_k)(int32_t type, const moe_matrix *m, int64_t r, const moe_q8_acts *x, int64_t t,
+                                        __m256 *acc, const int nt) {
+    switch (type) {
+    case MOE_GGML_Q2_K: QFN(row_k_of)(MOE_GGML_Q2_K, m, r, x, t, acc, nt); break;
+    case MOE_GGML_Q3_K: QFN(row_k_of)(MOE_GGML_Q3_K, m, r, x, t, acc, nt); break;
+    case MOE_GGML_Q4_K: QFN(row_k_of)(MOE_GGML_Q4_K, m, r, x, t, acc, nt); break;
+    case MOE_GGML_Q5_K: QFN(row_k_of)(MOE_GGML_Q5_K, m, r, x, t, acc, nt); break;
+    default: QFN(row_k_of)(MOE_GGML_Q6_K, m, r, x, t, acc, nt); break;
+    }
+}
+
+/// Many tokens (more than 4): rows [b0, b1) for tokens in spans of up to KQ_SPAN, each super-block decoded once per
+/// span and multiplied by the span's tokens four at a time (their accumulators parked between super-blocks). Each
+/// token's accumulator takes the same steps in the same order as in `row_k`.
+TARGET static void QFN(rows_k_many)(int32_t type, const moe_matrix *m, int64_t b0, int64_t b1, const moe_q8_acts *x,
+                                    int64_t T, float *y) {
+    __m256 park[KQ_SPAN];
+    const int64_t SB = m->cols / 256;
+    for (int64_t t0 = 0; t0 < T; t0 += KQ_SPAN) {
+        const int64_t n = T - t0 < KQ_SPAN ? T - t0 : KQ_SPAN;
+        for (int64_t r = b0; r < b1; r++) {
+            const uint8_t *row = (const uint8_t *)m->data + r * ggml_row_bytes(type, m->cols);
+            for (int64_t j = 0; j < n; j++) park[j] = _mm256_setzero_ps();
+            for (int64_t b = 0; b < SB; b++) {
+                QFN(kblock) k;
+                QFN(decode_k)(type, row, &k, NULL, b, NULL, 0, 0);
+                int64_t j = 0;
+                for (; j + 4 <= n; j += 4) {
+                    const QFN(acts) a = QFN(kacts_at)(x, m->cols, t0 + j);
+                    QFN(kq_block)(&k, &a, b, park + j, 4);
+                }
+                for (; j < n; j++) {
+                    const QFN(acts) a = QFN(kacts_at)(x, m->cols, t0 + j);
+                    QFN(kq_block)(&k, &a, b, park + j, 1);
+                }
+            }
+            for (int64_t j = 0; j < n; j++) y[(t0 + j) * m->rows + r] = hsum8(park[j]);
+        }
+    }
+}
+
+/// Row r of `m` for tokens t…t + nt − 1 (nt ≤ 4).
 TARGET static inline AI void QFN(row)(int32_t type, const moe_matrix *m, int64_t r, const moe_q8_acts *x, int64_t t,
                                       float *y, const int nt) {
     const int64_t G32 = m->cols / 32;
@@ -287,12 +392,7 @@ TARGET static inline AI void QFN(row)(int32_t type, const moe_matrix *m, int64_t
     case MOE_GGML_Q5_0: QFN(row_q5_0)(row, &a, acc, nt); break;
     case MOE_GGML_Q5_1: QFN(row_q5_1)(row, &a, acc, nt); break;
     case MOE_GGML_Q8_0: QFN(row_q8_0)(row, &a, acc, nt); break;
-    case MOE_GGML_Q2_K: QFN(row_q2_K)(row, &a, acc, nt); break;
-    case MOE_GGML_Q3_K: QFN(row_q3_K)(row, &a, acc, nt); break;
-    case MOE_GGML_Q4_K: QFN(row_kq)(row, &a, acc, nt, 0); break;
-    case MOE_GGML_Q5_K: QFN(row_kq)(row, &a, acc, nt, 1); break;
-    case MOE_GGML_Q6_K: QFN(row_q6_K)(row, &a, acc, nt); break;
-    default: break;
+    default: QFN(row_k)(type, m, r, x, t, acc, nt); break;
     }
     for (int j = 0; j < nt; j++) y[(t + j) * m->rows + r] = hsum8(acc[j]);
 }
@@ -307,6 +407,10 @@ TARGET static void QFN(rows_1)(int32_t type, const moe_matrix *m, int64_t b0, in
 
 TARGET void QFN(moe_gemm_ggml_q8_)(int32_t type, const moe_matrix *m, int64_t r0, int64_t r1, const moe_q8_acts *x,
                                    int64_t T, float *y) {
+    if (T > 4 && ggml_is_k_quant(type)) {
+        QFN(rows_k_many)(type, m, r0, r1, x, T, y);
+        return;
+    }
     FOR_ROW_BLOCKS(T, r0, r1, ggml_row_bytes(type, m->cols), b0, b1) {
         int64_t t = 0;
         for (; t + 4 <= T; t += 4) QFN(rows_4)(type, m, b0, b1, x, t, y);
@@ -318,3 +422,14 @@ TARGET void QFN(moe_gemm_ggml_q8_)(int32_t type, const moe_matrix *m, int64_t r0
 #undef TARGET
 #undef SUFFIX
 #undef DOT_ONES
+#undef IACC
+#undef IZERO
+#undef IREDUCE
+#undef GROUP_PAIR
+#undef PAIR_T
+#undef MAKE_PAIR
+#undef LEGACY_ROW
+#undef SYM_COEFFS
+#undef MIN_COEFFS
+#undef PUT
+#undef KQ_EMIT_PARAMS

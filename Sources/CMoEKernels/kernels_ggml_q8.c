@@ -26,6 +26,12 @@ static inline int64_t ggml_row_bytes(int32_t type, int64_t cols) {
     }
 }
 
+/// Tokens a span of the many-token K-quant loop takes (their accumulators parked on the stack: 2 KB).
+enum { KQ_SPAN = 64 };
+
+/// Whether `type` is a K-quant (super-blocks of 256, activations per 256).
+static inline int ggml_is_k_quant(int32_t type) { return type >= MOE_GGML_Q2_K && type <= MOE_GGML_Q6_K; }
+
 /// The little-endian fp16 at p, exactly.
 static inline float ggml_half(const uint8_t *p) { return f16_value((uint16_t)(p[0] | p[1] << 8)); }
 
@@ -68,11 +74,29 @@ static inline void k4_scales(const uint8_t *s, uint8_t *sc, uint8_t *mn) {
 #define TARGET T2
 #define SUFFIX avx2
 #define DOT_ONES(u, q) _mm256_madd_epi16(_mm256_maddubs_epi16((u), (q)), _mm256_set1_epi16(1))
+#define IACC __m256i
+#define IZERO() _mm256_setzero_si256()
+#define IREDUCE(v) (v)
+typedef struct { __m256i lo, hi; } pair_avx2;
+#define PAIR_T pair_avx2
+#define MAKE_PAIR(a, b) ((pair_avx2){(a), (b)})
+#define GROUP_PAIR(I, u, s, q)                                                                                   \
+    do {                                                                                                         \
+        const int8_t *q_ = (q);                                                                                  \
+        (I) = _mm256_add_epi32((I), _mm256_madd_epi16(_mm256_maddubs_epi16((u).lo, _mm256_loadu_si256((const __m256i *)q_)), (s).lo)); \
+        (I) = _mm256_add_epi32((I), _mm256_madd_epi16(_mm256_maddubs_epi16((u).hi, _mm256_loadu_si256((const __m256i *)(q_ + 32))), (s).hi)); \
+    } while (0)
 #include "ggml_q8_body.h"
 
 #define TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")))
 #define SUFFIX avx512vnni
 #define DOT_ONES(u, q) _mm256_dpbusd_epi32(_mm256_setzero_si256(), (u), (q))
+#define IACC __m512i
+#define IZERO() _mm512_setzero_si512()
+#define IREDUCE(v) _mm256_add_epi32(_mm512_castsi512_si256(v), _mm512_extracti64x4_epi64((v), 1))
+#define PAIR_T __m512i
+#define MAKE_PAIR(a, b) _mm512_inserti64x4(_mm512_castsi256_si512(a), (b), 1)
+#define GROUP_PAIR(I, u, s, q) (I) = _mm512_add_epi32((I), _mm512_madd_epi16(_mm512_maddubs_epi16((u), _mm512_loadu_si512((q))), (s)))
 #include "ggml_q8_body.h"
 
 #else

@@ -13,7 +13,8 @@ extension GGMLType {
 
 /// One group of 32 weights of a GGML row in the form the integer kernels multiply (ggml_q8_body.h):
 /// w[l] = D · s(l) · u[l] − Dm · m(l), with s and m integers per half group (a: values 0-15, b: 16-31). `signed`
-/// (Q8_0): u holds the signed weights themselves, and there is no offset.
+/// (Q8_0): u holds the signed weights themselves, and there is no offset. For the K-quants D and Dm are the
+/// super-block's (every group of it has the same).
 struct GGMLQ8Group {
     var sa: Int32 = 1, sb: Int32 = 1
     var D: Float = 0, Dm: Float = 0
@@ -68,7 +69,7 @@ struct GGMLQ8Group {
             let five = type == .q5_K
             let p = row + (five ? 176 : 144) * (g / 8), j = g % 8
             let (sc, m) = G.scaleMin(p + 4, j)
-            self.D = G.half(p, 0) * Float(sc); Dm = G.half(p, 2); (ma, mb) = (Int32(m), Int32(m))
+            self.D = G.half(p, 0); Dm = G.half(p, 2); (sa, sb, ma, mb) = (Int32(sc), Int32(sc), Int32(m), Int32(m))
             for l in 0..<32 {
                 var q = (G.byte(p, (five ? 48 : 16) + 32 * (j / 2) + l) >> UInt8(4 * (j % 2))) & 0x0F
                 if five { q |= ((G.byte(p, 16 + l) >> UInt8(j)) & 1) << 4 }
@@ -99,7 +100,7 @@ extension WeightMatrix {
         precondition(type.hasQ8Kernel && cols % type.blockSize == 0)
         if isa != .generic {
             var m = moe_matrix(data: data, scales: nil, rows: Int64(rows), cols: Int64(cols), scales_bf16: 0)
-            var acts = moe_q8_acts(q: x.q, d: x.d, sums: x.sums, sums16: x.sums16)
+            var acts = x.c
             let kernel = isa == .avx512 && Self.hasVNNI ? moe_gemm_ggml_q8_avx512vnni : moe_gemm_ggml_q8_avx2
             kernel(Int32(type.rawValue), &m, Int64(range.lowerBound), Int64(range.upperBound), &acts, Int64(x.tokens), y)
             return
@@ -107,6 +108,7 @@ extension WeightMatrix {
         let rowBytes = storedByteCount / rows, groups = cols / 32
         let u = UnsafeMutablePointer<Int32>.allocate(capacity: 32), acc = UnsafeMutablePointer<Float>.allocate(capacity: 8)
         defer { u.deallocate(); acc.deallocate() }
+        if type.blockSize == 256 { return kQuantTwin(type, rows: range, x, into: y, u: u, acc: acc) }
         for r in range {
             let row = data + r * rowBytes
             for t in 0..<x.tokens {
@@ -133,6 +135,42 @@ extension WeightMatrix {
                     }
                 }
                 // hsum8's tree: lanes i and i + 4, then (0 + 2) + (1 + 3).
+                let s0 = acc[0] + acc[4], s1 = acc[1] + acc[5], s2 = acc[2] + acc[6], s3 = acc[3] + acc[7]
+                y[t * rows + r] = (s0 + s2) + (s1 + s3)
+            }
+        }
+    }
+
+    /// The Swift twin of the K-quant kernels (ggml_q8_body.h's super-block form): per super-block the exact
+    /// integers I (8 lanes over its 8 groups) and O, then the two fused steps with the token's per-256 scale.
+    private func kQuantTwin(_ type: GGMLType, rows range: Range<Int>, _ x: Q8Activations, into y: UnsafeMutablePointer<Float>,
+                            u: UnsafeMutablePointer<Int32>, acc: UnsafeMutablePointer<Float>) {
+        let rowBytes = storedByteCount / rows, blocks = cols / 256
+        guard let q256 = x.q256, let d256 = x.d256, let sums = x.sums256 else { preconditionFailure("K-quants take activations per 256") }
+        for r in range {
+            let row = data + r * rowBytes
+            for t in 0..<x.tokens {
+                acc.initialize(repeating: 0, count: 8)
+                for b in 0..<blocks {
+                    var I = [Int32](repeating: 0, count: 8), O = [Int32](repeating: 0, count: 8)
+                    var D: Float = 0, Dm: Float = 0
+                    let S = sums + (t * blocks + b) * 16
+                    for i in 0..<8 {
+                        let g = 8 * b + i, f = GGMLQ8Group(type, row: row, group: g, u: u), q = q256 + t * cols + 32 * g
+                        for lane in 0..<8 {
+                            var p: Int32 = 0
+                            for l in (4 * lane)..<(4 * lane + 4) { p += u[l] * Int32(q[l]) }
+                            I[lane] += p * (lane < 4 ? f.sa : f.sb)
+                        }
+                        O[i] = f.ma * Int32(S[2 * i]) + f.mb * Int32(S[2 * i + 1])
+                        (D, Dm) = (f.D, f.Dm)
+                    }
+                    let dx = d256[t * blocks + b]
+                    for lane in 0..<8 {
+                        acc[lane] = acc[lane].addingProduct(Float(I[lane]), D * dx)
+                        acc[lane] = acc[lane].addingProduct(-Float(O[lane]), Dm * dx)
+                    }
+                }
                 let s0 = acc[0] + acc[4], s1 = acc[1] + acc[5], s2 = acc[2] + acc[6], s3 = acc[3] + acc[7]
                 y[t * rows + r] = (s0 + s2) + (s1 + s3)
             }

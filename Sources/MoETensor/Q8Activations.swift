@@ -13,19 +13,27 @@ public enum ExpertActivations: String, CaseIterable, Sendable {
 }
 
 /// `tokens` rows of `cols` activations quantised per group of 32: `x ≈ q · d` with d = max|x|/127 and
-/// q = round(x/d), plus Σq per group and per half group (16 values: the GGML types' sub-blocks). A view over
-/// memory the caller owns (`floatsNeeded` sizes it).
+/// q = round(x/d), plus Σq per group and per half group (16 values: the GGML types' sub-blocks). When cols is a
+/// multiple of 256, also quantised per 256 (llama.cpp's Q8_K, what the K-quant kernels take: one scale a
+/// super-block, so their float work is per 256 values): `q256`, `d256` and Σq256 per 16 values. A view over memory
+/// the caller owns (`floatsNeeded` sizes it).
 public struct Q8Activations {
     public let q: UnsafeMutablePointer<Int8>      // [tokens, cols]
     public let d: UnsafeMutablePointer<Float>     // [tokens, cols/32]
     public let sums: UnsafeMutablePointer<Int32>  // [tokens, cols/32]
     public let sums16: UnsafeMutablePointer<Int16>  // [tokens, cols/16]
+    /// Per 256, when cols is a multiple of 256.
+    public let q256: UnsafeMutablePointer<Int8>?       // [tokens, cols]
+    public let d256: UnsafeMutablePointer<Float>?      // [tokens, cols/256]
+    public let sums256: UnsafeMutablePointer<Int16>?   // [tokens, cols/16]
     public let tokens: Int
     public let cols: Int
 
     /// Floats of memory `init(memory:)` takes for `tokens × cols`: q (1 byte a value), d and sums (4 bytes a
-    /// group), sums16 (2 bytes a half group).
-    public static func floatsNeeded(tokens: Int, cols: Int) -> Int { tokens * cols / 4 + 3 * tokens * cols / 32 }
+    /// group), sums16 (2 bytes a half group), and the per-256 form (q256, d256, sums256).
+    public static func floatsNeeded(tokens: Int, cols: Int) -> Int {
+        tokens * cols / 4 + 3 * tokens * cols / 32 + tokens * cols / 4 + tokens * cols / 256 + tokens * cols / 32
+    }
 
     /// Quantises `x [tokens, cols]` (cols a multiple of 32) into `memory` (`floatsNeeded` floats).
     public init(_ x: UnsafePointer<Float>, tokens: Int, cols: Int, memory: UnsafeMutablePointer<Float>) {
@@ -37,27 +45,47 @@ public struct Q8Activations {
         sums = UnsafeMutableRawPointer(memory + groups).bindMemory(to: Int32.self, capacity: groups)
         sums16 = UnsafeMutableRawPointer(memory + 2 * groups).bindMemory(to: Int16.self, capacity: 2 * groups)
         q = UnsafeMutableRawPointer(memory + 3 * groups).bindMemory(to: Int8.self, capacity: tokens * cols)
-        for g in 0..<groups {
-            let v = x + 32 * g
+        Self.quantise(x, count: tokens * cols, block: 32, q: q, d: d, sums16: sums16)
+        for g in 0..<groups { sums[g] = Int32(sums16[2 * g]) + Int32(sums16[2 * g + 1]) }
+        if cols % 256 == 0 {
+            let after = memory + 3 * groups + tokens * cols / 4, blocks = tokens * cols / 256
+            let d256 = after, sums256 = UnsafeMutableRawPointer(after + blocks).bindMemory(to: Int16.self, capacity: 2 * groups)
+            let q256 = UnsafeMutableRawPointer(after + blocks + groups).bindMemory(to: Int8.self, capacity: tokens * cols)
+            Self.quantise(x, count: tokens * cols, block: 256, q: q256, d: d256, sums16: sums256)
+            (self.q256, self.d256, self.sums256) = (q256, d256, sums256)
+        } else {
+            (q256, d256, sums256) = (nil, nil, nil)
+        }
+    }
+
+    /// `x [count]` in blocks of `block` values: d = max|x|/127 per block, q = round(x/d) (half away from zero),
+    /// and Σq per 16 values.
+    static func quantise(_ x: UnsafePointer<Float>, count: Int, block: Int, q: UnsafeMutablePointer<Int8>,
+                         d: UnsafeMutablePointer<Float>, sums16: UnsafeMutablePointer<Int16>) {
+        for b in 0..<(count / block) {
+            let v = x + block * b
             var amax: Float = 0
-            for i in 0..<32 { amax = max(amax, abs(v[i])) }
+            for i in 0..<block { amax = max(amax, abs(v[i])) }
             let scale = amax / 127
             let inverse: Float = scale > 0 ? 1 / scale : 0
-            var half: (Int16, Int16) = (0, 0)
-            for i in 0..<32 {
-                let n = Int8((v[i] * inverse).rounded(.toNearestOrAwayFromZero))
-                q[32 * g + i] = n
-                if i < 16 { half.0 += Int16(n) } else { half.1 += Int16(n) }
+            for h in 0..<(block / 16) {
+                var sum: Int16 = 0
+                for i in (16 * h)..<(16 * h + 16) {
+                    let n = Int8((v[i] * inverse).rounded(.toNearestOrAwayFromZero))
+                    q[block * b + i] = n
+                    sum += Int16(n)
+                }
+                sums16[block / 16 * b + h] = sum
             }
-            d[g] = scale
-            sums[g] = Int32(half.0) + Int32(half.1)
-            sums16[2 * g] = half.0
-            sums16[2 * g + 1] = half.1
+            d[b] = scale
         }
     }
 
     /// The value of element `c` of token `t` as the products see it (`q · d`).
     public func value(_ t: Int, _ c: Int) -> Float { Float(q[t * cols + c]) * d[(t * cols + c) / 32] }
+
+    /// The same in the per-256 form (K-quant products).
+    public func value256(_ t: Int, _ c: Int) -> Float { Float(q256![t * cols + c]) * d256![(t * cols + c) / 256] }
 }
 
 extension WeightMatrix {
@@ -90,7 +118,7 @@ extension WeightMatrix {
         if isa != .generic {
             var m = moe_matrix(data: data, scales: scales, rows: Int64(rows), cols: Int64(cols),
                                scales_bf16: type == .bf16 ? 1 : 0)
-            var acts = moe_q8_acts(q: x.q, d: x.d, sums: x.sums, sums16: x.sums16)
+            var acts = x.c
             let vnni = isa == .avx512 && Self.hasVNNI
             let kernel = interleaved ? (vnni ? moe_gemm_q4x8_q8_avx512vnni : moe_gemm_q4x8_q8_avx2)
                                      : (vnni ? moe_gemm_q4_q8_avx512vnni : moe_gemm_q4_q8_avx2)
@@ -121,5 +149,12 @@ extension WeightMatrix {
                 y[t * rows + r] = acc - 8 * correction
             }
         }
+    }
+}
+
+extension Q8Activations {
+    /// The view the C kernels take.
+    var c: moe_q8_acts {
+        moe_q8_acts(q: q, d: d, sums: sums, sums16: sums16, q256: q256, d256: d256, sums256: sums256)
     }
 }

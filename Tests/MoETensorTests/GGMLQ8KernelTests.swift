@@ -7,8 +7,8 @@ import Testing
     static let fast = KernelISA.allCases.filter { $0 != .generic && $0.isSupported }
 
     /// The twin gives Σ_c W[r, c]·(q·d)[t, c] with W decoded exactly (gguf-py's values) within float rounding, so
-    /// the integer form of each type is its weights; the AVX2 and AVX-512 kernels equal the twin bit for bit with
-    /// 1…9 tokens (tiles of four, singles, and the cache-blocked loop); a token alone gets what it gets among
+    /// the integer form of each type is its weights (the K-quants against the activations quantised per 256); the AVX2 and AVX-512 kernels equal the twin bit for bit with
+    /// 1…70 tokens (tiles of four, singles, the cache-blocked loop, and the K-quants' spans of 64 tokens); a token alone gets what it gets among
     /// others. Random bytes cover every quant and sub-scale value (Q6_K's −128, Q8_0's −128, Q3_K's −32); six
     /// blocks of 32 (a chunk of 8 groups cut short) or two of 256 a row; some block scales negative.
     /// Also 1,280 rows of one block with 7 tokens: several of the kernels' cache blocks of rows.
@@ -17,7 +17,7 @@ import Testing
         let cols = shape.blocks * (type.blockSize == 256 ? 256 : 96), rows = shape.rows
         let m = KernelBenchmark.randomGGML(type, rows: rows, cols: cols, seed: 11)
         negateSomeScales(m, type)
-        for tokens in rows > 100 ? [7] : [1, 4, 9] {
+        for tokens in rows > 100 ? [7] : [1, 4, 9, 70] {
             let x = KernelBenchmark.randomActivations(tokens * cols, seed: UInt64(20 + tokens))
             let memory = FloatBuffer(count: Q8Activations.floatsNeeded(tokens: tokens, cols: cols))
             let q = Q8Activations(x.pointer, tokens: tokens, cols: cols, memory: memory.pointer)
@@ -29,7 +29,7 @@ import Testing
                 for t in 0..<tokens {
                     var sum = 0.0, magnitude = 0.0
                     for c in 0..<cols {
-                        let p = Double(w.pointer[c]) * Double(q.value(t, c))
+                        let p = Double(w.pointer[c]) * Double(type.blockSize == 256 ? q.value256(t, c) : q.value(t, c))
                         sum += p
                         magnitude += abs(p)
                     }

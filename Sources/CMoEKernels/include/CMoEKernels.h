@@ -32,6 +32,11 @@ typedef struct {
     const float *d;        // [T, cols/32]
     const int32_t *sums;   // [T, cols/32]
     const int16_t *sums16; // [T, cols/16]: Σ q over each 16 values (the GGML types' 16-wide sub-blocks)
+    /// The same activations quantised per 256 (llama.cpp's Q8_K, for the K-quant kernels) when cols is a multiple
+    /// of 256: x[t, c] ≈ q256[t, c] · d256[t, c/256], sums256 = Σ q256 per 16 values; else NULL.
+    const int8_t *q256;    // [T, cols]
+    const float *d256;     // [T, cols/256]
+    const int16_t *sums256; // [T, cols/16]
 } moe_q8_acts;
 
 typedef void (*moe_gemm_fn)(const moe_matrix *m, int64_t r0, int64_t r1, const float *x, int64_t T, float *y);
