@@ -135,13 +135,17 @@ func exercise(_ kind: FileKind, directory dir: String) -> (Outcome, String) {
         case .gguf:
             // Open every file and decode every tensor this build can decode (NaN weights are data, not a fault
             // of the reader: the quant fixture plants them on purpose).
-            // A model file is also run (finite logits) and converted to a store.
+            // A model file is also run (finite logits), exactly and with the integer kernels (the command line's
+            // default for GGUF), and converted to a store.
             for f in try FileManager.default.contentsOfDirectory(atPath: dir).sorted() where f.hasSuffix(".gguf") {
                 let g = try GGUFCheckpoint(path: dir + "/" + f)
                 for t in g.tensors where t.type.canDequantize { _ = try g.floats(t.name) }
                 guard g.metadata["general.architecture"]?.string == "deepseek2" else { continue }
                 let model = try KimiModel.load(gguf: dir + "/" + f)
                 if let bad = try nonFinite(model) { return (.nonFinite, "\(f): \(bad)") }
+                model.expertActivations = .q8
+                model.residentActivations = .q8
+                if let bad = try nonFinite(model) { return (.nonFinite, "\(f) with q8 activations: \(bad)") }
                 let out = dir + ".store"
                 defer { try? FileManager.default.removeItem(atPath: out) }
                 var converter = StoreConverter(source: dir + "/" + f, output: out)
