@@ -368,9 +368,12 @@ TARGET static void QFN(rows_k_many)(int32_t type, const moe_matrix *m, int64_t b
                     const QFN(acts) a = QFN(kacts_at)(x, m->cols, t0 + j);
                     QFN(kq_block)(&k, &a, b, park + j, 4);
                 }
-                for (; j < n; j++) {
-                    const QFN(acts) a = QFN(kacts_at)(x, m->cols, t0 + j);
-                    QFN(kq_block)(&k, &a, b, park + j, 1);
+                const QFN(acts) a = QFN(kacts_at)(x, m->cols, t0 + j);
+                switch (n - j) {  // the last one to three tokens together
+                case 3: QFN(kq_block)(&k, &a, b, park + j, 3); break;
+                case 2: QFN(kq_block)(&k, &a, b, park + j, 2); break;
+                case 1: QFN(kq_block)(&k, &a, b, park + j, 1); break;
+                default: break;
                 }
             }
             for (int64_t j = 0; j < n; j++) y[(t0 + j) * m->rows + r] = hsum8(park[j]);
@@ -405,6 +408,14 @@ TARGET static void QFN(rows_1)(int32_t type, const moe_matrix *m, int64_t b0, in
     for (int64_t r = b0; r < b1; r++) QFN(row)(type, m, r, x, t, y, 1);
 }
 
+TARGET static void QFN(rows_2)(int32_t type, const moe_matrix *m, int64_t b0, int64_t b1, const moe_q8_acts *x, int64_t t, float *y) {
+    for (int64_t r = b0; r < b1; r++) QFN(row)(type, m, r, x, t, y, 2);
+}
+
+TARGET static void QFN(rows_3)(int32_t type, const moe_matrix *m, int64_t b0, int64_t b1, const moe_q8_acts *x, int64_t t, float *y) {
+    for (int64_t r = b0; r < b1; r++) QFN(row)(type, m, r, x, t, y, 3);
+}
+
 TARGET void QFN(moe_gemm_ggml_q8_)(int32_t type, const moe_matrix *m, int64_t r0, int64_t r1, const moe_q8_acts *x,
                                    int64_t T, float *y) {
     if (T > 4 && ggml_is_k_quant(type)) {
@@ -414,7 +425,12 @@ TARGET void QFN(moe_gemm_ggml_q8_)(int32_t type, const moe_matrix *m, int64_t r0
     FOR_ROW_BLOCKS(T, r0, r1, ggml_row_bytes(type, m->cols), b0, b1) {
         int64_t t = 0;
         for (; t + 4 <= T; t += 4) QFN(rows_4)(type, m, b0, b1, x, t, y);
-        for (; t < T; t++) QFN(rows_1)(type, m, b0, b1, x, t, y);
+        switch (T - t) {  // the last one to three tokens together (batched decode)
+        case 3: QFN(rows_3)(type, m, b0, b1, x, t, y); break;
+        case 2: QFN(rows_2)(type, m, b0, b1, x, t, y); break;
+        case 1: QFN(rows_1)(type, m, b0, b1, x, t, y); break;
+        default: break;
+        }
     }
 }
 
