@@ -284,9 +284,73 @@ TARGET static inline AI void QFN(decode_q6_K)(const uint8_t *p, QFN(kblock) *k, 
     k->d = k->Dm = ggml_half(p + 208);
 }
 
+/// The 32 values of four codebook rows of 8 (`tab`'s bytes), each negated where its bit of `neg` is set, plus 64.
+TARGET static inline AI __m256i QFN(iq2_u)(const uint8_t *tab, const uint32_t *rows, uint32_t neg) {
+    uint64_t r[4];
+    for (int l = 0; l < 4; l++) memcpy(&r[l], tab + 8 * rows[l], 8);
+    const __m256i w = _mm256_set_epi64x((long long)r[3], (long long)r[2], (long long)r[1], (long long)r[0]);
+    return _mm256_add_epi8(_mm256_sign_epi8(w, _mm256_or_si256(bits_32v(neg), _mm256_set1_epi8(1))), _mm256_set1_epi8(64));
+}
+
+/// IQ2_XXS { d, 8 × (u32 four codebook rows, u32 four 7-bit sign patterns and a 4-bit scale s) }: group g is
+/// four rows of 8 values (8, 25 or 43), each value negated where its sign bit is set, times d·(2s + 1)/8. As
+/// unsigned bytes: u = ±value + 64, the offset m = 64·(2s + 1) per half, the scale 2s + 1. `tab`: the codebook's
+/// bytes, then the sign patterns (`ksigns`).
+TARGET static inline AI void QFN(decode_iq2_XXS)(const uint8_t *p, QFN(kblock) *k, KQ_EMIT_PARAMS, const uint8_t *tab) {
+    const uint8_t *ksigns = tab + 256 * 8;
+    for (int pr = 0; pr < 4; pr++) {
+        __m256i u[2];
+        int16_t sc[2];
+        for (int h = 0; h < 2; h++) {
+            const int g = 2 * pr + h;
+            uint32_t packed, signs, rows[4], neg = 0;
+            memcpy(&packed, p + 2 + 8 * g, 4);
+            memcpy(&signs, p + 2 + 8 * g + 4, 4);
+            for (int l = 0; l < 4; l++) {
+                rows[l] = (packed >> (8 * l)) & 255;
+                neg |= (uint32_t)ksigns[(signs >> (7 * l)) & 127] << (8 * l);
+            }
+            u[h] = QFN(iq2_u)(tab, rows, neg);
+            sc[h] = (int16_t)(2 * (signs >> 28) + 1);
+            k->m16[2 * g] = k->m16[2 * g + 1] = (int16_t)(64 * sc[h]);
+        }
+        PUT(pr, MAKE_PAIR(u[0], u[1]), MAKE_PAIR(_mm256_set1_epi16(sc[0]), _mm256_set1_epi16(sc[1])));
+    }
+    k->d = k->Dm = ggml_half(p) * 0.125f;
+}
+
+/// IQ2_XS { d, qs: 32 × u16 (9-bit codebook row, 7-bit sign pattern), scales[8] }: group g is entries 4g…4g + 3,
+/// its halves scaled by d·(2s + 1)/8 with s the nibbles 2g and 2g + 1 of `scales`; as unsigned bytes as IQ2_XXS.
+TARGET static inline AI void QFN(decode_iq2_XS)(const uint8_t *p, QFN(kblock) *k, KQ_EMIT_PARAMS, const uint8_t *tab) {
+    const uint8_t *ksigns = tab + 512 * 8;
+    for (int pr = 0; pr < 4; pr++) {
+        __m256i u[2];
+        int16_t sa[2], sb[2];
+        for (int h = 0; h < 2; h++) {
+            const int g = 2 * pr + h;
+            uint32_t rows[4], neg = 0;
+            for (int l = 0; l < 4; l++) {
+                const uint16_t e = (uint16_t)(p[2 + 8 * g + 2 * l] | p[2 + 8 * g + 2 * l + 1] << 8);
+                rows[l] = e & 511;
+                neg |= (uint32_t)ksigns[e >> 9] << (8 * l);
+            }
+            u[h] = QFN(iq2_u)(tab, rows, neg);
+            sa[h] = (int16_t)(2 * (p[66 + g] & 15) + 1);
+            sb[h] = (int16_t)(2 * (p[66 + g] >> 4) + 1);
+            k->m16[2 * g] = (int16_t)(64 * sa[h]);
+            k->m16[2 * g + 1] = (int16_t)(64 * sb[h]);
+        }
+        PUT(pr, MAKE_PAIR(u[0], u[1]), MAKE_PAIR(QFN(scales16)(sa[0], sb[0]), QFN(scales16)(sa[1], sb[1])));
+    }
+    k->d = k->Dm = ggml_half(p) * 0.125f;
+}
+
 /// Super-block b of a K-quant row, decoded (`PUT`).
-TARGET static inline AI void QFN(decode_k)(int32_t type, const uint8_t *row, QFN(kblock) *k, KQ_EMIT_PARAMS) {
+TARGET static inline AI void QFN(decode_k)(int32_t type, const uint8_t *row, QFN(kblock) *k, KQ_EMIT_PARAMS,
+                                           const uint8_t *tab) {
     switch (type) {
+    case MOE_GGML_IQ2_XXS: QFN(decode_iq2_XXS)(row + 66 * b, k, a, b, I, nt, emit, tab); break;
+    case MOE_GGML_IQ2_XS: QFN(decode_iq2_XS)(row + 74 * b, k, a, b, I, nt, emit, tab); break;
     case MOE_GGML_Q2_K: QFN(decode_q2_K)(row + 84 * b, k, a, b, I, nt, emit); break;
     case MOE_GGML_Q3_K: QFN(decode_q3_K)(row + 110 * b, k, a, b, I, nt, emit); break;
     case MOE_GGML_Q4_K: QFN(decode_kq)(row + 144 * b, k, a, b, I, nt, emit, 0); break;
@@ -332,7 +396,7 @@ TARGET static inline AI void QFN(row_k_of)(const int32_t type, const moe_matrix 
         QFN(kblock) k;
         IACC I[4];
         for (int j = 0; j < nt; j++) I[j] = IZERO();
-        QFN(decode_k)(type, row, &k, &a, b, I, nt, 1);
+        QFN(decode_k)(type, row, &k, &a, b, I, nt, 1, (const uint8_t *)m->scales);
         QFN(kq_end)(&k, &a, b, I, acc, nt);
     }
 }
@@ -344,6 +408,8 @@ TARGET static inline AI void QFN(row_k)(int32_t type, const moe_matrix *m, int64
     case MOE_GGML_Q3_K: QFN(row_k_of)(MOE_GGML_Q3_K, m, r, x, t, acc, nt); break;
     case MOE_GGML_Q4_K: QFN(row_k_of)(MOE_GGML_Q4_K, m, r, x, t, acc, nt); break;
     case MOE_GGML_Q5_K: QFN(row_k_of)(MOE_GGML_Q5_K, m, r, x, t, acc, nt); break;
+    case MOE_GGML_IQ2_XXS: QFN(row_k_of)(MOE_GGML_IQ2_XXS, m, r, x, t, acc, nt); break;
+    case MOE_GGML_IQ2_XS: QFN(row_k_of)(MOE_GGML_IQ2_XS, m, r, x, t, acc, nt); break;
     default: QFN(row_k_of)(MOE_GGML_Q6_K, m, r, x, t, acc, nt); break;
     }
 }
@@ -362,7 +428,7 @@ TARGET static void QFN(rows_k_many)(int32_t type, const moe_matrix *m, int64_t b
             for (int64_t j = 0; j < n; j++) park[j] = _mm256_setzero_ps();
             for (int64_t b = 0; b < SB; b++) {
                 QFN(kblock) k;
-                QFN(decode_k)(type, row, &k, NULL, b, NULL, 0, 0);
+                QFN(decode_k)(type, row, &k, NULL, b, NULL, 0, 0, (const uint8_t *)m->scales);
                 int64_t j = 0;
                 for (; j + 4 <= n; j += 4) {
                     const QFN(acts) a = QFN(kacts_at)(x, m->cols, t0 + j);

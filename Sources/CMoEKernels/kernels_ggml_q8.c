@@ -22,6 +22,8 @@ static inline int64_t ggml_row_bytes(int32_t type, int64_t cols) {
     case MOE_GGML_Q4_K: return cols / 256 * 144;
     case MOE_GGML_Q5_K: return cols / 256 * 176;
     case MOE_GGML_Q6_K: return cols / 256 * 210;
+    case MOE_GGML_IQ2_XXS: return cols / 256 * 66;
+    case MOE_GGML_IQ2_XS: return cols / 256 * 74;
     default: return 0;
     }
 }
@@ -30,7 +32,9 @@ static inline int64_t ggml_row_bytes(int32_t type, int64_t cols) {
 enum { KQ_SPAN = 64 };
 
 /// Whether `type` is a K-quant (super-blocks of 256, activations per 256).
-static inline int ggml_is_k_quant(int32_t type) { return type >= MOE_GGML_Q2_K && type <= MOE_GGML_Q6_K; }
+static inline int ggml_is_k_quant(int32_t type) {
+    return (type >= MOE_GGML_Q2_K && type <= MOE_GGML_Q6_K) || type == MOE_GGML_IQ2_XXS || type == MOE_GGML_IQ2_XS;
+}
 
 /// The little-endian fp16 at p, exactly.
 static inline float ggml_half(const uint8_t *p) { return f16_value((uint16_t)(p[0] | p[1] << 8)); }
@@ -41,15 +45,20 @@ T2 static inline __m256i nibbles_32(const uint8_t *p) {
     return _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(b, 4), mask), _mm_and_si128(b, mask));
 }
 
-/// The 32 bits at p (little-endian) as 32 bytes: 0xFF where bit i is set.
-T2 static inline __m256i bits_32(const uint8_t *p) {
-    uint32_t bits;
-    memcpy(&bits, p, 4);
+/// The 32 bits of `bits` as 32 bytes: 0xFF where bit i is set.
+T2 static inline __m256i bits_32v(uint32_t bits) {
     const __m256i spread = _mm256_shuffle_epi8(_mm256_set1_epi32((int)bits),
                                                _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1,
                                                                 2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3));
     const __m256i bit = _mm256_set1_epi64x((long long)0x8040201008040201ULL);
     return _mm256_cmpeq_epi8(_mm256_and_si256(spread, bit), bit);
+}
+
+/// The 32 bits at p (little-endian) as 32 bytes: 0xFF where bit i is set.
+T2 static inline __m256i bits_32(const uint8_t *p) {
+    uint32_t bits;
+    memcpy(&bits, p, 4);
+    return bits_32v(bits);
 }
 
 /// Q3_K's 16 six-bit scales less 32: low nibbles in bytes 0-7 (value i: byte i % 8, nibble i / 8), high pairs in

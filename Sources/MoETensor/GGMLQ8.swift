@@ -2,12 +2,36 @@ import CMoEKernels
 
 extension GGMLType {
     /// Whether `WeightMatrix.gemmQ8` multiplies this type with integer dot products (kernels_ggml_q8.c): the
-    /// legacy and K-quant types. The others (i-quants, ternary, float) take the exact fp32 path only.
+    /// legacy and K-quant types, IQ2_XXS and IQ2_XS. The others (the other i-quants, ternary, float) take the exact fp32
+    /// path only.
     public var hasQ8Kernel: Bool {
         switch self {
-        case .q4_0, .q4_1, .q5_0, .q5_1, .q8_0, .q2_K, .q3_K, .q4_K, .q5_K, .q6_K: true
+        case .q4_0, .q4_1, .q5_0, .q5_1, .q8_0, .q2_K, .q3_K, .q4_K, .q5_K, .q6_K, .iq2_XXS, .iq2_XS: true
         default: false
         }
+    }
+
+    /// The codebook bytes the type's integer kernel reads (`moe_matrix.scales`), or nil.
+    var q8Table: UnsafeRawPointer? {
+        switch self {
+        case .iq2_XXS: UnsafeRawPointer(GGMLGrids.iq2xxsBytes)
+        case .iq2_XS: UnsafeRawPointer(GGMLGrids.iq2xsBytes)
+        default: nil
+        }
+    }
+}
+
+extension GGMLGrids {
+    /// IQ2_XXS's and IQ2_XS's codebooks as bytes (rows of 8 values: 8, 25 or 43), then `ksigns`: what their
+    /// integer kernels read. Live as long as the process.
+    nonisolated(unsafe) static let iq2xxsBytes = bytes(iq2xxs, rows: 256)
+    nonisolated(unsafe) static let iq2xsBytes = bytes(iq2xs, rows: 512)
+
+    static func bytes(_ grid: Grid, rows: Int) -> UnsafeMutablePointer<UInt8> {
+        let count = rows * 8, p = UnsafeMutablePointer<UInt8>.allocate(capacity: count + ksigns.count)
+        for i in 0..<count { p[i] = UInt8(grid.values[i]) }
+        (p + count).initialize(from: ksigns, count: ksigns.count)
+        return p
     }
 }
 
@@ -85,6 +109,33 @@ struct GGMLQ8Group {
                 let high = (G.byte(p, 128 + 32 * h + l) >> UInt8(2 * s)) & 3
                 u[l] = Int32(low | high << 4)
             }
+        case .iq2_XXS:
+            let p = row + 66 * (g / 8), i = g % 8
+            let rows = p.loadUnaligned(fromByteOffset: 2 + 8 * i, as: UInt32.self)
+            let signs = p.loadUnaligned(fromByteOffset: 6 + 8 * i, as: UInt32.self)
+            let s = Int32(2 * (signs >> 28) + 1)
+            (sa, sb, ma, mb) = (s, s, 64 * s, 64 * s)
+            self.D = G.half(p, 0) * 0.125; Dm = self.D
+            for l in 0..<4 {
+                let r = Int((rows >> UInt32(8 * l)) & 255), pattern = GGMLGrids.signs[Int((signs >> UInt32(7 * l)) & 127)]
+                for j in 0..<8 {
+                    let v = Int32(GGMLGrids.iq2xxs.values[8 * r + j])
+                    u[8 * l + j] = ((pattern >> UInt8(j)) & 1 == 1 ? -v : v) + 64
+                }
+            }
+        case .iq2_XS:
+            let p = row + 74 * (g / 8), i = g % 8, scales = G.byte(p, 66 + i)
+            (sa, sb) = (2 * Int32(scales & 15) + 1, 2 * Int32(scales >> 4) + 1)
+            (ma, mb) = (64 * sa, 64 * sb)
+            self.D = G.half(p, 0) * 0.125; Dm = self.D
+            for l in 0..<4 {
+                let e = p.loadUnaligned(fromByteOffset: 2 + 8 * i + 2 * l, as: UInt16.self)
+                let r = Int(e & 511), pattern = GGMLGrids.signs[Int(e >> 9)]
+                for j in 0..<8 {
+                    let v = Int32(GGMLGrids.iq2xs.values[8 * r + j])
+                    u[8 * l + j] = ((pattern >> UInt8(j)) & 1 == 1 ? -v : v) + 64
+                }
+            }
         default:
             preconditionFailure("GGML \(type) has no integer kernel")
         }
@@ -99,7 +150,7 @@ extension WeightMatrix {
                     isa: KernelISA) {
         precondition(type.hasQ8Kernel && cols % type.blockSize == 0)
         if isa != .generic {
-            var m = moe_matrix(data: data, scales: nil, rows: Int64(rows), cols: Int64(cols), scales_bf16: 0)
+            var m = moe_matrix(data: data, scales: type.q8Table, rows: Int64(rows), cols: Int64(cols), scales_bf16: 0)
             var acts = x.c
             let kernel = isa == .avx512 && Self.hasVNNI ? moe_gemm_ggml_q8_avx512vnni : moe_gemm_ggml_q8_avx2
             kernel(Int32(type.rawValue), &m, Int64(range.lowerBound), Int64(range.upperBound), &acts, Int64(x.tokens), y)

@@ -1,11 +1,12 @@
 import CMoEKernels
 
 /// How routed experts multiply: with the activations in fp32 (exact to float rounding: `--exact`), or quantised
-/// to int8 per 32 values and multiplied with integer dot products (llama.cpp's Q4_0 × Q8_0 arithmetic) — into
-/// gate and up only (`q8-gate-up`: the command line's default, within the quality gate of docs/performance.md),
-/// or into down as well (`q8`, as llama.cpp does; down's input, silu(gate)·up, has the outliers that int8 rounds
-/// worst). Int4 experts and GGML experts of the legacy and K-quant types take the q8 paths (`GGMLType.hasQ8Kernel`);
-/// the others run fp32 whatever the setting. A model's setting (`KimiModel.expertActivations`).
+/// to int8 per 32 values (per 256 for K-quant GGML experts) and multiplied with integer dot products (llama.cpp's
+/// Q4_0 × Q8_0 and Q*_K × Q8_K arithmetic) — into gate and up only (`q8-gate-up`: the command line's default for
+/// int4 experts, within the quality gate of docs/performance.md), or into down as well (`q8`, as llama.cpp does,
+/// and the default for GGML experts; down's input, silu(gate)·up, has the outliers that int8 rounds worst). Int4
+/// experts and GGML experts of the legacy and K-quant types take the q8 paths (`GGMLType.hasQ8Kernel`); the others
+/// run fp32 whatever the setting. A model's setting (`KimiModel.expertActivations`).
 public enum ExpertActivations: String, CaseIterable, Sendable {
     case fp32
     case q8GateUp = "q8-gate-up"

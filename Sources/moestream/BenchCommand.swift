@@ -163,7 +163,7 @@ struct BenchKernels: ParsableCommand {
         }
         let amxPeak = KernelBenchmark.amxPeak()
         if let amxPeak { print(String(format: "peak of one core, AMX: bf16 tdpbf16ps %.1f GFLOP/s", amxPeak)) }
-        print("kind       tokens  isa       ms      GB/s  GFLOP/s  vs generic  max |Δ|/scale  % of peak")
+        print("kind        tokens  isa       ms      GB/s  GFLOP/s  vs generic  max |Δ|/scale  % of peak")
         for kind in KernelBenchmark.Kind.allCases {
             let m = KernelBenchmark.randomMatrix(kind, rows: rows, cols: cols)
             for t in counts {
@@ -256,7 +256,7 @@ struct BenchKernels: ParsableCommand {
         let flops: Double = 2.0 * Double(rows * cols * tokens) / s / 1e9
         let ratio: Double = base / s
         let error: Double = Double(worst) / Double(max(scale, 1e-30))
-        let label = name.padding(toLength: 9, withPad: " ", startingAt: 0)
+        let label = name.padding(toLength: 10, withPad: " ", startingAt: 0)
         let isaName = (isaName ?? isa.rawValue).padding(toLength: 7, withPad: " ", startingAt: 0)
         print(label + String(format: "  %6d  ", tokens) + isaName
               + String(format: " %7.2f  %7.2f  %7.2f  %8.2f×  %.1e", ms, gbps, flops, ratio, error)
