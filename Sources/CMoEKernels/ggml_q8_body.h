@@ -284,11 +284,16 @@ TARGET static inline AI void QFN(decode_q6_K)(const uint8_t *p, QFN(kblock) *k, 
     k->d = k->Dm = ggml_half(p + 208);
 }
 
-/// The 32 values of four codebook rows of 8 (`tab`'s bytes), each negated where its bit of `neg` is set, plus 64.
-TARGET static inline AI __m256i QFN(iq2_u)(const uint8_t *tab, const uint32_t *rows, uint32_t neg) {
+/// Four codebook rows of 8 bytes (`tab`'s rows `rows`) as 32 values.
+TARGET static inline AI __m256i QFN(rows_32)(const uint8_t *tab, const uint32_t *rows) {
     uint64_t r[4];
     for (int l = 0; l < 4; l++) memcpy(&r[l], tab + 8 * rows[l], 8);
-    const __m256i w = _mm256_set_epi64x((long long)r[3], (long long)r[2], (long long)r[1], (long long)r[0]);
+    return _mm256_set_epi64x((long long)r[3], (long long)r[2], (long long)r[1], (long long)r[0]);
+}
+
+/// The 32 values of four codebook rows, each negated where its bit of `neg` is set, plus 64.
+TARGET static inline AI __m256i QFN(iq2_u)(const uint8_t *tab, const uint32_t *rows, uint32_t neg) {
+    const __m256i w = QFN(rows_32)(tab, rows);
     return _mm256_add_epi8(_mm256_sign_epi8(w, _mm256_or_si256(bits_32v(neg), _mm256_set1_epi8(1))), _mm256_set1_epi8(64));
 }
 
@@ -345,12 +350,35 @@ TARGET static inline AI void QFN(decode_iq2_XS)(const uint8_t *p, QFN(kblock) *k
     k->d = k->Dm = ggml_half(p) * 0.125f;
 }
 
+/// IQ1_S { d, qs[32], qh: 8 × u16 }: group g is four rows of 8 values in {−1, 0, 1} (row: qs[4g + l] and bits 3l of
+/// qh[g] as the high three of 11), plus δ = ±1/8 (bit 15 of qh[g]: −), times d·(2s + 1), s = bits 12-14. As
+/// unsigned bytes u = 8·v ± 1 + 16 (`tab` holds 8·v + 16), the offset m = 16·(2s + 1) per half, the scale 2s + 1,
+/// the float d/8.
+TARGET static inline AI void QFN(decode_iq1_S)(const uint8_t *p, QFN(kblock) *k, KQ_EMIT_PARAMS, const uint8_t *tab) {
+    for (int pr = 0; pr < 4; pr++) {
+        __m256i u[2];
+        int16_t sc[2];
+        for (int h = 0; h < 2; h++) {
+            const int g = 2 * pr + h;
+            const uint32_t qh = (uint32_t)(p[34 + 2 * g] | p[35 + 2 * g] << 8);
+            uint32_t rows[4];
+            for (int l = 0; l < 4; l++) rows[l] = p[2 + 4 * g + l] | ((qh >> (3 * l)) & 7) << 8;
+            u[h] = _mm256_add_epi8(QFN(rows_32)(tab, rows), _mm256_set1_epi8(qh & 0x8000 ? -1 : 1));
+            sc[h] = (int16_t)(2 * ((qh >> 12) & 7) + 1);
+            k->m16[2 * g] = k->m16[2 * g + 1] = (int16_t)(16 * sc[h]);
+        }
+        PUT(pr, MAKE_PAIR(u[0], u[1]), MAKE_PAIR(_mm256_set1_epi16(sc[0]), _mm256_set1_epi16(sc[1])));
+    }
+    k->d = k->Dm = ggml_half(p) * 0.125f;
+}
+
 /// Super-block b of a K-quant row, decoded (`PUT`).
 TARGET static inline AI void QFN(decode_k)(int32_t type, const uint8_t *row, QFN(kblock) *k, KQ_EMIT_PARAMS,
                                            const uint8_t *tab) {
     switch (type) {
     case MOE_GGML_IQ2_XXS: QFN(decode_iq2_XXS)(row + 66 * b, k, a, b, I, nt, emit, tab); break;
     case MOE_GGML_IQ2_XS: QFN(decode_iq2_XS)(row + 74 * b, k, a, b, I, nt, emit, tab); break;
+    case MOE_GGML_IQ1_S: QFN(decode_iq1_S)(row + 50 * b, k, a, b, I, nt, emit, tab); break;
     case MOE_GGML_Q2_K: QFN(decode_q2_K)(row + 84 * b, k, a, b, I, nt, emit); break;
     case MOE_GGML_Q3_K: QFN(decode_q3_K)(row + 110 * b, k, a, b, I, nt, emit); break;
     case MOE_GGML_Q4_K: QFN(decode_kq)(row + 144 * b, k, a, b, I, nt, emit, 0); break;
@@ -410,6 +438,7 @@ TARGET static inline AI void QFN(row_k)(int32_t type, const moe_matrix *m, int64
     case MOE_GGML_Q5_K: QFN(row_k_of)(MOE_GGML_Q5_K, m, r, x, t, acc, nt); break;
     case MOE_GGML_IQ2_XXS: QFN(row_k_of)(MOE_GGML_IQ2_XXS, m, r, x, t, acc, nt); break;
     case MOE_GGML_IQ2_XS: QFN(row_k_of)(MOE_GGML_IQ2_XS, m, r, x, t, acc, nt); break;
+    case MOE_GGML_IQ1_S: QFN(row_k_of)(MOE_GGML_IQ1_S, m, r, x, t, acc, nt); break;
     default: QFN(row_k_of)(MOE_GGML_Q6_K, m, r, x, t, acc, nt); break;
     }
 }

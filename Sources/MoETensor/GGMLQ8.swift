@@ -2,11 +2,11 @@ import CMoEKernels
 
 extension GGMLType {
     /// Whether `WeightMatrix.gemmQ8` multiplies this type with integer dot products (kernels_ggml_q8.c): the
-    /// legacy and K-quant types, IQ2_XXS and IQ2_XS. The others (the other i-quants, ternary, float) take the exact fp32
+    /// legacy and K-quant types, IQ2_XXS, IQ2_XS and IQ1_S. The others (the other i-quants, ternary, float) take the exact fp32
     /// path only.
     public var hasQ8Kernel: Bool {
         switch self {
-        case .q4_0, .q4_1, .q5_0, .q5_1, .q8_0, .q2_K, .q3_K, .q4_K, .q5_K, .q6_K, .iq2_XXS, .iq2_XS: true
+        case .q4_0, .q4_1, .q5_0, .q5_1, .q8_0, .q2_K, .q3_K, .q4_K, .q5_K, .q6_K, .iq2_XXS, .iq2_XS, .iq1_S: true
         default: false
         }
     }
@@ -16,6 +16,7 @@ extension GGMLType {
         switch self {
         case .iq2_XXS: UnsafeRawPointer(GGMLGrids.iq2xxsBytes)
         case .iq2_XS: UnsafeRawPointer(GGMLGrids.iq2xsBytes)
+        case .iq1_S: UnsafeRawPointer(GGMLGrids.iq1sBytes)
         default: nil
         }
     }
@@ -26,6 +27,13 @@ extension GGMLGrids {
     /// integer kernels read. Live as long as the process.
     nonisolated(unsafe) static let iq2xxsBytes = bytes(iq2xxs, rows: 256)
     nonisolated(unsafe) static let iq2xsBytes = bytes(iq2xs, rows: 512)
+
+    /// IQ1_S's codebook (2048 rows of 8 values in {−1, 0, 1}) as bytes 8·v + 16.
+    nonisolated(unsafe) static let iq1sBytes: UnsafeMutablePointer<UInt8> = {
+        let count = 2048 * 8, p = UnsafeMutablePointer<UInt8>.allocate(capacity: count)
+        for i in 0..<count { p[i] = UInt8(8 * Int(iq1s.values[i]) + 16) }
+        return p
+    }()
 
     static func bytes(_ grid: Grid, rows: Int) -> UnsafeMutablePointer<UInt8> {
         let count = rows * 8, p = UnsafeMutablePointer<UInt8>.allocate(capacity: count + ksigns.count)
@@ -135,6 +143,16 @@ struct GGMLQ8Group {
                     let v = Int32(GGMLGrids.iq2xs.values[8 * r + j])
                     u[8 * l + j] = ((pattern >> UInt8(j)) & 1 == 1 ? -v : v) + 64
                 }
+            }
+        case .iq1_S:
+            let p = row + 50 * (g / 8), i = g % 8
+            let qh = p.loadUnaligned(fromByteOffset: 34 + 2 * i, as: UInt16.self)
+            let s = 2 * Int32((qh >> 12) & 7) + 1, delta: Int32 = qh & 0x8000 == 0 ? 1 : -1
+            (sa, sb, ma, mb) = (s, s, 16 * s, 16 * s)
+            self.D = G.half(p, 0) * 0.125; Dm = self.D
+            for l in 0..<4 {
+                let r = Int(G.byte(p, 2 + 4 * i + l)) | Int((qh >> UInt16(3 * l)) & 7) << 8
+                for j in 0..<8 { u[8 * l + j] = 8 * Int32(GGMLGrids.iq1s.values[8 * r + j]) + delta + 16 }
             }
         default:
             preconditionFailure("GGML \(type) has no integer kernel")
