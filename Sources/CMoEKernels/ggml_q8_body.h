@@ -5,21 +5,21 @@
 //   SUFFIX            the exported name's suffix (moe_gemm_ggml_q8_SUFFIX)
 //   DOT_ONES(u, q)    8 int32 lanes, lane i = Σ u·q over bytes 4i…4i+3 (u unsigned ≤ 128, q signed int8)
 //
-// Every block type is brought to one form per group of 32 weights, the group of the activations' scale:
+// Every block type is brought to one form per group of 32 weights:
 //     w[l] = D · s(l) · u[l] − Dm · m(l)         u unsigned bytes, s and m integers per 16 values (a, b)
-// so that, with x[l] ≈ q[l] · dx (Q8Activations) and S_a, S_b the sums of q over the two halves,
+// so that, with x[l] ≈ q[l] · dx and S_a, S_b the sums of q over the group's two halves,
 //     Σ w·x ≈ dx · D · Σ_lanes P  −  dx · Dm · (m_a·S_a + m_b·S_b)
 //     P lane i = s(l) · Σ_{l in bytes 4i…4i+3} u[l]·q[l]       (integer, exact)
-// Types whose sub-blocks are 32 wide fold s into D (s = 1: DOT_ONES); the 16-wide ones (Q2_K, Q3_K, Q6_K)
-// multiply pairs by s in int16 lanes (maddubs, then madd by [s_a ×8 | s_b ×8]). Q8_0's signed weights take
-// llama.cpp's sign trick (|w| × q·sign(w)) and have no offset.
 //
-// Groups go in chunks of 8 (a K-quant super-block, or 8 legacy blocks; fewer at a row's end). Per (row, token):
+// The legacy types (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0: blocks of 32, s = 1) take activations quantised per 32, so dx is
+// per group and each group meets the floats. Q8_0's signed weights take llama.cpp's sign trick (|w| × q·sign(w))
+// and have no offset. Their groups go in chunks of 8 (fewer at a row's end). Per (row, token):
 //     k = D ⊙ dx                                         8 lanes, one per group of the chunk
 //     for each group i: acc = fma(float(P_i), k[i], acc)   (all 8 lanes of P_i)
 //     acc = fnmadd(dx, Dm ⊙ float(madd(m, S)), acc)     lane i: group i's offset, m and S as 16 int16 pairs
-// and the result is hsum8(acc): the same operations on every instruction set (their integer P are equal), and in
-// `WeightMatrix.gemmQ8`'s Swift twin, so all three agree bit for bit.
+// The K-quants and the i-quants with a kernel take activations quantised per 256 and sum a whole super-block in
+// int32 first (their section below). Either way the result is hsum8(acc): the same operations on every instruction
+// set (their integers are equal), and in `WeightMatrix.gemmQ8`'s Swift twin, so all three agree bit for bit.
 
 #define QCAT_(a, b) a##b
 #define QCAT(a, b) QCAT_(a, b)
@@ -108,8 +108,8 @@ TARGET static inline AI void QFN(group_signed)(const QFN(acts) *a, int64_t g0, i
 /// The legacy types (blocks of 32, `size` bytes): chunks of up to 8 blocks; BLOCK(p, i) runs block p as group i,
 /// after D[i], Dm[i], m16[2i…2i+1] are set by COEFFS(p, i).
 #define LEGACY_ROW(size, COEFFS, BLOCK, OFFSET)                                                                  \
-    for (int64_t g0 = 0; g0 < a->blocks; g0 += 8) {                                                                 \
-        const int n = a->blocks - g0 < 8 ? (int)(a->blocks - g0) : 8;                                                  \
+    for (int64_t g0 = 0; g0 < a->blocks; g0 += 8) {                                                                  \
+        const int n = a->blocks - g0 < 8 ? (int)(a->blocks - g0) : 8;                                                \
         float D[8] = {0}, Dm[8] = {0};                                                                           \
         int16_t m16[16] = {0};                                                                                   \
         __m256 k[4];                                                                                             \
