@@ -350,6 +350,30 @@ TARGET static inline AI void QFN(decode_iq2_XS)(const uint8_t *p, QFN(kblock) *k
     k->d = k->Dm = ggml_half(p) * 0.125f;
 }
 
+/// IQ3_XXS { d, qs[64] codebook rows of 4, 8 × u32 (four 7-bit sign patterns, 4-bit scale s) }: group g is rows
+/// qs[8g…8g + 7] (values 4…62), each value negated where its sign bit is set, times d·(2s + 1)/4. As unsigned bytes
+/// u = ±v + 64 (2…126), the offset m = 64·(2s + 1), the scale 2s + 1, the float d/4.
+TARGET static inline AI void QFN(decode_iq3_XXS)(const uint8_t *p, QFN(kblock) *k, KQ_EMIT_PARAMS, const uint8_t *tab) {
+    const uint8_t *ksigns = tab + 256 * 4;
+    for (int pr = 0; pr < 4; pr++) {
+        __m256i u[2];
+        int16_t sc[2];
+        for (int h = 0; h < 2; h++) {
+            const int g = 2 * pr + h;
+            uint32_t r[8], aux, neg = 0;
+            for (int l = 0; l < 8; l++) memcpy(&r[l], tab + 4 * p[2 + 8 * g + l], 4);
+            memcpy(&aux, p + 66 + 4 * g, 4);
+            for (int l = 0; l < 4; l++) neg |= (uint32_t)ksigns[(aux >> (7 * l)) & 127] << (8 * l);
+            const __m256i w = _mm256_setr_epi32((int)r[0], (int)r[1], (int)r[2], (int)r[3], (int)r[4], (int)r[5], (int)r[6], (int)r[7]);
+            u[h] = _mm256_add_epi8(_mm256_sign_epi8(w, _mm256_or_si256(bits_32v(neg), _mm256_set1_epi8(1))), _mm256_set1_epi8(64));
+            sc[h] = (int16_t)(2 * (aux >> 28) + 1);
+            k->m16[2 * g] = k->m16[2 * g + 1] = (int16_t)(64 * sc[h]);
+        }
+        PUT(pr, MAKE_PAIR(u[0], u[1]), MAKE_PAIR(_mm256_set1_epi16(sc[0]), _mm256_set1_epi16(sc[1])));
+    }
+    k->d = k->Dm = ggml_half(p) * 0.25f;
+}
+
 /// IQ1_S { d, qs[32], qh: 8 × u16 }: group g is four rows of 8 values in {−1, 0, 1} (row: qs[4g + l] and bits 3l of
 /// qh[g] as the high three of 11), plus δ = ±1/8 (bit 15 of qh[g]: −), times d·(2s + 1), s = bits 12-14. As
 /// unsigned bytes u = 8·v ± 1 + 16 (`tab` holds 8·v + 16), the offset m = 16·(2s + 1) per half, the scale 2s + 1,
@@ -379,6 +403,7 @@ TARGET static inline AI void QFN(decode_k)(int32_t type, const uint8_t *row, QFN
     case MOE_GGML_IQ2_XXS: QFN(decode_iq2_XXS)(row + 66 * b, k, a, b, I, nt, emit, tab); break;
     case MOE_GGML_IQ2_XS: QFN(decode_iq2_XS)(row + 74 * b, k, a, b, I, nt, emit, tab); break;
     case MOE_GGML_IQ1_S: QFN(decode_iq1_S)(row + 50 * b, k, a, b, I, nt, emit, tab); break;
+    case MOE_GGML_IQ3_XXS: QFN(decode_iq3_XXS)(row + 98 * b, k, a, b, I, nt, emit, tab); break;
     case MOE_GGML_Q2_K: QFN(decode_q2_K)(row + 84 * b, k, a, b, I, nt, emit); break;
     case MOE_GGML_Q3_K: QFN(decode_q3_K)(row + 110 * b, k, a, b, I, nt, emit); break;
     case MOE_GGML_Q4_K: QFN(decode_kq)(row + 144 * b, k, a, b, I, nt, emit, 0); break;
@@ -439,6 +464,7 @@ TARGET static inline AI void QFN(row_k)(int32_t type, const moe_matrix *m, int64
     case MOE_GGML_IQ2_XXS: QFN(row_k_of)(MOE_GGML_IQ2_XXS, m, r, x, t, acc, nt); break;
     case MOE_GGML_IQ2_XS: QFN(row_k_of)(MOE_GGML_IQ2_XS, m, r, x, t, acc, nt); break;
     case MOE_GGML_IQ1_S: QFN(row_k_of)(MOE_GGML_IQ1_S, m, r, x, t, acc, nt); break;
+    case MOE_GGML_IQ3_XXS: QFN(row_k_of)(MOE_GGML_IQ3_XXS, m, r, x, t, acc, nt); break;
     default: QFN(row_k_of)(MOE_GGML_Q6_K, m, r, x, t, acc, nt); break;
     }
 }

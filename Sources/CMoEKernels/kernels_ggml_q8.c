@@ -25,6 +25,7 @@ static inline int64_t ggml_row_bytes(int32_t type, int64_t cols) {
     case MOE_GGML_IQ2_XXS: return cols / 256 * 66;
     case MOE_GGML_IQ2_XS: return cols / 256 * 74;
     case MOE_GGML_IQ1_S: return cols / 256 * 50;
+    case MOE_GGML_IQ3_XXS: return cols / 256 * 98;
     default: return 0;
     }
 }
@@ -35,7 +36,7 @@ enum { KQ_SPAN = 64 };
 /// Whether `type` is a K-quant (super-blocks of 256, activations per 256).
 static inline int ggml_is_k_quant(int32_t type) {
     return (type >= MOE_GGML_Q2_K && type <= MOE_GGML_Q6_K) || type == MOE_GGML_IQ2_XXS || type == MOE_GGML_IQ2_XS
-           || type == MOE_GGML_IQ1_S;
+           || type == MOE_GGML_IQ1_S || type == MOE_GGML_IQ3_XXS;
 }
 
 /// The little-endian fp16 at p, exactly.

@@ -2,11 +2,11 @@ import CMoEKernels
 
 extension GGMLType {
     /// Whether `WeightMatrix.gemmQ8` multiplies this type with integer dot products (kernels_ggml_q8.c): the
-    /// legacy and K-quant types, IQ2_XXS, IQ2_XS and IQ1_S. The others (the other i-quants, ternary, float) take the exact fp32
+    /// legacy and K-quant types, IQ2_XXS, IQ2_XS, IQ3_XXS and IQ1_S. The others (the other i-quants, ternary, float) take the exact fp32
     /// path only.
     public var hasQ8Kernel: Bool {
         switch self {
-        case .q4_0, .q4_1, .q5_0, .q5_1, .q8_0, .q2_K, .q3_K, .q4_K, .q5_K, .q6_K, .iq2_XXS, .iq2_XS, .iq1_S: true
+        case .q4_0, .q4_1, .q5_0, .q5_1, .q8_0, .q2_K, .q3_K, .q4_K, .q5_K, .q6_K, .iq2_XXS, .iq2_XS, .iq3_XXS, .iq1_S: true
         default: false
         }
     }
@@ -17,16 +17,18 @@ extension GGMLType {
         case .iq2_XXS: UnsafeRawPointer(GGMLGrids.iq2xxsBytes)
         case .iq2_XS: UnsafeRawPointer(GGMLGrids.iq2xsBytes)
         case .iq1_S: UnsafeRawPointer(GGMLGrids.iq1sBytes)
+        case .iq3_XXS: UnsafeRawPointer(GGMLGrids.iq3xxsBytes)
         default: nil
         }
     }
 }
 
 extension GGMLGrids {
-    /// IQ2_XXS's and IQ2_XS's codebooks as bytes (rows of 8 values: 8, 25 or 43), then `ksigns`: what their
-    /// integer kernels read. Live as long as the process.
+    /// IQ2_XXS's and IQ2_XS's codebooks (rows of 8 values: 8, 25 or 43) and IQ3_XXS's (rows of 4: 4…62) as bytes,
+    /// then `ksigns`: what their integer kernels read. Live as long as the process.
     nonisolated(unsafe) static let iq2xxsBytes = bytes(iq2xxs, rows: 256)
     nonisolated(unsafe) static let iq2xsBytes = bytes(iq2xs, rows: 512)
+    nonisolated(unsafe) static let iq3xxsBytes = bytes(iq3xxs, rows: 256)
 
     /// IQ1_S's codebook (2048 rows of 8 values in {−1, 0, 1}) as bytes 8·v + 16.
     nonisolated(unsafe) static let iq1sBytes: UnsafeMutablePointer<UInt8> = {
@@ -36,7 +38,7 @@ extension GGMLGrids {
     }()
 
     static func bytes(_ grid: Grid, rows: Int) -> UnsafeMutablePointer<UInt8> {
-        let count = rows * 8, p = UnsafeMutablePointer<UInt8>.allocate(capacity: count + ksigns.count)
+        let count = rows * grid.columns, p = UnsafeMutablePointer<UInt8>.allocate(capacity: count + ksigns.count)
         for i in 0..<count { p[i] = UInt8(grid.values[i]) }
         (p + count).initialize(from: ksigns, count: ksigns.count)
         return p
@@ -142,6 +144,20 @@ struct GGMLQ8Group {
                 for j in 0..<8 {
                     let v = Int32(GGMLGrids.iq2xs.values[8 * r + j])
                     u[8 * l + j] = ((pattern >> UInt8(j)) & 1 == 1 ? -v : v) + 64
+                }
+            }
+        case .iq3_XXS:
+            let p = row + 98 * (g / 8), i = g % 8
+            let aux = p.loadUnaligned(fromByteOffset: 66 + 4 * i, as: UInt32.self)
+            let s = Int32(2 * (aux >> 28) + 1)
+            (sa, sb, ma, mb) = (s, s, 64 * s, 64 * s)
+            self.D = G.half(p, 0) * 0.25; Dm = self.D
+            for l in 0..<4 {
+                let pattern = GGMLGrids.signs[Int((aux >> UInt32(7 * l)) & 127)]
+                for j in 0..<8 {
+                    let v = 8 * l + j, r = Int(G.byte(p, 2 + 8 * i + v / 4))
+                    let w = Int32(GGMLGrids.iq3xxs.values[4 * r + v % 4])
+                    u[v] = ((pattern >> UInt8(j)) & 1 == 1 ? -w : w) + 64
                 }
             }
         case .iq1_S:
