@@ -291,37 +291,50 @@ TARGET static inline AI __m256i QFN(rows_32)(const uint8_t *tab, const uint32_t 
     return _mm256_set_epi64x((long long)r[3], (long long)r[2], (long long)r[1], (long long)r[0]);
 }
 
+/// 32 codebook values w, each negated where its bit of `neg` is set, plus 64.
+TARGET static inline AI __m256i QFN(signed_plus_64)(__m256i w, uint32_t neg) {
+    return _mm256_add_epi8(_mm256_sign_epi8(w, _mm256_or_si256(bits_32v(neg), _mm256_set1_epi8(1))), _mm256_set1_epi8(64));
+}
+
 /// The 32 values of four codebook rows, each negated where its bit of `neg` is set, plus 64.
 TARGET static inline AI __m256i QFN(iq2_u)(const uint8_t *tab, const uint32_t *rows, uint32_t neg) {
-    const __m256i w = QFN(rows_32)(tab, rows);
-    return _mm256_add_epi8(_mm256_sign_epi8(w, _mm256_or_si256(bits_32v(neg), _mm256_set1_epi8(1))), _mm256_set1_epi8(64));
+    return QFN(signed_plus_64)(QFN(rows_32)(tab, rows), neg);
+}
+
+/// The i-quants whose groups have one scale each (IQ2_XXS, IQ3_XXS, IQ1_S): GROUP(p, g, tab, &scale) gives group
+/// g's unsigned bytes and its integer scale; each half's offset is `offset` · scale, the float d · `dscale`.
+typedef __m256i (*QFN(group_fn))(const uint8_t *p, int g, const uint8_t *tab, int16_t *scale);
+
+TARGET static inline AI void QFN(decode_groups)(const uint8_t *p, QFN(kblock) *k, KQ_EMIT_PARAMS, const uint8_t *tab,
+                                                QFN(group_fn) group, int16_t offset, float dscale) {
+    for (int pr = 0; pr < 4; pr++) {
+        __m256i u[2];
+        int16_t sc[2];
+        for (int h = 0; h < 2; h++) {
+            const int g = 2 * pr + h;
+            u[h] = group(p, g, tab, &sc[h]);
+            k->m16[2 * g] = k->m16[2 * g + 1] = (int16_t)(offset * sc[h]);
+        }
+        PUT(pr, MAKE_PAIR(u[0], u[1]), MAKE_PAIR(_mm256_set1_epi16(sc[0]), _mm256_set1_epi16(sc[1])));
+    }
+    k->d = k->Dm = ggml_half(p) * dscale;
 }
 
 /// IQ2_XXS { d, 8 × (u32 four codebook rows, u32 four 7-bit sign patterns and a 4-bit scale s) }: group g is
 /// four rows of 8 values (8, 25 or 43), each value negated where its sign bit is set, times d·(2s + 1)/8. As
 /// unsigned bytes: u = ±value + 64, the offset m = 64·(2s + 1) per half, the scale 2s + 1. `tab`: the codebook's
 /// bytes, then the sign patterns (`ksigns`).
-TARGET static inline AI void QFN(decode_iq2_XXS)(const uint8_t *p, QFN(kblock) *k, KQ_EMIT_PARAMS, const uint8_t *tab) {
+TARGET static inline AI __m256i QFN(iq2_XXS_group)(const uint8_t *p, int g, const uint8_t *tab, int16_t *scale) {
     const uint8_t *ksigns = tab + 256 * 8;
-    for (int pr = 0; pr < 4; pr++) {
-        __m256i u[2];
-        int16_t sc[2];
-        for (int h = 0; h < 2; h++) {
-            const int g = 2 * pr + h;
-            uint32_t packed, signs, rows[4], neg = 0;
-            memcpy(&packed, p + 2 + 8 * g, 4);
-            memcpy(&signs, p + 2 + 8 * g + 4, 4);
-            for (int l = 0; l < 4; l++) {
-                rows[l] = (packed >> (8 * l)) & 255;
-                neg |= (uint32_t)ksigns[(signs >> (7 * l)) & 127] << (8 * l);
-            }
-            u[h] = QFN(iq2_u)(tab, rows, neg);
-            sc[h] = (int16_t)(2 * (signs >> 28) + 1);
-            k->m16[2 * g] = k->m16[2 * g + 1] = (int16_t)(64 * sc[h]);
-        }
-        PUT(pr, MAKE_PAIR(u[0], u[1]), MAKE_PAIR(_mm256_set1_epi16(sc[0]), _mm256_set1_epi16(sc[1])));
+    uint32_t packed, signs, rows[4], neg = 0;
+    memcpy(&packed, p + 2 + 8 * g, 4);
+    memcpy(&signs, p + 2 + 8 * g + 4, 4);
+    for (int l = 0; l < 4; l++) {
+        rows[l] = (packed >> (8 * l)) & 255;
+        neg |= (uint32_t)ksigns[(signs >> (7 * l)) & 127] << (8 * l);
     }
-    k->d = k->Dm = ggml_half(p) * 0.125f;
+    *scale = (int16_t)(2 * (signs >> 28) + 1);
+    return QFN(iq2_u)(tab, rows, neg);
 }
 
 /// IQ2_XS { d, qs: 32 × u16 (9-bit codebook row, 7-bit sign pattern), scales[8] }: group g is entries 4g…4g + 3,
@@ -353,57 +366,36 @@ TARGET static inline AI void QFN(decode_iq2_XS)(const uint8_t *p, QFN(kblock) *k
 /// IQ3_XXS { d, qs[64] codebook rows of 4, 8 × u32 (four 7-bit sign patterns, 4-bit scale s) }: group g is rows
 /// qs[8g…8g + 7] (values 4…62), each value negated where its sign bit is set, times d·(2s + 1)/4. As unsigned bytes
 /// u = ±v + 64 (2…126), the offset m = 64·(2s + 1), the scale 2s + 1, the float d/4.
-TARGET static inline AI void QFN(decode_iq3_XXS)(const uint8_t *p, QFN(kblock) *k, KQ_EMIT_PARAMS, const uint8_t *tab) {
+TARGET static inline AI __m256i QFN(iq3_XXS_group)(const uint8_t *p, int g, const uint8_t *tab, int16_t *scale) {
     const uint8_t *ksigns = tab + 256 * 4;
-    for (int pr = 0; pr < 4; pr++) {
-        __m256i u[2];
-        int16_t sc[2];
-        for (int h = 0; h < 2; h++) {
-            const int g = 2 * pr + h;
-            uint32_t r[8], aux, neg = 0;
-            for (int l = 0; l < 8; l++) memcpy(&r[l], tab + 4 * p[2 + 8 * g + l], 4);
-            memcpy(&aux, p + 66 + 4 * g, 4);
-            for (int l = 0; l < 4; l++) neg |= (uint32_t)ksigns[(aux >> (7 * l)) & 127] << (8 * l);
-            const __m256i w = _mm256_setr_epi32((int)r[0], (int)r[1], (int)r[2], (int)r[3], (int)r[4], (int)r[5], (int)r[6], (int)r[7]);
-            u[h] = _mm256_add_epi8(_mm256_sign_epi8(w, _mm256_or_si256(bits_32v(neg), _mm256_set1_epi8(1))), _mm256_set1_epi8(64));
-            sc[h] = (int16_t)(2 * (aux >> 28) + 1);
-            k->m16[2 * g] = k->m16[2 * g + 1] = (int16_t)(64 * sc[h]);
-        }
-        PUT(pr, MAKE_PAIR(u[0], u[1]), MAKE_PAIR(_mm256_set1_epi16(sc[0]), _mm256_set1_epi16(sc[1])));
-    }
-    k->d = k->Dm = ggml_half(p) * 0.25f;
+    uint32_t r[8], aux, neg = 0;
+    for (int l = 0; l < 8; l++) memcpy(&r[l], tab + 4 * p[2 + 8 * g + l], 4);
+    memcpy(&aux, p + 66 + 4 * g, 4);
+    for (int l = 0; l < 4; l++) neg |= (uint32_t)ksigns[(aux >> (7 * l)) & 127] << (8 * l);
+    *scale = (int16_t)(2 * (aux >> 28) + 1);
+    return QFN(signed_plus_64)(_mm256_setr_epi32((int)r[0], (int)r[1], (int)r[2], (int)r[3], (int)r[4], (int)r[5], (int)r[6], (int)r[7]), neg);
 }
 
 /// IQ1_S { d, qs[32], qh: 8 × u16 }: group g is four rows of 8 values in {−1, 0, 1} (row: qs[4g + l] and bits 3l of
 /// qh[g] as the high three of 11), plus δ = ±1/8 (bit 15 of qh[g]: −), times d·(2s + 1), s = bits 12-14. As
 /// unsigned bytes u = 8·v ± 1 + 16 (`tab` holds 8·v + 16), the offset m = 16·(2s + 1) per half, the scale 2s + 1,
 /// the float d/8.
-TARGET static inline AI void QFN(decode_iq1_S)(const uint8_t *p, QFN(kblock) *k, KQ_EMIT_PARAMS, const uint8_t *tab) {
-    for (int pr = 0; pr < 4; pr++) {
-        __m256i u[2];
-        int16_t sc[2];
-        for (int h = 0; h < 2; h++) {
-            const int g = 2 * pr + h;
-            const uint32_t qh = (uint32_t)(p[34 + 2 * g] | p[35 + 2 * g] << 8);
-            uint32_t rows[4];
-            for (int l = 0; l < 4; l++) rows[l] = p[2 + 4 * g + l] | ((qh >> (3 * l)) & 7) << 8;
-            u[h] = _mm256_add_epi8(QFN(rows_32)(tab, rows), _mm256_set1_epi8(qh & 0x8000 ? -1 : 1));
-            sc[h] = (int16_t)(2 * ((qh >> 12) & 7) + 1);
-            k->m16[2 * g] = k->m16[2 * g + 1] = (int16_t)(16 * sc[h]);
-        }
-        PUT(pr, MAKE_PAIR(u[0], u[1]), MAKE_PAIR(_mm256_set1_epi16(sc[0]), _mm256_set1_epi16(sc[1])));
-    }
-    k->d = k->Dm = ggml_half(p) * 0.125f;
+TARGET static inline AI __m256i QFN(iq1_S_group)(const uint8_t *p, int g, const uint8_t *tab, int16_t *scale) {
+    const uint32_t qh = (uint32_t)(p[34 + 2 * g] | p[35 + 2 * g] << 8);
+    uint32_t rows[4];
+    for (int l = 0; l < 4; l++) rows[l] = p[2 + 4 * g + l] | ((qh >> (3 * l)) & 7) << 8;
+    *scale = (int16_t)(2 * ((qh >> 12) & 7) + 1);
+    return _mm256_add_epi8(QFN(rows_32)(tab, rows), _mm256_set1_epi8(qh & 0x8000 ? -1 : 1));
 }
 
 /// Super-block b of a K-quant row, decoded (`PUT`).
 TARGET static inline AI void QFN(decode_k)(int32_t type, const uint8_t *row, QFN(kblock) *k, KQ_EMIT_PARAMS,
                                            const uint8_t *tab) {
     switch (type) {
-    case MOE_GGML_IQ2_XXS: QFN(decode_iq2_XXS)(row + 66 * b, k, a, b, I, nt, emit, tab); break;
+    case MOE_GGML_IQ2_XXS: QFN(decode_groups)(row + 66 * b, k, a, b, I, nt, emit, tab, QFN(iq2_XXS_group), 64, 0.125f); break;
     case MOE_GGML_IQ2_XS: QFN(decode_iq2_XS)(row + 74 * b, k, a, b, I, nt, emit, tab); break;
-    case MOE_GGML_IQ1_S: QFN(decode_iq1_S)(row + 50 * b, k, a, b, I, nt, emit, tab); break;
-    case MOE_GGML_IQ3_XXS: QFN(decode_iq3_XXS)(row + 98 * b, k, a, b, I, nt, emit, tab); break;
+    case MOE_GGML_IQ1_S: QFN(decode_groups)(row + 50 * b, k, a, b, I, nt, emit, tab, QFN(iq1_S_group), 16, 0.125f); break;
+    case MOE_GGML_IQ3_XXS: QFN(decode_groups)(row + 98 * b, k, a, b, I, nt, emit, tab, QFN(iq3_XXS_group), 64, 0.25f); break;
     case MOE_GGML_Q2_K: QFN(decode_q2_K)(row + 84 * b, k, a, b, I, nt, emit); break;
     case MOE_GGML_Q3_K: QFN(decode_q3_K)(row + 110 * b, k, a, b, I, nt, emit); break;
     case MOE_GGML_Q4_K: QFN(decode_kq)(row + 144 * b, k, a, b, I, nt, emit, 0); break;
