@@ -45,6 +45,13 @@ __attribute__((target("avx2,fma,f16c"))) static inline float hsum8(__m256 v) {
     s = _mm_add_ss(s, _mm_movehdup_ps(s));                                           // (0+2) + (1+3)
     return _mm_cvtss_f32(s);
 }
+/// The sum of 8 int32 lanes (exact: the order does not matter).
+__attribute__((target("avx2,fma,f16c"))) static inline int32_t hsum8_i32(__m256i v) {
+    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    s = _mm_add_epi32(s, _mm_unpackhi_epi64(s, s));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 1));
+    return _mm_cvtsi128_si32(s);
+}
 __attribute__((target("avx512f,avx512bw,avx512vl,avx2,fma,f16c"))) static inline float hsum16(__m512 v) {
     __m256 a = _mm256_add_ps(_mm512_castps512_ps256(v), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
     return hsum8(a);

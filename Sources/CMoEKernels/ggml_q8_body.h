@@ -18,8 +18,8 @@
 //     for each group i: acc = fma(float(P_i), k[i], acc)   (all 8 lanes of P_i)
 //     acc = fnmadd(dx, Dm ⊙ float(madd(m, S)), acc)     lane i: group i's offset, m and S as 16 int16 pairs
 // The K-quants and the i-quants with a kernel take activations quantised per 256 and sum a whole super-block in
-// int32 first (their section below). Either way the result is hsum8(acc): the same operations on every instruction
-// set (their integers are equal), and in `WeightMatrix.gemmQ8`'s Swift twin, so all three agree bit for bit.
+// int32 first and keep one float per (row, token) (their section below). Either way the same operations run on every
+// instruction set (their integers are equal), and in `WeightMatrix.gemmQ8`'s Swift twin, so all agree bit for bit.
 
 #define QCAT_(a, b) a##b
 #define QCAT(a, b) QCAT_(a, b)
@@ -161,10 +161,12 @@ TARGET static inline AI void QFN(row_q8_0)(const uint8_t *row, const QFN(acts) *
 // ---- K-quants: super-blocks of 256 against activations quantised per 256 (llama.cpp's Q8_K) ------------------
 //
 // Per super-block b and token, with x ≈ q · dx_b and the weights' 16-value integer scales s and offsets m:
-//     I lane i = Σ_groups s(l) · Σ_{l in bytes 4i…4i+3 of the group} u[l]·q[l]     (int32, exact)
-//     O lane i = m[2i]·S[2i] + m[2i+1]·S[2i+1]                                      (S: sums of q per 16 values)
-//     acc = fma(float(I), d·dx_b, acc);  acc = fnmadd(float(O), Dm·dx_b, acc)
-// so the float work is per super-block, not per group. The 32-wide types (Q4_K, Q5_K) give both halves of a
+//     I = Σ_l s(l) · u[l] · q[l]          O = Σ_halves m · S      (int32, exact; S: sums of q per 16 values)
+// and then one float accumulator per (row, token):
+//     types with minimums (Q2_K, Q4_K, Q5_K):  acc = fma(float(I), d·dx_b, acc);  acc = fma(−float(O), Dm·dx_b, acc)
+//     the others (offsets that only make u unsigned, Dm = d):  acc = fma(float(I − O), d·dx_b, acc)
+// so the float work is two scalar steps per super-block, and any way of finding the integers (lanes of maddubs
+// here, AMX tiles in kernels_ggml_amx.c) gives the same bits. The 32-wide types (Q4_K, Q5_K) give both halves of a
 // group its scale. A super-block is decoded once (`kblock`: groups in pairs, PAIR_T) and multiplied by every
 // token of a call: GROUP_PAIR(I, u, s, q) adds a pair of groups (q: their 64 activations) to the integer
 // accumulator I (IACC): two 256-bit steps on AVX2, one 512-bit step on AVX-512 (IREDUCE folds its halves): the
@@ -404,25 +406,33 @@ TARGET static inline AI void QFN(decode_k)(int32_t type, const uint8_t *row, QFN
     }
 }
 
-/// The float steps of super-block b for tokens 0…nt − 1 of `a`, their integer products I done.
-TARGET static inline AI void QFN(kq_end)(const QFN(kblock) *k, const QFN(acts) *a, int64_t b, const IACC *I, __m256 *acc,
-                                         const int nt) {
+/// The float steps of super-block b for tokens 0…nt − 1 of `a`, their integer products I done: each token's
+/// integers are summed whole (exact), so the float work is two scalar fused steps per super-block, in the same
+/// order however the integers were found (`moe_gemm_ggml_q8_amx` finds them on tiles).
+TARGET static inline AI void QFN(kq_end)(const QFN(kblock) *k, const QFN(acts) *a, int64_t b, const IACC *I, float *acc,
+                                         const int nt, const int mins) {
     const __m256i mv = _mm256_loadu_si256((const __m256i *)k->m16);
     for (int j = 0; j < nt; j++) {
         const float dx = a->d[j * a->blocks + b];
         const __m256i S = _mm256_loadu_si256((const __m256i *)(a->s16 + j * (a->cols / 16) + 16 * b));
-        acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(IREDUCE(I[j])), _mm256_set1_ps(k->d * dx), acc[j]);
-        acc[j] = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(mv, S)), _mm256_set1_ps(k->Dm * dx), acc[j]);
+        const int32_t i = hsum8_i32(IREDUCE(I[j])), o = hsum8_i32(_mm256_madd_epi16(mv, S));
+        if (mins) {
+            acc[j] = __builtin_fmaf((float)i, k->d * dx, acc[j]);
+            acc[j] = __builtin_fmaf(-(float)o, k->Dm * dx, acc[j]);
+        } else {
+            acc[j] = __builtin_fmaf((float)(i - o), k->d * dx, acc[j]);
+        }
     }
 }
 
 /// A stored super-block b times tokens 0…nt − 1 of `a`.
-TARGET static inline AI void QFN(kq_block)(const QFN(kblock) *k, const QFN(acts) *a, int64_t b, __m256 *acc, const int nt) {
+TARGET static inline AI void QFN(kq_block)(const QFN(kblock) *k, const QFN(acts) *a, int64_t b, float *acc, const int nt,
+                                           const int mins) {
     IACC I[4];
     for (int j = 0; j < nt; j++) I[j] = IZERO();
     for (int p = 0; p < 4; p++)
         for (int j = 0; j < nt; j++) GROUP_PAIR(I[j], k->u[p], k->s[p], a->q + j * a->cols + 256 * b + 64 * p);
-    QFN(kq_end)(k, a, b, I, acc, nt);
+    QFN(kq_end)(k, a, b, I, acc, nt, mins);
 }
 
 /// The K-quant activations of tokens t… of `x` for a row of `cols`.
@@ -431,33 +441,35 @@ static inline QFN(acts) QFN(kacts_at)(const moe_q8_acts *x, int64_t cols, int64_
     return (QFN(acts)){x->q256 + t * cols, x->d256 + t * SB, x->sums256 + t * 16 * SB, cols, SB};
 }
 
-/// K-quant row r for tokens t…t + nt − 1 (nt ≤ 4): each super-block decoded, then multiplied. `type` is a
+/// K-quant row r for tokens t…t + nt − 1 (nt ≤ 4) into y: each super-block decoded, then multiplied. `type` is a
 /// constant in each instance (`row_k`), so the decoded block stays in registers.
 TARGET static inline AI void QFN(row_k_of)(const int32_t type, const moe_matrix *m, int64_t r, const moe_q8_acts *x,
-                                           int64_t t, __m256 *acc, const int nt) {
+                                           int64_t t, float *y, const int nt) {
     const QFN(acts) a = QFN(kacts_at)(x, m->cols, t);
     const uint8_t *row = (const uint8_t *)m->data + r * ggml_row_bytes(type, m->cols);
+    float acc[4] = {0, 0, 0, 0};
     for (int64_t b = 0; b < a.blocks; b++) {
         QFN(kblock) k;
         IACC I[4];
         for (int j = 0; j < nt; j++) I[j] = IZERO();
         QFN(decode_k)(type, row, &k, &a, b, I, nt, 1, (const uint8_t *)m->scales);
-        QFN(kq_end)(&k, &a, b, I, acc, nt);
+        QFN(kq_end)(&k, &a, b, I, acc, nt, ggml_has_mins(type));
     }
+    for (int j = 0; j < nt; j++) y[(t + j) * m->rows + r] = acc[j];
 }
 
 TARGET static inline AI void QFN(row_k)(int32_t type, const moe_matrix *m, int64_t r, const moe_q8_acts *x, int64_t t,
-                                        __m256 *acc, const int nt) {
+                                        float *y, const int nt) {
     switch (type) {
-    case MOE_GGML_Q2_K: QFN(row_k_of)(MOE_GGML_Q2_K, m, r, x, t, acc, nt); break;
-    case MOE_GGML_Q3_K: QFN(row_k_of)(MOE_GGML_Q3_K, m, r, x, t, acc, nt); break;
-    case MOE_GGML_Q4_K: QFN(row_k_of)(MOE_GGML_Q4_K, m, r, x, t, acc, nt); break;
-    case MOE_GGML_Q5_K: QFN(row_k_of)(MOE_GGML_Q5_K, m, r, x, t, acc, nt); break;
-    case MOE_GGML_IQ2_XXS: QFN(row_k_of)(MOE_GGML_IQ2_XXS, m, r, x, t, acc, nt); break;
-    case MOE_GGML_IQ2_XS: QFN(row_k_of)(MOE_GGML_IQ2_XS, m, r, x, t, acc, nt); break;
-    case MOE_GGML_IQ1_S: QFN(row_k_of)(MOE_GGML_IQ1_S, m, r, x, t, acc, nt); break;
-    case MOE_GGML_IQ3_XXS: QFN(row_k_of)(MOE_GGML_IQ3_XXS, m, r, x, t, acc, nt); break;
-    default: QFN(row_k_of)(MOE_GGML_Q6_K, m, r, x, t, acc, nt); break;
+    case MOE_GGML_Q2_K: QFN(row_k_of)(MOE_GGML_Q2_K, m, r, x, t, y, nt); break;
+    case MOE_GGML_Q3_K: QFN(row_k_of)(MOE_GGML_Q3_K, m, r, x, t, y, nt); break;
+    case MOE_GGML_Q4_K: QFN(row_k_of)(MOE_GGML_Q4_K, m, r, x, t, y, nt); break;
+    case MOE_GGML_Q5_K: QFN(row_k_of)(MOE_GGML_Q5_K, m, r, x, t, y, nt); break;
+    case MOE_GGML_IQ2_XXS: QFN(row_k_of)(MOE_GGML_IQ2_XXS, m, r, x, t, y, nt); break;
+    case MOE_GGML_IQ2_XS: QFN(row_k_of)(MOE_GGML_IQ2_XS, m, r, x, t, y, nt); break;
+    case MOE_GGML_IQ1_S: QFN(row_k_of)(MOE_GGML_IQ1_S, m, r, x, t, y, nt); break;
+    case MOE_GGML_IQ3_XXS: QFN(row_k_of)(MOE_GGML_IQ3_XXS, m, r, x, t, y, nt); break;
+    default: QFN(row_k_of)(MOE_GGML_Q6_K, m, r, x, t, y, nt); break;
     }
 }
 
@@ -466,30 +478,31 @@ TARGET static inline AI void QFN(row_k)(int32_t type, const moe_matrix *m, int64
 /// token's accumulator takes the same steps in the same order as in `row_k`.
 TARGET static void QFN(rows_k_many)(int32_t type, const moe_matrix *m, int64_t b0, int64_t b1, const moe_q8_acts *x,
                                     int64_t T, float *y) {
-    __m256 park[KQ_SPAN];
+    float park[KQ_SPAN];
     const int64_t SB = m->cols / 256;
+    const int mins = ggml_has_mins(type);
     for (int64_t t0 = 0; t0 < T; t0 += KQ_SPAN) {
         const int64_t n = T - t0 < KQ_SPAN ? T - t0 : KQ_SPAN;
         for (int64_t r = b0; r < b1; r++) {
             const uint8_t *row = (const uint8_t *)m->data + r * ggml_row_bytes(type, m->cols);
-            for (int64_t j = 0; j < n; j++) park[j] = _mm256_setzero_ps();
+            for (int64_t j = 0; j < n; j++) park[j] = 0;
             for (int64_t b = 0; b < SB; b++) {
                 QFN(kblock) k;
                 QFN(decode_k)(type, row, &k, NULL, b, NULL, 0, 0, (const uint8_t *)m->scales);
                 int64_t j = 0;
                 for (; j + 4 <= n; j += 4) {
                     const QFN(acts) a = QFN(kacts_at)(x, m->cols, t0 + j);
-                    QFN(kq_block)(&k, &a, b, park + j, 4);
+                    QFN(kq_block)(&k, &a, b, park + j, 4, mins);
                 }
                 const QFN(acts) a = QFN(kacts_at)(x, m->cols, t0 + j);
                 switch (n - j) {  // the last one to three tokens together
-                case 3: QFN(kq_block)(&k, &a, b, park + j, 3); break;
-                case 2: QFN(kq_block)(&k, &a, b, park + j, 2); break;
-                case 1: QFN(kq_block)(&k, &a, b, park + j, 1); break;
+                case 3: QFN(kq_block)(&k, &a, b, park + j, 3, mins); break;
+                case 2: QFN(kq_block)(&k, &a, b, park + j, 2, mins); break;
+                case 1: QFN(kq_block)(&k, &a, b, park + j, 1, mins); break;
                 default: break;
                 }
             }
-            for (int64_t j = 0; j < n; j++) y[(t0 + j) * m->rows + r] = hsum8(park[j]);
+            for (int64_t j = 0; j < n; j++) y[(t0 + j) * m->rows + r] = park[j];
         }
     }
 }
@@ -497,6 +510,10 @@ TARGET static void QFN(rows_k_many)(int32_t type, const moe_matrix *m, int64_t b
 /// Row r of `m` for tokens t…t + nt − 1 (nt ≤ 4).
 TARGET static inline AI void QFN(row)(int32_t type, const moe_matrix *m, int64_t r, const moe_q8_acts *x, int64_t t,
                                       float *y, const int nt) {
+    if (ggml_is_k_quant(type)) {
+        QFN(row_k)(type, m, r, x, t, y, nt);
+        return;
+    }
     const int64_t G32 = m->cols / 32;
     const QFN(acts) a = {x->q + t * m->cols, x->d + t * G32, x->sums16 + t * 2 * G32, m->cols, G32};
     const uint8_t *row = (const uint8_t *)m->data + r * ggml_row_bytes(type, m->cols);
@@ -507,8 +524,7 @@ TARGET static inline AI void QFN(row)(int32_t type, const moe_matrix *m, int64_t
     case MOE_GGML_Q4_1: QFN(row_q4_1)(row, &a, acc, nt); break;
     case MOE_GGML_Q5_0: QFN(row_q5_0)(row, &a, acc, nt); break;
     case MOE_GGML_Q5_1: QFN(row_q5_1)(row, &a, acc, nt); break;
-    case MOE_GGML_Q8_0: QFN(row_q8_0)(row, &a, acc, nt); break;
-    default: QFN(row_k)(type, m, r, x, t, acc, nt); break;
+    default: QFN(row_q8_0)(row, &a, acc, nt); break;
     }
     for (int j = 0; j < nt; j++) y[(t + j) * m->rows + r] = hsum8(acc[j]);
 }

@@ -1,7 +1,8 @@
 // GGML block rows (the types K-quant GGUF files use) × Q8 activations: integer dot products straight from the
 // blocks, no fp32 decode. The body (ggml_q8_body.h) is compiled twice: AVX2 (maddubs) and AVX-512 VNNI
 // (vpdpbusd); their integer products are equal, so the two agree bit for bit with each other and with the Swift
-// twin (`WeightMatrix.gemmQ8`). The block layouts are gguf-py's (GGMLDequantize.swift lists them).
+// twin (`WeightMatrix.gemmQ8`). Where the CPU has AMX-INT8, many tokens of the K-quants go on tiles instead
+// (ggml_q8_amx.h), with the same bits. The block layouts are gguf-py's (GGMLDequantize.swift lists them).
 #include "CMoEKernels.h"
 
 #if defined(__x86_64__)
@@ -37,6 +38,12 @@ enum { KQ_SPAN = 64 };
 static inline int ggml_is_k_quant(int32_t type) {
     return (type >= MOE_GGML_Q2_K && type <= MOE_GGML_Q6_K) || type == MOE_GGML_IQ2_XXS || type == MOE_GGML_IQ2_XS
            || type == MOE_GGML_IQ1_S || type == MOE_GGML_IQ3_XXS;
+}
+
+/// Whether `type`'s offsets are minimums with their own float (Q2_K, Q4_K, Q5_K), not a bias that makes the
+/// values unsigned (see the K-quant section of ggml_q8_body.h).
+static inline int ggml_has_mins(int32_t type) {
+    return type == MOE_GGML_Q2_K || type == MOE_GGML_Q4_K || type == MOE_GGML_Q5_K;
 }
 
 /// The little-endian fp16 at p, exactly.
@@ -111,9 +118,15 @@ typedef struct { __m256i lo, hi; } pair_avx2;
 #define GROUP_PAIR(I, u, s, q) (I) = _mm512_add_epi32((I), _mm512_madd_epi16(_mm512_maddubs_epi16((u), _mm512_loadu_si512((q))), (s)))
 #include "ggml_q8_body.h"
 
+#include "ggml_q8_amx.h"
+
 #else
 void moe_gemm_ggml_q8_avx2(int32_t type, const moe_matrix *m, int64_t r0, int64_t r1, const moe_q8_acts *x, int64_t T,
                            float *y) {}
 void moe_gemm_ggml_q8_avx512vnni(int32_t type, const moe_matrix *m, int64_t r0, int64_t r1, const moe_q8_acts *x,
                                  int64_t T, float *y) {}
+int moe_cpu_has_amx_int8(void) { return 0; }
+int moe_ggml_amx_supports(int32_t type) { return 0; }
+int moe_gemm_ggml_q8_amx(int32_t type, const moe_matrix *m, int64_t r0, int64_t r1, const moe_q8_acts *x, int64_t T,
+                         float *y) { return 0; }
 #endif

@@ -11,6 +11,15 @@ extension GGMLType {
         }
     }
 
+    /// Whether this CPU multiplies the type on AMX-INT8 tiles (`gemmGGMLQ8`'s prompt path): Q2_K…Q6_K where the
+    /// CPU has AMX-INT8 and Linux granted the tile state.
+    public var hasAMXKernel: Bool { Self.amxInt8 && moe_ggml_amx_supports(Int32(rawValue)) != 0 }
+    static let amxInt8 = moe_cpu_has_amx_int8() != 0
+
+    /// Whether the type's offsets are minimums with their own float scale (Q2_K, Q4_K, Q5_K), not a bias that only
+    /// makes the integer kernels' values unsigned.
+    var hasMinimums: Bool { self == .q2_K || self == .q4_K || self == .q5_K }
+
     /// The codebook bytes the type's integer kernel reads (`moe_matrix.scales`), or nil.
     var q8Table: UnsafeRawPointer? {
         switch self {
@@ -180,12 +189,19 @@ extension WeightMatrix {
     /// `gemmQ8` for GGML rows: the C kernel of `isa` (VNNI on AVX-512 where the CPU has it), or the Swift twin,
     /// which does what ggml_q8_body.h does per (row, token) — the same integers P per lane, the same fused
     /// multiply-adds and the same horizontal sum — so the three agree bit for bit.
+    ///
+    /// `tiles` (nil: where it pays) puts the K-quants on AMX-INT8 tiles (ggml_q8_amx.h), with the same bits.
     func gemmGGMLQ8(_ type: GGMLType, rows range: Range<Int>, _ x: Q8Activations, into y: UnsafeMutablePointer<Float>,
-                    isa: KernelISA) {
+                    isa: KernelISA, tiles: Bool? = nil) {
         precondition(type.hasQ8Kernel && cols % type.blockSize == 0)
         if isa != .generic {
             var m = moe_matrix(data: data, scales: type.q8Table, rows: Int64(rows), cols: Int64(cols), scales_bf16: 0)
             var acts = x.c
+            if isa == .avx512, type.hasAMXKernel, tiles ?? (x.tokens >= Self.amxMinTokens),
+               moe_gemm_ggml_q8_amx(Int32(type.rawValue), &m, Int64(range.lowerBound), Int64(range.upperBound), &acts,
+                                    Int64(x.tokens), y) != 0 {
+                return
+            }
             let kernel = isa == .avx512 && Self.hasVNNI ? moe_gemm_ggml_q8_avx512vnni : moe_gemm_ggml_q8_avx2
             kernel(Int32(type.rawValue), &m, Int64(range.lowerBound), Int64(range.upperBound), &acts, Int64(x.tokens), y)
             return
@@ -193,7 +209,7 @@ extension WeightMatrix {
         let rowBytes = storedByteCount / rows, groups = cols / 32
         let u = UnsafeMutablePointer<Int32>.allocate(capacity: 32), acc = UnsafeMutablePointer<Float>.allocate(capacity: 8)
         defer { u.deallocate(); acc.deallocate() }
-        if type.blockSize == 256 { return kQuantTwin(type, rows: range, x, into: y, u: u, acc: acc) }
+        if type.blockSize == 256 { return kQuantTwin(type, rows: range, x, into: y, u: u) }
         for r in range {
             let row = data + r * rowBytes
             for t in 0..<x.tokens {
@@ -226,38 +242,40 @@ extension WeightMatrix {
         }
     }
 
+    /// Tokens from which a K-quant product goes on AMX tiles by default: below it the row kernels are as fast (the
+    /// tiles' weights are decoded once per call whatever the tokens).
+    static let amxMinTokens = 8
+
     /// The Swift twin of the K-quant kernels (ggml_q8_body.h's super-block form): per super-block the exact
-    /// integers I (8 lanes over its 8 groups) and O, then the two fused steps with the token's per-256 scale.
+    /// integers I = Σ s·u·q and O = Σ m·S, then one float per (row, token) takes the fused steps with the token's
+    /// per-256 scale: two where the type has minimums, else one with I − O (its offsets only made u unsigned).
     private func kQuantTwin(_ type: GGMLType, rows range: Range<Int>, _ x: Q8Activations, into y: UnsafeMutablePointer<Float>,
-                            u: UnsafeMutablePointer<Int32>, acc: UnsafeMutablePointer<Float>) {
-        let rowBytes = storedByteCount / rows, blocks = cols / 256
+                            u: UnsafeMutablePointer<Int32>) {
+        let rowBytes = storedByteCount / rows, blocks = cols / 256, mins = type.hasMinimums
         guard let q256 = x.q256, let d256 = x.d256, let sums = x.sums256 else { preconditionFailure("K-quants take activations per 256") }
         for r in range {
             let row = data + r * rowBytes
             for t in 0..<x.tokens {
-                acc.initialize(repeating: 0, count: 8)
+                var acc: Float = 0
                 for b in 0..<blocks {
-                    var I = [Int32](repeating: 0, count: 8), O = [Int32](repeating: 0, count: 8)
+                    var I: Int32 = 0, O: Int32 = 0
                     var D: Float = 0, Dm: Float = 0
                     let S = sums + (t * blocks + b) * 16
                     for i in 0..<8 {
                         let g = 8 * b + i, f = GGMLQ8Group(type, row: row, group: g, u: u), q = q256 + t * cols + 32 * g
-                        for lane in 0..<8 {
-                            var p: Int32 = 0
-                            for l in (4 * lane)..<(4 * lane + 4) { p += u[l] * Int32(q[l]) }
-                            I[lane] += p * (lane < 4 ? f.sa : f.sb)
-                        }
-                        O[i] = f.ma * Int32(S[2 * i]) + f.mb * Int32(S[2 * i + 1])
+                        for l in 0..<32 { I += u[l] * Int32(q[l]) * (l < 16 ? f.sa : f.sb) }
+                        O += f.ma * Int32(S[2 * i]) + f.mb * Int32(S[2 * i + 1])
                         (D, Dm) = (f.D, f.Dm)
                     }
                     let dx = d256[t * blocks + b]
-                    for lane in 0..<8 {
-                        acc[lane] = acc[lane].addingProduct(Float(I[lane]), D * dx)
-                        acc[lane] = acc[lane].addingProduct(-Float(O[lane]), Dm * dx)
+                    if mins {
+                        acc = acc.addingProduct(Float(I), D * dx)
+                        acc = acc.addingProduct(-Float(O), Dm * dx)
+                    } else {
+                        acc = acc.addingProduct(Float(I - O), D * dx)
                     }
                 }
-                let s0 = acc[0] + acc[4], s1 = acc[1] + acc[5], s2 = acc[2] + acc[6], s3 = acc[3] + acc[7]
-                y[t * rows + r] = (s0 + s2) + (s1 + s3)
+                y[t * rows + r] = acc
             }
         }
     }

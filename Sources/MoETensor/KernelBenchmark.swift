@@ -101,14 +101,20 @@ public enum KernelBenchmark {
 
     /// Seconds for one single-threaded `gemmQ8` of all rows of an int4 or GGML matrix over already-quantised activations
     /// (the best of `repeats`), and the result.
-    public static func timeQ8(_ m: WeightMatrix, _ x: FloatBuffer, tokens: Int, isa: KernelISA, repeats: Int) -> (Double, FloatBuffer) {
+    /// `tiles` (GGML K-quants): on AMX tiles or not; nil lets `gemmQ8` choose.
+    public static func timeQ8(_ m: WeightMatrix, _ x: FloatBuffer, tokens: Int, isa: KernelISA, repeats: Int,
+                              tiles: Bool? = nil) -> (Double, FloatBuffer) {
         let memory = FloatBuffer(count: Q8Activations.floatsNeeded(tokens: tokens, cols: m.cols))
         let q = Q8Activations(x.pointer, tokens: tokens, cols: m.cols, memory: memory.pointer)
         let y = FloatBuffer(count: tokens * m.rows)
         var best = Double.infinity
         for _ in 0..<max(1, repeats) {
             let start = monotonicSeconds()
-            m.gemmQ8(rows: 0..<m.rows, q, into: y.pointer, isa: isa)
+            if case .ggml(let type) = m.encoding, let tiles {
+                m.gemmGGMLQ8(type, rows: 0..<m.rows, q, into: y.pointer, isa: isa, tiles: tiles)
+            } else {
+                m.gemmQ8(rows: 0..<m.rows, q, into: y.pointer, isa: isa)
+            }
             best = min(best, monotonicSeconds() - start)
         }
         return (best, y)

@@ -214,10 +214,17 @@ struct BenchKernels: ParsableCommand {
                 }
                 guard type.hasQ8Kernel else { continue }
                 for isa in isas {
-                    let (s, y) = KernelBenchmark.timeQ8(m, x, tokens: t, isa: isa, repeats: isa == .generic ? 1 : repeats)
+                    let (s, y) = KernelBenchmark.timeQ8(m, x, tokens: t, isa: isa, repeats: isa == .generic ? 1 : repeats,
+                                                        tiles: false)
                     let peak = isa == .generic ? nil : (peaks[isa]?.int8 ?? peaks[.avx2]?.int8)
                     printRow(name + "×q8", t, isa, seconds: s, base: base, bytes: m.storedByteCount, y: y, reference: reference,
                              scale: scale, peak: peak)
+                }
+                // The K-quants on AMX-INT8 tiles (a prompt pass's default from 8 tokens), packing included.
+                if isas.contains(.avx512), type.hasAMXKernel {
+                    let (s, y) = KernelBenchmark.timeQ8(m, x, tokens: t, isa: .avx512, repeats: repeats, tiles: true)
+                    printRow(name + "×q8", t, .avx512, seconds: s, base: base, bytes: m.storedByteCount, y: y, reference: reference,
+                             scale: scale, peak: nil, isaName: "amx")
                 }
             }
         }

@@ -11,7 +11,8 @@ import Testing
     /// 1…70 tokens (tiles of four, singles, the cache-blocked loop, and the K-quants' spans of 64 tokens); a token alone gets what it gets among
     /// others. Random bytes cover every quant and sub-scale value (Q6_K's −128, Q8_0's −128, Q3_K's −32); six
     /// blocks of 32 (a chunk of 8 groups cut short) or two of 256 a row; some block scales negative.
-    /// Also 1,280 rows of one block with 7 tokens: several of the kernels' cache blocks of rows.
+    /// Also 1,280 rows of one block with 7 tokens: several of the kernels' cache blocks of rows. Where the CPU has
+    /// AMX-INT8, the K-quants' tiles give the twin's bits too (every token count, rows that cut a tile's group).
     @Test(arguments: types, [(13, 2), (1280, 1)])
     func integerKernelsComputeTheQuantisedProductAndAgreeBitForBit(type: GGMLType, shape: (rows: Int, blocks: Int)) {
         let cols = shape.blocks * (type.blockSize == 256 ? 256 : 96), rows = shape.rows
@@ -46,6 +47,16 @@ import Testing
                 m.gemmQ8(rows: 0..<4, q, into: split.pointer, isa: isa)
                 m.gemmQ8(rows: 4..<rows, q, into: split.pointer, isa: isa)
                 #expect(split.array == twin.array, "\(type) \(isa) split rows")
+            }
+            // The AMX tiles (where the CPU has them) for every token count, split at rows that cut their groups.
+            if type.hasAMXKernel, case .ggml = m.encoding {
+                for (lower, upper) in [(0, rows), (0, 3), (3, rows)] {
+                    let y = FloatBuffer(count: tokens * rows)
+                    m.gemmGGMLQ8(type, rows: lower..<upper, q, into: y.pointer, isa: .avx512, tiles: true)
+                    var differ = 0
+                    for t in 0..<tokens { for r in lower..<upper where y.pointer[t * rows + r] != twin.pointer[t * rows + r] { differ += 1 } }
+                    #expect(differ == 0, "\(type) AMX, \(tokens) tokens, rows \(lower)..<\(upper)")
+                }
             }
             if tokens > 1 {
                 let one = FloatBuffer(count: Q8Activations.floatsNeeded(tokens: 1, cols: cols)), single = FloatBuffer(count: rows)

@@ -72,6 +72,13 @@ void moe_gemm_ggml_q8_avx2(int32_t type, const moe_matrix *m, int64_t r0, int64_
                            float *y);
 void moe_gemm_ggml_q8_avx512vnni(int32_t type, const moe_matrix *m, int64_t r0, int64_t r1, const moe_q8_acts *x,
                                  int64_t T, float *y);
+/// The K-quants (Q2_K…Q6_K, `moe_ggml_amx_supports`) on AMX-INT8 tiles (ggml_q8_amx.h), for many tokens: the same
+/// bits as the kernels above. `moe_cpu_has_amx_int8` is 1 when the CPU has AMX-TILE and AMX-INT8 and Linux granted
+/// the tile state. Returns 0, writing nothing, when its scratch memory could not be had.
+int moe_cpu_has_amx_int8(void);
+int moe_ggml_amx_supports(int32_t type);
+int moe_gemm_ggml_q8_amx(int32_t type, const moe_matrix *m, int64_t r0, int64_t r1, const moe_q8_acts *x, int64_t T,
+                         float *y);
 /// Register-only loops of `iterations` rounds over 12 independent chains (peak.c): the core's arithmetic peak.
 /// Per round: fma_avx2 12·8 FMAs, fma_avx512 12·16 FMAs, dot8_avx2 12·32 int8 multiply-adds (maddubs + paddw),
 /// dot8_avx512vnni 12·64 (vpdpbusd). Call only where the CPU has the ISA. The result only defeats dead-code removal.
