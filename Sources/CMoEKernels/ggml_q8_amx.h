@@ -82,8 +82,11 @@ TAMX static inline AI __m512i amx_digit(const amx_form *f, int j, __m512i s) {
     return _mm512_and_si512(shifted, _mm512_set1_epi16((short)((1 << (f->shift[j + 1] - f->shift[j])) - 1)));
 }
 
-/// Bytes v times the 16-bit lanes `dig` (each lane covers two bytes), the products being bytes themselves.
+/// Bytes v times the 16-bit lanes `dig` (each lane covers two bytes), the products being bytes themselves. Unsigned,
+/// one 16-bit multiply does both bytes: the low byte's product is below 256, so nothing carries into the high one
+/// (which is also how a signed v = u − offset times a digit ≥ 0 is made: u·dig − offset·dig, both carry-free).
 TAMX static inline AI __m512i amx_times(__m512i v, __m512i dig, int is_signed) {
+    if (!is_signed) return _mm512_mullo_epi16(v, dig);
     const __m512i even = is_signed ? _mm512_srai_epi16(_mm512_slli_epi16(v, 8), 8) : _mm512_and_si512(v, _mm512_set1_epi16(0xFF));
     const __m512i odd = is_signed ? _mm512_srai_epi16(v, 8) : _mm512_srli_epi16(v, 8);
     const __m512i pe = _mm512_mullo_epi16(even, dig), po = _mm512_mullo_epi16(odd, dig);
@@ -118,8 +121,15 @@ TAMX static inline AI void amx_decode(int32_t type, const amx_form *f, const moe
         for (int c = 0; c < 4; c++) {
             uint8_t *tile = a + 1024 * c + 64 * per * i;
             const __m512i v = f->is_signed ? _mm512_sub_epi8(k.u[c], _mm512_set1_epi8((char)f->offset)) : k.u[c];
-            for (int j = 0; j < f->digits; j++)
-                _mm512_storeu_si512(tile + 64 * j, amx_times(v, amx_digit(f, j, k.s[c]), f->is_signed));
+            for (int j = 0; j < f->digits; j++) {
+                const __m512i dig = amx_digit(f, j, k.s[c]);
+                __m512i term;
+                if (f->is_signed && !f->negate && j < f->digits - 1)  // digit ≥ 0 (Q6_K's lower three): u·dig − off·dig
+                    term = _mm512_sub_epi8(_mm512_mullo_epi16(k.u[c], dig), _mm512_mullo_epi16(dig, _mm512_set1_epi16((short)(257 * f->offset))));
+                else
+                    term = amx_times(v, dig, f->is_signed);
+                _mm512_storeu_si512(tile + 64 * j, term);
+            }
             if (f->mins)  // lane L of chunk c is half 4c + L
                 _mm512_storeu_si512(tile + 64 * f->digits,
                                     _mm512_shuffle_epi8(mins, _mm512_add_epi8(lane, _mm512_set1_epi8((char)(4 * c)))));
@@ -208,12 +218,14 @@ TAMX static inline AI int amx_gemm_of(const int32_t type, const moe_matrix *m, i
     const int64_t NBmax = (span / 16 + 1) / 2 * 2;  // token blocks, padded to pairs
     const size_t packed = (size_t)(NBmax * 16 * cols), dxs = (size_t)(NBmax * SB * 16) * 4,
                  accs = (size_t)(3 * R * NBmax * 16) * 4;
-    uint8_t *bp = amx_buffer(packed + dxs + accs + 3 * 4096 + 4 * 1024 + 6 * 64);
+    // After the packed tokens: two slots of decoded A tiles (3 row groups each), three of their float scales (d
+    // then Dm, 48 each), two of stored C tiles.
+    uint8_t *bp = amx_buffer(packed + dxs + accs + 2 * 3 * 4096 + 3 * 96 * 4 + 2 * 4096 + 64);
     if (!bp) return 0;
     float *dxp = (float *)(bp + packed), *acc = (float *)(bp + packed + dxs);
     uint8_t *a = bp + packed + dxs + accs;
-    int32_t *cbuf = (int32_t *)(a + 3 * 4096);
-    float *d = (float *)(cbuf + 4 * 256), *Dm = d + 48;
+    float *scales = (float *)(a + 2 * 3 * 4096);
+    int32_t *cbuf = (int32_t *)(scales + 3 * 96);
     const int64_t stride = NBmax * 16;
 
     amx_tile_config cfg;
@@ -233,30 +245,65 @@ TAMX static inline AI int amx_gemm_of(const int32_t type, const moe_matrix *m, i
                 nr[g] = left <= 0 ? 0 : left < R ? (int)left : R;
             }
             memset(acc, 0, (size_t)(G * R * stride) * 4);
+            // Super-block b's weights are decoded while b − 1 multiplies, and a tile group's results are combined
+            // while the next group multiplies: the tile loads then read stores made long before, and the vector
+            // loads tile stores made long before (neither waits on the other unit).
+#define DECODE(b)                                                                                                \
+    for (int g = 0; g < G; g++)                                                                                  \
+        amx_decode(type, &f, m, r + g * R, nr[g], (b), a + ((b) & 1) * 3 * 4096 + 4096 * g,                        \
+                   scales + ((b) % 3) * 96 + 16 * g, scales + ((b) % 3) * 96 + 48 + 16 * g)
+            DECODE(0);
+            int pending = 0, cs = 0;
+            int64_t pb = 0, ptb = 0;
+            const int32_t *pc = cbuf;  // the pending group's stored tiles
+#define FINISH()                                                                                                 \
+    do {                                                                                                         \
+        const float *ds_ = scales + (pb % 3) * 96;                                                               \
+        const int32_t *c_ = pc;                                                                                  \
+        if (G == 3) {                                                                                            \
+            for (int g = 0; g < 3; g++)                                                                          \
+                amx_combine(&f, c_ + 256 * g, nr[g], ds_ + 16 * g, ds_ + 48 + 16 * g, dxp + pb * 16,             \
+                            acc + g * R * stride, stride, 0);                                                    \
+        } else {                                                                                                 \
+            for (int g = 0; g < 2; g++)                                                                          \
+                for (int j = 0; j < 2; j++)                                                                      \
+                    amx_combine(&f, c_ + 256 * (2 * g + j), nr[g], ds_ + 16 * g, ds_ + 48 + 16 * g,              \
+                                dxp + ((ptb + j) * SB + pb) * 16, acc + g * R * stride, stride, ptb + j);        \
+        }                                                                                                        \
+    } while (0)
             for (int64_t b = 0; b < SB; b++) {
-                for (int g = 0; g < G; g++) amx_decode(type, &f, m, r + g * R, nr[g], b, a + 4096 * g, d + 16 * g, Dm + 16 * g);
-                if (G == 3) {
-                    const int64_t tb = 0;
-                    _tile_zero(4), _tile_zero(5), _tile_zero(6);
-                    if (f.is_signed) AMX_RUN(AMX_31, _tile_dpbssd);
-                    else AMX_RUN(AMX_31, _tile_dpbusd);
-                    _tile_stored(4, cbuf, 64), _tile_stored(5, cbuf + 256, 64), _tile_stored(6, cbuf + 512, 64);
-                    for (int g = 0; g < 3; g++)
-                        amx_combine(&f, cbuf + 256 * g, nr[g], d + 16 * g, Dm + 16 * g, dxp + b * 16, acc + g * R * stride, stride, 0);
-                    continue;
-                }
-                for (int64_t tb = 0; tb < NBp; tb += 2) {
-                    _tile_zero(4), _tile_zero(5), _tile_zero(6), _tile_zero(7);
-                    if (f.is_signed) AMX_RUN(AMX_22, _tile_dpbssd);
-                    else AMX_RUN(AMX_22, _tile_dpbusd);
-                    _tile_stored(4, cbuf, 64), _tile_stored(5, cbuf + 256, 64);
-                    _tile_stored(6, cbuf + 512, 64), _tile_stored(7, cbuf + 768, 64);
-                    for (int g = 0; g < 2; g++)
-                        for (int j = 0; j < 2; j++)
-                            amx_combine(&f, cbuf + 256 * (2 * g + j), nr[g], d + 16 * g, Dm + 16 * g,
-                                        dxp + ((tb + j) * SB + b) * 16, acc + g * R * stride, stride, tb + j);
+                const uint8_t *a_ = a + (b & 1) * 3 * 4096;
+                // Per tile group: its products; the next super-block's decoding (once per super-block); the group
+                // before's combining; only then this group's stores, by when its products are done.
+                for (int64_t tb = 0; tb < NBp; tb += (G == 3 ? 1 : 2)) {
+                    int32_t *c = cbuf + cs * 1024;
+                    {
+                        const uint8_t *a = a_;
+                        if (G == 3) {
+                            _tile_zero(4), _tile_zero(5), _tile_zero(6);
+                            if (f.is_signed) AMX_RUN(AMX_31, _tile_dpbssd);
+                            else AMX_RUN(AMX_31, _tile_dpbusd);
+                        } else {
+                            _tile_zero(4), _tile_zero(5), _tile_zero(6), _tile_zero(7);
+                            if (f.is_signed) AMX_RUN(AMX_22, _tile_dpbssd);
+                            else AMX_RUN(AMX_22, _tile_dpbusd);
+                        }
+                    }
+                    if (tb == 0 && b + 1 < SB) DECODE(b + 1);
+                    if (pending) FINISH();
+                    if (G == 3) {
+                        _tile_stored(4, c, 64), _tile_stored(5, c + 256, 64), _tile_stored(6, c + 512, 64);
+                    } else {
+                        _tile_stored(4, c, 64), _tile_stored(5, c + 256, 64);
+                        _tile_stored(6, c + 512, 64), _tile_stored(7, c + 768, 64);
+                    }
+                    pending = 1, pc = c, pb = b, ptb = tb;
+                    cs ^= 1;
                 }
             }
+            FINISH();
+#undef DECODE
+#undef FINISH
             for (int g = 0; g < G; g++)
                 for (int i = 0; i < nr[g]; i++)
                     for (int64_t t = 0; t < n; t++) y[(t0 + t) * m->rows + r + g * R + i] = acc[(g * R + i) * stride + t];

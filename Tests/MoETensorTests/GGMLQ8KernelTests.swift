@@ -18,7 +18,8 @@ import Testing
         let cols = shape.blocks * (type.blockSize == 256 ? 256 : 96), rows = shape.rows
         let m = KernelBenchmark.randomGGML(type, rows: rows, cols: cols, seed: 11)
         negateSomeScales(m, type)
-        for tokens in rows > 100 ? [7] : [1, 3, 4, 9, 70] {
+        // 300 tokens: more than one span of the AMX kernel's packed tokens (256 at most).
+        for tokens in rows > 100 ? [7] : [1, 3, 4, 9, 70] + (type.hasAMXKernel ? [300] : []) {
             let x = KernelBenchmark.randomActivations(tokens * cols, seed: UInt64(20 + tokens))
             let memory = FloatBuffer(count: Q8Activations.floatsNeeded(tokens: tokens, cols: cols))
             let q = Q8Activations(x.pointer, tokens: tokens, cols: cols, memory: memory.pointer)
