@@ -242,9 +242,10 @@ extension WeightMatrix {
         }
     }
 
-    /// Tokens from which a K-quant product goes on AMX tiles by default: below it the row kernels are as fast (the
-    /// tiles' weights are decoded once per call whatever the tokens).
-    static let amxMinTokens = 8
+    /// Tokens from which a K-quant product goes on AMX tiles by default. Below it the row kernels are faster (the
+    /// tiles decode a super-block once per call, which a few tokens do not repay; `bench kernels` on the AMX Xeon:
+    /// Q4_K at 4 tokens 2.3 ms rows vs 3.4 tiles, at 6 tokens 5.4 vs 4.8, at 8 tokens 5.4 vs 2.2).
+    static let amxMinTokens = 5
 
     /// The Swift twin of the K-quant kernels (ggml_q8_body.h's super-block form): per super-block the exact
     /// integers I = Σ s·u·q and O = Σ m·S, then one float per (row, token) takes the fused steps with the token's
