@@ -1,4 +1,4 @@
-// K-quant rows × Q8 activations on AMX-INT8 tiles (Intel Sapphire Rapids and later): many tokens at once, the
+// K-quant (and i-quant) rows × Q8 activations on AMX-INT8 tiles (Intel Sapphire Rapids and later): many tokens at once, the
 // prompt pass's shape. Included by kernels_ggml_q8.c after its AVX-512 instance, whose decoders (`kblock`) it uses.
 //
 // A tile product `tdpbusd`/`tdpbssd` multiplies 16 rows × 64 bytes by 64 × 16 tokens of int8 into 16 × 16 int32:
@@ -12,6 +12,10 @@
 //     Q4_K  u·(s & 15), u·(s >> 4) ≪ 4, m                    unsigned   5
 //     Q5_K  u·(s & 7), u·(s >> 3) ≪ 3, m                     unsigned   5
 //     Q6_K  v·(s & 3), v·(s>>2 & 3) ≪ 2, v·(s>>4 & 3) ≪ 4, v·(s >> 6) ≪ 6   signed   4
+//     IQ2_XXS, IQ2_XS, IQ3_XXS  u·d_j(s) · 3^j (base-3 digits of 2s' + 1 ≤ 31; u = ±v + 64 ≤ 126), s · (−64)
+//                                                             unsigned   3
+//     IQ1_S  u·(s & 7), u·(s >> 3) ≪ 3 (u = 8v ± 1 + 16 ≤ 25), s · (−16)   unsigned   5
+// The i-quants' last row, the scales themselves, takes back the offset that made their values unsigned.
 // After the four tile products of a super-block (256 columns) the int32 rows are combined into I and O, the exact
 // integers of ggml_q8_body.h's K-quant form, and one float per (row, token) takes the same two fused steps, with
 // the 16 tokens in the lanes. So the tiles give the row kernels' bits exactly, and a token's result is the same
@@ -56,7 +60,12 @@ typedef struct {
     int is_signed;    // v = u − offset, tdpbssd
     int offset;
     int negate;       // the one term is v·(−s)
+    int base3;        // the digits are base 3 (weights 1, 3, 9, 27), not shift[]
+    int srow;         // a row of the scales s follows, weight −offset (the i-quants' u = ±v + offset)
 } amx_form;
+
+/// Tile rows per weight row.
+static inline __attribute__((always_inline)) int amx_rows(const amx_form *f) { return f->digits + f->mins + f->srow; }
 
 static inline __attribute__((always_inline)) int amx_form_of(int32_t type, amx_form *f) {
     switch (type) {
@@ -65,6 +74,10 @@ static inline __attribute__((always_inline)) int amx_form_of(int32_t type, amx_f
     case MOE_GGML_Q4_K: *f = (amx_form){2, {0, 4}, 1, 0, 0, 0}; return 1;
     case MOE_GGML_Q5_K: *f = (amx_form){2, {0, 3}, 1, 0, 0, 0}; return 1;
     case MOE_GGML_Q6_K: *f = (amx_form){4, {0, 2, 4, 6}, 0, 1, 32, 0}; return 1;
+    case MOE_GGML_IQ2_XXS:
+    case MOE_GGML_IQ2_XS:
+    case MOE_GGML_IQ3_XXS: *f = (amx_form){4, {0}, 0, 0, 64, 0, 1, 1}; return 1;
+    case MOE_GGML_IQ1_S: *f = (amx_form){2, {0, 3}, 0, 0, 16, 0, 0, 1}; return 1;
     default: return 0;
     }
 }
@@ -77,6 +90,13 @@ int moe_ggml_amx_supports(int32_t type) {
 /// Digit j of the 16-bit scale lanes s (term j of the form).
 TAMX static inline AI __m512i amx_digit(const amx_form *f, int j, __m512i s) {
     if (f->negate) return _mm512_sub_epi16(_mm512_setzero_si512(), s);
+    if (f->base3) {  // ⌊x/3⌋ = (171·x) ≫ 9 for 0 ≤ x < 200
+        __m512i q = s;
+        for (int i = 0; i < j; i++) q = _mm512_srli_epi16(_mm512_mullo_epi16(q, _mm512_set1_epi16(171)), 9);
+        if (j == f->digits - 1) return q;
+        const __m512i next = _mm512_srli_epi16(_mm512_mullo_epi16(q, _mm512_set1_epi16(171)), 9);
+        return _mm512_sub_epi16(q, _mm512_mullo_epi16(next, _mm512_set1_epi16(3)));
+    }
     const __m512i shifted = _mm512_sra_epi16(s, _mm_cvtsi32_si128(f->shift[j]));
     if (j == f->digits - 1) return shifted;  // the top digit keeps the sign (Q6_K: −2…1)
     return _mm512_and_si512(shifted, _mm512_set1_epi16((short)((1 << (f->shift[j + 1] - f->shift[j])) - 1)));
@@ -97,20 +117,14 @@ TAMX static inline AI __m512i amx_times(__m512i v, __m512i dig, int is_signed) {
 /// i·(digits + mins) + j), their float scales into d and Dm. Unused tile rows are zero.
 TAMX static inline AI void amx_decode(int32_t type, const amx_form *f, const moe_matrix *m, int64_t r, int nr, int64_t b,
                             uint8_t *a, float *d, float *Dm) {
-    const int per = f->digits + f->mins;
+    const int per = amx_rows(f);
     const int64_t rb = ggml_row_bytes(type, m->cols);
     const __m512i lane = _mm512_set_epi64(0x0303030303030303LL, 0x0303030303030303LL, 0x0202020202020202LL,
                                           0x0202020202020202LL, 0x0101010101010101LL, 0x0101010101010101LL, 0, 0);
     for (int i = 0; i < nr; i++) {
         kblockavx512vnni k;
         const uint8_t *p = (const uint8_t *)m->data + (r + i) * rb;
-        switch (type) {
-        case MOE_GGML_Q2_K: decode_q2_Kavx512vnni(p + 84 * b, &k, NULL, b, NULL, 0, 0); break;
-        case MOE_GGML_Q3_K: decode_q3_Kavx512vnni(p + 110 * b, &k, NULL, b, NULL, 0, 0); break;
-        case MOE_GGML_Q4_K: decode_kqavx512vnni(p + 144 * b, &k, NULL, b, NULL, 0, 0, 0); break;
-        case MOE_GGML_Q5_K: decode_kqavx512vnni(p + 176 * b, &k, NULL, b, NULL, 0, 0, 1); break;
-        default: decode_q6_Kavx512vnni(p + 210 * b, &k, NULL, b, NULL, 0, 0); break;
-        }
+        decode_kavx512vnni(type, p, &k, NULL, b, NULL, 0, 0, (const uint8_t *)m->scales);
         d[i] = k.d;
         Dm[i] = k.Dm;
         __m512i mins = _mm512_setzero_si512();
@@ -133,6 +147,8 @@ TAMX static inline AI void amx_decode(int32_t type, const amx_form *f, const moe
             if (f->mins)  // lane L of chunk c is half 4c + L
                 _mm512_storeu_si512(tile + 64 * f->digits,
                                     _mm512_shuffle_epi8(mins, _mm512_add_epi8(lane, _mm512_set1_epi8((char)(4 * c)))));
+            if (f->srow)  // each 16-bit lane's scale in both its bytes
+                _mm512_storeu_si512(tile + 64 * f->digits, _mm512_mullo_epi16(k.s[c], _mm512_set1_epi16(257)));
         }
     }
     for (int row = per * nr; row < 16; row++)
@@ -163,14 +179,18 @@ static void amx_pack(const moe_q8_acts *x, int64_t cols, int64_t t0, int64_t n, 
 /// acc[i][16·tb…] (stride `stride` floats per row).
 TAMX static inline AI void amx_combine(const amx_form *f, const int32_t *C, int nr, const float *d, const float *Dm,
                                     const float *dxp, float *acc, int64_t stride, int64_t tb) {
-    const int per = f->digits + f->mins;
+    const int per = amx_rows(f);
     const __m512 dx = _mm512_loadu_ps(dxp);
     for (int i = 0; i < nr; i++) {
         const int32_t *row = C + 16 * per * i;
         __m512i I = _mm512_loadu_si512(row);
-        for (int j = 1; j < f->digits; j++)
-            I = _mm512_add_epi32(I, _mm512_sll_epi32(_mm512_loadu_si512(row + 16 * j), _mm_cvtsi32_si128(f->shift[j])));
+        for (int j = 1, w = 3; j < f->digits; j++, w *= 3) {
+            const __m512i C = _mm512_loadu_si512(row + 16 * j);
+            I = _mm512_add_epi32(I, f->base3 ? _mm512_mullo_epi32(C, _mm512_set1_epi32(w))
+                                             : _mm512_sll_epi32(C, _mm_cvtsi32_si128(f->shift[j])));
+        }
         if (f->negate) I = _mm512_sub_epi32(_mm512_setzero_si512(), I);
+        if (f->srow) I = _mm512_sub_epi32(I, _mm512_mullo_epi32(_mm512_loadu_si512(row + 16 * f->digits), _mm512_set1_epi32(f->offset)));
         float *a = acc + i * stride + 16 * tb;
         __m512 v = _mm512_fmadd_ps(_mm512_cvtepi32_ps(I), _mm512_mul_ps(_mm512_set1_ps(d[i]), dx), _mm512_loadu_ps(a));
         if (f->mins) {
@@ -210,7 +230,7 @@ TAMX static inline AI int amx_gemm_of(const int32_t type, const moe_matrix *m, i
                                       const moe_q8_acts *x, int64_t T, float *y) {
     amx_form f;
     amx_form_of(type, &f);
-    const int per = f.digits + f.mins, R = 16 / per;
+    const int per = amx_rows(&f), R = 16 / per;
     const int64_t cols = m->cols, SB = cols / 256;
     int64_t span = (768 * 1024 / cols) / 32 * 32;
     span = span < 32 ? 32 : span > 256 ? 256 : span;
@@ -323,6 +343,10 @@ TAMX int moe_gemm_ggml_q8_amx(int32_t type, const moe_matrix *m, int64_t r0, int
     case MOE_GGML_Q4_K: return amx_gemm_of(MOE_GGML_Q4_K, m, r0, r1, x, T, y);
     case MOE_GGML_Q5_K: return amx_gemm_of(MOE_GGML_Q5_K, m, r0, r1, x, T, y);
     case MOE_GGML_Q6_K: return amx_gemm_of(MOE_GGML_Q6_K, m, r0, r1, x, T, y);
+    case MOE_GGML_IQ2_XXS: return amx_gemm_of(MOE_GGML_IQ2_XXS, m, r0, r1, x, T, y);
+    case MOE_GGML_IQ2_XS: return amx_gemm_of(MOE_GGML_IQ2_XS, m, r0, r1, x, T, y);
+    case MOE_GGML_IQ3_XXS: return amx_gemm_of(MOE_GGML_IQ3_XXS, m, r0, r1, x, T, y);
+    case MOE_GGML_IQ1_S: return amx_gemm_of(MOE_GGML_IQ1_S, m, r0, r1, x, T, y);
     default: return 0;
     }
 }

@@ -11,8 +11,11 @@ extension GGMLType {
         }
     }
 
-    /// Whether this CPU multiplies the type on AMX-INT8 tiles (`gemmGGMLQ8`'s prompt path): Q2_K…Q6_K where the
-    /// CPU has AMX-INT8 and Linux granted the tile state.
+    /// Q2_K…Q6_K.
+    var isKQuant: Bool { [.q2_K, .q3_K, .q4_K, .q5_K, .q6_K].contains(self) }
+
+    /// Whether this CPU multiplies the type on AMX-INT8 tiles (`gemmGGMLQ8`'s prompt path): Q2_K…Q6_K, IQ2_XXS,
+    /// IQ2_XS, IQ3_XXS and IQ1_S, where the CPU has AMX-INT8 and Linux granted the tile state.
     public var hasAMXKernel: Bool { Self.amxInt8 && moe_ggml_amx_supports(Int32(rawValue)) != 0 }
     static let amxInt8 = moe_cpu_has_amx_int8() != 0
 
@@ -197,7 +200,7 @@ extension WeightMatrix {
         if isa != .generic {
             var m = moe_matrix(data: data, scales: type.q8Table, rows: Int64(rows), cols: Int64(cols), scales_bf16: 0)
             var acts = x.c
-            if isa == .avx512, type.hasAMXKernel, tiles ?? (x.tokens >= Self.amxMinTokens),
+            if isa == .avx512, type.hasAMXKernel, tiles ?? (x.tokens >= Self.amxMinTokens(type)),
                moe_gemm_ggml_q8_amx(Int32(type.rawValue), &m, Int64(range.lowerBound), Int64(range.upperBound), &acts,
                                     Int64(x.tokens), y) != 0 {
                 return
@@ -242,10 +245,11 @@ extension WeightMatrix {
         }
     }
 
-    /// Tokens from which a K-quant product goes on AMX tiles by default. Below it the row kernels are faster (the
-    /// tiles decode a super-block once per call, which a few tokens do not repay; `bench kernels` on the AMX Xeon:
-    /// Q4_K at 4 tokens 2.3 ms rows vs 3.4 tiles, at 6 tokens 5.4 vs 4.8, at 8 tokens 5.4 vs 2.2).
-    static let amxMinTokens = 5
+    /// Tokens from which a product goes on AMX tiles by default. Below it the row kernels are faster: the tiles
+    /// decode a super-block once per call, which a few tokens do not repay, and the i-quants' codebooks cost more
+    /// to decode. `bench kernels` on the AMX Xeon, 2048 × 7168: Q4_K at 4 tokens 2.3 ms rows vs 3.4 tiles, at 6
+    /// tokens 5.4 vs 4.8, at 8 tokens 5.4 vs 2.2; IQ2_XXS at 11 tokens 6.8 vs 8.4, at 16 tokens 8.8 vs 6.4.
+    static func amxMinTokens(_ type: GGMLType) -> Int { type.isKQuant ? 5 : 16 }
 
     /// The Swift twin of the K-quant kernels (ggml_q8_body.h's super-block form): per super-block the exact
     /// integers I = Σ s·u·q and O = Σ m·S, then one float per (row, token) takes the fused steps with the token's
