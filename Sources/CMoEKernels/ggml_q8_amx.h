@@ -30,27 +30,14 @@
 #define TAMX __attribute__((target("amx-tile,amx-int8,avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")))
 
 #include <stdlib.h>
-#include <sys/syscall.h>
-#include <unistd.h>
+#include "amx_common.h"
 
 int moe_cpu_has_amx_int8(void) {
     static int state = -1;  // -1 not asked yet; the answer is the same for the whole process
     if (state >= 0) return state;
-    uint32_t a, b, c, d;
-    __asm__("cpuid" : "=a"(a), "=b"(b), "=c"(c), "=d"(d) : "a"(7), "c"(0));
-    const int tile = (d >> 24) & 1, int8 = (d >> 25) & 1;
-    // As for AMX-BF16 (kernels_amx.c): Linux grants the tile state on request, for the whole process.
-    const int granted = tile && int8 && moe_cpu_has_avx512vnni() && syscall(SYS_arch_prctl, 0x1023, 18) == 0;
-    state = granted ? 1 : 0;
+    state = moe_cpu_has_avx512vnni() && amx_tiles_granted(25) ? 1 : 0;
     return state;
 }
-
-/// The tile configuration: eight tiles of 16 rows × 64 bytes (palette 1).
-typedef struct {
-    uint8_t palette, start_row, reserved[14];
-    uint16_t colsb[16];
-    uint8_t rows[16];
-} amx_tile_config;
 
 /// How a type's super-block becomes tile rows (see the top of this file).
 typedef struct {
@@ -248,11 +235,7 @@ TAMX static inline AI int amx_gemm_of(const int32_t type, const moe_matrix *m, i
     int32_t *cbuf = (int32_t *)(scales + 3 * 96);
     const int64_t stride = NBmax * 16;
 
-    amx_tile_config cfg;
-    memset(&cfg, 0, sizeof cfg);
-    cfg.palette = 1;
-    for (int i = 0; i < 8; i++) cfg.rows[i] = 16, cfg.colsb[i] = 64;
-    _tile_loadconfig(&cfg);
+    amx_configure_16x64();
     for (int64_t t0 = 0; t0 < T; t0 += span) {
         const int64_t n = T - t0 < span ? T - t0 : span, NB = (n + 15) / 16;
         const int G = NB == 1 ? 3 : 2;             // row groups at a time

@@ -23,29 +23,14 @@
 
 #if defined(__x86_64__) && defined(__linux__)
 #include "common.h"
-#include <sys/syscall.h>
-#include <unistd.h>
+#include "amx_common.h"
 
 #define TA __attribute__((target("amx-tile,amx-bf16,avx512f,avx512bw,avx512vl,avx512bf16,avx2,fma,f16c")))
-
-/// The tile configuration every call loads: eight tiles of 16 rows × 64 bytes (palette 1).
-typedef struct {
-    uint8_t palette, start_row, reserved[14];
-    uint16_t colsb[16];
-    uint8_t rows[16];
-} amx_config;
 
 int moe_cpu_has_amx_bf16(void) {
     static int state = -1;  // -1 not asked yet; the answer is the same for the whole process
     if (state >= 0) return state;
-    __builtin_cpu_init();
-    uint32_t a, b, c, d;
-    __asm__("cpuid" : "=a"(a), "=b"(b), "=c"(c), "=d"(d) : "a"(7), "c"(0));
-    const int tile = (d >> 24) & 1, bf16 = (d >> 22) & 1;
-    // Linux hands out the tile state on request (ARCH_REQ_XCOMP_PERM for XFEATURE_XTILEDATA), for the whole
-    // process; without the grant the first tile instruction dies of SIGILL.
-    const int granted = tile && bf16 && moe_cpu_has_avx512() && syscall(SYS_arch_prctl, 0x1023, 18) == 0;
-    state = granted ? 1 : 0;
+    state = moe_cpu_has_avx512() && amx_tiles_granted(22) ? 1 : 0;
     return state;
 }
 
@@ -157,11 +142,7 @@ static inline void scatter(const float *buf, int64_t r, int64_t b, int64_t T, in
 /// Rows [r0, r1) (multiples of 16) × T tokens packed by `moe_pack_bf16_amx`: within each block of rows, token
 /// super-block and column span, pairs of 16-row tiles × pairs of token blocks (four accumulator tiles).
 TA void moe_gemm_bf16_amx(const moe_matrix *m, int64_t r0, int64_t r1, const uint16_t *xt, int64_t T, float *y) {
-    amx_config cfg;
-    memset(&cfg, 0, sizeof cfg);
-    cfg.palette = 1;
-    for (int i = 0; i < 8; i++) cfg.rows[i] = 16, cfg.colsb[i] = 64;
-    _tile_loadconfig(&cfg);
+    amx_configure_16x64();
     const int64_t cols = m->cols, K = cols / 32, stride = 2 * cols, blocks = (T + 15) / 16;
     const uint16_t *w = (const uint16_t *)m->data;
     float buf[256] __attribute__((aligned(64)));
@@ -192,11 +173,7 @@ TA void moe_gemm_bf16_amx(const moe_matrix *m, int64_t r0, int64_t r1, const uin
 
 /// Peak of `tdpbf16ps` (four independent accumulator tiles), for `moestream bench kernels`.
 TA double moe_peak_amx_bf16(int64_t iterations) {
-    amx_config cfg;
-    memset(&cfg, 0, sizeof cfg);
-    cfg.palette = 1;
-    for (int i = 0; i < 8; i++) cfg.rows[i] = 16, cfg.colsb[i] = 64;
-    _tile_loadconfig(&cfg);
+    amx_configure_16x64();
     uint16_t a[512] __attribute__((aligned(64)));
     float c[256] __attribute__((aligned(64)));
     for (int i = 0; i < 512; i++) a[i] = 0x3f80;
