@@ -18,6 +18,12 @@ static inline int amx_tiles_granted(int kind_bit) {
     return tile && kind && syscall(SYS_arch_prctl, 0x1023, 18) == 0;
 }
 
+/// `amx_tiles_granted(kind_bit)` and `prerequisite`, asked once for the process (`*state` is −1 until then).
+static inline int amx_ready(int *state, int kind_bit, int prerequisite) {
+    if (*state < 0) *state = prerequisite && amx_tiles_granted(kind_bit) ? 1 : 0;
+    return *state;
+}
+
 /// Loads the configuration every AMX kernel here uses: eight tiles of 16 rows × 64 bytes (palette 1).
 __attribute__((target("amx-tile"))) static inline void amx_configure_16x64(void) {
     struct {

@@ -33,10 +33,8 @@
 #include "amx_common.h"
 
 int moe_cpu_has_amx_int8(void) {
-    static int state = -1;  // -1 not asked yet; the answer is the same for the whole process
-    if (state >= 0) return state;
-    state = moe_cpu_has_avx512vnni() && amx_tiles_granted(25) ? 1 : 0;
-    return state;
+    static int state = -1;
+    return amx_ready(&state, 25, moe_cpu_has_avx512vnni());
 }
 
 /// How a type's super-block becomes tile rows (see the top of this file).

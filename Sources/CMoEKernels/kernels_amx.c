@@ -28,10 +28,8 @@
 #define TA __attribute__((target("amx-tile,amx-bf16,avx512f,avx512bw,avx512vl,avx512bf16,avx2,fma,f16c")))
 
 int moe_cpu_has_amx_bf16(void) {
-    static int state = -1;  // -1 not asked yet; the answer is the same for the whole process
-    if (state >= 0) return state;
-    state = moe_cpu_has_avx512() && amx_tiles_granted(22) ? 1 : 0;
-    return state;
+    static int state = -1;
+    return amx_ready(&state, 22, moe_cpu_has_avx512());
 }
 
 /// Round to nearest even, as `vcvtneps2bf16` does (NaN kept quiet).
