@@ -40,7 +40,7 @@ int moe_cpu_has_amx_int8(void) {
 /// How a type's super-block becomes tile rows (see the top of this file).
 typedef struct {
     int digits;       // terms of u·s
-    int shift[4];     // each term's weight, 2^shift
+    int shift[4];     // each term's weight, 2^shift (binary digits)
     int mins;         // a row of minimums follows the terms
     int is_signed;    // v = u − offset, tdpbssd
     int offset;
@@ -92,14 +92,14 @@ TAMX static inline AI __m512i amx_digit(const amx_form *f, int j, __m512i s) {
 /// (which is also how a signed v = u − offset times a digit ≥ 0 is made: u·dig − offset·dig, both carry-free).
 TAMX static inline AI __m512i amx_times(__m512i v, __m512i dig, int is_signed) {
     if (!is_signed) return _mm512_mullo_epi16(v, dig);
-    const __m512i even = is_signed ? _mm512_srai_epi16(_mm512_slli_epi16(v, 8), 8) : _mm512_and_si512(v, _mm512_set1_epi16(0xFF));
-    const __m512i odd = is_signed ? _mm512_srai_epi16(v, 8) : _mm512_srli_epi16(v, 8);
+    // Signed, any digit: each byte sign-extended to 16 bits, multiplied, and its low byte kept.
+    const __m512i even = _mm512_srai_epi16(_mm512_slli_epi16(v, 8), 8), odd = _mm512_srai_epi16(v, 8);
     const __m512i pe = _mm512_mullo_epi16(even, dig), po = _mm512_mullo_epi16(odd, dig);
     return _mm512_or_si512(_mm512_and_si512(pe, _mm512_set1_epi16(0xFF)), _mm512_slli_epi16(po, 8));
 }
 
 /// Super-block b of weight rows r…r + nr − 1 as four A tiles (`a`: chunk c's tile at c·1024, tile row
-/// i·(digits + mins) + j), their float scales into d and Dm. Unused tile rows are zero.
+/// i·amx_rows + j), their float scales into d and Dm. Unused tile rows are zero.
 TAMX static inline AI void amx_decode(int32_t type, const amx_form *f, const moe_matrix *m, int64_t r, int nr, int64_t b,
                             uint8_t *a, float *d, float *Dm) {
     const int per = amx_rows(f);
