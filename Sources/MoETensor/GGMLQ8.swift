@@ -190,10 +190,11 @@ struct GGMLQ8Group {
 
 extension WeightMatrix {
     /// `gemmQ8` for GGML rows: the C kernel of `isa` (VNNI on AVX-512 where the CPU has it), or the Swift twin,
-    /// which does what ggml_q8_body.h does per (row, token) — the same integers P per lane, the same fused
-    /// multiply-adds and the same horizontal sum — so the three agree bit for bit.
+    /// which does what ggml_q8_body.h does per (row, token) — the same integers, the same fused multiply-adds in
+    /// the same order — so they agree bit for bit.
     ///
-    /// `tiles` (nil: where it pays) puts the K-quants on AMX-INT8 tiles (ggml_q8_amx.h), with the same bits.
+    /// `tiles` (nil: from `amxMinTokens`) puts the types with `hasAMXKernel` on AMX-INT8 tiles (ggml_q8_amx.h),
+    /// with the same bits.
     func gemmGGMLQ8(_ type: GGMLType, rows range: Range<Int>, _ x: Q8Activations, into y: UnsafeMutablePointer<Float>,
                     isa: KernelISA, tiles: Bool? = nil) {
         precondition(type.hasQ8Kernel && cols % type.blockSize == 0)

@@ -101,7 +101,7 @@ public enum KernelBenchmark {
 
     /// Seconds for one single-threaded `gemmQ8` of all rows of an int4 or GGML matrix over already-quantised activations
     /// (the best of `repeats`), and the result.
-    /// `tiles` (GGML K-quants): on AMX tiles or not; nil lets `gemmQ8` choose.
+    /// `tiles` (GGML types with an AMX kernel): on AMX tiles or not; nil lets `gemmQ8` choose.
     public static func timeQ8(_ m: WeightMatrix, _ x: FloatBuffer, tokens: Int, isa: KernelISA, repeats: Int,
                               tiles: Bool? = nil) -> (Double, FloatBuffer) {
         let memory = FloatBuffer(count: Q8Activations.floatsNeeded(tokens: tokens, cols: m.cols))

@@ -220,7 +220,8 @@ struct BenchKernels: ParsableCommand {
                     printRow(name + "×q8", t, isa, seconds: s, base: base, bytes: m.storedByteCount, y: y, reference: reference,
                              scale: scale, peak: peak)
                 }
-                // The K-quants on AMX-INT8 tiles (a prompt pass's default from 8 tokens), packing included.
+                // On AMX-INT8 tiles (a prompt pass's default from 5 tokens for the K-quants, 16 for the i-quants),
+                // packing included.
                 if isas.contains(.avx512), type.hasAMXKernel {
                     let (s, y) = KernelBenchmark.timeQ8(m, x, tokens: t, isa: .avx512, repeats: repeats, tiles: true)
                     printRow(name + "×q8", t, .avx512, seconds: s, base: base, bytes: m.storedByteCount, y: y, reference: reference,

@@ -12,7 +12,7 @@ import Testing
     /// others. Random bytes cover every quant and sub-scale value (Q6_K's −128, Q8_0's −128, Q3_K's −32); six
     /// blocks of 32 (a chunk of 8 groups cut short) or two of 256 a row; some block scales negative.
     /// Also 1,280 rows of one block with 7 tokens: several of the kernels' cache blocks of rows. Where the CPU has
-    /// AMX-INT8, the K-quants' tiles give the twin's bits too (every token count, rows that cut a tile's group).
+    /// AMX-INT8, the tiles (K-quants and i-quants) give the twin's bits too (every token count, rows that cut a tile's group).
     @Test(arguments: types, [(13, 2), (1280, 1)])
     func integerKernelsComputeTheQuantisedProductAndAgreeBitForBit(type: GGMLType, shape: (rows: Int, blocks: Int)) {
         let cols = shape.blocks * (type.blockSize == 256 ? 256 : 96), rows = shape.rows
