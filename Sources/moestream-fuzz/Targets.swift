@@ -161,9 +161,10 @@ func exercise(_ kind: FileKind, directory dir: String) -> (Outcome, String) {
     }
 }
 
-/// A short prompt through `model`; a description of the first non-finite logit, if any.
+/// A short prompt through `model`; a description of the first non-finite logit, if any. 16 tokens: enough for the
+/// many-token paths (the K-quants' and i-quants' AMX tiles where the CPU has them, the row kernels' spans).
 func nonFinite(_ model: KimiModel) throws -> String? {
-    let tokens = [1, 2, 3].map { $0 % max(1, model.config.vocabSize) }
+    let tokens = Array(1...16).map { $0 % max(1, model.config.vocabSize) }
     let r = try model.forward(tokens, cache: model.makeCache(), logits: .all)
     if let i = r.logits.firstIndex(where: { !$0.isFinite }) { return "logit \(i) is \(r.logits[i])" }
     return nil
