@@ -12,9 +12,12 @@
 //     Q4_K  u·(s & 15), u·(s >> 4) ≪ 4, m                    unsigned   5
 //     Q5_K  u·(s & 7), u·(s >> 3) ≪ 3, m                     unsigned   5
 //     Q6_K  v·(s & 3), v·(s>>2 & 3) ≪ 2, v·(s>>4 & 3) ≪ 4, v·(s >> 6) ≪ 6   signed   4
-//     IQ2_XXS, IQ2_XS, IQ3_XXS  u·d_j(s) · 3^j (base-3 digits of 2s' + 1 ≤ 31; u = ±v + 64 ≤ 126), s · (−64)
+//     IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS  u·d_j(s) · 3^j (base-3 digits of 2s' + 1 ≤ 31; u = ±v + 64 ≤ 126), s · (−64)
 //                                                             unsigned   3
-//     IQ1_S  u·(s & 7), u·(s >> 3) ≪ 3 (u = 8v ± 1 + 16 ≤ 25), s · (−16)   unsigned   5
+//     IQ1_S, IQ1_M  u·(s & 7), u·(s >> 3) ≪ 3 (u = 8v ± 1 + 16 ≤ 25), s · (−16)   unsigned   5
+//     IQ3_S  u·(s & 7), u·(s >> 3) ≪ 3 (u = ±v + 16 ≤ 31, s ≤ 31), s · (−16)    unsigned   5
+//     TQ1_0, TQ2_0  u (0…2, s = 1), s · (−1)                 unsigned   8
+// IQ4_NL and IQ4_XS (signed table values up to 127, scales −32…31) have no form here: they stay on the row kernels.
 // The i-quants' last row, the scales themselves, takes back the offset that made their values unsigned.
 // After the four tile products of a super-block (256 columns) the int32 rows are combined into I and O, the exact
 // integers of ggml_q8_body.h's K-quant form, and one float per (row, token) takes the same two fused steps, with
@@ -62,7 +65,12 @@ static inline __attribute__((always_inline)) int amx_form_of(int32_t type, amx_f
     case MOE_GGML_IQ2_XXS:
     case MOE_GGML_IQ2_XS:
     case MOE_GGML_IQ3_XXS: *f = (amx_form){4, {0}, 0, 0, 64, 0, 1, 1}; return 1;
-    case MOE_GGML_IQ1_S: *f = (amx_form){2, {0, 3}, 0, 0, 16, 0, 0, 1}; return 1;
+    case MOE_GGML_IQ2_S: *f = (amx_form){4, {0}, 0, 0, 64, 0, 1, 1}; return 1;
+    case MOE_GGML_IQ1_S:
+    case MOE_GGML_IQ1_M:
+    case MOE_GGML_IQ3_S: *f = (amx_form){2, {0, 3}, 0, 0, 16, 0, 0, 1}; return 1;
+    case MOE_GGML_TQ1_0:
+    case MOE_GGML_TQ2_0: *f = (amx_form){1, {0}, 0, 0, 1, 0, 0, 1}; return 1;
     default: return 0;
     }
 }
@@ -328,6 +336,11 @@ TAMX int moe_gemm_ggml_q8_amx(int32_t type, const moe_matrix *m, int64_t r0, int
     case MOE_GGML_IQ2_XS: return amx_gemm_of(MOE_GGML_IQ2_XS, m, r0, r1, x, T, y);
     case MOE_GGML_IQ3_XXS: return amx_gemm_of(MOE_GGML_IQ3_XXS, m, r0, r1, x, T, y);
     case MOE_GGML_IQ1_S: return amx_gemm_of(MOE_GGML_IQ1_S, m, r0, r1, x, T, y);
+    case MOE_GGML_IQ2_S: return amx_gemm_of(MOE_GGML_IQ2_S, m, r0, r1, x, T, y);
+    case MOE_GGML_IQ3_S: return amx_gemm_of(MOE_GGML_IQ3_S, m, r0, r1, x, T, y);
+    case MOE_GGML_IQ1_M: return amx_gemm_of(MOE_GGML_IQ1_M, m, r0, r1, x, T, y);
+    case MOE_GGML_TQ1_0: return amx_gemm_of(MOE_GGML_TQ1_0, m, r0, r1, x, T, y);
+    case MOE_GGML_TQ2_0: return amx_gemm_of(MOE_GGML_TQ2_0, m, r0, r1, x, T, y);
     default: return 0;
     }
 }

@@ -4,6 +4,7 @@
 //   TARGET            the function attribute of the instruction set
 //   SUFFIX            the exported name's suffix (moe_gemm_ggml_q8_SUFFIX)
 //   DOT_ONES(u, q)    8 int32 lanes, lane i = Σ u·q over bytes 4i…4i+3 (u unsigned ≤ 128, q signed int8)
+//   PAIR_T, MAKE_PAIR, PAIR_ABS, GROUP_PAIR, GROUP_PAIR_SIGNED, IACC, IZERO, IREDUCE: the K-quant form's pairs of groups
 //
 // Every block type is brought to one form per group of 32 weights:
 //     w[l] = D · s(l) · u[l] − Dm · m(l)         u unsigned bytes, s and m integers per 16 values (a, b)
@@ -12,8 +13,8 @@
 //     P lane i = s(l) · Σ_{l in bytes 4i…4i+3} u[l]·q[l]       (integer, exact)
 //
 // The legacy types (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0: blocks of 32, s = 1) take activations quantised per 32, so dx is
-// per group and each group meets the floats. Q8_0's signed weights take llama.cpp's sign trick (|w| × q·sign(w))
-// and have no offset. Their groups go in chunks of 8 (fewer at a row's end). Per (row, token):
+// per group and each group meets the floats. Q8_0's and IQ4_NL's signed weights take llama.cpp's sign trick
+// (|w| × q·sign(w)) and have no offset. Their groups go in chunks of 8 (fewer at a row's end). Per (row, token):
 //     k = D ⊙ dx                                         8 lanes, one per group of the chunk
 //     for each group i: acc = fma(float(P_i), k[i], acc)   (all 8 lanes of P_i)
 //     acc = fnmadd(dx, Dm ⊙ float(madd(m, S)), acc)     lane i: group i's offset, m and S as 16 int16 pairs
@@ -158,6 +159,16 @@ TARGET static inline AI void QFN(row_q8_0)(const uint8_t *row, const QFN(acts) *
 #undef B
 }
 
+/// IQ4_NL { d, qs[16] }: Q4_0's nibbles through the IQ4_NL table, signed values (Q8_0's sign trick), times d.
+TARGET static inline AI void QFN(row_iq4_NL)(const uint8_t *row, const QFN(acts) *a, __m256 *acc, const int nt) {
+    const __m256i table = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)iq4nl_values));
+#define C(p, i) (D[i] = ggml_half(p))
+#define B(p, i) QFN(group_signed)(a, g0, i, _mm256_shuffle_epi8(table, nibbles_32((p) + 2)), k, acc, nt)
+    LEGACY_ROW(18, C, B, 0)
+#undef C
+#undef B
+}
+
 // ---- K-quants: super-blocks of 256 against activations quantised per 256 (llama.cpp's Q8_K) ------------------
 //
 // Per super-block b and token, with x ≈ q · dx_b and the weights' 16-value integer scales s and offsets m:
@@ -173,9 +184,10 @@ TARGET static inline AI void QFN(row_q8_0)(const uint8_t *row, const QFN(acts) *
 // same integers either way.
 
 /// A decoded super-block: its 8 groups' values u and 16-bit scale vectors s ([s_a ×8 | s_b ×8]) in pairs, the
-/// offsets' integers per 16 values, and the two float scales.
+/// offsets' integers per 16 values, and the two float scales. A signed type (`ggml_is_signed_k`) keeps u = |w| and
+/// the signed values w, whose signs go onto the activations.
 typedef struct {
-    PAIR_T u[4], s[4];
+    PAIR_T u[4], s[4], w[4];
     int16_t m16[16];
     float d, Dm;
 } QFN(kblock);
@@ -196,6 +208,19 @@ TARGET static inline AI __m256i QFN(scales16)(int16_t sa, int16_t sb) {
             for (int t_ = 0; t_ < nt; t_++) GROUP_PAIR(I[t_], u_, s_, a->q + t_ * a->cols + 256 * b + 64 * (idx)); \
         } else {                                                                                                 \
             k->u[idx] = u_;                                                                                      \
+            k->s[idx] = s_;                                                                                      \
+        }                                                                                                        \
+    } while (0)
+/// PUT for signed values W (u = |W|).
+#define PUT_SIGNED(idx, W, S)                                                                                    \
+    do {                                                                                                         \
+        const PAIR_T w_ = (W), s_ = (S), u_ = PAIR_ABS(w_);                                                      \
+        if (emit) {                                                                                              \
+            for (int t_ = 0; t_ < nt; t_++)                                                                      \
+                GROUP_PAIR_SIGNED(I[t_], u_, w_, s_, a->q + t_ * a->cols + 256 * b + 64 * (idx));                \
+        } else {                                                                                                 \
+            k->u[idx] = u_;                                                                                      \
+            k->w[idx] = w_;                                                                                      \
             k->s[idx] = s_;                                                                                      \
         }                                                                                                        \
     } while (0)
@@ -293,14 +318,14 @@ TARGET static inline AI __m256i QFN(rows_32)(const uint8_t *tab, const uint32_t 
     return _mm256_set_epi64x((long long)r[3], (long long)r[2], (long long)r[1], (long long)r[0]);
 }
 
-/// 32 codebook values w, each negated where its bit of `neg` is set, plus 64.
-TARGET static inline AI __m256i QFN(signed_plus_64)(__m256i w, uint32_t neg) {
-    return _mm256_add_epi8(_mm256_sign_epi8(w, _mm256_or_si256(bits_32v(neg), _mm256_set1_epi8(1))), _mm256_set1_epi8(64));
+/// 32 codebook values w, each negated where its bit of `neg` is set, plus `offset`.
+TARGET static inline AI __m256i QFN(signed_plus)(__m256i w, uint32_t neg, char offset) {
+    return _mm256_add_epi8(_mm256_sign_epi8(w, _mm256_or_si256(bits_32v(neg), _mm256_set1_epi8(1))), _mm256_set1_epi8(offset));
 }
 
 /// The 32 values of four codebook rows, each negated where its bit of `neg` is set, plus 64.
 TARGET static inline AI __m256i QFN(iq2_u)(const uint8_t *tab, const uint32_t *rows, uint32_t neg) {
-    return QFN(signed_plus_64)(QFN(rows_32)(tab, rows), neg);
+    return QFN(signed_plus)(QFN(rows_32)(tab, rows), neg, 64);
 }
 
 /// The i-quants whose groups have one scale each (IQ2_XXS, IQ3_XXS, IQ1_S): GROUP(p, g, tab, &scale) gives group
@@ -375,7 +400,7 @@ TARGET static inline AI __m256i QFN(iq3_XXS_group)(const uint8_t *p, int g, cons
     memcpy(&aux, p + 66 + 4 * g, 4);
     for (int l = 0; l < 4; l++) neg |= (uint32_t)ksigns[(aux >> (7 * l)) & 127] << (8 * l);
     *scale = (int16_t)(2 * (aux >> 28) + 1);
-    return QFN(signed_plus_64)(_mm256_setr_epi32((int)r[0], (int)r[1], (int)r[2], (int)r[3], (int)r[4], (int)r[5], (int)r[6], (int)r[7]), neg);
+    return QFN(signed_plus)(_mm256_setr_epi32((int)r[0], (int)r[1], (int)r[2], (int)r[3], (int)r[4], (int)r[5], (int)r[6], (int)r[7]), neg, 64);
 }
 
 /// IQ1_S { d, qs[32], qh: 8 × u16 }: group g is four rows of 8 values in {−1, 0, 1} (row: qs[4g + l] and bits 3l of
@@ -390,6 +415,144 @@ TARGET static inline AI __m256i QFN(iq1_S_group)(const uint8_t *p, int g, const 
     return _mm256_add_epi8(QFN(rows_32)(tab, rows), _mm256_set1_epi8(qh & 0x8000 ? -1 : 1));
 }
 
+/// IQ3_S { d, qs[64], qh[8], signs[32], scales[4] }: group g is codebook rows qs[8g + l] with bit l of qh[g] as the
+/// ninth index bit (values 1…15), each value negated where its bit of signs[4g…4g + 3] is set, times d·(2s + 1),
+/// s the nibble g of `scales`. As unsigned bytes u = ±v + 16 (1…31), the offset m = 16·(2s + 1), the float d.
+TARGET static inline AI __m256i QFN(iq3_S_group)(const uint8_t *p, int g, const uint8_t *tab, int16_t *scale) {
+    uint32_t r[8], neg;
+    const uint32_t qh = p[66 + g];
+    for (int l = 0; l < 8; l++) memcpy(&r[l], tab + 4 * (p[2 + 8 * g + l] | ((qh >> l) & 1) << 8), 4);
+    memcpy(&neg, p + 74 + 4 * g, 4);
+    *scale = (int16_t)(2 * ((p[106 + g / 2] >> (4 * (g % 2))) & 15) + 1);
+    return QFN(signed_plus)(_mm256_setr_epi32((int)r[0], (int)r[1], (int)r[2], (int)r[3], (int)r[4], (int)r[5], (int)r[6], (int)r[7]), neg, 16);
+}
+
+/// IQ2_S { d, qs[32], signs[32], qh[8], scales[8] }: group g is four codebook rows of 8 (row qs[4g + l] with bits 2l
+/// of qh[g] as the high two of 10), each value negated where its bit of signs[4g…4g + 3] is set; its halves scaled
+/// by d·(2s + 1)/8 with s the nibbles of scales[g]. As unsigned bytes as IQ2_XXS.
+TARGET static inline AI void QFN(decode_iq2_S)(const uint8_t *p, QFN(kblock) *k, KQ_EMIT_PARAMS, const uint8_t *tab) {
+    for (int pr = 0; pr < 4; pr++) {
+        __m256i u[2];
+        int16_t sa[2], sb[2];
+        for (int h = 0; h < 2; h++) {
+            const int g = 2 * pr + h;
+            uint32_t rows[4], neg;
+            for (int l = 0; l < 4; l++) rows[l] = p[2 + 4 * g + l] | ((p[66 + g] >> (2 * l)) & 3) << 8;
+            memcpy(&neg, p + 34 + 4 * g, 4);
+            u[h] = QFN(iq2_u)(tab, rows, neg);
+            sa[h] = (int16_t)(2 * (p[74 + g] & 15) + 1);
+            sb[h] = (int16_t)(2 * (p[74 + g] >> 4) + 1);
+            k->m16[2 * g] = (int16_t)(64 * sa[h]);
+            k->m16[2 * g + 1] = (int16_t)(64 * sb[h]);
+        }
+        PUT(pr, MAKE_PAIR(u[0], u[1]), MAKE_PAIR(QFN(scales16)(sa[0], sb[0]), QFN(scales16)(sa[1], sb[1])));
+    }
+    k->d = k->Dm = ggml_half(p) * 0.125f;
+}
+
+/// IQ1_M { qs[32], qh[16], scales: 4 × u16 }: row i (8 values in {−1, 0, 1}) is qs[i] with the low three bits of
+/// nibble i % 2 of qh[i / 2] as the high three of 11, plus δ = ±1/8 (the nibble's bit 3: −); 16 three-bit scales
+/// s, one per 16 values (word k / 4, bits 3·(k % 4)); the fp16 d is the words' top nibbles. As unsigned bytes
+/// u = 8·v ± 1 + 16 (`tab` holds 8·v + 16), the offset m = 16·(2s + 1), the scale 2s + 1, the float d/8 — IQ1_S's
+/// form with δ per row.
+TARGET static inline AI void QFN(decode_iq1_M)(const uint8_t *p, QFN(kblock) *k, KQ_EMIT_PARAMS, const uint8_t *tab) {
+    uint16_t sw[4];
+    memcpy(sw, p + 48, 8);
+    const uint16_t dbits = (uint16_t)((sw[0] >> 12) | ((sw[1] >> 8) & 0x00F0) | ((sw[2] >> 4) & 0x0F00) | (sw[3] & 0xF000));
+    for (int pr = 0; pr < 4; pr++) {
+        __m256i u[2];
+        int16_t sa[2], sb[2];
+        for (int h = 0; h < 2; h++) {
+            const int g = 2 * pr + h;
+            uint64_t r[4];
+            for (int l = 0; l < 4; l++) {
+                const int i = 4 * g + l;
+                const uint32_t nib = (uint32_t)(p[32 + i / 2] >> (4 * (i % 2)));
+                memcpy(&r[l], tab + 8 * (p[i] | (nib & 7) << 8), 8);
+                // ±1 in every byte: no byte of 8·v + 16 (8…24) carries or borrows.
+                r[l] = nib & 8 ? r[l] - 0x0101010101010101ULL : r[l] + 0x0101010101010101ULL;
+            }
+            u[h] = _mm256_set_epi64x((long long)r[3], (long long)r[2], (long long)r[1], (long long)r[0]);
+            sa[h] = (int16_t)(2 * ((sw[g / 2] >> (3 * (2 * g % 4))) & 7) + 1);
+            sb[h] = (int16_t)(2 * ((sw[g / 2] >> (3 * ((2 * g + 1) % 4))) & 7) + 1);
+            k->m16[2 * g] = (int16_t)(16 * sa[h]);
+            k->m16[2 * g + 1] = (int16_t)(16 * sb[h]);
+        }
+        PUT(pr, MAKE_PAIR(u[0], u[1]), MAKE_PAIR(QFN(scales16)(sa[0], sb[0]), QFN(scales16)(sa[1], sb[1])));
+    }
+    k->d = k->Dm = f16_value(dbits) * 0.125f;
+}
+
+/// IQ4_XS { d, scales_h: u16, scales_l[4], qs[128] }: group g is the low then the high nibbles of qs[16g…] through
+/// the IQ4_NL table, times d·(s − 32), s six bits (nibble g % 2 of scales_l[g / 2], bits 2g of scales_h). Signed
+/// values w (PUT_SIGNED), the scale s − 32, no offset, the float d.
+TARGET static inline AI void QFN(decode_iq4_XS)(const uint8_t *p, QFN(kblock) *k, KQ_EMIT_PARAMS) {
+    const __m256i table = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)iq4nl_values));
+    const uint32_t high = (uint32_t)(p[2] | p[3] << 8);
+    for (int i = 0; i < 16; i++) k->m16[i] = 0;
+    for (int pr = 0; pr < 4; pr++) {
+        __m256i w[2];
+        int16_t s[2];
+        for (int h = 0; h < 2; h++) {
+            const int g = 2 * pr + h;
+            s[h] = (int16_t)((((p[4 + g / 2] >> (4 * (g % 2))) & 15) | ((high >> (2 * g)) & 3) << 4) - 32);
+            w[h] = _mm256_shuffle_epi8(table, nibbles_32(p + 8 + 16 * g));
+        }
+        PUT_SIGNED(pr, MAKE_PAIR(w[0], w[1]), MAKE_PAIR(_mm256_set1_epi16(s[0]), _mm256_set1_epi16(s[1])));
+    }
+    k->d = k->Dm = ggml_half(p);
+}
+
+/// TQ2_0 { qs[64], d }: group 4h + j is bits 2j of qs[32h + l] (0…2), less 1, times d: scale 1, offset 1.
+TARGET static inline AI void QFN(decode_tq2_0)(const uint8_t *p, QFN(kblock) *k, KQ_EMIT_PARAMS) {
+    const __m256i three = _mm256_set1_epi8(3), one = _mm256_set1_epi16(1);
+    for (int i = 0; i < 16; i++) k->m16[i] = 1;
+    for (int h = 0; h < 2; h++) {
+        const __m256i qs = _mm256_loadu_si256((const __m256i *)(p + 32 * h));
+        for (int j = 0; j < 4; j += 2)
+            PUT(2 * h + j / 2,
+                MAKE_PAIR(_mm256_and_si256(_mm256_srli_epi16(qs, 2 * j), three), _mm256_and_si256(_mm256_srli_epi16(qs, 2 * j + 2), three)),
+                MAKE_PAIR(one, one));
+    }
+    k->d = k->Dm = ggml_half(p + 64);
+}
+
+/// The base-3 digit of bytes m·… : ⌊3m / 256⌋ = (m ≥ 86) + (m ≥ 171), unsigned.
+TARGET static inline AI __m256i QFN(trit)(__m256i m) {
+    const __m256i ge86 = _mm256_cmpeq_epi8(_mm256_max_epu8(m, _mm256_set1_epi8((char)86)), m);
+    const __m256i ge171 = _mm256_cmpeq_epi8(_mm256_max_epu8(m, _mm256_set1_epi8((char)171)), m);
+    return _mm256_sub_epi8(_mm256_sub_epi8(_mm256_setzero_si256(), ge86), ge171);
+}
+
+/// TQ1_0 { qs[48], qh[4], d }: digit k of byte b is ⌊3·(b·3^k mod 256) / 256⌋ (0…2), less 1, times d. Values
+/// 32k + l are digit k of qs[l] (groups 0-4), 160 + 16k + l digit k of qs[32 + l], 240 + 4k + l digit k of qh[l].
+/// Scale 1, offset 1; b·3^k mod 256 is byte additions that wrap.
+TARGET static inline AI void QFN(decode_tq1_0)(const uint8_t *p, QFN(kblock) *k, KQ_EMIT_PARAMS) {
+    const __m256i one = _mm256_set1_epi16(1);
+    for (int i = 0; i < 16; i++) k->m16[i] = 1;
+    __m256i d[5], e[5], m = _mm256_loadu_si256((const __m256i *)p);
+    __m256i n = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(p + 32)));
+    for (int j = 0; j < 5; j++) {
+        d[j] = QFN(trit)(m);
+        e[j] = QFN(trit)(n);
+        m = _mm256_add_epi8(_mm256_add_epi8(m, m), m);
+        n = _mm256_add_epi8(_mm256_add_epi8(n, n), n);
+    }
+    uint8_t last[16];
+    for (int j = 0; j < 4; j++) {
+        for (int l = 0; l < 4; l++) {
+            const uint8_t b = (uint8_t)(p[48 + l] * (j == 0 ? 1 : j == 1 ? 3 : j == 2 ? 9 : 27));
+            last[4 * j + l] = (uint8_t)((b * 3) >> 8);
+        }
+    }
+    const __m256i g7 = _mm256_inserti128_si256(e[4], _mm_loadu_si128((const __m128i *)last), 1);
+    PUT(0, MAKE_PAIR(d[0], d[1]), MAKE_PAIR(one, one));
+    PUT(1, MAKE_PAIR(d[2], d[3]), MAKE_PAIR(one, one));
+    PUT(2, MAKE_PAIR(d[4], _mm256_permute2x128_si256(e[0], e[1], 0x20)), MAKE_PAIR(one, one));
+    PUT(3, MAKE_PAIR(_mm256_permute2x128_si256(e[2], e[3], 0x20), g7), MAKE_PAIR(one, one));
+    k->d = k->Dm = ggml_half(p + 52);
+}
+
 /// Super-block b of a K-quant row, decoded (`PUT`).
 TARGET static inline AI void QFN(decode_k)(int32_t type, const uint8_t *row, QFN(kblock) *k, KQ_EMIT_PARAMS,
                                            const uint8_t *tab) {
@@ -398,6 +561,12 @@ TARGET static inline AI void QFN(decode_k)(int32_t type, const uint8_t *row, QFN
     case MOE_GGML_IQ2_XS: QFN(decode_iq2_XS)(row + 74 * b, k, a, b, I, nt, emit, tab); break;
     case MOE_GGML_IQ1_S: QFN(decode_groups)(row + 50 * b, k, a, b, I, nt, emit, tab, QFN(iq1_S_group), 16, 0.125f); break;
     case MOE_GGML_IQ3_XXS: QFN(decode_groups)(row + 98 * b, k, a, b, I, nt, emit, tab, QFN(iq3_XXS_group), 64, 0.25f); break;
+    case MOE_GGML_IQ3_S: QFN(decode_groups)(row + 110 * b, k, a, b, I, nt, emit, tab, QFN(iq3_S_group), 16, 1.0f); break;
+    case MOE_GGML_IQ2_S: QFN(decode_iq2_S)(row + 82 * b, k, a, b, I, nt, emit, tab); break;
+    case MOE_GGML_IQ1_M: QFN(decode_iq1_M)(row + 56 * b, k, a, b, I, nt, emit, tab); break;
+    case MOE_GGML_IQ4_XS: QFN(decode_iq4_XS)(row + 136 * b, k, a, b, I, nt, emit); break;
+    case MOE_GGML_TQ1_0: QFN(decode_tq1_0)(row + 54 * b, k, a, b, I, nt, emit); break;
+    case MOE_GGML_TQ2_0: QFN(decode_tq2_0)(row + 66 * b, k, a, b, I, nt, emit); break;
     case MOE_GGML_Q2_K: QFN(decode_q2_K)(row + 84 * b, k, a, b, I, nt, emit); break;
     case MOE_GGML_Q3_K: QFN(decode_q3_K)(row + 110 * b, k, a, b, I, nt, emit); break;
     case MOE_GGML_Q4_K: QFN(decode_kq)(row + 144 * b, k, a, b, I, nt, emit, 0); break;
@@ -425,13 +594,16 @@ TARGET static inline AI void QFN(kq_end)(const QFN(kblock) *k, const QFN(acts) *
     }
 }
 
-/// A stored super-block b times tokens 0…nt − 1 of `a`.
+/// A stored super-block b times tokens 0…nt − 1 of `a` (`sgn`: its values are signed, `ggml_is_signed_k`).
 TARGET static inline AI void QFN(kq_block)(const QFN(kblock) *k, const QFN(acts) *a, int64_t b, float *acc, const int nt,
-                                           const int mins) {
+                                           const int mins, const int sgn) {
     IACC I[4];
     for (int j = 0; j < nt; j++) I[j] = IZERO();
     for (int p = 0; p < 4; p++)
-        for (int j = 0; j < nt; j++) GROUP_PAIR(I[j], k->u[p], k->s[p], a->q + j * a->cols + 256 * b + 64 * p);
+        for (int j = 0; j < nt; j++) {
+            if (sgn) GROUP_PAIR_SIGNED(I[j], k->u[p], k->w[p], k->s[p], a->q + j * a->cols + 256 * b + 64 * p);
+            else GROUP_PAIR(I[j], k->u[p], k->s[p], a->q + j * a->cols + 256 * b + 64 * p);
+        }
     QFN(kq_end)(k, a, b, I, acc, nt, mins);
 }
 
@@ -469,6 +641,12 @@ TARGET static inline AI void QFN(row_k)(int32_t type, const moe_matrix *m, int64
     case MOE_GGML_IQ2_XS: QFN(row_k_of)(MOE_GGML_IQ2_XS, m, r, x, t, y, nt); break;
     case MOE_GGML_IQ1_S: QFN(row_k_of)(MOE_GGML_IQ1_S, m, r, x, t, y, nt); break;
     case MOE_GGML_IQ3_XXS: QFN(row_k_of)(MOE_GGML_IQ3_XXS, m, r, x, t, y, nt); break;
+    case MOE_GGML_IQ3_S: QFN(row_k_of)(MOE_GGML_IQ3_S, m, r, x, t, y, nt); break;
+    case MOE_GGML_IQ2_S: QFN(row_k_of)(MOE_GGML_IQ2_S, m, r, x, t, y, nt); break;
+    case MOE_GGML_IQ1_M: QFN(row_k_of)(MOE_GGML_IQ1_M, m, r, x, t, y, nt); break;
+    case MOE_GGML_IQ4_XS: QFN(row_k_of)(MOE_GGML_IQ4_XS, m, r, x, t, y, nt); break;
+    case MOE_GGML_TQ1_0: QFN(row_k_of)(MOE_GGML_TQ1_0, m, r, x, t, y, nt); break;
+    case MOE_GGML_TQ2_0: QFN(row_k_of)(MOE_GGML_TQ2_0, m, r, x, t, y, nt); break;
     default: QFN(row_k_of)(MOE_GGML_Q6_K, m, r, x, t, y, nt); break;
     }
 }
@@ -480,7 +658,7 @@ TARGET static void QFN(rows_k_many)(int32_t type, const moe_matrix *m, int64_t b
                                     int64_t T, float *y) {
     float park[KQ_SPAN];
     const int64_t SB = m->cols / 256;
-    const int mins = ggml_has_mins(type);
+    const int mins = ggml_has_mins(type), sgn = ggml_is_signed_k(type);
     for (int64_t t0 = 0; t0 < T; t0 += KQ_SPAN) {
         const int64_t n = T - t0 < KQ_SPAN ? T - t0 : KQ_SPAN;
         for (int64_t r = b0; r < b1; r++) {
@@ -492,13 +670,13 @@ TARGET static void QFN(rows_k_many)(int32_t type, const moe_matrix *m, int64_t b
                 int64_t j = 0;
                 for (; j + 4 <= n; j += 4) {
                     const QFN(acts) a = QFN(kacts_at)(x, m->cols, t0 + j);
-                    QFN(kq_block)(&k, &a, b, park + j, 4, mins);
+                    QFN(kq_block)(&k, &a, b, park + j, 4, mins, sgn);
                 }
                 const QFN(acts) a = QFN(kacts_at)(x, m->cols, t0 + j);
                 switch (n - j) {  // the last one to three tokens together
-                case 3: QFN(kq_block)(&k, &a, b, park + j, 3, mins); break;
-                case 2: QFN(kq_block)(&k, &a, b, park + j, 2, mins); break;
-                case 1: QFN(kq_block)(&k, &a, b, park + j, 1, mins); break;
+                case 3: QFN(kq_block)(&k, &a, b, park + j, 3, mins, sgn); break;
+                case 2: QFN(kq_block)(&k, &a, b, park + j, 2, mins, sgn); break;
+                case 1: QFN(kq_block)(&k, &a, b, park + j, 1, mins, sgn); break;
                 default: break;
                 }
             }
@@ -524,6 +702,7 @@ TARGET static inline AI void QFN(row)(int32_t type, const moe_matrix *m, int64_t
     case MOE_GGML_Q4_1: QFN(row_q4_1)(row, &a, acc, nt); break;
     case MOE_GGML_Q5_0: QFN(row_q5_0)(row, &a, acc, nt); break;
     case MOE_GGML_Q5_1: QFN(row_q5_1)(row, &a, acc, nt); break;
+    case MOE_GGML_IQ4_NL: QFN(row_iq4_NL)(row, &a, acc, nt); break;
     default: QFN(row_q8_0)(row, &a, acc, nt); break;
     }
     for (int j = 0; j < nt; j++) y[(t + j) * m->rows + r] = hsum8(acc[j]);
@@ -577,4 +756,7 @@ TARGET void QFN(moe_gemm_ggml_q8_)(int32_t type, const moe_matrix *m, int64_t r0
 #undef SYM_COEFFS
 #undef MIN_COEFFS
 #undef PUT
+#undef PUT_SIGNED
+#undef PAIR_ABS
+#undef GROUP_PAIR_SIGNED
 #undef KQ_EMIT_PARAMS

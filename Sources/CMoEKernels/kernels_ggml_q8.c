@@ -27,6 +27,13 @@ static inline int64_t ggml_row_bytes(int32_t type, int64_t cols) {
     case MOE_GGML_IQ2_XS: return cols / 256 * 74;
     case MOE_GGML_IQ1_S: return cols / 256 * 50;
     case MOE_GGML_IQ3_XXS: return cols / 256 * 98;
+    case MOE_GGML_IQ4_NL: return cols / 32 * 18;
+    case MOE_GGML_IQ4_XS: return cols / 256 * 136;
+    case MOE_GGML_IQ3_S: return cols / 256 * 110;
+    case MOE_GGML_IQ2_S: return cols / 256 * 82;
+    case MOE_GGML_IQ1_M: return cols / 256 * 56;
+    case MOE_GGML_TQ1_0: return cols / 256 * 54;
+    case MOE_GGML_TQ2_0: return cols / 256 * 66;
     default: return 0;
     }
 }
@@ -34,11 +41,24 @@ static inline int64_t ggml_row_bytes(int32_t type, int64_t cols) {
 /// Tokens a span of the many-token K-quant loop takes (their accumulators parked on the stack: 2 KB).
 enum { KQ_SPAN = 64 };
 
-/// Whether `type` is a K-quant (super-blocks of 256, activations per 256).
+/// Whether `type` takes the K-quant form (super-blocks of 256, activations per 256): the K-quants, the i-quants
+/// but IQ4_NL, and the ternary types.
 static inline int ggml_is_k_quant(int32_t type) {
-    return (type >= MOE_GGML_Q2_K && type <= MOE_GGML_Q6_K) || type == MOE_GGML_IQ2_XXS || type == MOE_GGML_IQ2_XS
-           || type == MOE_GGML_IQ1_S || type == MOE_GGML_IQ3_XXS;
+    switch (type) {
+    case MOE_GGML_Q2_K: case MOE_GGML_Q3_K: case MOE_GGML_Q4_K: case MOE_GGML_Q5_K: case MOE_GGML_Q6_K:
+    case MOE_GGML_IQ2_XXS: case MOE_GGML_IQ2_XS: case MOE_GGML_IQ2_S: case MOE_GGML_IQ3_XXS: case MOE_GGML_IQ3_S:
+    case MOE_GGML_IQ1_S: case MOE_GGML_IQ1_M: case MOE_GGML_IQ4_XS: case MOE_GGML_TQ1_0: case MOE_GGML_TQ2_0: return 1;
+    default: return 0;
+    }
 }
+
+/// Whether a K-form type's values are signed bytes w (IQ4_XS: the IQ4_NL table, −127…113), multiplied as
+/// |w| · (q · sign w), not unsigned bytes u with an offset: w + 128 would not fit maddubs's unsigned operand
+/// (≤ 128 keeps its pairs from saturating).
+static inline int ggml_is_signed_k(int32_t type) { return type == MOE_GGML_IQ4_XS; }
+
+/// IQ4_NL's and IQ4_XS's 16 values (ggml's kvalues_iq4nl), what a 4-bit index stands for.
+static const int8_t iq4nl_values[16] = {-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113};
 
 /// Whether `type`'s offsets are minimums with their own float (Q2_K, Q4_K, Q5_K), not a bias that makes the
 /// values unsigned (see the K-quant section of ggml_q8_body.h).
@@ -99,6 +119,13 @@ static inline void k4_scales(const uint8_t *s, uint8_t *sc, uint8_t *mn) {
 typedef struct { __m256i lo, hi; } pair_avx2;
 #define PAIR_T pair_avx2
 #define MAKE_PAIR(a, b) ((pair_avx2){(a), (b)})
+#define PAIR_ABS(p) ((pair_avx2){_mm256_abs_epi8((p).lo), _mm256_abs_epi8((p).hi)})
+#define GROUP_PAIR_SIGNED(I, u, w, s, q)                                                                         \
+    do {                                                                                                         \
+        const int8_t *q_ = (q);                                                                                  \
+        (I) = _mm256_add_epi32((I), _mm256_madd_epi16(_mm256_maddubs_epi16((u).lo, _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)q_), (w).lo)), (s).lo)); \
+        (I) = _mm256_add_epi32((I), _mm256_madd_epi16(_mm256_maddubs_epi16((u).hi, _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)(q_ + 32)), (w).hi)), (s).hi)); \
+    } while (0)
 #define GROUP_PAIR(I, u, s, q)                                                                                   \
     do {                                                                                                         \
         const int8_t *q_ = (q);                                                                                  \
@@ -116,6 +143,14 @@ typedef struct { __m256i lo, hi; } pair_avx2;
 #define PAIR_T __m512i
 #define MAKE_PAIR(a, b) _mm512_inserti64x4(_mm512_castsi256_si512(a), (b), 1)
 #define GROUP_PAIR(I, u, s, q) (I) = _mm512_add_epi32((I), _mm512_madd_epi16(_mm512_maddubs_epi16((u), _mm512_loadu_si512((q))), (s)))
+#define PAIR_ABS(p) _mm512_abs_epi8(p)
+// AVX-512 has no vpsignb: q is negated under w's sign mask (w is never 0, and q never −128).
+#define GROUP_PAIR_SIGNED(I, u, w, s, q)                                                                         \
+    do {                                                                                                         \
+        const __m512i q_ = _mm512_loadu_si512((q));                                                              \
+        const __m512i qs_ = _mm512_mask_sub_epi8(q_, _mm512_movepi8_mask(w), _mm512_setzero_si512(), q_);        \
+        (I) = _mm512_add_epi32((I), _mm512_madd_epi16(_mm512_maddubs_epi16((u), qs_), (s)));                     \
+    } while (0)
 #include "ggml_q8_body.h"
 
 #include "ggml_q8_amx.h"

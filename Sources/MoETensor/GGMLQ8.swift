@@ -2,11 +2,12 @@ import CMoEKernels
 
 extension GGMLType {
     /// Whether `WeightMatrix.gemmQ8` multiplies this type with integer dot products (kernels_ggml_q8.c): the
-    /// legacy and K-quant types, IQ2_XXS, IQ2_XS, IQ3_XXS and IQ1_S. The others (the other i-quants, ternary, float) take the exact fp32
+    /// legacy and K-quant types, every i-quant and the ternary types. The others (float, MXFP4) take the exact fp32
     /// path only.
     public var hasQ8Kernel: Bool {
         switch self {
-        case .q4_0, .q4_1, .q5_0, .q5_1, .q8_0, .q2_K, .q3_K, .q4_K, .q5_K, .q6_K, .iq2_XXS, .iq2_XS, .iq3_XXS, .iq1_S: true
+        case .q4_0, .q4_1, .q5_0, .q5_1, .q8_0, .q2_K, .q3_K, .q4_K, .q5_K, .q6_K: true
+        case .iq2_XXS, .iq2_XS, .iq2_S, .iq3_XXS, .iq3_S, .iq1_S, .iq1_M, .iq4_NL, .iq4_XS, .tq1_0, .tq2_0: true
         default: false
         }
     }
@@ -14,8 +15,8 @@ extension GGMLType {
     /// Q2_K…Q6_K.
     var isKQuant: Bool { [.q2_K, .q3_K, .q4_K, .q5_K, .q6_K].contains(self) }
 
-    /// Whether this CPU multiplies the type on AMX-INT8 tiles (`gemmGGMLQ8`'s prompt path): Q2_K…Q6_K, IQ2_XXS,
-    /// IQ2_XS, IQ3_XXS and IQ1_S, where the CPU has AMX-INT8 and Linux granted the tile state.
+    /// Whether this CPU multiplies the type on AMX-INT8 tiles (`gemmGGMLQ8`'s prompt path): Q2_K…Q6_K, the i-quants
+    /// but IQ4_NL and IQ4_XS, and the ternary types, where the CPU has AMX-INT8 and Linux granted the tile state.
     public var hasAMXKernel: Bool { Self.amxInt8 && moe_ggml_amx_supports(Int32(rawValue)) != 0 }
     static let amxInt8 = moe_cpu_has_amx_int8() != 0
 
@@ -28,21 +29,25 @@ extension GGMLType {
         switch self {
         case .iq2_XXS: UnsafeRawPointer(GGMLGrids.iq2xxsBytes)
         case .iq2_XS: UnsafeRawPointer(GGMLGrids.iq2xsBytes)
-        case .iq1_S: UnsafeRawPointer(GGMLGrids.iq1sBytes)
+        case .iq2_S: UnsafeRawPointer(GGMLGrids.iq2sBytes)
+        case .iq1_S, .iq1_M: UnsafeRawPointer(GGMLGrids.iq1sBytes)
         case .iq3_XXS: UnsafeRawPointer(GGMLGrids.iq3xxsBytes)
+        case .iq3_S: UnsafeRawPointer(GGMLGrids.iq3sBytes)
         default: nil
         }
     }
 }
 
 extension GGMLGrids {
-    /// IQ2_XXS's and IQ2_XS's codebooks (rows of 8 values: 8, 25 or 43) and IQ3_XXS's (rows of 4: 4…62) as bytes,
-    /// then `ksigns`: what their integer kernels read. Live as long as the process.
+    /// IQ2_XXS's, IQ2_XS's and IQ2_S's codebooks (rows of 8 values: 8, 25 or 43), IQ3_XXS's (rows of 4: 4…62) and
+    /// IQ3_S's (rows of 4: 1…15) as bytes, then `ksigns`: what their integer kernels read. Live as long as the process.
     nonisolated(unsafe) static let iq2xxsBytes = bytes(iq2xxs, rows: 256)
     nonisolated(unsafe) static let iq2xsBytes = bytes(iq2xs, rows: 512)
+    nonisolated(unsafe) static let iq2sBytes = bytes(iq2s, rows: 1024)
     nonisolated(unsafe) static let iq3xxsBytes = bytes(iq3xxs, rows: 256)
+    nonisolated(unsafe) static let iq3sBytes = bytes(iq3s, rows: 512)
 
-    /// IQ1_S's codebook (2048 rows of 8 values in {−1, 0, 1}) as bytes 8·v + 16.
+    /// IQ1_S's (and IQ1_M's) codebook (2048 rows of 8 values in {−1, 0, 1}) as bytes 8·v + 16.
     nonisolated(unsafe) static let iq1sBytes: UnsafeMutablePointer<UInt8> = {
         let count = 2048 * 8, p = UnsafeMutablePointer<UInt8>.allocate(capacity: count)
         for i in 0..<count { p[i] = UInt8(8 * Int(iq1s.values[i]) + 16) }
@@ -59,7 +64,8 @@ extension GGMLGrids {
 
 /// One group of 32 weights of a GGML row in the form the integer kernels multiply (ggml_q8_body.h):
 /// w[l] = D · s(l) · u[l] − Dm · m(l), with s and m integers per half group (a: values 0-15, b: 16-31). `signed`
-/// (Q8_0): u holds the signed weights themselves, and there is no offset. For the K-quants D and Dm are the
+/// (Q8_0, IQ4_NL): u holds the signed weights themselves, and there is no offset; IQ4_XS's u are signed too, with
+/// no offset. For the K-quants D and Dm are the
 /// super-block's (every group of it has the same).
 struct GGMLQ8Group {
     var sa: Int32 = 1, sb: Int32 = 1
@@ -182,6 +188,66 @@ struct GGMLQ8Group {
                 let r = Int(G.byte(p, 2 + 4 * i + l)) | Int((qh >> UInt16(3 * l)) & 7) << 8
                 for j in 0..<8 { u[8 * l + j] = 8 * Int32(GGMLGrids.iq1s.values[8 * r + j]) + delta + 16 }
             }
+        case .iq4_NL:
+            let p = row + 18 * g
+            self.D = G.half(p, 0); signed = true
+            for i in 0..<32 { u[i] = Int32(GGMLGrids.iq4nlValues[G.nibble(p + 2, i)]) }
+        case .iq4_XS:
+            let p = row + 136 * (g / 8), i = g % 8, high = p.loadUnaligned(fromByteOffset: 2, as: UInt16.self)
+            let s = (Int32((G.byte(p, 4 + i / 2) >> UInt8(4 * (i % 2))) & 15) | (Int32((high >> UInt16(2 * i)) & 3) << 4)) - 32
+            (sa, sb) = (s, s)
+            self.D = G.half(p, 0); Dm = self.D
+            for l in 0..<32 { u[l] = Int32(GGMLGrids.iq4nlValues[G.nibble(p + 8 + 16 * i, l)]) }
+        case .iq3_S:
+            let p = row + 110 * (g / 8), i = g % 8
+            let s = 2 * Int32((G.byte(p, 106 + i / 2) >> UInt8(4 * (i % 2))) & 15) + 1
+            (sa, sb, ma, mb) = (s, s, 16 * s, 16 * s)
+            self.D = G.half(p, 0); Dm = self.D
+            for v in 0..<32 {
+                let r = Int(G.byte(p, 2 + 8 * i + v / 4)) | Int((G.byte(p, 66 + i) >> UInt8(v / 4)) & 1) << 8
+                let w = Int32(GGMLGrids.iq3s.values[4 * r + v % 4])
+                u[v] = ((G.byte(p, 74 + 4 * i + v / 8) >> UInt8(v % 8)) & 1 == 1 ? -w : w) + 16
+            }
+        case .iq2_S:
+            let p = row + 82 * (g / 8), i = g % 8, scales = G.byte(p, 74 + i)
+            (sa, sb) = (2 * Int32(scales & 15) + 1, 2 * Int32(scales >> 4) + 1)
+            (ma, mb) = (64 * sa, 64 * sb)
+            self.D = G.half(p, 0) * 0.125; Dm = self.D
+            for l in 0..<4 {
+                let r = Int(G.byte(p, 2 + 4 * i + l)) | Int((G.byte(p, 66 + i) >> UInt8(2 * l)) & 3) << 8
+                let signs = G.byte(p, 34 + 4 * i + l)
+                for j in 0..<8 {
+                    let v = Int32(GGMLGrids.iq2s.values[8 * r + j])
+                    u[8 * l + j] = ((signs >> UInt8(j)) & 1 == 1 ? -v : v) + 64
+                }
+            }
+        case .iq1_M:
+            let p = row + 56 * (g / 8), i = g % 8
+            let words = (0..<4).map { p.loadUnaligned(fromByteOffset: 48 + 2 * $0, as: UInt16.self) }
+            let dBits = words[0] >> 12 | (words[1] >> 8) & 0x00F0 | (words[2] >> 4) & 0x0F00 | words[3] & 0xF000
+            let scale = { (k: Int) in 2 * Int32((words[k / 4] >> UInt16(3 * (k % 4))) & 7) + 1 }
+            (sa, sb) = (scale(2 * i), scale(2 * i + 1))
+            (ma, mb) = (16 * sa, 16 * sb)
+            self.D = f16ToFloat(dBits) * 0.125; Dm = self.D
+            for l in 0..<4 {
+                let ri = 4 * i + l, nib = G.byte(p, 32 + ri / 2) >> UInt8(4 * (ri % 2))
+                let r = Int(G.byte(p, ri)) | Int(nib & 7) << 8, delta: Int32 = nib & 8 == 0 ? 1 : -1
+                for j in 0..<8 { u[8 * l + j] = 8 * Int32(GGMLGrids.iq1s.values[8 * r + j]) + delta + 16 }
+            }
+        case .tq1_0:
+            let p = row + 54 * (g / 8), pow3: [UInt8] = [1, 3, 9, 27, 81]
+            (ma, mb) = (1, 1)
+            self.D = G.half(p, 52); Dm = self.D
+            for l in 0..<32 {
+                let v = 32 * (g % 8) + l
+                let (byte, k) = v < 160 ? (v % 32, v / 32) : v < 240 ? (32 + (v - 160) % 16, (v - 160) / 16) : (48 + (v - 240) % 4, (v - 240) / 4)
+                u[l] = Int32((UInt16(G.byte(p, byte) &* pow3[k]) * 3) >> 8)
+            }
+        case .tq2_0:
+            let p = row + 66 * (g / 8), h = (g % 8) / 4, k = g % 4
+            (ma, mb) = (1, 1)
+            self.D = G.half(p, 64); Dm = self.D
+            for l in 0..<32 { u[l] = Int32((G.byte(p, 32 * h + l) >> UInt8(2 * k)) & 3) }
         default:
             preconditionFailure("GGML \(type) has no integer kernel")
         }

@@ -87,6 +87,13 @@ public enum KernelBenchmark {
             for f in fields {
                 data.pointer.storeBytes(of: Float16(Float(0.001 + 0.01 * rng.unit())).bitPattern, toByteOffset: b * type.typeSize + f, as: UInt16.self)
             }
+            if type == .iq1_M {  // its d is the top nibbles of the four scale words
+                let d = Float16(Float(0.001 + 0.01 * rng.unit())).bitPattern, at = b * type.typeSize + 48
+                for w in 0..<4 {
+                    let word = data.pointer.loadUnaligned(fromByteOffset: at + 2 * w, as: UInt16.self) & 0x0FFF
+                    data.pointer.storeBytes(of: word | ((d >> UInt16(4 * w)) & 15) << 12, toByteOffset: at + 2 * w, as: UInt16.self)
+                }
+            }
         }
         return WeightMatrix(rows: rows, cols: cols, data: UnsafeRawPointer(data.pointer), encoding: .ggml(type), owners: [data])
     }

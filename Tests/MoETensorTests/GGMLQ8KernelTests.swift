@@ -80,6 +80,9 @@ import Testing
         case .q2_K: field = 80
         case .q3_K: field = 108
         case .q6_K: field = 208
+        case .tq1_0: field = 52
+        case .tq2_0: field = 64
+        case .iq1_M: field = 54  // d's top nibble is word 3's: its sign bit is byte 55's top bit
         default: field = 0
         }
         let bytes = UnsafeMutableRawPointer(mutating: m.data)

@@ -61,11 +61,13 @@ int moe_cpu_has_avx512vnni(void);
 enum {
     MOE_GGML_Q4_0 = 2, MOE_GGML_Q4_1 = 3, MOE_GGML_Q5_0 = 6, MOE_GGML_Q5_1 = 7, MOE_GGML_Q8_0 = 8,
     MOE_GGML_Q2_K = 10, MOE_GGML_Q3_K = 11, MOE_GGML_Q4_K = 12, MOE_GGML_Q5_K = 13, MOE_GGML_Q6_K = 14,
-    MOE_GGML_IQ2_XXS = 16, MOE_GGML_IQ2_XS = 17, MOE_GGML_IQ3_XXS = 18, MOE_GGML_IQ1_S = 19,
+    MOE_GGML_IQ2_XXS = 16, MOE_GGML_IQ2_XS = 17, MOE_GGML_IQ3_XXS = 18, MOE_GGML_IQ1_S = 19, MOE_GGML_IQ4_NL = 20,
+    MOE_GGML_IQ3_S = 21, MOE_GGML_IQ2_S = 22, MOE_GGML_IQ4_XS = 23, MOE_GGML_IQ1_M = 29, MOE_GGML_TQ1_0 = 34,
+    MOE_GGML_TQ2_0 = 35,
 };
 /// Rows [r0, r1) of a matrix of GGML `type` blocks (`data` the rows back to back; `scales` the codebook an
-/// i-quant needs, as bytes: IQ2_XXS's 256 or IQ2_XS's 512 rows of 8 values, or IQ3_XXS's 256 rows of 4, then the
-/// 128 sign patterns; IQ1_S's 2048 rows as 8·v + 16; else unused) × Q8
+/// i-quant needs, as bytes: IQ2_XXS's 256, IQ2_XS's 512 or IQ2_S's 1024 rows of 8 values, or IQ3_XXS's 256 or
+/// IQ3_S's 512 rows of 4, then the 128 sign patterns; IQ1_S's and IQ1_M's 2048 rows as 8·v + 16; else unused) × Q8
 /// activations (kernels_ggml_q8.c: the form every type is brought to). AVX2 (maddubs) and AVX-512 VNNI (vpdpbusd);
 /// the two and the Swift twin agree bit for bit.
 void moe_gemm_ggml_q8_avx2(int32_t type, const moe_matrix *m, int64_t r0, int64_t r1, const moe_q8_acts *x, int64_t T,
