@@ -29,7 +29,8 @@ Tools/make_gguf_fixtures.py are its functions, imported):
 
 Writes to --out (default /tmp/demo-gguf): kimi-demo-<type>.gguf for each of --types (default q4_k_m,q2_k; any
 LLAMA_FTYPE_MOSTLY_* name in lower case, e.g. q8_0, q6_k, q5_k_m, q3_k_m, q4_0, bf16, and f32 for the converter's
-output itself; IQ types need an imatrix and are refused by the quantizer). Prints each file's size, sha256 and
+output itself; IQ1_S, IQ1_M, IQ2_XXS, IQ2_XS and IQ2_S need an importance matrix: --imatrix uniform gives one of
+all ones, files kimi-demo-<type>-imatrix.gguf). Prints each file's size, sha256 and
 tensor count per ggml type. The f32 GGUF is always made (in the temp dir when not asked for). Output is
 byte-for-byte reproducible.
 
@@ -165,6 +166,19 @@ def summary(path, gguf):
     return os.path.getsize(path), digest, dict(sorted(per_type.items())), roles
 
 
+def write_uniform_imatrix(base, path, gguf):
+    """What llama-imatrix would record for the f32 GGUF: every matrix that is a matmul operand (not token_embd),
+    ne[0] × ne[2] values (one vector per expert), here all ones."""
+    entries = []
+    for t in gguf.GGUFReader(base).tensors:
+        ne = [int(n) for n in t.shape]
+        if len(ne) < 2 or t.name == "token_embd.weight":
+            continue
+        entries.append((t.name, ne[0] * (ne[2] if len(ne) > 2 else 1)))
+    with open(path, "w") as f:
+        json.dump(entries, f)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--llama-src",
@@ -176,6 +190,10 @@ def main():
     ap.add_argument("--out", default="/tmp/demo-gguf")
     ap.add_argument("--types", default=",".join(DEFAULT_TYPES),
                     help="comma-separated: f32 (the converter's output) or LLAMA_FTYPE_MOSTLY_* names in lower case")
+    ap.add_argument("--imatrix", choices=["none", "uniform"], default="none",
+                    help="uniform: quantize with an importance matrix of ones for every matrix but token_embd (what "
+                         "llama-imatrix would cover), which IQ1_S, IQ1_M, IQ2_XXS, IQ2_XS and IQ2_S require; its "
+                         "files are named kimi-demo-<type>-imatrix.gguf")
     ap.add_argument("--roles", action="store_true", help="also print the ggml types of each tensor role")
     ap.add_argument("--keep-temp", action="store_true", help="keep the fp32 checkpoint and logs (path printed)")
     args = ap.parse_args()
@@ -210,11 +228,15 @@ def build(args, types, tmp):
     paths[BASE] = base
     check_base(base, cfg, dense, gguf, np, torch)
     del dense
+    imatrix = None
+    if args.imatrix == "uniform":
+        imatrix = os.path.join(tmp, "imatrix.json")
+        write_uniform_imatrix(base, imatrix, gguf)
     for t in types:
         if t == BASE:
             continue
-        paths[t] = os.path.join(args.out, f"kimi-demo-{t}.gguf")
-        logs[t] = mgf.quantize(args.bench_python, base, paths[t], t.upper())
+        paths[t] = os.path.join(args.out, f"kimi-demo-{t}{'-imatrix' if imatrix else ''}.gguf")
+        logs[t] = mgf.quantize(args.bench_python, base, paths[t], t.upper(), imatrix)
     for t, log in logs.items():
         with open(os.path.join(tmp, f"{t}.log"), "w") as f:
             f.write(log)

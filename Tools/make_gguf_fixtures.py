@@ -382,22 +382,36 @@ def convert(src, hf_dir, outtype, out_path):
 
 
 QUANTIZE = r"""
-import ctypes, sys
+import ctypes, json, sys
 import llama_cpp
 inp, out, ftype, nthread = sys.argv[1:5]
 llama_cpp.llama_backend_init()
 p = llama_cpp.llama_model_quantize_default_params()
 p.ftype = getattr(llama_cpp, "LLAMA_FTYPE_MOSTLY_" + ftype)
 p.nthread = int(nthread)
+keep = []
+if len(sys.argv) > 5:  # a uniform importance matrix: [[tensor name, values], ...], every value 1
+    entries = json.load(open(sys.argv[5]))
+    arr = (llama_cpp.llama_model_imatrix_data * (len(entries) + 1))()
+    for i, (name, size) in enumerate(entries):
+        data = (ctypes.c_float * size)(*([1.0] * size))
+        keep.append((name.encode(), data))
+        arr[i].name = keep[-1][0]
+        arr[i].data = ctypes.cast(data, ctypes.POINTER(ctypes.c_float))
+        arr[i].size = size
+    arr[len(entries)].name = None
+    p.imatrix = ctypes.cast(arr, ctypes.POINTER(llama_cpp.llama_model_imatrix_data))
 rc = llama_cpp.llama_model_quantize(inp.encode(), out.encode(), ctypes.byref(p))
 print("llama_cpp", llama_cpp.__version__, "llama_model_quantize rc", rc)
 sys.exit(rc)
 """
 
 
-def quantize(bench_python, inp, out, ftype):
-    r = subprocess.run([bench_python, "-c", QUANTIZE, inp, out, ftype, "2"], stdin=subprocess.DEVNULL,
-                       capture_output=True, text=True)
+def quantize(bench_python, inp, out, ftype, imatrix=None):
+    """llama_model_quantize from `inp` to `out`; `imatrix`: a JSON file of [tensor name, values] whose importance
+    is uniform (all ones), as the i-quant types that require one need."""
+    r = subprocess.run([bench_python, "-c", QUANTIZE, inp, out, ftype, "2"] + ([imatrix] if imatrix else []),
+                       stdin=subprocess.DEVNULL, capture_output=True, text=True)
     log = r.stdout + r.stderr
     if r.returncode != 0:
         sys.exit(f"llama_model_quantize {ftype} failed:\n{log[-6000:]}")

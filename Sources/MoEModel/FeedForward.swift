@@ -6,9 +6,9 @@ extension MLPWeights {
     func callAsFunction(_ x: UnsafePointer<Float>, tokens T: Int, workspace: Workspace,
                         into out: UnsafeMutablePointer<Float>) {
         let mode = workspace.residentActivations
-        if mode == .q8, gate.isGGML, gate.takesQ8, up.takesQ8 {
+        if mode == .q8, gate.takesResidentQ8, up.takesResidentQ8 {
             let scratch = workspace.floats(2 * T * gate.rows + Q8Activations.floatsNeeded(tokens: T, cols: max(gate.cols, gate.rows)))
-            swiGLUQ8(gate: gate, up: up, down: down, x, tokens: T, quantiseDown: down.takesQ8, scratch: scratch, into: out)
+            swiGLUQ8(gate: gate, up: up, down: down, x, tokens: T, quantiseDown: down.takesResidentQ8, scratch: scratch, into: out)
             return
         }
         let scratch = workspace.floats(2 * T * gate.rows)

@@ -3,7 +3,7 @@ import MoETensor
 extension WeightMatrix {
     /// `apply` with the pass's resident arithmetic (`Workspace.residentActivations`): on AMX tiles with the
     /// activations split into two bf16 parts where the pass asks for it (bf16x2, q8) and the matrix takes them;
-    /// with int8-quantised activations for a GGML matrix under q8; else the fp32 kernels.
+    /// with int8-quantised activations for a GGML matrix under q8 (`takesResidentQ8`); else the fp32 kernels.
     /// The packed activations live in the workspace until the product is done.
     func apply(_ x: UnsafePointer<Float>, tokens T: Int, into y: UnsafeMutablePointer<Float>, workspace ws: Workspace) {
         let mode = ws.residentActivations
@@ -12,7 +12,7 @@ extension WeightMatrix {
             defer { ws.release(to: mark) }
             let tiles = BF16Tiles(x, tokens: T, cols: cols, memory: ws.halves(BF16Tiles.valuesNeeded(tokens: T, cols: cols)))
             applyBF16(tiles, into: y)
-        } else if mode == .q8, isGGML, takesQ8 {
+        } else if mode == .q8, takesResidentQ8 {
             let mark = ws.mark()
             defer { ws.release(to: mark) }
             applyQ8(Q8Activations(x, tokens: T, cols: cols, memory: ws.floats(Q8Activations.floatsNeeded(tokens: T, cols: cols))), into: y)
@@ -21,9 +21,10 @@ extension WeightMatrix {
         }
     }
 
-    /// Whether the weights are GGML blocks (a GGUF's).
-    var isGGML: Bool {
-        if case .ggml = encoding { return true }
+    /// Whether a resident product takes int8 activations under `--resident-activations q8`: GGML blocks (a GGUF's)
+    /// of a type that does (`GGMLType.quantisesResidentInputs`), with whole groups of 32 (`takesQ8`).
+    var takesResidentQ8: Bool {
+        if case .ggml(let type) = encoding { return type.quantisesResidentInputs && takesQ8 }
         return false
     }
 }

@@ -5,9 +5,9 @@ import CMoEKernels
 /// activation split into two bf16 parts, x ≈ hi + lo with 16 significant bits (`tdpbf16ps`: every product exact in
 /// fp32, sums in fp32; kernels_amx.c), the command line's default where the CPU has AMX-BF16. Routers and the
 /// attention's own products stay fp32 either way: a router's choice is discrete. `q8` is for GGUF models, whose
-/// resident matrices are GGML blocks: those of the legacy and K-quant types multiply activations quantised to int8
-/// per 32 values (`Q8Activations`, llama.cpp's arithmetic for these files), bf16 ones take bf16x2 where AMX runs,
-/// the rest fp32. A model's setting (`KimiModel.residentActivations`).
+/// resident matrices are GGML blocks: those of the block types but TQ1_0/TQ2_0 (`GGMLType.quantisesResidentInputs`)
+/// multiply activations quantised to int8 per 32 or 256 values (`Q8Activations`, llama.cpp's arithmetic for these
+/// files), bf16 ones take bf16x2 where AMX runs, the rest fp32. A model's setting (`KimiModel.residentActivations`).
 public enum ResidentActivations: String, CaseIterable, Sendable {
     case fp32
     case bf16x2

@@ -12,8 +12,11 @@ extension GGMLType {
         }
     }
 
-    /// Q2_K…Q6_K.
-    var isKQuant: Bool { [.q2_K, .q3_K, .q4_K, .q5_K, .q6_K].contains(self) }
+    /// Whether a resident matrix of this type (attention, dense and shared MLPs, output head) takes int8
+    /// activations under `--resident-activations q8`: every type with an integer kernel but the ternary ones. A
+    /// TQ1_0/TQ2_0 GGUF of the demo model measured mean KL 0.0109 nats against `--exact` with its resident
+    /// matrices on q8 (over the 0.01 bar), 0.0013 with them fp32 (experts q8 either way): docs/performance.md.
+    public var quantisesResidentInputs: Bool { hasQ8Kernel && self != .tq1_0 && self != .tq2_0 }
 
     /// Whether this CPU multiplies the type on AMX-INT8 tiles (`gemmGGMLQ8`'s prompt path): Q2_K…Q6_K, the i-quants
     /// but IQ4_NL and IQ4_XS, and the ternary types, where the CPU has AMX-INT8 and Linux granted the tile state.
@@ -315,8 +318,15 @@ extension WeightMatrix {
     /// Tokens from which a product goes on AMX tiles by default. Below it the row kernels are faster: the tiles
     /// decode a super-block once per call, which a few tokens do not repay, and the i-quants' codebooks cost more
     /// to decode. `bench kernels` on the AMX Xeon, 2048 × 7168: Q4_K at 4 tokens 2.3 ms rows vs 3.4 tiles, at 6
-    /// tokens 5.4 vs 4.8, at 8 tokens 5.4 vs 2.2; IQ2_XXS at 11 tokens 6.8 vs 8.4, at 16 tokens 8.8 vs 6.4.
-    static func amxMinTokens(_ type: GGMLType) -> Int { type.isKQuant ? 5 : 16 }
+    /// tokens 5.4 vs 4.8, at 8 tokens 5.4 vs 2.2; TQ2_0 at 4 tokens 1.5 vs 1.0; IQ1_M and IQ3_S at 8 tokens 6.7 vs
+    /// 5.5 and 8.1 vs 7.8, at 6 about even; IQ2_XXS at 11 tokens 6.8 vs 8.4, at 16 tokens 8.8 vs 6.4.
+    static func amxMinTokens(_ type: GGMLType) -> Int {
+        switch type {
+        case .q2_K, .q3_K, .q4_K, .q5_K, .q6_K, .tq1_0, .tq2_0: 5
+        case .iq1_M, .iq3_S: 8
+        default: 16
+        }
+    }
 
     /// The Swift twin of the K-quant kernels (ggml_q8_body.h's super-block form): per super-block the exact
     /// integers I = Σ s·u·q and O = Σ m·S, then one float per (row, token) takes the fused steps with the token's

@@ -5,8 +5,8 @@ import CMoEKernels
 /// Q4_0 × Q8_0 and Q*_K × Q8_K arithmetic) — into gate and up only (`q8-gate-up`: the command line's default for
 /// int4 experts, within the quality gate of docs/performance.md), or into down as well (`q8`, as llama.cpp does,
 /// and the default for GGML experts; down's input, silu(gate)·up, has the outliers that int8 rounds worst). Int4
-/// experts and GGML experts of the legacy and K-quant types take the q8 paths (`GGMLType.hasQ8Kernel`); the others
-/// run fp32 whatever the setting. A model's setting (`KimiModel.expertActivations`).
+/// experts and GGML experts of every block type (legacy, K-quants, i-quants, ternary: `GGMLType.hasQ8Kernel`) take
+/// the q8 paths; float ones run fp32 whatever the setting. A model's setting (`KimiModel.expertActivations`).
 public enum ExpertActivations: String, CaseIterable, Sendable {
     case fp32
     case q8GateUp = "q8-gate-up"

@@ -141,7 +141,7 @@ struct BenchKernels: ParsableCommand {
     @Option(help: "Repeats per measurement (the best is kept).")
     var repeats: Int = 5
 
-    @Option(help: ArgumentHelp("GGML block types to time as well, comma-separated; none to skip. Each is timed exact (rows decoded, then fp32 products) and, for the legacy and K-quant types, with int8 dot products over Q8 activations.", valueName: "list"))
+    @Option(help: ArgumentHelp("GGML block types to time as well, comma-separated; none to skip. Each is timed exact (rows decoded, then fp32 products) and, for the block types (legacy, K-quants, i-quants, ternary), with int8 dot products over Q8 activations (and on AMX tiles where the CPU has them).", valueName: "list"))
     var ggml: String = "Q4_K,Q6_K,Q2_K,IQ2_XXS"
 
     func run() throws {
