@@ -18,6 +18,20 @@ extension GGMLType {
     /// matrices on q8 (over the 0.01 bar), 0.0013 with them fp32 (experts q8 either way): docs/performance.md.
     public var quantisesResidentInputs: Bool { hasQ8Kernel && self != .tq1_0 && self != .tq2_0 }
 
+    /// Whether the row kernels of this type run the AVX2 body (maddubs, 256-bit) even where AVX-512 VNNI is there:
+    /// the legacy types and IQ4_NL (whose 256-bit `vpdpbusd` lost to maddubs) and the i-quants whose decoding is
+    /// most shuffles (IQ1_S, IQ1_M, IQ2_XS, IQ2_S, IQ3_S: the AVX-512 body's 512-bit pairs add lane inserts on the
+    /// same port). `bench kernels --tokens 1,3 --repeats 5` on the AMX Xeon, ms AVX2 vs AVX-512 at 1 and 3 tokens:
+    /// Q4_0 1.92/2.07 vs 2.03/3.22, Q4_1 1.79/2.42 vs 3.08/3.67, Q8_0 3.23/3.82 vs 3.17/4.24, IQ4_NL 2.25/3.30 vs
+    /// 3.08/3.99, IQ1_S 3.45/4.64 vs 5.27/6.14, IQ3_S 4.43/5.50 vs 5.64/6.08; the K-quants, IQ2_XXS, IQ3_XXS, IQ4_XS
+    /// and the TQ types are faster on AVX-512 (Q6_K 1.83/3.45 vs 1.42/2.79). Both bodies give the same bits.
+    public var prefersAVX2Rows: Bool {
+        switch self {
+        case .q4_0, .q4_1, .q5_0, .q5_1, .q8_0, .iq4_NL, .iq1_S, .iq1_M, .iq2_XS, .iq2_S, .iq3_S: true
+        default: false
+        }
+    }
+
     /// Whether this CPU multiplies the type on AMX-INT8 tiles (`gemmGGMLQ8`'s prompt path): Q2_K…Q6_K, the i-quants
     /// but IQ4_NL and IQ4_XS, and the ternary types, where the CPU has AMX-INT8 and Linux granted the tile state.
     public var hasAMXKernel: Bool { Self.amxInt8 && moe_ggml_amx_supports(Int32(rawValue)) != 0 }
@@ -263,9 +277,10 @@ extension WeightMatrix {
     /// the same order — so they agree bit for bit.
     ///
     /// `tiles` (nil: from `amxMinTokens`) puts the types with `hasAMXKernel` on AMX-INT8 tiles (ggml_q8_amx.h),
-    /// with the same bits.
+    /// with the same bits. `vnni` (nil: unless the type `prefersAVX2Rows`) runs the AVX-512 VNNI body where `isa`
+    /// is avx512 and the CPU has it.
     func gemmGGMLQ8(_ type: GGMLType, rows range: Range<Int>, _ x: Q8Activations, into y: UnsafeMutablePointer<Float>,
-                    isa: KernelISA, tiles: Bool? = nil) {
+                    isa: KernelISA, tiles: Bool? = nil, vnni: Bool? = nil) {
         precondition(type.hasQ8Kernel && cols % type.blockSize == 0)
         if isa != .generic {
             var m = moe_matrix(data: data, scales: type.q8Table, rows: Int64(rows), cols: Int64(cols), scales_bf16: 0)
@@ -275,7 +290,8 @@ extension WeightMatrix {
                                     Int64(x.tokens), y) != 0 {
                 return
             }
-            let kernel = isa == .avx512 && Self.hasVNNI ? moe_gemm_ggml_q8_avx512vnni : moe_gemm_ggml_q8_avx2
+            let useVNNI = isa == .avx512 && Self.hasVNNI && (vnni ?? !type.prefersAVX2Rows)
+            let kernel = useVNNI ? moe_gemm_ggml_q8_avx512vnni : moe_gemm_ggml_q8_avx2
             kernel(Int32(type.rawValue), &m, Int64(range.lowerBound), Int64(range.upperBound), &acts, Int64(x.tokens), y)
             return
         }

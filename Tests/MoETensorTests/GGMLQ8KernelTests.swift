@@ -49,6 +49,14 @@ import Testing
                 m.gemmQ8(rows: 4..<rows, q, into: split.pointer, isa: isa)
                 #expect(split.array == twin.array, "\(type) \(isa) split rows")
             }
+            // Both row bodies whichever the type prefers (`prefersAVX2Rows`), where the CPU has them.
+            for (isa, vnni) in [(KernelISA.avx2, false), (.avx512, true), (.avx512, false)] where isa.isSupported && (!vnni || WeightMatrix.hasVNNI) {
+                if case .ggml = m.encoding {
+                    let y = FloatBuffer(count: tokens * rows)
+                    m.gemmGGMLQ8(type, rows: 0..<rows, q, into: y.pointer, isa: isa, tiles: false, vnni: vnni)
+                    #expect(y.array == twin.array, "\(type) \(isa) vnni \(vnni) \(tokens) tokens")
+                }
+            }
             // The AMX tiles (where the CPU has them) for every token count, split at rows that cut their groups.
             if type.hasAMXKernel, case .ggml = m.encoding {
                 for (lower, upper) in [(0, rows), (0, 3), (3, rows)] {
