@@ -166,19 +166,6 @@ def summary(path, gguf):
     return os.path.getsize(path), digest, dict(sorted(per_type.items())), roles
 
 
-def write_uniform_imatrix(base, path, gguf):
-    """What llama-imatrix would record for the f32 GGUF: every matrix that is a matmul operand (not token_embd),
-    ne[0] × ne[2] values (one vector per expert), here all ones."""
-    entries = []
-    for t in gguf.GGUFReader(base).tensors:
-        ne = [int(n) for n in t.shape]
-        if len(ne) < 2 or t.name == "token_embd.weight":
-            continue
-        entries.append((t.name, ne[0] * (ne[2] if len(ne) > 2 else 1)))
-    with open(path, "w") as f:
-        json.dump(entries, f)
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--llama-src",
@@ -231,7 +218,7 @@ def build(args, types, tmp):
     imatrix = None
     if args.imatrix == "uniform":
         imatrix = os.path.join(tmp, "imatrix.json")
-        write_uniform_imatrix(base, imatrix, gguf)
+        mgf.write_uniform_imatrix(base, imatrix, gguf)
     for t in types:
         if t == BASE:
             continue

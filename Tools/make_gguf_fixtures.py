@@ -18,7 +18,9 @@ Pipeline (all with unmodified llama.cpp code of the version pinned by llama-cpp-
      1024-rank vocabulary cannot give Kimi K2's hash although it uses Kimi K2's pattern. The replacement answers
      "kimi-k2", the answer the real tokenizer gets; everything else is the converter's own code.
   3. llama.cpp's quantizer, `llama_cpp.llama_model_quantize` (llama-cpp-python 0.3.36, run by --bench-python), from
-     the bf16 GGUF to Q4_K_M, Q3_K_M, Q2_K and Q4_0 (no imatrix, default parameters, 2 threads).
+     the bf16 GGUF to Q4_K_M, Q3_K_M, Q2_K and Q4_0 (no imatrix, default parameters, 2 threads), and to the i-quant
+     ftypes IQ2_M, IQ1_M, IQ3_XXS and IQ4_XS with a uniform importance matrix (all ones, for every matrix but
+     token_embd: what llama-imatrix would cover), which the IQ1/IQ2 types require.
   4. For every GGUF: each tensor dequantized by the vendored gguf-py (GGUFReader + gguf.quants.dequantize), mapped
      back to transformers' checkpoint names (experts un-merged, kv_b_proj rebuilt from attn_k_b and attn_v_b) and
      loaded into DeepseekV3ForCausalLM in fp32 (eager). Recorded: prefill logits of a fixed prompt and a greedy
@@ -72,6 +74,11 @@ VARIANTS = {
     "q3_k_m": ("quantize", "Q3_K_M"),
     "q2_k": ("quantize", "Q2_K"),
     "q4_0": ("quantize", "Q4_0"),
+    # i-quants, with a uniform importance matrix (`write_uniform_imatrix`), which IQ1_*/IQ2_* require
+    "iq2_m": ("quantize-imatrix", "IQ2_M"),
+    "iq1_m": ("quantize-imatrix", "IQ1_M"),
+    "iq3_xxs": ("quantize-imatrix", "IQ3_XXS"),
+    "iq4_xs": ("quantize-imatrix", "IQ4_XS"),
 }
 # bf16 is always made (in the temp dir unless asked for): the quantizer's input and the reverse-mapping check.
 DEFAULT_TYPES = ["q4_k_m", "q3_k_m", "q2_k"]
@@ -407,6 +414,19 @@ sys.exit(rc)
 """
 
 
+def write_uniform_imatrix(gguf_path, path, gguf):
+    """What llama-imatrix would record for the GGUF at `gguf_path`: every matrix that is a matmul operand (not
+    token_embd), ne[0] × ne[2] values (one vector per expert), here all ones; as JSON [[name, values], ...]."""
+    entries = []
+    for t in gguf.GGUFReader(gguf_path).tensors:
+        ne = [int(n) for n in t.shape]
+        if len(ne) < 2 or t.name == "token_embd.weight":
+            continue
+        entries.append((t.name, ne[0] * (ne[2] if len(ne) > 2 else 1)))
+    with open(path, "w") as f:
+        json.dump(entries, f)
+
+
 def quantize(bench_python, inp, out, ftype, imatrix=None):
     """llama_model_quantize from `inp` to `out`; `imatrix`: a JSON file of [tensor name, values] whose importance
     is uniform (all ones), as the i-quant types that require one need."""
@@ -527,7 +547,8 @@ def made_by(t):
     kind, arg = VARIANTS[t]
     if kind == "convert":
         return f"convert_hf_to_gguf.py --outtype {arg} (llama-cpp-python 0.3.36's vendor/llama.cpp)"
-    return f"llama_cpp.llama_model_quantize(kimi_k2_bf16.gguf, ftype=LLAMA_FTYPE_MOSTLY_{arg}), llama-cpp-python 0.3.36"
+    imatrix = ", imatrix: uniform (all ones)" if kind == "quantize-imatrix" else ""
+    return f"llama_cpp.llama_model_quantize(kimi_k2_bf16.gguf, ftype=LLAMA_FTYPE_MOSTLY_{arg}{imatrix}), llama-cpp-python 0.3.36"
 
 
 
@@ -601,7 +622,7 @@ def build(args, types, tmp):
     # 2. + 3. GGUFs
     os.makedirs(args.out, exist_ok=True)
     paths, logs = {}, {}
-    need_bf16 = "bf16" in types or any(VARIANTS[t][0] == "quantize" for t in types)
+    need_bf16 = "bf16" in types or any(VARIANTS[t][0].startswith("quantize") for t in types)
     base = os.path.join(args.out if "bf16" in types else tmp, "kimi_k2_bf16.gguf")
     if need_bf16:
         logs["bf16"] = convert(src, hf_dir, "bf16", base)
@@ -611,7 +632,14 @@ def build(args, types, tmp):
         if t == "bf16":
             continue
         p = os.path.join(args.out, f"kimi_k2_{t}.gguf")
-        logs[t] = convert(src, hf_dir, arg, p) if kind == "convert" else quantize(args.bench_python, base, p, arg)
+        if kind == "convert":
+            logs[t] = convert(src, hf_dir, arg, p)
+        else:
+            imatrix = None
+            if kind == "quantize-imatrix":
+                imatrix = os.path.join(tmp, "imatrix.json")
+                write_uniform_imatrix(base, imatrix, gguf)
+            logs[t] = quantize(args.bench_python, base, p, arg, imatrix)
         paths[t] = p
     for t, log in logs.items():
         with open(os.path.join(tmp, f"{t}.log"), "w") as f:

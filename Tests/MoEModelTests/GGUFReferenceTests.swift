@@ -6,10 +6,10 @@ import MoETensor
 @testable import MoEModel
 
 /// GGUF files written by llama.cpp's own tools (Tools/make_gguf_fixtures.py: `convert_hf_to_gguf.py`, then
-/// `llama_model_quantize` to Q4_K_M and Q2_K), run straight from the file, against transformers run on the same
+/// `llama_model_quantize` to Q4_K_M, Q2_K and, with a uniform importance matrix, IQ2_M: IQ2_S, IQ3_S, IQ4_NL), run straight from the file, against transformers run on the same
 /// file's weights as gguf-py dequantises them.
 @Suite struct GGUFReferenceTests {
-    static let files = ["kimi_k2_q4_k_m", "kimi_k2_q2_k"]
+    static let files = ["kimi_k2_q4_k_m", "kimi_k2_q2_k", "kimi_k2_iq2_m"]
     static let tolerance: Float = 1e-4
 
     struct GGUFReference {

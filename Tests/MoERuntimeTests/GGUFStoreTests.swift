@@ -11,7 +11,7 @@ import Testing
 /// from the store through a cache of any size gives exactly the logits of the model run from the GGUF itself (and
 /// so stays within 1e-4 of transformers, `GGUFReferenceTests`).
 @Suite(.serialized) struct GGUFStoreTests {
-    @Test(arguments: ["kimi_k2_q4_k_m", "kimi_k2_q2_k"])
+    @Test(arguments: ["kimi_k2_q4_k_m", "kimi_k2_q2_k", "kimi_k2_iq2_m"])
     func convertedStoreRunsBitForBitLikeTheFile(name: String) throws {
         let file = Fixtures.root + "/gguf/\(name).gguf"
         let out = Fixtures.scratchDirectory("gguf-store") + "/store"
@@ -92,7 +92,7 @@ import Testing
 
     /// Direct mode: the experts stream from the GGUF itself (three aligned supersets per expert, no checksums) and
     /// the logits equal the file's in-memory run bit for bit, whatever the budget, prefetch or engine.
-    @Test(arguments: ["kimi_k2_q4_k_m", "kimi_k2_q2_k"])
+    @Test(arguments: ["kimi_k2_q4_k_m", "kimi_k2_q2_k", "kimi_k2_iq2_m"])
     func directModeRunsBitForBitLikeTheFile(name: String) throws {
         let file = Fixtures.root + "/gguf/\(name).gguf"
         let prompt = [1024, 709, 470, 919, 40, 105, 310, 696, 541, 116, 404, 115]
