@@ -17,7 +17,7 @@ ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 FIXTURES = os.path.join(ROOT, "Tests", "Fixtures", "gguf")
 BIN = os.path.join(sys.argv[1] if len(sys.argv) > 1 else os.path.join(ROOT, ".build", "debug"), "moestream")
 
-for name in ["kimi_k2_q4_k_m", "kimi_k2_q2_k"]:
+for name in ["kimi_k2_q4_k_m", "kimi_k2_q2_k", "kimi_k2_iq2_m"]:
     path = os.path.join(FIXTURES, name + ".gguf")
     ref = json.load(open(os.path.join(FIXTURES, name + ".reference.json")))
     r = np.array(ref["prefill_logits"], dtype=np.float32)
