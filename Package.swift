@@ -82,7 +82,7 @@ let package = Package(
         .testTarget(name: "MoERuntimeTests",
                     dependencies: ["MoERuntime", "MoEExpertStore", "MoEModel", "MoESystem", "MoETestSupport"]),
         // The command line as a user runs it (a separate process).
-        .testTarget(name: "moestreamTests", dependencies: ["moestream", "MoETokenizer", "MoEModel", "MoETensor", "MoEExpertStore", "MoETestSupport"]),
+        .testTarget(name: "moestreamTests", dependencies: ["moestream", "MoETokenizer", "MoECheckpoint", "MoEModel", "MoETensor", "MoEExpertStore", "MoETestSupport"]),
         .testTarget(name: "MoEExpertStoreTests",
                     // moestream: the converter is killed mid-run as a separate process.
                     dependencies: ["MoEExpertStore", "MoEModel", "MoECheckpoint", "MoESystem", "MoETestSupport", "moestream"]),

@@ -222,7 +222,7 @@ extension StoreConverter {
         func fingerprint(_ src: ConversionSource) throws(StoreError) -> String {
             var parts = ["format \(StoreManifest.currentVersion)", "source \((src.path as NSString).standardizingPath)"]
             for f in src.checkpoint.files {
-                let size = (try? FileManager.default.attributesOfItem(atPath: f.path)[.size] as? Int) ?? -1
+                let size = (try? FileSystem.regularFileSize(f.path)) ?? -1
                 parts.append("\((f.path as NSString).lastPathComponent) \(size)")
             }
             parts.append("layout \(layout.encoding.rawValue) \(layout.scaleType?.rawValue ?? "-") \(layout.extentBytes)")

@@ -1,6 +1,7 @@
 import Foundation
 import MoECheckpoint
 import MoEModel
+import MoESystem
 import MoETensor
 
 /// Where each routed expert's bytes lie on disk and how a cache slot holds them: what the expert cache reads,
@@ -42,7 +43,9 @@ public struct ExpertReads: @unchecked Sendable {  // immutable; `weights` builds
     public let alignment: Int
     /// Per MoE layer (in order): the parts of each of its experts.
     public let parts: [[Part]]
-    /// Per MoE layer and expert: xxHash64 of the slot's bytes once read, or nil for a source without checksums.
+    /// Per MoE layer and expert: xxHash64 of its parts' bytes in order, as one stream (a store's: its whole
+    /// extent; a GGUF's with a sums file: its gate, up and down rows, `GGUFSums`), or nil for a source without
+    /// checksums.
     public let checksums: [[UInt64]]?
     /// The expert's matrices over a slot holding it: (slot, layer, expert, owner of the slot memory).
     public let weights: @Sendable (UnsafeRawPointer, Int, Int, AnyObject) -> ExpertWeights
@@ -96,16 +99,15 @@ extension ExpertStore {
 
 /// A GGUF's experts read straight from the file (direct mode): each expert's gate, up and down rows of the stacked
 /// `ffn_*_exps` tensors, as aligned supersets, into a slot with a space for each sized for its largest superset
-/// across the layers. The file has no checksums.
+/// across the layers. The file has no checksums; `checksums` are a sums file's (`GGUFSums.Checked.experts`).
 public enum GGUFExpertReads {
-    public static func make(_ gguf: GGUFCheckpoint, _ c: ModelConfig, alignment: Int = 4096) throws(StoreError) -> ExpertReads {
+    public static func make(_ gguf: GGUFCheckpoint, _ c: ModelConfig, alignment: Int = 4096,
+                            checksums: [[UInt64]]? = nil) throws(StoreError) -> ExpertReads {
         let types = try StoreConverter.expertTypes(gguf, c)
         let paths = gguf.files.map(\.path)
+        // Following symbolic links: a Hugging Face cache's snapshot holds links to its blobs.
         var sizes: [Int] = []
-        for p in paths {
-            let attributes = (try? FileManager.default.attributesOfItem(atPath: p)) ?? [:]
-            sizes.append((attributes[.size] as? Int) ?? 0)
-        }
+        for p in paths { sizes.append((try? FileSystem.regularFileSize(p)) ?? 0) }
         // Each matrix's space: the largest superset of its rows in any layer (a part of `stride` bytes starting
         // anywhere spans at most ⌈(stride + alignment − 1) / alignment⌉ blocks).
         var spaces = [0, 0, 0]
@@ -127,7 +129,7 @@ public enum GGUFExpertReads {
         var ordinal = [Int](repeating: -1, count: c.numLayers)
         for (k, l) in c.moeLayers.enumerated() { ordinal[l] = k }
         let reads = ExpertReads(
-            paths: paths, fileSizes: sizes, slotBytes: spaces.reduce(0, +), alignment: alignment, parts: parts, checksums: nil,
+            paths: paths, fileSizes: sizes, slotBytes: spaces.reduce(0, +), alignment: alignment, parts: parts, checksums: checksums,
             label: gguf.path,
             weights: { [ordinal] slot, layer, e, owner in
                 let k = ordinal[layer]

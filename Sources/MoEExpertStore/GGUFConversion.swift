@@ -181,7 +181,7 @@ extension StoreConverter {
     static func fingerprint(_ gguf: GGUFCheckpoint, _ plan: Plan) -> String {
         var parts = ["format \(StoreManifest.currentVersion)", "source \((gguf.path as NSString).standardizingPath)"]
         for f in gguf.files {
-            let size = (try? FileManager.default.attributesOfItem(atPath: f.path)[.size] as? Int) ?? -1
+            let size = (try? FileSystem.regularFileSize(f.path)) ?? -1
             parts.append("\((f.path as NSString).lastPathComponent) \(size)")
         }
         parts.append("layout ggml \(plan.layout.ggmlTypes?.map(\.description).joined(separator: ",") ?? "-") \(plan.layout.extentBytes)")

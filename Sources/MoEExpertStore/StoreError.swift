@@ -10,6 +10,8 @@ public enum StoreError: Error, CustomStringConvertible {
     case incomplete(store: String)
     /// manifest.json cannot be read, has the wrong format or version, or its self-checksum does not match.
     case badManifest(file: String, reason: String)
+    /// A GGUF's sums file (`GGUFSums`) that cannot be read or does not describe the GGUF beside it.
+    case badSums(file: String, reason: String)
     /// A data file's size is not what the manifest says.
     case wrongFileSize(file: String, expected: Int, actual: Int, firstMissingExpert: Int?)
     /// An expert's bytes do not match their checksum.
@@ -29,6 +31,7 @@ public enum StoreError: Error, CustomStringConvertible {
         case .checkpoint(let e): return e.description
         case .incomplete(let s): return "\(s): not a complete store (no manifest.json; re-run the conversion to finish it)"
         case .badManifest(let f, let r): return "\(f): bad manifest: \(r)"
+        case .badSums(let f, let r): return "\(f): bad GGUF sums file: \(r)"
         case .wrongFileSize(let f, let e, let a, let m):
             return "\(f): \(a) bytes, expected \(e)" + (m.map { " (expert \($0) onwards is missing)" } ?? "")
         case .expertChecksum(let l, let e, let f, let o):

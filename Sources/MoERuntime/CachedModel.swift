@@ -17,14 +17,18 @@ extension ExpertStore {
 
 /// A GGUF model run directly (no conversion): its resident tensors loaded into memory, its routed experts read
 /// from the file into an expert cache, each expert's gate, up and down slices as aligned supersets
-/// (`GGUFExpertReads`). The file carries no checksums, so nothing the cache reads is verified.
+/// (`GGUFExpertReads`). The file carries no checksums; where a sums file lies beside it (`GGUFSums`, written by
+/// `moestream verify FILE --write-sums`), the tensors kept in memory are checked against it at load and every
+/// expert read as the cache reads it, as for a store; else nothing is verified.
 public enum GGUFDirect {
     public static func load(path: String, cache configuration: CacheConfiguration) throws -> (model: KimiModel, cache: ExpertCache) {
         let gguf = try GGUFCheckpoint(path: path)
         let config = try ModelConfig.fromGGUF(gguf)
         let undecodable = gguf.undecodable()
         guard undecodable.isEmpty else { throw CheckpointError.unsupportedTypes(file: gguf.path, types: undecodable) }
-        let reads = try GGUFExpertReads.make(gguf, config)
+        let sums = try GGUFSums.load(for: gguf, config)
+        if let sums, let problem = sums.tensorProblems(gguf).first { throw StoreError.unsupportedSource(file: sums.path, reason: "does not match the GGUF: \(problem)") }
+        let reads = try GGUFExpertReads.make(gguf, config, checksums: sums?.experts)
         for (i, budget) in configuration.budgets.enumerated() where budget < reads.slotBytes {
             throw StoreError.badManifest(file: path, reason: "the cache budget of node \(configuration.topology.nodes[i].id) "
                 + "(\(budget) bytes) cannot hold one expert (\(reads.slotBytes) bytes)")

@@ -7,10 +7,11 @@ import MoESystem
 /// One pool per NUMA node, pinned to the node's CPUs (the extent is in the node's memory). `done(tag, ok)` is
 /// called on a pool thread for every job, in no particular order.
 final class ChecksumPool: @unchecked Sendable {  // `jobs`, `head` and `stopping` are guarded by `lock`
+    /// The bytes of one expert: its parts in order (a store's one extent; a GGUF's gate, up and down rows), hashed
+    /// as one stream.
     struct Job {
         var tag: UInt64
-        var bytes: UnsafeRawPointer
-        var count: Int
+        var parts: [UnsafeRawBufferPointer]
         var expected: UInt64
     }
 
@@ -40,8 +41,13 @@ final class ChecksumPool: @unchecked Sendable {  // `jobs`, `head` and `stopping
 
     /// Queues one check. The bytes must stay untouched until `done` is called for `tag`.
     func enqueue(tag: UInt64, bytes: UnsafeRawPointer, count: Int, expected: UInt64) {
+        enqueue(tag: tag, parts: [UnsafeRawBufferPointer(start: bytes, count: count)], expected: expected)
+    }
+
+    /// Queues one check of `parts` hashed in order as one stream.
+    func enqueue(tag: UInt64, parts: [UnsafeRawBufferPointer], expected: UInt64) {
         lock.lock()
-        jobs.append(Job(tag: tag, bytes: bytes, count: count, expected: expected))
+        jobs.append(Job(tag: tag, parts: parts, expected: expected))
         lock.signal()
         lock.unlock()
     }
@@ -61,8 +67,16 @@ final class ChecksumPool: @unchecked Sendable {  // `jobs`, `head` and `stopping
                 head = 0
             }
             lock.unlock()
-            done(job.tag, XXHash64.hash(job.bytes, count: job.count) == job.expected)
+            done(job.tag, Self.hash(job.parts) == job.expected)
         }
+    }
+
+    /// xxHash64 of `parts` in order, as one stream (one part: the plain hash, which is the same number).
+    static func hash(_ parts: [UnsafeRawBufferPointer]) -> UInt64 {
+        if parts.count == 1, let p = parts[0].baseAddress { return XXHash64.hash(p, count: parts[0].count) }
+        var h = XXHash64.Streaming()
+        for part in parts { if let p = part.baseAddress { h.update(p, count: part.count) } }
+        return h.finish()
     }
 
     /// Finishes the queued checks, then stops the threads and waits for them (they let go of `done`).

@@ -430,7 +430,12 @@ final class SlotTable: @unchecked Sendable {  // every `var` is guarded by `lock
             return
         }
         slotState[s] = .verifying
-        checksumPools[node(ofSlot: s)].enqueue(tag: tag, bytes: buffer(s), count: extent, expected: checksums[ordinal][e])
+        // The expert's own bytes, part by part (a GGUF's supersets hold its neighbours' edges and padding too).
+        let parts = (0..<reads.parts[ordinal].count).map { i -> UnsafeRawBufferPointer in
+            let g = reads.segment(ordinal: ordinal, expert: e, i)
+            return UnsafeRawBufferPointer(start: buffer(s) + g.slotOffset + g.lead, count: reads.parts[ordinal][i].stride)
+        }
+        checksumPools[node(ofSlot: s)].enqueue(tag: tag, parts: parts, expected: checksums[ordinal][e])
     }
 
     /// A checksum pool's verdict on a slot's bytes.

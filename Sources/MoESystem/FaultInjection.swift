@@ -11,7 +11,8 @@ public struct FaultPlan: Sendable, Equatable {
         case error(Int32)
         /// The read completes with half its length.
         case shortRead
-        /// The read completes in full, but one byte in the buffer is flipped (a transfer the checksum must catch).
+        /// The read completes in full, but one byte in the buffer is flipped, its middle one (a transfer the checksum
+        /// must catch).
         case corrupt
         /// The read completes normally; its completion is delivered a second time when the next read into the
         /// same buffer is submitted, before that read starts (a late completion for a reused slot).
@@ -160,7 +161,10 @@ public final class FaultyReader: BlockReader {
             switch f {
             case .error(let e): out[i].result = -Int(e)
             case .shortRead: out[i].result = length / 2
-            case .corrupt: if let buffer, length > 0 { buffer.storeBytes(of: buffer.load(as: UInt8.self) ^ 0xFF, as: UInt8.self) }
+            case .corrupt:  // the middle byte: inside the expert's own bytes, not a GGUF superset's neighbour edge
+                if let buffer, length > 0 {
+                    buffer.storeBytes(of: buffer.load(fromByteOffset: length / 2, as: UInt8.self) ^ 0xFF, toByteOffset: length / 2, as: UInt8.self)
+                }
             case .neverCompletes:
                 out.remove(at: i)
                 swallowed += 1

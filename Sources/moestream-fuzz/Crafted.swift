@@ -120,6 +120,37 @@ func craftedInputs(_ seeds: Seeds) throws -> [(kind: String, target: String, nam
         out.append(("gguf", "quant-blocks.gguf", "type-IQ2_XXS", patched(type, 16, bytes: 4)))
     }
 
+    // GGUF sums files: numbers past any count, hex that overflows, deep nesting, a layer list as long as the file
+    // allows, a sums file that claims every byte of the model is fine when it is not (a valid file's sums on
+    // another file's bytes).
+    let sumsTarget = "kimi_k2_q2_k.gguf" + GGUFSums.suffix
+    let sums = try json(read(.gguf, sumsTarget))
+    func sumsEdited(_ edit: (inout [String: Any]) -> Void) throws -> [UInt8] {
+        var s = sums
+        edit(&s)
+        return try bytes(s)
+    }
+    out.append(("gguf-sums", sumsTarget, "file-bytes-2p63", try sumsEdited { s in
+        var files = s["files"] as! [[String: Any]]
+        files[0]["bytes"] = Int.max
+        s["files"] = files
+    }))
+    out.append(("gguf-sums", sumsTarget, "layer-2p62-and-negative", try sumsEdited { s in
+        var experts = s["experts"] as! [[String: Any]]
+        experts[0]["layer"] = 1 << 62
+        experts.append(["layer": -1, "sums": []])
+        s["experts"] = experts
+    }))
+    out.append(("gguf-sums", sumsTarget, "hex-17-digits", try sumsEdited { s in
+        var experts = s["experts"] as! [[String: Any]]
+        var list = experts[0]["sums"] as! [String]
+        list[0] = "fffffffffffffffff"
+        experts[0]["sums"] = list
+        s["experts"] = experts
+    }))
+    out.append(("gguf-sums", sumsTarget, "nested-100000", Array(String(repeating: "[", count: 100_000).utf8)))
+    out.append(("gguf-sums", sumsTarget, "sums-of-another-file", read(.gguf, "kimi_k2_q4_k_m.gguf" + GGUFSums.suffix)))
+
     // Routing traces: counts that overran tables or divided by zero.
     let trace = read(.traces, "kimi_k2.trace")
     let lines = trace.split(separator: UInt8(ascii: "\n"), omittingEmptySubsequences: false)

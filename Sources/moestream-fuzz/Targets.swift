@@ -34,7 +34,10 @@ struct FileKind: Sendable {
         FileKind(name: "tokenizer-config", seed: .tokenizer, targets: { _ in ["tokenizer_config.json"] }, style: .text,
                  resign: false),
         FileKind(name: "trace", seed: .traces, targets: { s in s.files(.traces) }, style: .text, resign: false),
-        FileKind(name: "gguf", seed: .gguf, targets: { s in s.files(.gguf) }, style: .binary, resign: false),
+        FileKind(name: "gguf", seed: .gguf, targets: { s in s.files(.gguf).filter { $0.hasSuffix(".gguf") } }, style: .binary,
+                 resign: false),
+        FileKind(name: "gguf-sums", seed: .gguf, targets: { s in s.files(.gguf).filter { $0.hasSuffix(GGUFSums.suffix) } },
+                 style: .text, resign: false),
     ]
 
     static func named(_ name: String) -> FileKind? { all.first { $0.name == name } }
@@ -61,7 +64,7 @@ struct Seeds {
     static func prepare(root: String, fixtures: String) throws -> Seeds {
         let s = Seeds(root: root)
         let fm = FileManager.default
-        if fm.fileExists(atPath: root + "/ready-2") { return s }  // 2: the gguf seed joined
+        if fm.fileExists(atPath: root + "/ready-3") { return s }  // 2: the gguf seed joined; 3: its sums files
         try? fm.removeItem(atPath: root)
         try fm.createDirectory(atPath: root, withIntermediateDirectories: true)
         try fm.copyItem(atPath: fixtures + "/models/kimi_k2", toPath: s.directory(.checkpoint))
@@ -77,6 +80,10 @@ struct Seeds {
         try fm.createDirectory(atPath: s.directory(.gguf), withIntermediateDirectories: true)
         for f in try fm.contentsOfDirectory(atPath: fixtures + "/gguf").filter({ $0.hasSuffix(".gguf") }).sorted() {
             try fm.copyItem(atPath: fixtures + "/gguf/" + f, toPath: s.directory(.gguf) + "/" + f)
+            // The model files' sums (`verify --write-sums`), for the gguf-sums kind.
+            let g = try GGUFCheckpoint(path: s.directory(.gguf) + "/" + f)
+            guard g.metadata["general.architecture"]?.string == "deepseek2" else { continue }
+            try GGUFSums.compute(g, try ModelConfig.fromGGUF(g)).write(for: g)
         }
         // Converted from inside `root` with relative paths: the manifest records its source path, and a seed that
         // depended on --work would make the same seed and case number mutate different bytes.
@@ -84,7 +91,7 @@ struct Seeds {
         fm.changeCurrentDirectoryPath(root)
         defer { fm.changeCurrentDirectoryPath(previous) }
         try StoreConverter(source: FileKind.Seed.checkpoint.rawValue, output: FileKind.Seed.store.rawValue).run()
-        fm.createFile(atPath: root + "/ready-2", contents: Data())
+        fm.createFile(atPath: root + "/ready-3", contents: Data())
         return s
     }
 }
@@ -132,6 +139,22 @@ func exercise(_ kind: FileKind, directory dir: String) -> (Outcome, String) {
                 _ = sim.belady()
             }
             return (.accepted, "")
+        case .gguf where kind.name == "gguf-sums":
+            // Each model file's sums loaded (checked against the file), then the file checked against them, then
+            // run directly through a two-expert cache that checks every read against them.
+            for f in try FileManager.default.contentsOfDirectory(atPath: dir).sorted() where f.hasSuffix(".gguf") {
+                let g = try GGUFCheckpoint(path: dir + "/" + f)
+                guard g.metadata["general.architecture"]?.string == "deepseek2" else { continue }
+                let c = try ModelConfig.fromGGUF(g)
+                guard let sums = try GGUFSums.load(for: g, c) else { continue }
+                let problems = sums.tensorProblems(g) + (try sums.expertProblems(g, c))
+                guard problems.isEmpty else { throw FuzzRefusal(problems[0]) }
+                let reads = try GGUFExpertReads.make(g, c, checksums: sums.experts)
+                let (model, cache) = try GGUFDirect.load(path: dir + "/" + f, cache: CacheConfiguration(totalBudget: 2 * reads.slotBytes, topology: .detect()))
+                defer { cache.shutdown() }
+                if let bad = try nonFinite(model) { return (.nonFinite, "\(f) direct: \(bad)") }
+            }
+            return (.accepted, "")
         case .gguf:
             // Open every file and decode every tensor this build can decode (NaN weights are data, not a fault
             // of the reader: the quant fixture plants them on purpose).
@@ -159,6 +182,12 @@ func exercise(_ kind: FileKind, directory dir: String) -> (Outcome, String) {
     } catch {
         return (.refused, "\(error)")
     }
+}
+
+/// A problem the engine reports without throwing (a checker's list), as a refusal.
+struct FuzzRefusal: Error, CustomStringConvertible {
+    let description: String
+    init(_ d: String) { description = d }
 }
 
 /// A short prompt through `model`; a description of the first non-finite logit, if any. 16 tokens: enough for the

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import MoECheckpoint
 import MoEExpertStore
 
 extension StoreConverter.ExpertsOption: ExpressibleByArgument {}
@@ -65,12 +66,19 @@ struct Convert: ParsableCommand {
 }
 
 struct Verify: ParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Check every checksum of an expert store.")
+    static let configuration = CommandConfiguration(
+        abstract: "Check every checksum of an expert store, or of a GGUF against the sums file beside it.",
+        discussion: "A GGUF carries no checksums: `--write-sums` reads it once and writes xxHash64 of every tensor kept in memory and of every routed expert to FILE.gguf.xxh64.json (FILE: the first part of a split set), which `verify` then checks and direct mode (`run`, `generate`, `serve`… on the .gguf) uses to check what it loads and every expert it reads. The sums record the file as it is when written.")
 
-    @Argument(help: "The store directory.")
+    @Argument(help: "The store directory, or a .gguf (any part of a split set).")
     var store: String
 
+    @Flag(help: "GGUF only: read the file and write its sums file (replacing an older one) instead of checking.")
+    var writeSums = false
+
     func run() throws {
+        if store.hasSuffix(".gguf") { return try runGGUF() }
+        if writeSums { throw CLIError("--write-sums is for a GGUF; a store's checksums are in its manifest") }
         let started = ContinuousClock.now
         let report = StoreVerifier(path: store).run()
         let seconds = (ContinuousClock.now - started).seconds
@@ -78,6 +86,33 @@ struct Verify: ParsableCommand {
         print("\(report.tensorsChecked) resident tensors, \(report.expertsChecked) experts, \(humanBytes(report.bytesChecked)) "
             + String(format: "checked in %.2f s: ", seconds) + (report.ok ? "OK" : "\(report.problems.count) problem(s)"))
         if !report.ok { throw ExitCode(1) }
+    }
+}
+
+extension Verify {
+    /// A GGUF: write its sums, or check it against them.
+    func runGGUF() throws {
+        let started = ContinuousClock.now
+        do {
+            let gguf = try GGUFCheckpoint(path: store)
+            let c = try ModelConfig.fromGGUF(gguf)
+            let total = gguf.totalBytes
+            func seconds() -> String { String(format: "%.2f s", (ContinuousClock.now - started).seconds) }
+            if writeSums {
+                let sums = try GGUFSums.compute(gguf, c)
+                try sums.write(for: gguf)
+                print("\(sums.tensors.count) tensors, \(sums.experts.count * c.numRoutedExperts) experts, \(humanBytes(total)) summed in \(seconds()): wrote \(GGUFSums.path(for: gguf))")
+                return
+            }
+            guard let sums = try GGUFSums.load(for: gguf, c) else {
+                throw CLIError("\(gguf.path): no sums file (\(GGUFSums.path(for: gguf))): a GGUF carries no checksums; `moestream verify \(store) --write-sums` records them from the file as it is now")
+            }
+            let problems = sums.tensorProblems(gguf) + (try sums.expertProblems(gguf, c))
+            for p in problems { print("DAMAGED  \(p)") }
+            print("\(sums.tensors.count) tensors, \(sums.experts.count * c.numRoutedExperts) experts, \(humanBytes(total)) checked against \(sums.path) in \(seconds()): "
+                + (problems.isEmpty ? "OK" : "\(problems.count) problem(s)"))
+            if !problems.isEmpty { throw ExitCode(1) }
+        } catch let e as StoreError { throw CLIError(e.description) } catch let e as CheckpointError { throw CLIError(e.description) }
     }
 }
 

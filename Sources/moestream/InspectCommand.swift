@@ -87,7 +87,10 @@ func inspectGGUF(_ path: String) throws {
     } catch { throw CLIError("\(error)") }
     print("model          \(path)")
     print("format         GGUF v\(g.files[0].version), \(g.files.count) part(s), alignment \(g.files[0].alignment), "
-        + "\(humanBytes(g.totalBytes)) of tensors; no checksums (GGUF files carry none)")
+        + "\(humanBytes(g.totalBytes)) of tensors; "
+        + (FileManager.default.fileExists(atPath: GGUFSums.path(for: g))
+            ? "checksums in \(GGUFSums.path(for: g)) (checked when run)"
+            : "no checksums (GGUF files carry none; `moestream verify \(path) --write-sums` records them)"))
     if let name = g.metadata["general.name"]?.string { print("name           \(name)") }
     printConfiguration(c)
     if let pre = g.metadata["tokenizer.ggml.pre"]?.string {

@@ -72,7 +72,11 @@ struct LoadedModel {
                                                              experts: reads.slotBytes * c.moeLayers.count * c.numRoutedExperts,
                                                              extent: reads.slotBytes, expertsPerToken: c.expertsPerToken)
         notes.forEach { printError($0) }
-        printError("\(gguf.path): a GGUF carries no checksums, so expert reads are not verified (`moestream convert` makes a checksummed store)")
+        if FileManager.default.fileExists(atPath: GGUFSums.path(for: gguf)) {
+            printError("\(gguf.path): checking the tensors in memory and every expert read against \(GGUFSums.path(for: gguf))")
+        } else {
+            printError("\(gguf.path): a GGUF carries no checksums, so expert reads are not verified (`moestream verify \(gguf.path) --write-sums` records them; `moestream convert` makes a checksummed store)")
+        }
         let (model, cache) = try GGUFDirect.load(path: options.model, cache: config)
         return try finishLoading(model, cache, cacheOptions, stats, ggmlExperts: true)
     }

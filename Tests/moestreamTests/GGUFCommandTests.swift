@@ -1,4 +1,5 @@
 import Foundation
+import MoECheckpoint
 import MoETestSupport
 import Testing
 
@@ -28,6 +29,32 @@ import Testing
         #expect(s3 == 0 && ids == same && ids.hasSuffix(",1026\n"))
         let (s4, _, e4) = try moestream(["generate", file, "--tokens", "1,2", "--cache", "10K"])
         #expect(s4 != 0 && e4.contains("cannot hold one expert"), "\(e4)")
+    }
+
+    /// `verify FILE.gguf`: refused without a sums file; `--write-sums` writes one; then `verify` checks the file,
+    /// `inspect` and `generate` say they use it, and a damaged byte is found by layer and expert.
+    @Test func verifyWritesAndChecksSums() throws {
+        let copy = Fixtures.scratchDirectory("gguf-verify") + "/model.gguf"
+        try FileManager.default.copyItem(atPath: file, toPath: copy)
+        let (s0, _, e0) = try moestream(["verify", copy])
+        #expect(s0 != 0 && e0.contains("no sums file") && e0.contains("--write-sums"), "\(e0)")
+        let (s1, out1, e1) = try moestream(["verify", copy, "--write-sums"])
+        #expect(s1 == 0 && out1.contains("wrote \(copy).xxh64.json") && out1.contains("8 experts"), "\(out1)\(e1)")
+        let (s2, out2, _) = try moestream(["verify", copy])
+        #expect(s2 == 0 && out2.contains("OK"), "\(out2)")
+        let (_, inspect, _) = try moestream(["inspect", copy])
+        #expect(inspect.contains("checksums in \(copy).xxh64.json"), "\(inspect)")
+        let (s3, _, e3) = try moestream(["generate", copy, "--tokens", "1,2,3", "--max-tokens", "2", "--cache", "100%"])
+        #expect(s3 == 0 && e3.contains("every expert read against"), "\(e3)")
+        let h = try #require(FileHandle(forUpdatingAtPath: copy))
+        let (_, info) = try #require(try GGUFCheckpoint(path: copy).info("blk.1.ffn_down_exps.weight"))
+        try h.seek(toOffset: UInt64(info.range.lowerBound + 7 * info.range.count / 8 + 100))
+        h.write(Data([0xEE, 0xEE]))
+        try h.close()
+        let (s4, out4, _) = try moestream(["verify", copy])
+        #expect(s4 != 0 && out4.contains("DAMAGED  layer 1 expert 7") && out4.contains("1 problem(s)"), "\(out4)")
+        let (s5, _, e5) = try moestream(["verify", Fixtures.scratchDirectory("gguf-verify-store"), "--write-sums"])
+        #expect(s5 != 0 && e5.contains("--write-sums is for a GGUF"), "\(e5)")
     }
 
     /// `convert` passes the file through; the store streams its experts through a two-expert cache and answers as
