@@ -52,14 +52,14 @@ func swiGLUQ8(gate: WeightMatrix, up: WeightMatrix, down: WeightMatrix, _ x: Uns
               quantiseDown: Bool = true, scratch: UnsafeMutablePointer<Float>, into out: UnsafeMutablePointer<Float>) {
     let inter = gate.rows
     let g = scratch, u = scratch + T * inter, quantised = u + T * inter  // [T, inter] each, then the int8 copy
-    let xq = Q8Activations(x, tokens: T, cols: gate.cols, memory: quantised)
+    let xq = Q8Activations(x, tokens: T, cols: gate.cols, memory: quantised, forms: gate.q8Forms.union(up.q8Forms))
     gate.splitRows { rows in
         gate.gemmQ8(rows: rows, xq, into: g)
         up.gemmQ8(rows: rows, xq, into: u)
         gateRows(rows, tokens: T, inter: inter, g, u)
     }
     if quantiseDown {
-        down.applyQ8(Q8Activations(g, tokens: T, cols: inter, memory: quantised), into: out)
+        down.applyQ8(Q8Activations(g, tokens: T, cols: inter, memory: quantised, forms: down.q8Forms), into: out)
     } else {
         down.apply(g, tokens: T, into: out)
     }

@@ -15,7 +15,8 @@ extension WeightMatrix {
         } else if mode == .q8, takesResidentQ8 {
             let mark = ws.mark()
             defer { ws.release(to: mark) }
-            applyQ8(Q8Activations(x, tokens: T, cols: cols, memory: ws.floats(Q8Activations.floatsNeeded(tokens: T, cols: cols))), into: y)
+            applyQ8(Q8Activations(x, tokens: T, cols: cols, memory: ws.floats(Q8Activations.floatsNeeded(tokens: T, cols: cols)),
+                                  forms: q8Forms), into: y)
         } else {
             apply(x, tokens: T, into: y)
         }

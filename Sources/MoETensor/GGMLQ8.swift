@@ -272,6 +272,12 @@ struct GGMLQ8Group {
 }
 
 extension WeightMatrix {
+    /// The form of Q8 activations this matrix's `gemmQ8` takes: per 256 for GGML types in super-blocks, else per 32.
+    public var q8Forms: Q8Forms {
+        if case .ggml(let type) = encoding, type.blockSize == 256 { return .per256 }
+        return .per32
+    }
+
     /// `gemmQ8` for GGML rows: the C kernel of `isa` (VNNI on AVX-512 where the CPU has it), or the Swift twin,
     /// which does what ggml_q8_body.h does per (row, token) — the same integers, the same fused multiply-adds in
     /// the same order — so they agree bit for bit.
@@ -281,7 +287,7 @@ extension WeightMatrix {
     /// is avx512 and the CPU has it.
     func gemmGGMLQ8(_ type: GGMLType, rows range: Range<Int>, _ x: Q8Activations, into y: UnsafeMutablePointer<Float>,
                     isa: KernelISA, tiles: Bool? = nil, vnni: Bool? = nil) {
-        precondition(type.hasQ8Kernel && cols % type.blockSize == 0)
+        precondition(type.hasQ8Kernel && cols % type.blockSize == 0 && x.forms.isSuperset(of: q8Forms))
         if isa != .generic {
             var m = moe_matrix(data: data, scales: type.q8Table, rows: Int64(rows), cols: Int64(cols), scales_bf16: 0)
             var acts = x.c

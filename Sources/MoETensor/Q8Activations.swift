@@ -13,10 +13,22 @@ public enum ExpertActivations: String, CaseIterable, Sendable {
     case q8
 }
 
+/// Which forms of the activations a product needs: per 32 values (int4 experts, the legacy GGML types, IQ4_NL)
+/// or per 256 (the GGML types in super-blocks: `WeightMatrix.q8Forms`).
+public struct Q8Forms: OptionSet, Sendable {
+    public let rawValue: Int
+    public init(rawValue: Int) { self.rawValue = rawValue }
+    public static let per32 = Q8Forms(rawValue: 1)
+    public static let per256 = Q8Forms(rawValue: 2)
+    public static let all: Q8Forms = [.per32, .per256]
+}
+
 /// `tokens` rows of `cols` activations quantised per group of 32: `x ≈ q · d` with d = max|x|/127 and
 /// q = round(x/d), plus Σq per group and per half group (16 values: the GGML types' sub-blocks). When cols is a
 /// multiple of 256, also quantised per 256 (llama.cpp's Q8_K, what the K-quant kernels take: one scale a
-/// super-block, so their float work is per 256 values): `q256`, `d256` and Σq256 per 16 values. A view over memory
+/// super-block, so their float work is per 256 values): `q256`, `d256` and Σq256 per 16 values. Only the `forms`
+/// asked for are computed (the other's memory is left as it was); the products check theirs is there. A block
+/// with a NaN or an infinity gets d = NaN and q = 0, so the products give NaN, as fp32 would. A view over memory
 /// the caller owns (`floatsNeeded` sizes it).
 public struct Q8Activations {
     public let q: UnsafeMutablePointer<Int8>      // [tokens, cols]
@@ -29,6 +41,8 @@ public struct Q8Activations {
     public let sums256: UnsafeMutablePointer<Int16>?   // [tokens, cols/16]
     public let tokens: Int
     public let cols: Int
+    /// The forms computed (per 256 only where cols is a multiple of 256).
+    public let forms: Q8Forms
 
     /// Floats of memory `init(memory:)` takes for `tokens × cols`: q (1 byte a value), d and sums (4 bytes a
     /// group), sums16 (2 bytes a half group), and the per-256 form (q256, d256, sums256).
@@ -36,19 +50,23 @@ public struct Q8Activations {
         tokens * cols / 4 + 3 * tokens * cols / 32 + tokens * cols / 4 + tokens * cols / 256 + tokens * cols / 32
     }
 
-    /// Quantises `x [tokens, cols]` (cols a multiple of 32) into `memory` (`floatsNeeded` floats).
-    public init(_ x: UnsafePointer<Float>, tokens: Int, cols: Int, memory: UnsafeMutablePointer<Float>) {
+    /// Quantises `x [tokens, cols]` (cols a multiple of 32) into `memory` (`floatsNeeded` floats), in the `forms`
+    /// asked for (`WeightMatrix.q8Forms` of the matrices it will meet).
+    public init(_ x: UnsafePointer<Float>, tokens: Int, cols: Int, memory: UnsafeMutablePointer<Float>, forms: Q8Forms = .all) {
         precondition(cols % 32 == 0)
         let groups = tokens * cols / 32
         self.tokens = tokens
         self.cols = cols
+        self.forms = cols % 256 == 0 ? forms : forms.subtracting(.per256)
         d = memory
         sums = UnsafeMutableRawPointer(memory + groups).bindMemory(to: Int32.self, capacity: groups)
         sums16 = UnsafeMutableRawPointer(memory + 2 * groups).bindMemory(to: Int16.self, capacity: 2 * groups)
         q = UnsafeMutableRawPointer(memory + 3 * groups).bindMemory(to: Int8.self, capacity: tokens * cols)
-        Self.quantise(x, count: tokens * cols, block: 32, q: q, d: d, sums16: sums16)
-        for g in 0..<groups { sums[g] = Int32(sums16[2 * g]) + Int32(sums16[2 * g + 1]) }
-        if cols % 256 == 0 {
+        if forms.contains(.per32) {
+            Self.quantise(x, count: tokens * cols, block: 32, q: q, d: d, sums16: sums16)
+            for g in 0..<groups { sums[g] = Int32(sums16[2 * g]) + Int32(sums16[2 * g + 1]) }
+        }
+        if cols % 256 == 0 && forms.contains(.per256) {
             let after = memory + 3 * groups + tokens * cols / 4, blocks = tokens * cols / 256
             let d256 = after, sums256 = UnsafeMutableRawPointer(after + blocks).bindMemory(to: Int16.self, capacity: 2 * groups)
             let q256 = UnsafeMutableRawPointer(after + blocks + groups).bindMemory(to: Int8.self, capacity: tokens * cols)
@@ -60,13 +78,28 @@ public struct Q8Activations {
     }
 
     /// `x [count]` in blocks of `block` values: d = max|x|/127 per block, q = round(x/d) (half away from zero),
-    /// and Σq per 16 values.
+    /// and Σq per 16 values; a block with a NaN or an infinity: d = NaN, q = 0. The C kernel (quantise_q8.c,
+    /// where the CPU has AVX2 and the kernels are not the generic ones) or its Swift twin, which give the same
+    /// bytes: `Kernels.isa` chooses, or `isa`.
     static func quantise(_ x: UnsafePointer<Float>, count: Int, block: Int, q: UnsafeMutablePointer<Int8>,
-                         d: UnsafeMutablePointer<Float>, sums16: UnsafeMutablePointer<Int16>) {
+                         d: UnsafeMutablePointer<Float>, sums16: UnsafeMutablePointer<Int16>, isa: KernelISA = Kernels.isa) {
+        if isa != .generic {
+            moe_quantise_q8_avx2(x, Int64(count), Int32(block), q, d, sums16)
+            return
+        }
         for b in 0..<(count / block) {
             let v = x + block * b
-            var amax: Float = 0
-            for i in 0..<block { amax = max(amax, abs(v[i])) }
+            var amax: Float = 0, finite = true
+            for i in 0..<block {
+                amax = max(amax, abs(v[i]))
+                finite = finite && !v[i].isNaN
+            }
+            guard finite && amax.isFinite else {
+                d[b] = .nan
+                (q + block * b).initialize(repeating: 0, count: block)
+                (sums16 + block / 16 * b).initialize(repeating: 0, count: block / 16)
+                continue
+            }
             let scale = amax / 127
             let inverse: Float = scale > 0 ? 1 / scale : 0
             for h in 0..<(block / 16) {
@@ -104,7 +137,7 @@ extension WeightMatrix {
     /// scaled by w_scale · d.
     public func gemmQ8(rows range: Range<Int>, _ x: Q8Activations, into y: UnsafeMutablePointer<Float>,
                        isa: KernelISA = Kernels.isa) {
-        precondition(x.cols == cols)
+        precondition(x.cols == cols && x.forms.isSuperset(of: q8Forms))
         guard !range.isEmpty else { return }
         if case .ggml(let type) = encoding { return gemmGGMLQ8(type, rows: range, x, into: y, isa: isa) }
         let scales: UnsafeRawPointer, type: ScaleType, interleaved: Bool

@@ -80,6 +80,46 @@ import Testing
         }
     }
 
+    /// The activation quantiser: the C kernel (quantise_q8.c) gives the Swift twin's bytes, per 32 and per 256, on
+    /// random values, on values that land exactly on a half step (2.5 → 3, −0.5 → −1: away from zero), at tiny and
+    /// huge scales, and on blocks with a NaN or an infinity (d NaN, q 0); the twin rounds as `roundf` does.
+    @Test func activationQuantiserCAndTwinAgree() {
+        guard KernelISA.avx2.isSupported else { return }
+        let count = 4096
+        let x = KernelBenchmark.randomActivations(count, seed: 77)
+        for i in 256..<512 { x.pointer[i] = Float(i % 255) - 127 + (i % 2 == 0 ? 0.5 : 0) }  // amax 127: scale 1, halves exact
+        x.pointer[256] = 127
+        for i in 512..<768 { x.pointer[i] *= 1e-30 }
+        for i in 768..<1024 { x.pointer[i] *= 1e30 }
+        x.pointer[1030] = .nan
+        x.pointer[1300] = .infinity
+        x.pointer[2000] = -.infinity
+        for block in [32, 256] {
+            var results: [([Int8], [Float], [Int16])] = []
+            for isa in [KernelISA.generic, .avx2] {
+                let q = UnsafeMutablePointer<Int8>.allocate(capacity: count), d = UnsafeMutablePointer<Float>.allocate(capacity: count / block)
+                let s = UnsafeMutablePointer<Int16>.allocate(capacity: count / 16)
+                defer { q.deallocate(); d.deallocate(); s.deallocate() }
+                Q8Activations.quantise(x.pointer, count: count, block: block, q: q, d: d, sums16: s, isa: isa)
+                results.append((Array(UnsafeBufferPointer(start: q, count: count)), Array(UnsafeBufferPointer(start: d, count: count / block)),
+                                Array(UnsafeBufferPointer(start: s, count: count / 16))))
+            }
+            let (twin, c) = (results[0], results[1])
+            #expect(twin.0 == c.0 && twin.2 == c.2, "block \(block)")
+            #expect(zip(twin.1, c.1).allSatisfy { $0.bitPattern == $1.bitPattern || ($0.isNaN && $1.isNaN) }, "block \(block)")
+            for i in 0..<count where twin.1[i / block].isFinite {
+                let p = x.pointer[i] * (twin.1[i / block] > 0 ? 1 / twin.1[i / block] : 0)
+                #expect(Int(twin.0[i]) == Int(p.rounded(.toNearestOrAwayFromZero)), "value \(i)")
+            }
+            for i in [1030, 1300, 2000] {
+                #expect(twin.1[i / block].isNaN && twin.0[(i / block * block)..<(i / block * block + block)].allSatisfy { $0 == 0 })
+            }
+            // Scale 1 in these blocks (max |x| = 127): −123.5 → −124, −121.5 → −122, and per 256, 18.5 → 19.
+            #expect(twin.0[256] == 127 && twin.0[258] == -124 && twin.0[260] == -122)
+            if block == 256 { #expect(twin.0[400] == 19) }
+        }
+    }
+
     /// Flips the sign bit of the first fp16 field of every third block (negative d; Q4_1's and Q5_1's minimum is
     /// the second field and stays).
     func negateSomeScales(_ m: WeightMatrix, _ type: GGMLType) {

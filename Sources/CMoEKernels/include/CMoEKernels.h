@@ -57,6 +57,10 @@ void moe_gemm_q4_q8_avx2(const moe_matrix *m, int64_t r0, int64_t r1, const moe_
 /// The same with AVX-512 VNNI (vpdpbusd, two groups per instruction), where `moe_cpu_has_avx512vnni`.
 void moe_gemm_q4_q8_avx512vnni(const moe_matrix *m, int64_t r0, int64_t r1, const moe_q8_acts *x, int64_t T, float *y);
 int moe_cpu_has_avx512vnni(void);
+/// `x [count]` quantised to int8 in blocks of `block` values (a multiple of 16): d = max|x|/127, q = round(x/d)
+/// half away from zero, Σq per 16 values into sums16; a block with a NaN or an infinity gets d = NaN and q = 0
+/// (quantise_q8.c; the same bytes as `Q8Activations.quantise`'s Swift twin). AVX2.
+void moe_quantise_q8_avx2(const float *x, int64_t count, int32_t block, int8_t *q, float *d, int16_t *sums16);
 /// GGML block types (their numbers in GGUF) that `moe_gemm_ggml_q8_*` multiply.
 enum {
     MOE_GGML_Q4_0 = 2, MOE_GGML_Q4_1 = 3, MOE_GGML_Q5_0 = 6, MOE_GGML_Q5_1 = 7, MOE_GGML_Q8_0 = 8,
