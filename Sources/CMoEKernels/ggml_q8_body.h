@@ -328,7 +328,7 @@ TARGET static inline AI __m256i QFN(iq2_u)(const uint8_t *tab, const uint32_t *r
     return QFN(signed_plus)(QFN(rows_32)(tab, rows), neg, 64);
 }
 
-/// The i-quants whose groups have one scale each (IQ2_XXS, IQ3_XXS, IQ1_S): GROUP(p, g, tab, &scale) gives group
+/// The i-quants whose groups have one scale each (IQ2_XXS, IQ3_XXS, IQ3_S, IQ1_S): GROUP(p, g, tab, &scale) gives group
 /// g's unsigned bytes and its integer scale; each half's offset is `offset` · scale, the float d · `dscale`.
 typedef __m256i (*QFN(group_fn))(const uint8_t *p, int g, const uint8_t *tab, int16_t *scale);
 

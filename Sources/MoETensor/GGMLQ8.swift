@@ -20,8 +20,8 @@ extension GGMLType {
 
     /// Whether the row kernels of this type run the AVX2 body (maddubs, 256-bit) even where AVX-512 VNNI is there:
     /// the legacy types and IQ4_NL (whose 256-bit `vpdpbusd` lost to maddubs) and the i-quants whose decoding is
-    /// most shuffles (IQ1_S, IQ1_M, IQ2_XS, IQ2_S, IQ3_S: the AVX-512 body's 512-bit pairs add lane inserts on the
-    /// same port). `bench kernels --tokens 1,3 --repeats 5` on the AMX Xeon, ms AVX2 vs AVX-512 at 1 and 3 tokens:
+    /// most shuffles (IQ1_S, IQ1_M, IQ2_XS, IQ2_S, IQ3_S; perhaps the AVX-512 body's lane inserts that build its
+    /// 512-bit pairs compete with those shuffles for a port: not profiled). `bench kernels --tokens 1,3 --repeats 5` on the AMX Xeon, ms AVX2 vs AVX-512 at 1 and 3 tokens:
     /// Q4_0 1.92/2.07 vs 2.03/3.22, Q4_1 1.79/2.42 vs 3.08/3.67, Q8_0 3.23/3.82 vs 3.17/4.24, IQ4_NL 2.25/3.30 vs
     /// 3.08/3.99, IQ1_S 3.45/4.64 vs 5.27/6.14, IQ3_S 4.43/5.50 vs 5.64/6.08; the K-quants, IQ2_XXS, IQ3_XXS, IQ4_XS
     /// and the TQ types are faster on AVX-512 (Q6_K 1.83/3.45 vs 1.42/2.79). Both bodies give the same bits.
