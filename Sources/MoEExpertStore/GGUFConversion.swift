@@ -17,6 +17,11 @@ import MoETokenizer
 /// - config.json from the GGUF's metadata (`ModelConfig.fromGGUF`) and, for a kimi-k2 vocabulary, `tiktoken.model` and
 ///   `tokenizer_config.json`, so the store runs like any other.
 ///
+/// Where a sums file lies beside the GGUF (`GGUFSums`, `moestream verify X.gguf --write-sums`), what is converted is
+/// checked against it first: the resident tensors before anything is written, each expert as it is copied. A file
+/// damaged since its sums were written is refused, naming the tensor or the layer and expert, instead of being
+/// checksummed into the store as if it were right.
+///
 /// Units, resuming, sidecars and the manifest-last rule are the safetensors converter's.
 extension StoreConverter {
     func runGGUF() throws(StoreError) {
@@ -36,6 +41,11 @@ extension StoreConverter {
         }
         let tensors = GGUFTensors(gguf: gguf, config: config)
         let layerTypes = try Self.expertTypes(gguf, config)
+        let sums = try GGUFSums.load(for: gguf, config)
+        if let sums {
+            log("checking the GGUF against \(sums.path)")
+            if let problem = sums.tensorProblems(gguf).first { throw .unsupportedSource(file: sums.path, reason: "does not match the GGUF: \(problem)") }
+        }
         let shapes = [(config.moeIntermediateSize, config.hiddenSize), (config.moeIntermediateSize, config.hiddenSize),
                       (config.hiddenSize, config.moeIntermediateSize)]
         // Each matrix's space fits the type with the longest rows it has in any layer.
@@ -53,18 +63,25 @@ extension StoreConverter {
             try Self.produce(t, gguf, tensors, emit)
         }
         var expertFiles: [ExpertFile] = []
-        for layer in config.moeLayers {
+        for (k, layer) in config.moeLayers.enumerated() {
             let slices = ["gate", "up", "down"].map { gguf.info("blk.\(layer).ffn_\($0)_exps.weight")! }
-            let (rel, sums) = try expertUnit(plan, layer: layer, experts: config.numRoutedExperts, progress: &progress) { e, extent throws(StoreError) in
-                // Expert e's rows of each stacked tensor, bit for bit.
+            let (rel, extentSums) = try expertUnit(plan, layer: layer, experts: config.numRoutedExperts, progress: &progress) { e, extent throws(StoreError) in
+                // Expert e's rows of each stacked tensor, bit for bit (and, with a sums file, checked as copied).
+                var h = XXHash64.Streaming()
                 for ((file, info), m) in zip(slices, [layout.gate, layout.up, layout.down]) {
                     let per = info.range.count / config.numRoutedExperts
                     (extent + m.offset).copyMemory(from: file.bytes(of: info).baseAddress! + e * per, byteCount: per)
+                    if sums != nil { h.update(extent + m.offset, count: per) }
+                }
+                if let sums, h.finish() != sums.experts[k][e] {
+                    let (file, info) = slices[0]
+                    throw .expertChecksum(layer: layer, expert: e, file: file.path,
+                                          offset: info.range.lowerBound + e * (info.range.count / config.numRoutedExperts))
                 }
             }
             for (file, info) in slices { file.release(info) }
             let types = layerTypes[layer]!
-            expertFiles.append(ExpertFile(layer: layer, path: rel, experts: config.numRoutedExperts, checksums: sums,
+            expertFiles.append(ExpertFile(layer: layer, path: rel, experts: config.numRoutedExperts, checksums: extentSums,
                                           ggmlTypes: types == widest ? nil : types.map(\.description)))
         }
 

@@ -109,6 +109,29 @@ import MoETestSupport
         #expect(failed, "no prompt chose layer 1's expert 5")
     }
 
+    /// `convert` checks what it copies against the sums: an intact file converts (and its store verifies); a file
+    /// damaged since its sums were written is refused, naming the layer and expert, before a manifest is written.
+    @Test func convertChecksTheGGUFAgainstItsSums() throws {
+        let path = try copy("convert")
+        _ = try writeSums(path)
+        func convert(_ out: String) throws {
+            var converter = StoreConverter(source: path, output: out)
+            converter.experts = .source
+            converter.resident = .source
+            try converter.run()
+        }
+        let good = Fixtures.scratchDirectory("gguf-sums-store") + "/store"
+        try convert(good)
+        #expect(StoreVerifier(path: good).run().ok)
+        try damage(path, layer: 1, expert: 2, proj: "down")
+        let bad = Fixtures.scratchDirectory("gguf-sums-store") + "/store"
+        #expect { try convert(bad) } throws: { e in
+            let d = "\(e)"
+            return d.contains("layer 1 expert 2") && d.contains("checksum mismatch")
+        }
+        #expect(!FileManager.default.fileExists(atPath: bad + "/" + StoreManifest.fileName))
+    }
+
     @Test func aDamagedResidentTensorIsRefusedAtLoad() throws {
         let path = try copy("resident")
         let (gguf, c) = try writeSums(path)
