@@ -45,7 +45,6 @@ Pinned (Tools/bench-requirements.txt): llama-cpp-python==0.3.36 (its vendored ll
 gguf==0.19.0, numpy==2.4.6. The script checks the versions.
 """
 import argparse
-import ctypes
 import json
 import math
 import os
@@ -56,7 +55,7 @@ import time
 from collections import Counter, OrderedDict
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from make_gguf_fixtures import bytes_to_unicode  # noqa: E402  (stdlib-only at import: runs in .venv-bench too)
+from make_gguf_fixtures import QUANTIZE, bytes_to_unicode  # noqa: E402  (stdlib-only at import: runs in .venv-bench too)
 
 import numpy as np
 
@@ -211,30 +210,8 @@ def write_twin(gguf, path, seed=7):
 
 # --- step 2: llama_model_quantize, one process per ftype -------------------------------------------------------------
 
-QUANTIZE_CHILD = r"""
-import ctypes, json, sys
-import llama_cpp
-inp, out, ftype, nthread, imatrix_json = sys.argv[1:6]
-llama_cpp.llama_backend_init()
-p = llama_cpp.llama_model_quantize_default_params()
-p.ftype = getattr(llama_cpp, "LLAMA_FTYPE_MOSTLY_" + ftype)
-p.nthread = int(nthread)
-keep = []
-if imatrix_json != "-":
-    entries = json.load(open(imatrix_json))
-    arr = (llama_cpp.llama_model_imatrix_data * (len(entries) + 1))()
-    for i, (name, size) in enumerate(entries):
-        data = (ctypes.c_float * size)(*([1.0] * size))
-        keep.append((name.encode(), data))
-        arr[i].name = keep[-1][0]
-        arr[i].data = ctypes.cast(data, ctypes.POINTER(ctypes.c_float))
-        arr[i].size = size
-    arr[len(entries)].name = None
-    p.imatrix = ctypes.cast(arr, ctypes.POINTER(llama_cpp.llama_model_imatrix_data))
-rc = llama_cpp.llama_model_quantize(inp.encode(), out.encode(), ctypes.byref(p))
-print("llama_model_quantize rc", rc, flush=True)
-sys.exit(rc)
-"""
+# The quantizer child is make_gguf_fixtures' (imported above): llama_model_quantize with an optional uniform
+# importance matrix, [tensor name, values] as JSON.
 
 
 def imatrix_entries(path):
@@ -251,7 +228,7 @@ def imatrix_entries(path):
 
 def quantize(src, dst, ftype, threads, imatrix_path):
     t0 = time.time()
-    r = subprocess.run([sys.executable, "-c", QUANTIZE_CHILD, src, dst, ftype, str(threads), imatrix_path or "-"],
+    r = subprocess.run([sys.executable, "-c", QUANTIZE, src, dst, ftype, str(threads)] + ([imatrix_path] if imatrix_path else []),
                        stdin=subprocess.DEVNULL, capture_output=True, text=True)
     log = r.stdout + r.stderr
     return r.returncode, log, time.time() - t0
