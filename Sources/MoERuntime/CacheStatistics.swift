@@ -54,7 +54,7 @@ public struct CacheStatistics: Codable, Sendable, Equatable {
     public var kernels = ""
     /// `--expert-activations`: fp32 or q8.
     public var expertActivations = "fp32"
-    /// `--resident-activations`: fp32 or bf16x2 (AMX tiles).
+    /// `--resident-activations`: fp32, q8, or bf16x2 with its kernel (`bf16x2 (amx)`, `bf16x2 (vdpbf16ps)`).
     public var residentActivations = "fp32"
     /// `--kv-cache`: what the KV cache stores its rows in (f32 or bf16).
     public var kvCache = "f32"

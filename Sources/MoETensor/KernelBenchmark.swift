@@ -166,19 +166,33 @@ public enum KernelBenchmark {
         return 4 * 8192 * 2 * Double(rounds) / best / 1e9
     }
 
+    /// One core's `vdpbf16ps` peak in GFLOP/s (a bf16 multiply-add is 2), best of three; nil without AVX512-BF16
+    /// or with kernels other than avx512.
+    public static func dpbf16Peak() -> Double? {
+        guard ResidentActivations.hasAVX512BF16, Kernels.isa == .avx512 else { return nil }
+        var best = Double.infinity
+        let rounds: Int64 = 20_000_000
+        for _ in 0..<3 {
+            let start = monotonicSeconds()
+            _ = moe_peak_dpbf16_avx512(rounds)
+            best = min(best, monotonicSeconds() - start)
+        }
+        return 12 * 32 * 2 * Double(rounds) / best / 1e9
+    }
+
     /// One thread, for the single-threaded timings.
     static let single = KernelPool.make(threads: 1)
 
-    /// Seconds for one single-threaded AMX product of all rows of a bf16 matrix, the activations packed in the
-    /// timing (as every product packs them; best of `repeats`), and the result.
-    public static func timeBF16(_ m: WeightMatrix, _ x: FloatBuffer, tokens: Int, repeats: Int) -> (Double, FloatBuffer) {
+    /// Seconds for one single-threaded bf16x2 product (on `kernel`) of all rows of a bf16 matrix, the activations
+    /// packed in the timing (as every product packs them; best of `repeats`), and the result.
+    public static func timeBF16(_ m: WeightMatrix, _ x: FloatBuffer, tokens: Int, repeats: Int, kernel: BF16x2Kernel) -> (Double, FloatBuffer) {
         let memory = UnsafeMutablePointer<UInt16>.allocate(capacity: BF16Tiles.valuesNeeded(tokens: tokens, cols: m.cols))
         defer { memory.deallocate() }
         let y = FloatBuffer(count: tokens * m.rows)
         var best = Double.infinity
         for _ in 0..<max(1, repeats) {
             let start = monotonicSeconds()
-            let tiles = KernelPool.using(single) { BF16Tiles(x.pointer, tokens: tokens, cols: m.cols, memory: memory) }
+            let tiles = KernelPool.using(single) { BF16Tiles(x.pointer, tokens: tokens, cols: m.cols, memory: memory, kernel: kernel) }
             m.gemmBF16(rows: 0..<m.rows, tiles, into: y.pointer)
             best = min(best, monotonicSeconds() - start)
         }

@@ -163,6 +163,8 @@ struct BenchKernels: ParsableCommand {
         }
         let amxPeak = KernelBenchmark.amxPeak()
         if let amxPeak { print(String(format: "peak of one core, AMX: bf16 tdpbf16ps %.1f GFLOP/s", amxPeak)) }
+        let dpPeak = KernelBenchmark.dpbf16Peak()
+        if let dpPeak { print(String(format: "peak of one core, AVX512-BF16: bf16 vdpbf16ps %.1f GFLOP/s", dpPeak)) }
         print("kind        tokens  isa       ms      GB/s  GFLOP/s  vs generic  max |Δ|/scale  % of peak")
         for kind in KernelBenchmark.Kind.allCases {
             let m = KernelBenchmark.randomMatrix(kind, rows: rows, cols: cols)
@@ -229,15 +231,19 @@ struct BenchKernels: ParsableCommand {
                 }
             }
         }
-        // bf16 weights × activations split into two bf16 parts on AMX tiles (`--resident-activations bf16x2`),
-        // packing included: its error against the fp32 product is the split's.
-        if let amxPeak, rows % WeightMatrix.amxTileRows == 0 {
+        // bf16 weights × activations split into two bf16 parts (`--resident-activations bf16x2`) on AMX tiles and
+        // with `vdpbf16ps`, packing included: its error against the fp32 product is the split's. The share is of
+        // the instruction's peak, which counts both parts' products: at most 50% for the matrix's own.
+        let bf16x2: [(BF16x2Kernel, Double)] = [amxPeak.map { (.amx, $0) }, dpPeak.map { (.vdpbf16ps, $0) }].compactMap { $0 }
+        if !bf16x2.isEmpty, rows % WeightMatrix.amxTileRows == 0, cols % 32 == 0 {
             let m = KernelBenchmark.randomMatrix(.bf16, rows: rows, cols: cols)
             for t in counts {
                 let (x, reference, scale, base) = generic(m, tokens: t)
-                let (s, y) = KernelBenchmark.timeBF16(m, x, tokens: t, repeats: repeats)
-                printRow("bf16x2", t, .avx512, seconds: s, base: base, bytes: m.storedByteCount, y: y, reference: reference,
-                         scale: scale, peak: amxPeak, isaName: "amx")
+                for (kernel, peak) in bf16x2 {
+                    let (s, y) = KernelBenchmark.timeBF16(m, x, tokens: t, repeats: repeats, kernel: kernel)
+                    printRow("bf16x2", t, .avx512, seconds: s, base: base, bytes: m.storedByteCount, y: y, reference: reference,
+                             scale: scale, peak: peak, isaName: kernel == .amx ? "amx" : "vdpbf16")
+                }
             }
         }
     }

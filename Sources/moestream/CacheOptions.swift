@@ -50,7 +50,7 @@ struct CacheOptions: ParsableArguments {
     @Option(help: ArgumentHelp("Routed experts' activations (int4 experts, and GGML experts of the block types): q8-gate-up (the default for int4) quantises gate's and up's inputs to int8 (per 32 values; per 256 for GGML experts in super-blocks: K-quants, i-quants but IQ4_NL, ternary) and multiplies with int8 dot products, down stays fp32; q8 (the default for GGML experts) quantises down's input too, as llama.cpp does; fp32 is exact. Quality and speed of each: docs/performance.md.", valueName: "q8-gate-up|q8|fp32"))
     var expertActivations: ExpertActivations?
 
-    @Option(help: ArgumentHelp("Resident matrices' activations (attention projections, dense and shared MLPs, output head): bf16x2 splits each into two bf16 parts (16 significant bits) and multiplies bf16 matrices on AMX tiles, the default where the CPU has AMX-BF16 and the avx512 kernels run; q8, the default for a GGUF's, quantises to int8 for GGML matrices of the legacy types and IQ4_NL (per 32 values) and of the K-quants and i-quants (per 256, as llama.cpp does), but not the ternary TQ1_0/TQ2_0 (fp32), bf16 ones as bf16x2 where AMX runs; fp32, the default elsewhere, is exact. Quality and speed: docs/performance.md.", valueName: "bf16x2|q8|fp32"))
+    @Option(help: ArgumentHelp("Resident matrices' activations (attention projections, dense and shared MLPs, output head): bf16x2 splits each into two bf16 parts (16 significant bits) and multiplies bf16 matrices on AMX tiles or with AVX512-BF16's vdpbf16ps, the default where the CPU has either and the avx512 kernels run; q8, the default for a GGUF's, quantises to int8 for GGML matrices of the legacy types and IQ4_NL (per 32 values) and of the K-quants and i-quants (per 256, as llama.cpp does), but not the ternary TQ1_0/TQ2_0 (fp32), bf16 ones as bf16x2 where it runs; fp32, the default elsewhere, is exact. Quality and speed: docs/performance.md.", valueName: "bf16x2|q8|fp32"))
     var residentActivations: ResidentActivations?
 
     @Option(help: ArgumentHelp("What the KV cache stores per layer and position (MLA's latent and roped key): f16, the default, rounds each value once when it is written and takes half f32's bytes; bf16 takes as few and is coarser; f32 is exact. Bytes per position: `moestream inspect`; quality: docs/performance.md.", valueName: "f16|bf16|f32"))
@@ -72,9 +72,9 @@ struct CacheOptions: ParsableArguments {
     }
 
     /// What the resident matrices multiply with: `--exact` or `--resident-activations`, else q8 for a GGUF's
-    /// (GGML blocks), bf16x2 where AMX runs, fp32 elsewhere (the measurements: docs/performance.md).
+    /// (GGML blocks), bf16x2 where AMX or AVX512-BF16 runs it, fp32 elsewhere (the measurements: docs/performance.md).
     func resident(ggml: Bool) -> ResidentActivations {
-        exact ? .fp32 : residentActivations ?? (ggml ? .q8 : ResidentActivations.amxAvailable(isa: kernels) ? .bf16x2 : .fp32)
+        exact ? .fp32 : residentActivations ?? (ggml ? .q8 : ResidentActivations.bf16x2Kernel(isa: kernels) != nil ? .bf16x2 : .fp32)
     }
 
     @Option(help: ArgumentHelp("Prompt tokens a forward pass's per-token stages take at a time: attention, dense and shared MLPs, routed experts' inputs and results. Bounds a long prompt's scratch memory (about 0.4 MB per chunk token at Kimi K2's sizes, beside 57 KB per prompt token for the residual stream and an MoE layer's output); every routed expert is still read once per layer, and results do not change.", valueName: "tokens"))
@@ -108,9 +108,9 @@ struct CacheOptions: ParsableArguments {
         }
         if residentActivations == .bf16x2 {
             if exact { throw ValidationError("--exact multiplies with fp32 activations; it cannot be combined with --resident-activations bf16x2") }
-            guard ResidentActivations.amxAvailable(isa: kernels) else {
-                throw ValidationError("--resident-activations bf16x2 multiplies on AMX tiles: this CPU "
-                    + (kernels == .avx512 ? "lacks AMX-BF16 (or Linux did not grant the tile state)" : "runs the \(kernels.rawValue) kernels, not avx512"))
+            guard ResidentActivations.bf16x2Kernel(isa: kernels) != nil else {
+                throw ValidationError("--resident-activations bf16x2 multiplies on AMX tiles or with AVX512-BF16: this CPU "
+                    + (kernels == .avx512 ? "has neither (or Linux did not grant the tile state)" : "runs the \(kernels.rawValue) kernels, not avx512"))
             }
         }
         if let cache, parseSize(cache) == nil && parsePercent(cache) == nil {

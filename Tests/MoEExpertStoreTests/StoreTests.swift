@@ -75,7 +75,7 @@ func convert(_ name: String, experts: StoreConverter.ExpertsOption = .source, re
         model.expertActivations = .q8GateUp
         _ = try gate("q8-gate-up")
         model.residentActivations = .bf16x2
-        _ = try gate(ResidentActivations.amxAvailable() ? "q8-gate-up with bf16x2 resident products" : "q8-gate-up (no AMX here)")
+        _ = try gate(ResidentActivations.bf16x2Kernel().map { "q8-gate-up with bf16x2 resident products (\($0.rawValue))" } ?? "q8-gate-up (no bf16x2 kernel here)")
         model.kvPrecision = .f16
         let fast = try gate("the command line's default, with an f16 KV cache")
         // Decode through the cache reproduces the whole pass bit for bit in the fast arithmetic too.

@@ -1,9 +1,10 @@
 import Testing
 @testable import MoETensor
 
-/// The AMX bf16 tiles (`--resident-activations bf16x2`) against a float64 product of the split activations,
-/// and the guarantees the fp32 kernels give: a token's result is the same alone or among others, however rows are
-/// split. Where the CPU has no AMX (or Linux did not grant it) the tests say so and check only the packing.
+/// The bf16x2 kernels (`--resident-activations bf16x2`: AMX tiles, AVX512-BF16's `vdpbf16ps`) against a float64
+/// product of the split activations, and the guarantees the fp32 kernels give: a token's result is the same alone
+/// or among others, however rows are split. Each kernel the CPU runs is tested (a Xeon with AMX has AVX512-BF16
+/// too); where it runs neither, the tests say so and check only the packing.
 @Suite struct BF16TileTests {
     /// The two bf16 parts of x, rounded to nearest even, as the packing splits it.
     static func split(_ f: Float) -> (hi: UInt16, lo: UInt16) {
@@ -18,7 +19,7 @@ import Testing
         x.pointer[6] = Float(bitPattern: 0x3F81_8000)  // a tie: rounds up to the even 0x3F82
         let memory = UnsafeMutablePointer<UInt16>.allocate(capacity: BF16Tiles.valuesNeeded(tokens: tokens, cols: cols))
         defer { memory.deallocate() }
-        let tiles = BF16Tiles(x.pointer, tokens: tokens, cols: cols, memory: memory)
+        let tiles = BF16Tiles(x.pointer, tokens: tokens, cols: cols, memory: memory, kernel: .amx)
         #expect(BF16Tiles.valuesNeeded(tokens: tokens, cols: cols) == 2 * 32 * cols)
         for b in 0..<2 {
             for k in 0..<2 {
@@ -47,16 +48,47 @@ import Testing
         }
     }
 
+    /// `vdpbf16ps`'s order: each token's row of chunks of 32 columns, hi then lo, rounded as the AMX order is
+    /// (the packer is SIMD here, scalar there); a NaN stays NaN.
+    @Test func rowPackingSplitsAsTheTilesDo() {
+        guard ResidentActivations.hasAVX512BF16 else {
+            print("note: no AVX512-BF16 here; the vdpbf16ps packing is compiled but not run")
+            return
+        }
+        let (tokens, cols) = (19, 96)
+        let x = KernelBenchmark.randomActivations(tokens * cols, seed: 4)
+        x.pointer[5] = Float(bitPattern: 0x3F80_8000)
+        x.pointer[6] = Float(bitPattern: 0x3F81_8000)
+        x.pointer[7] = .nan
+        x.pointer[8] = -Float.infinity
+        x.pointer[9] = Float(bitPattern: 0x0000_0003)  // a denormal
+        let memory = UnsafeMutablePointer<UInt16>.allocate(capacity: BF16Tiles.valuesNeeded(tokens: tokens, cols: cols))
+        defer { memory.deallocate() }
+        let rows = BF16Tiles(x.pointer, tokens: tokens, cols: cols, memory: memory, kernel: .vdpbf16ps)
+        for t in 0..<tokens {
+            for c in 0..<cols {
+                let (hi, lo) = Self.split(x.pointer[t * cols + c])
+                let at = t * 2 * cols + 64 * (c / 32) + c % 32
+                if x.pointer[t * cols + c].isNaN {
+                    #expect(bf16ToFloat(rows.values[at]).isNaN)
+                } else {
+                    #expect(rows.values[at] == hi && rows.values[at + 32] == lo, "token \(t) column \(c)")
+                }
+            }
+        }
+        #expect(rows.values[5] == 0x3F80 && rows.values[6] == 0x3F82)
+    }
+
     @Test(arguments: [(48, 1024, 1), (48, 1024, 9), (80, 2048, 37), (16, 32, 16)])
-    func amxTilesMatchTheExactProductOfTheRoundedValues(shape: (Int, Int, Int)) {
+    func tilesMatchTheExactProductOfTheRoundedValues(shape: (Int, Int, Int)) {
         let (rows, cols, tokens) = shape
-        guard Self.amxRuns() else { return }
+        for kernel in Self.kernelsThatRun() {
         let m = KernelBenchmark.randomMatrix(.bf16, rows: rows, cols: cols, seed: UInt64(rows + cols))
         let x = KernelBenchmark.randomActivations(tokens * cols, seed: UInt64(tokens))
         let memory = UnsafeMutablePointer<UInt16>.allocate(capacity: BF16Tiles.valuesNeeded(tokens: tokens, cols: cols))
         defer { memory.deallocate() }
         let y = FloatBuffer(count: tokens * rows)
-        m.applyBF16(BF16Tiles(x.pointer, tokens: tokens, cols: cols, memory: memory), into: y.pointer)
+        m.applyBF16(BF16Tiles(x.pointer, tokens: tokens, cols: cols, memory: memory, kernel: kernel), into: y.pointer)
         for t in 0..<tokens {
             for r in 0..<rows {
                 var s = 0.0, magnitude = 0.0
@@ -68,15 +100,16 @@ import Testing
                 }
                 // Products of bf16 values are exact in fp32; the sums are fp32.
                 let bound = 1e-6 * magnitude * Double(cols).squareRoot() + 1e-30
-                #expect(abs(Double(y.pointer[t * rows + r]) - s) <= bound, "row \(r) token \(t): \(y.pointer[t * rows + r]) vs \(s)")
+                #expect(abs(Double(y.pointer[t * rows + r]) - s) <= bound, "\(kernel): row \(r) token \(t): \(y.pointer[t * rows + r]) vs \(s)")
             }
+        }
         }
     }
 
     /// 300 rows would not split into tiles; 336 rows × 4096 columns × 150 tokens crosses the kernel's row blocks
     /// (64), token super-blocks (2 blocks of 16) and column spans (32 chunks of 32).
     @Test func aTokensResultDependsNeitherOnItsNeighboursNorOnTheRowSplit() {
-        guard Self.amxRuns() else { return }
+        for kernel in Self.kernelsThatRun() {
         let (rows, cols, tokens) = (336, 4096, 150)
         let m = KernelBenchmark.randomMatrix(.bf16, rows: rows, cols: cols, seed: 11)
         #expect(m.takesBF16Tiles)
@@ -85,20 +118,21 @@ import Testing
         let memory = UnsafeMutablePointer<UInt16>.allocate(capacity: BF16Tiles.valuesNeeded(tokens: tokens, cols: cols))
         defer { memory.deallocate() }
         let whole = FloatBuffer(count: tokens * rows)
-        m.gemmBF16(rows: 0..<rows, BF16Tiles(x.pointer, tokens: tokens, cols: cols, memory: memory), into: whole.pointer)
+        m.gemmBF16(rows: 0..<rows, BF16Tiles(x.pointer, tokens: tokens, cols: cols, memory: memory, kernel: kernel), into: whole.pointer)
         let pooled = FloatBuffer(count: tokens * rows)
-        m.applyBF16(BF16Tiles(x.pointer, tokens: tokens, cols: cols, memory: memory), into: pooled.pointer)
-        #expect(pooled.array == whole.array, "through the pool")
+        m.applyBF16(BF16Tiles(x.pointer, tokens: tokens, cols: cols, memory: memory, kernel: kernel), into: pooled.pointer)
+        #expect(pooled.array == whole.array, "\(kernel): through the pool")
         let single = FloatBuffer(count: rows)
         for t in [0, 15, 16, 77, 149] {
-            let one = BF16Tiles(x.pointer + t * cols, tokens: 1, cols: cols, memory: memory)
+            let one = BF16Tiles(x.pointer + t * cols, tokens: 1, cols: cols, memory: memory, kernel: kernel)
             for split in [16, 64, 320] {
                 m.gemmBF16(rows: 0..<split, one, into: single.pointer)
                 m.gemmBF16(rows: split..<rows, one, into: single.pointer)
                 for r in 0..<rows {
-                    #expect(single.pointer[r] == whole.pointer[t * rows + r], "token \(t) row \(r) split \(split)")
+                    #expect(single.pointer[r] == whole.pointer[t * rows + r], "\(kernel): token \(t) row \(r) split \(split)")
                 }
             }
+        }
         }
     }
 
@@ -106,13 +140,22 @@ import Testing
     @Test func kernelsOtherThanAVX512NeverTakeTheTiles() {
         #expect(!ResidentActivations.amxAvailable(isa: .avx2))
         #expect(!ResidentActivations.amxAvailable(isa: .generic))
-        #expect(KernelBenchmark.randomMatrix(.bf16, rows: 32, cols: 64, seed: 1).takesBF16Tiles == ResidentActivations.amxAvailable())
+        #expect(ResidentActivations.bf16x2Kernel(isa: .avx2) == nil && ResidentActivations.bf16x2Kernel(isa: .generic) == nil)
+        #expect(KernelBenchmark.randomMatrix(.bf16, rows: 32, cols: 64, seed: 1).takesBF16Tiles == (ResidentActivations.bf16x2Kernel() != nil))
+        // AMX first where it runs: it is the faster of the two.
+        #expect(ResidentActivations.bf16x2Kernel(isa: .avx512) == (ResidentActivations.amxAvailable(isa: .avx512) ? .amx
+            : ResidentActivations.hasAVX512BF16 && KernelISA.avx512.isSupported ? .vdpbf16ps : nil))
     }
 
-    /// Whether the AMX kernel runs here with the kernels in use; says so when it does not.
-    static func amxRuns() -> Bool {
-        if ResidentActivations.amxAvailable() { return true }
-        print("note: no AMX-BF16 here (or no grant of the tile state, or kernels other than avx512); the AMX kernel is compiled but not run")
-        return false
+    /// The bf16x2 kernels that run here with the kernels in use; says which do not.
+    static func kernelsThatRun() -> [BF16x2Kernel] {
+        var kernels: [BF16x2Kernel] = []
+        if ResidentActivations.amxAvailable() { kernels.append(.amx) } else {
+            print("note: no AMX-BF16 here (or no grant of the tile state, or kernels other than avx512); the AMX kernel is compiled but not run")
+        }
+        if ResidentActivations.hasAVX512BF16 && Kernels.isa == .avx512 { kernels.append(.vdpbf16ps) } else {
+            print("note: no AVX512-BF16 here (or kernels other than avx512); the vdpbf16ps kernel is compiled but not run")
+        }
+        return kernels
     }
 }

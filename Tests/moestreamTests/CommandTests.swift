@@ -84,7 +84,7 @@ func moestream(_ args: [String], stdin: String? = nil) throws -> (Int32, String,
         let tokenizer = try Tokenizer(directory: model)
         let m = try KimiModel.load(checkpoint: model)
         m.expertActivations = .q8GateUp
-        m.residentActivations = ResidentActivations.amxAvailable() ? .bf16x2 : .fp32
+        m.residentActivations = ResidentActivations.bf16x2Kernel() != nil ? .bf16x2 : .fp32
         m.kvPrecision = .bf16
         let prompt = tokenizer.encode(KimiChatFormat().render([ChatMessage(role: .user, content: "Hi there")], tools: nil, addGenerationPrompt: true))
         let greedy = try m.greedy(prompt: prompt, maxTokens: 10)

@@ -135,4 +135,13 @@ void moe_pack_bf16_amx(const float *x, int64_t T, int64_t cols, int64_t b0, int6
 void moe_gemm_bf16_amx(const moe_matrix *m, int64_t r0, int64_t r1, const uint16_t *xt, int64_t T, float *y);
 double moe_peak_amx_bf16(int64_t iterations);
 
+/// The same arithmetic on AVX512-BF16's `vdpbf16ps`, for CPUs with it and no AMX (kernels_bf16dp.c).
+/// `moe_pack_bf16x2_rows` splits tokens [t0, t1) of x [T, cols] (cols a multiple of 32) into per-token rows of
+/// chunks, 32 hi then 32 lo values (2 · T · cols values in all); `moe_gemm_bf16x2_dp` multiplies bf16 rows
+/// [r0, r1) by them; `moe_peak_dpbf16_avx512` is the instruction's peak loop (12 · 32 multiply-adds per round).
+int moe_cpu_has_avx512_bf16(void);
+void moe_pack_bf16x2_rows(const float *x, int64_t T, int64_t cols, int64_t t0, int64_t t1, uint16_t *out);
+void moe_gemm_bf16x2_dp(const moe_matrix *m, int64_t r0, int64_t r1, const uint16_t *x, int64_t T, float *y);
+double moe_peak_dpbf16_avx512(int64_t iterations);
+
 #endif
