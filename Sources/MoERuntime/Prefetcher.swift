@@ -36,6 +36,11 @@ final class Prefetcher: @unchecked Sendable {
     // Scratch.
     /// Tokens speculated on at a time.
     static let chunk = 512
+    /// Passes of at least this many tokens (prompts) keep every predicted expert that the read queue cannot take
+    /// yet in the cache's backlog, read as room appears, so the next layer's reads overlap this layer's compute.
+    /// Shorter ones (decode) drop them: their predictions are few and less sure (on the K2 slice under the cap 28%
+    /// of decode's were used), and reading them late took the drive from the demand reads (decode −8%).
+    static let backlogMinTokens = 16
     var normed = FloatBuffer(count: 0)      // [min(T, chunk), H]
     var scores = FloatBuffer(count: 0)      // [min(T, chunk), E]
     var scratchTokens = 0
@@ -127,7 +132,7 @@ final class Prefetcher: @unchecked Sendable {
             }
         }
         table.predicted(afterAttentionOf: layer, targets: targets[layer], lists: lists, stride: E, counts: listCounts,
-                        prefetch: prefetching)
+                        prefetch: prefetching, keepTheRest: T >= Self.backlogMinTokens)
     }
 
     /// Learns from the experts layer `ordinal` asked for and, in stats mode, prefetches the likely next ones.

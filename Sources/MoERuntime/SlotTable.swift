@@ -64,6 +64,15 @@ final class SlotTable: @unchecked Sendable {  // every `var` is guarded by `lock
     // Reads.
     private var demandQueue: [[Int32]]
     private var prefetchQueue: [[Int32]]
+    /// Per node: predicted experts (key, the position they are for) that did not fit the read queue when the
+    /// router predicted them — a prompt's next layer wants hundreds, the queue takes `ioDepth`. The node's I/O
+    /// worker starts them as the queue drains and slots become evictable (`topUpPrefetches`), so the next layer's
+    /// reads keep the drive busy while this layer's last experts and the next attention compute. From `backlogHead`.
+    private var backlog: [[(key: Int32, target: Int)]]
+    private var backlogHead: [Int]
+    /// Experts the current request still needs a slot for: while any wait, the backlog waits (a demand miss must
+    /// not find its slot taken by a read ahead, nor evict one).
+    private var demandWaitingForSlot = 0
     /// Per node: reads its worker's reader holds (accepted, not yet returned).
     private var readsInFlight: [Int]
     private var inFlightTotal = 0
@@ -144,9 +153,12 @@ final class SlotTable: @unchecked Sendable {  // every `var` is guarded by `lock
         candidates = nodeSlots.map { UnsafeMutableBufferPointer<Int32>.allocate(capacity: max(1, $0)) }
         demandQueue = nodeSlots.map { _ in [] }
         prefetchQueue = nodeSlots.map { _ in [] }
+        backlog = nodeSlots.map { _ in [] }
+        backlogHead = nodeSlots.map { _ in 0 }
         for i in demandQueue.indices {
             demandQueue[i].reserveCapacity(expertsPerLayer)
             prefetchQueue[i].reserveCapacity(expertsPerLayer)
+            backlog[i].reserveCapacity(expertsPerLayer)
         }
         readsInFlight = nodeSlots.map { _ in 0 }
         pendingExpert = .allocate(capacity: expertsPerLayer)
@@ -333,7 +345,11 @@ final class SlotTable: @unchecked Sendable {  // every `var` is guarded by `lock
     func takeReads(node n: Int, depth: Int, into batch: inout [ReadRequest]) -> Bool {
         lock.lock()
         defer { lock.unlock() }
-        while !stopping && demandQueue[n].isEmpty && prefetchQueue[n].isEmpty && readsInFlight[n] == 0 { lock.wait() }
+        while true {
+            if !stopping { topUpPrefetches(node: n) }
+            if stopping || !demandQueue[n].isEmpty || !prefetchQueue[n].isEmpty || readsInFlight[n] > 0 { break }
+            lock.wait()
+        }
         if stopping && readsInFlight[n] == 0 { return false }
         batch.removeAll(keepingCapacity: true)
         let room = depth - readsInFlight[n]
@@ -662,6 +678,8 @@ final class SlotTable: @unchecked Sendable {  // every `var` is guarded by `lock
                     pendingSlot[i] = pendingSlot[pendingCount]
                     if failure != nil { break }
                 }
+                demandWaitingForSlot = 0
+                for j in 0..<pendingCount where pendingSlot[j] < 0 { demandWaitingForSlot += 1 }
             }
             let ending = failure != nil || jobError != nil
             if jobsPending == 0 && (pendingCount == 0 || ending) { break }
@@ -684,6 +702,7 @@ final class SlotTable: @unchecked Sendable {  // every `var` is guarded by `lock
             if slotPins[s] > 0 { slotPins[s] -= 1 }
         }
         pendingCount = 0
+        demandWaitingForSlot = 0
         currentBody = nil
         let thrown = jobError
         jobError = nil
@@ -699,7 +718,10 @@ final class SlotTable: @unchecked Sendable {  // every `var` is guarded by `lock
     /// Asks for `experts` of MoE layer `ordinal` to be read ahead, best first, within what the node can take
     /// without evicting anything pinned or prefetched-but-unused; returns how many reads were queued. Lock held
     /// (the prefetcher's `observe` runs inside `serve`; its `hint` goes through `predicted`).
-    func prefetchLocked(ordinal: Int, experts: UnsafeBufferPointer<Int32>, stepsAhead: Int = 0, layer: Int) -> Int {
+    /// `keepTheRest`: what does not fit now goes to the node's backlog (replacing what was there), to be started as
+    /// room appears.
+    func prefetchLocked(ordinal: Int, experts: UnsafeBufferPointer<Int32>, stepsAhead: Int = 0, layer: Int,
+                        keepTheRest: Bool = false) -> Int {
         guard !stopping else { return 0 }
         let target = (step + stepsAhead) * moeOrdinal.count + layer
         var queued = 0
@@ -708,18 +730,42 @@ final class SlotTable: @unchecked Sendable {  // every `var` is guarded by `lock
             guard slotOf[k] < 0 else { continue }
             let n = node(ofKey: k)
             guard demandQueue[n].count + prefetchQueue[n].count + readsInFlight[n] < ioDepth,
-                  let v = victim(node: n, protectPrefetched: true) else { continue }
+                  let v = victim(node: n, protectPrefetched: true) else {
+                if keepTheRest { backlog[n].append((Int32(k), target)) }
+                continue
+            }
             assign(v, key: k, prefetch: true, target: target)
             queued += 1
         }
         return queued
     }
 
+    /// Starts node `n`'s backlogged predictions while its read queue has room and a slot can be taken without
+    /// evicting anything pinned or read ahead and unused, dropping those the model has passed or already has. Not
+    /// while the current request waits for slots. Lock held (the node's I/O worker, before it waits).
+    private func topUpPrefetches(node n: Int) {
+        guard demandWaitingForSlot == 0 else { return }
+        while backlogHead[n] < backlog[n].count, demandQueue[n].count + prefetchQueue[n].count + readsInFlight[n] < ioDepth {
+            let (k, target) = backlog[n][backlogHead[n]]
+            if target < position || slotOf[Int(k)] >= 0 {
+                backlogHead[n] += 1
+                continue
+            }
+            guard let v = victim(node: n, protectPrefetched: true) else { break }
+            assign(v, key: Int(k), prefetch: true, target: target)
+            backlogHead[n] += 1
+        }
+        if backlogHead[n] == backlog[n].count {
+            backlog[n].removeAll(keepingCapacity: true)
+            backlogHead[n] = 0
+        }
+    }
+
     /// The router's predictions made right after `layer`'s attention: `lists` holds, for each of `targets`, its
     /// predicted experts (`counts[i]` of them, rows `stride` apart). Records them when tracing and, when
-    /// `prefetch`, queues their reads.
+    /// `prefetch`, queues their reads; `keepTheRest` (a prompt's) backlogs those that do not fit yet.
     func predicted(afterAttentionOf layer: Int, targets: [(ordinal: Int, layer: Int)], lists: UnsafePointer<Int32>,
-                   stride: Int, counts: [Int], prefetch: Bool) {
+                   stride: Int, counts: [Int], prefetch: Bool, keepTheRest: Bool = false) {
         lock.lock()
         defer { lock.unlock() }
         // The first hint of a forward pass comes before its first expert request moves `step` on.
@@ -732,9 +778,14 @@ final class SlotTable: @unchecked Sendable {  // every `var` is guarded by `lock
             recorder.record(.prediction(step: step + ahead, after: layer, predicted: predicted))
         }
         guard prefetch else { return }
+        // Newer predictions replace what is left of older ones.
+        for n in backlog.indices {
+            backlog[n].removeAll(keepingCapacity: true)
+            backlogHead[n] = 0
+        }
         for (i, target) in targets.enumerated() {
             _ = prefetchLocked(ordinal: target.ordinal, experts: UnsafeBufferPointer(start: lists + i * stride, count: counts[i]),
-                               stepsAhead: ahead, layer: target.layer)
+                               stepsAhead: ahead, layer: target.layer, keepTheRest: keepTheRest)
         }
     }
 

@@ -98,6 +98,35 @@ func runSequence(_ model: KimiModel, _ prompt: [Int], steps: Int = 10) throws ->
         cache.shutdown()
     }
 
+    /// A prompt's predictions for the next layer are not cut to the read queue: with one read in flight at a time,
+    /// the predicted experts the queue cannot take wait in the backlog and are read as it drains (a decode step's
+    /// are dropped, as all were before), and a prompt run through such a cache keeps the uncached model's logits.
+    @Test func aPromptsPredictionsAreAllReadAheadWhateverTheQueueDepth() throws {
+        var c = CacheConfiguration(totalBudget: 40 * extent, topology: .detect())
+        c.prefetch = .router
+        c.prefetchDepth = 1
+        c.ioDepth = 1
+        let predicted = (0..<20).map(Int32.init)
+        for keep in [true, false] {
+            let (_, cache) = try store.loadModel(cache: c)
+            predicted.withUnsafeBufferPointer {
+                cache.table.predicted(afterAttentionOf: 1, targets: [(ordinal: 1, layer: 2)], lists: $0.baseAddress!,
+                                      stride: 32, counts: [20], prefetch: true, keepTheRest: keep)
+            }
+            let deadline = ContinuousClock.now + (keep ? .seconds(20) : .milliseconds(300))
+            while cache.statistics().layers[1].prefetchesIssued < 20 && ContinuousClock.now < deadline { usleep(1000) }
+            usleep(20_000)
+            #expect(cache.statistics().layers[1].prefetchesIssued == (keep ? 20 : 1), "backlog \(keep)")
+            cache.shutdown()
+        }
+        let longPrompt = prompt + prompt  // 24 tokens: a prompt pass (`Prefetcher.backlogMinTokens`)
+        #expect(longPrompt.count >= Prefetcher.backlogMinTokens)
+        let reference = try runSequence(try store.loadModel(), longPrompt, steps: 2)
+        let (model, cache) = try store.loadModel(cache: c)
+        #expect(try runSequence(model, longPrompt, steps: 2) == reference)
+        cache.shutdown()
+    }
+
     /// An injected two-node machine: the budget is split, experts are placed by (expert + layer) mod 2,
     /// each node reads and holds only its own experts.
     @Test func twoNodeTopologySplitsBudgetAndPlacement() throws {
