@@ -189,6 +189,133 @@ T5V void moe_gemm_q4x8_q8_avx512vnni(const moe_matrix *m, int64_t r0, int64_t r1
 #undef TILE8
 }
 
+// ---- int4 × two-part int8 activations (the routed experts' down projection by default): x ≈ (q1 + q2/256)·d,
+// q1 the q8 form, q2 = round(256·(x − q1·d)/d) clamped to ±127 (`x2`: q2 and Σq2 per group). Per group the exact
+// integer A = ((Σ nibble·q1 − 8·Σq1) << 8) + Σ nibble·q2 − 8·Σq2 (|A| < 2²⁴: exact in fp32), then
+// f = fma(float(A), scale·(d/256), f). AVX2 sums each part in int16 as the q8 tile does (|q2| ≤ 127).
+
+/// AVX2: rows 8b..8b+7 × tokens t..t+NT−1.
+T2 INLINE void q16_avx2_tile(const moe_matrix *m, int64_t b, const moe_q8_acts *x, const moe_q8_acts *x2, int64_t t,
+                             float *y, const int NT) {
+    const int64_t G = m->cols / 32, cols = m->cols;
+    const __m256i mask = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
+    __m256 f[4];
+    for (int j = 0; j < NT; j++) f[j] = _mm256_setzero_ps();
+    for (int64_t g = 0; g < G; g++) {
+        const uint8_t *w = x8_group(m, b, g);
+        __m256i p1[4], p2[4];
+        for (int j = 0; j < NT; j++) p1[j] = p2[j] = _mm256_setzero_si256();
+        for (int u = 0; u < 4; u++) {
+            const __m256i raw = _mm256_loadu_si256((const __m256i *)(w + 32 * u));
+            const __m256i lo = _mm256_and_si256(raw, mask), hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), mask);
+            for (int j = 0; j < NT; j++) {
+                const int64_t at = (t + j) * cols + 32 * g + 8 * u;
+                p1[j] = _mm256_add_epi16(p1[j], _mm256_maddubs_epi16(lo, _mm256_set1_epi32(four(x->q + at))));
+                p1[j] = _mm256_add_epi16(p1[j], _mm256_maddubs_epi16(hi, _mm256_set1_epi32(four(x->q + at + 4))));
+                p2[j] = _mm256_add_epi16(p2[j], _mm256_maddubs_epi16(lo, _mm256_set1_epi32(four(x2->q + at))));
+                p2[j] = _mm256_add_epi16(p2[j], _mm256_maddubs_epi16(hi, _mm256_set1_epi32(four(x2->q + at + 4))));
+            }
+        }
+        const __m256 ws = x8_scales(m, b, g);
+        for (int j = 0; j < NT; j++) {
+            const int64_t k = (t + j) * G + g;
+            const __m256i s1 = _mm256_add_epi32(_mm256_madd_epi16(p1[j], ones), _mm256_set1_epi32(-8 * x->sums[k]));
+            const __m256i s2 = _mm256_add_epi32(_mm256_madd_epi16(p2[j], ones), _mm256_set1_epi32(-8 * x2->sums[k]));
+            const __m256i a = _mm256_add_epi32(_mm256_slli_epi32(s1, 8), s2);
+            f[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(a), _mm256_mul_ps(ws, _mm256_set1_ps(x->d[k] * 0x1p-8f)), f[j]);
+        }
+    }
+    for (int j = 0; j < NT; j++) _mm256_storeu_ps(y + (t + j) * m->rows + 8 * b, f[j]);
+}
+
+T2 void moe_gemm_q4x8_q16_avx2(const moe_matrix *m, int64_t r0, int64_t r1, const moe_q8_acts *x, const moe_q8_acts *x2,
+                               int64_t T, float *y) {
+#define TILE(b, t, n) BY_COUNT4(q16_avx2_tile, n, m, b, x, x2, t, y)
+    X8_LOOP(4, 8, TILE, TILE)
+#undef TILE
+}
+
+/// AVX-512 VNNI: rows 8b..8b+15 × tokens t..t+NT−1 (NT ≤ 8).
+T5V INLINE void q16_vnni_tile16(const moe_matrix *m, int64_t b, const moe_q8_acts *x, const moe_q8_acts *x2, int64_t t,
+                                float *y, const int NT) {
+    const int64_t G = m->cols / 32, cols = m->cols;
+    const __m512i mask = _mm512_set1_epi8(0x0F);
+    __m512 f[8];
+    for (int j = 0; j < NT; j++) f[j] = _mm512_setzero_ps();
+    for (int64_t g = 0; g < G; g++) {
+        const uint8_t *wa = x8_group(m, b, g), *wb = x8_group(m, b + 1, g);
+        __m512i lo[4], hi[4];
+        for (int u = 0; u < 4; u++) {
+            const __m512i raw = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(wa + 32 * u))),
+                                                   _mm256_loadu_si256((const __m256i *)(wb + 32 * u)), 1);
+            lo[u] = _mm512_and_si512(raw, mask);
+            hi[u] = _mm512_and_si512(_mm512_srli_epi16(raw, 4), mask);
+        }
+        const __m512 ws = _mm512_castpd_ps(_mm512_insertf64x4(_mm512_castps_pd(_mm512_castps256_ps512(x8_scales(m, b, g))),
+                                                              _mm256_castps_pd(x8_scales(m, b + 1, g)), 1));
+        for (int j = 0; j < NT; j++) {
+            const int64_t k = (t + j) * G + g;
+            const int8_t *q1 = x->q + (t + j) * cols + 32 * g, *q2 = x2->q + (t + j) * cols + 32 * g;
+            __m512i a = _mm512_set1_epi32(-8 * x->sums[k]);
+            for (int u = 0; u < 4; u++) {
+                a = _mm512_dpbusd_epi32(a, lo[u], _mm512_set1_epi32(four(q1 + 8 * u)));
+                a = _mm512_dpbusd_epi32(a, hi[u], _mm512_set1_epi32(four(q1 + 8 * u + 4)));
+            }
+            a = _mm512_add_epi32(_mm512_slli_epi32(a, 8), _mm512_set1_epi32(-8 * x2->sums[k]));
+            for (int u = 0; u < 4; u++) {
+                a = _mm512_dpbusd_epi32(a, lo[u], _mm512_set1_epi32(four(q2 + 8 * u)));
+                a = _mm512_dpbusd_epi32(a, hi[u], _mm512_set1_epi32(four(q2 + 8 * u + 4)));
+            }
+            f[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(a), _mm512_mul_ps(ws, _mm512_set1_ps(x->d[k] * 0x1p-8f)), f[j]);
+        }
+    }
+    for (int j = 0; j < NT; j++) _mm512_storeu_ps(y + (t + j) * m->rows + 8 * b, f[j]);
+}
+
+/// Rows 8b..8b+7 (an odd last block): the 256-bit form, the same operations per lane.
+T5V INLINE void q16_vnni_tile8(const moe_matrix *m, int64_t b, const moe_q8_acts *x, const moe_q8_acts *x2, int64_t t,
+                               float *y, const int NT) {
+    const int64_t G = m->cols / 32, cols = m->cols;
+    const __m256i mask = _mm256_set1_epi8(0x0F);
+    __m256 f[8];
+    for (int j = 0; j < NT; j++) f[j] = _mm256_setzero_ps();
+    for (int64_t g = 0; g < G; g++) {
+        const uint8_t *w = x8_group(m, b, g);
+        __m256i lo[4], hi[4];
+        for (int u = 0; u < 4; u++) {
+            const __m256i raw = _mm256_loadu_si256((const __m256i *)(w + 32 * u));
+            lo[u] = _mm256_and_si256(raw, mask);
+            hi[u] = _mm256_and_si256(_mm256_srli_epi16(raw, 4), mask);
+        }
+        const __m256 ws = x8_scales(m, b, g);
+        for (int j = 0; j < NT; j++) {
+            const int64_t k = (t + j) * G + g;
+            const int8_t *q1 = x->q + (t + j) * cols + 32 * g, *q2 = x2->q + (t + j) * cols + 32 * g;
+            __m256i a = _mm256_set1_epi32(-8 * x->sums[k]);
+            for (int u = 0; u < 4; u++) {
+                a = _mm256_dpbusd_epi32(a, lo[u], _mm256_set1_epi32(four(q1 + 8 * u)));
+                a = _mm256_dpbusd_epi32(a, hi[u], _mm256_set1_epi32(four(q1 + 8 * u + 4)));
+            }
+            a = _mm256_add_epi32(_mm256_slli_epi32(a, 8), _mm256_set1_epi32(-8 * x2->sums[k]));
+            for (int u = 0; u < 4; u++) {
+                a = _mm256_dpbusd_epi32(a, lo[u], _mm256_set1_epi32(four(q2 + 8 * u)));
+                a = _mm256_dpbusd_epi32(a, hi[u], _mm256_set1_epi32(four(q2 + 8 * u + 4)));
+            }
+            f[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(a), _mm256_mul_ps(ws, _mm256_set1_ps(x->d[k] * 0x1p-8f)), f[j]);
+        }
+    }
+    for (int j = 0; j < NT; j++) _mm256_storeu_ps(y + (t + j) * m->rows + 8 * b, f[j]);
+}
+
+T5V void moe_gemm_q4x8_q16_avx512vnni(const moe_matrix *m, int64_t r0, int64_t r1, const moe_q8_acts *x,
+                                      const moe_q8_acts *x2, int64_t T, float *y) {
+#define TILE16(b, t, n) BY_COUNT8(q16_vnni_tile16, n, m, b, x, x2, t, y)
+#define TILE8(b, t, n) BY_COUNT8(q16_vnni_tile8, n, m, b, x, x2, t, y)
+    X8_LOOP(8, 16, TILE16, TILE8)
+#undef TILE16
+#undef TILE8
+}
+
 // ---- int4 × fp32 activations (`--exact`).
 
 /// Four partial sums per row reduced as (a0 + a1) + (a2 + a3), in each 128-bit lane (lane 0 of each holds it).
@@ -292,6 +419,10 @@ T5 void moe_gemm_q4x8_avx512(const moe_matrix *m, int64_t r0, int64_t r1, const 
 #else
 void moe_gemm_q4x8_q8_avx2(const moe_matrix *m, int64_t r0, int64_t r1, const moe_q8_acts *x, int64_t T, float *y) {}
 void moe_gemm_q4x8_q8_avx512vnni(const moe_matrix *m, int64_t r0, int64_t r1, const moe_q8_acts *x, int64_t T, float *y) {}
+void moe_gemm_q4x8_q16_avx2(const moe_matrix *m, int64_t r0, int64_t r1, const moe_q8_acts *x, const moe_q8_acts *x2,
+                            int64_t T, float *y) {}
+void moe_gemm_q4x8_q16_avx512vnni(const moe_matrix *m, int64_t r0, int64_t r1, const moe_q8_acts *x, const moe_q8_acts *x2,
+                                  int64_t T, float *y) {}
 void moe_gemm_q4x8_avx2(const moe_matrix *m, int64_t r0, int64_t r1, const float *x, int64_t T, float *y) {}
 void moe_gemm_q4x8_avx512(const moe_matrix *m, int64_t r0, int64_t r1, const float *x, int64_t T, float *y) {}
 #endif

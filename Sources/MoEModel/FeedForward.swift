@@ -46,10 +46,13 @@ func gateRows(_ rows: Range<Int>, tokens T: Int, inter: Int, _ g: UnsafeMutableP
 }
 
 /// `swiGLU` with the activations quantised to int8 per 32 values before gate and up, and before down too when
-/// `quantiseDown` (`ExpertActivations.q8GateUp`, `.q8`; int4 and GGML weights: `takesQ8`); `scratch` holds 2·T·inter floats and
-/// `Q8Activations.floatsNeeded` for max(cols, inter).
+/// `quantiseDown` (`ExpertActivations.q8GateUp`, `.q8`; int4 and GGML weights: `takesQ8`), or in two int8 parts
+/// before down when `twoPartDown` (`.q8GateUpQ16Down`; interleaved int4: `takesQ16`); `scratch` holds 2·T·inter
+/// floats and `Q8Activations.floatsNeeded` for max(cols, inter) (`Q16Activations.floatsNeeded` for inter with
+/// `twoPartDown`).
 func swiGLUQ8(gate: WeightMatrix, up: WeightMatrix, down: WeightMatrix, _ x: UnsafePointer<Float>, tokens T: Int,
-              quantiseDown: Bool = true, scratch: UnsafeMutablePointer<Float>, into out: UnsafeMutablePointer<Float>) {
+              quantiseDown: Bool = true, twoPartDown: Bool = false, scratch: UnsafeMutablePointer<Float>,
+              into out: UnsafeMutablePointer<Float>) {
     let inter = gate.rows
     let g = scratch, u = scratch + T * inter, quantised = u + T * inter  // [T, inter] each, then the int8 copy
     let xq = Q8Activations(x, tokens: T, cols: gate.cols, memory: quantised, forms: gate.q8Forms.union(up.q8Forms))
@@ -60,6 +63,8 @@ func swiGLUQ8(gate: WeightMatrix, up: WeightMatrix, down: WeightMatrix, _ x: Uns
     }
     if quantiseDown {
         down.applyQ8(Q8Activations(g, tokens: T, cols: inter, memory: quantised, forms: down.q8Forms), into: out)
+    } else if twoPartDown {
+        down.applyQ16(Q16Activations(g, tokens: T, cols: inter, memory: quantised), into: out)
     } else {
         down.apply(g, tokens: T, into: out)
     }
@@ -73,6 +78,11 @@ func usesQ8(_ expert: ExpertWeights, _ activations: ExpertActivations) -> Bool {
 /// Whether down's input is quantised too: `q8` asked for, and down multiplies Q8 activations.
 func quantisesDown(_ expert: ExpertWeights, _ activations: ExpertActivations) -> Bool {
     activations == .q8 && expert.down.takesQ8
+}
+
+/// Whether an expert on the q8 path takes down's input in two int8 parts.
+func splitsDown(_ expert: ExpertWeights, _ activations: ExpertActivations) -> Bool {
+    activations == .q8GateUpQ16Down && expert.down.takesQ16
 }
 
 extension WeightMatrix {
@@ -204,15 +214,16 @@ struct MoELayer {
                      deliver: (Int, Int, UnsafePointer<Float>) -> Void) {
         guard !list.isEmpty else { return }
         let H = config.hiddenSize, k = config.expertsPerToken
-        let m = list.count, inter = expert.gate.rows, q8 = usesQ8(expert, activations)
-        let quantised = q8 ? Q8Activations.floatsNeeded(tokens: m, cols: max(H, inter)) : 0
+        let m = list.count, inter = expert.gate.rows, q8 = usesQ8(expert, activations), split = q8 && splitsDown(expert, activations)
+        let quantised = q8 ? max(Q8Activations.floatsNeeded(tokens: m, cols: max(H, inter)),
+                                 split ? Q16Activations.floatsNeeded(tokens: m, cols: inter) : 0) : 0
         let xs = ThreadScratch.floats(2 * m * H + 2 * m * inter + quantised), ys = xs + m * H, hidden = ys + m * H
         for (i, u) in list.enumerated() {  // [m, H]
             VectorOps.rmsNorm(x + (u / k) * H, weight: norm, eps: config.rmsNormEps, count: H, into: xs + i * H)
         }
         if q8 {
             swiGLUQ8(gate: expert.gate, up: expert.up, down: expert.down, xs, tokens: m, quantiseDown: quantisesDown(expert, activations),
-                     scratch: hidden, into: ys)
+                     twoPartDown: split, scratch: hidden, into: ys)
         } else {
             swiGLU(gate: expert.gate, up: expert.up, down: expert.down, xs, tokens: m, scratch: hidden, into: ys)
         }

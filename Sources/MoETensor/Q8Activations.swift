@@ -6,10 +6,14 @@ import CMoEKernels
 /// int4 experts, within the quality gate of docs/performance.md), or into down as well (`q8`, as llama.cpp does,
 /// and the default for GGML experts; down's input, silu(gate)·up, has the outliers that int8 rounds worst). Int4
 /// experts and GGML experts of every block type (legacy, K-quants, i-quants, ternary: `GGMLType.hasQ8Kernel`) take
-/// the q8 paths; float ones run fp32 whatever the setting. A model's setting (`KimiModel.expertActivations`).
+/// the q8 paths; float ones run fp32 whatever the setting. `q8-gate-up-q16-down` is q8-gate-up with down's input
+/// in two int8 parts (`Q16Activations`, error a 65,000th of a group's largest value) on the integer tiles, for
+/// interleaved int4 experts (other encodings take down in fp32 under it). A model's setting
+/// (`KimiModel.expertActivations`).
 public enum ExpertActivations: String, CaseIterable, Sendable {
     case fp32
     case q8GateUp = "q8-gate-up"
+    case q8GateUpQ16Down = "q8-gate-up-q16-down"
     case q8
 }
 

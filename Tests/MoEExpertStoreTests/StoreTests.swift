@@ -72,6 +72,8 @@ func convert(_ name: String, experts: StoreConverter.ExpertsOption = .source, re
             #expect(maxAbsDiff(fast.row(511), whole.row(511)) > 0, "\(name) ran (its rounding moves the logits)")
             return fast
         }
+        model.expertActivations = .q8GateUpQ16Down
+        _ = try gate("q8-gate-up-q16-down")
         model.expertActivations = .q8GateUp
         _ = try gate("q8-gate-up")
         model.residentActivations = .bf16x2

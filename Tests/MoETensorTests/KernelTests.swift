@@ -165,6 +165,66 @@ extension KernelTests {
     }
 }
 
+extension KernelTests {
+    /// Two-part int8 activations (`q8-gate-up-q16-down`'s down): the values are within d/256 of x (d/512 but where
+    /// q2 is clamped) and nearer x than q8's alone; AVX2, AVX-512 VNNI and the Swift twin agree bit for bit with
+    /// 1…19 tokens and rows in an odd block of 8; they give Σ_c W[r, c]·x̃[t, c] (float64 of the two-part values)
+    /// within float rounding; a token's result is the same alone; a group of zeros or with a NaN is handled.
+    @Test func twoPartActivationKernelsAgreeAndMatchTheExactProduct() {
+        let (rows, cols) = (40, 1056)
+        let m = KernelBenchmark.randomMatrix(.int4x8, rows: rows, cols: cols, seed: 19)
+        #expect(m.takesQ16 && !KernelBenchmark.randomMatrix(.int4, rows: rows, cols: cols, seed: 19).takesQ16)
+        for tokens in [1, 3, 8, 19] {
+            let x = KernelBenchmark.randomActivations(tokens * cols, seed: UInt64(40 + tokens))
+            for c in 64..<96 { x.pointer[c] = 0 }  // token 0's third group: all zeros
+            x.pointer[200] = 1e4  // an outlier in its group
+            let memory = FloatBuffer(count: Q16Activations.floatsNeeded(tokens: tokens, cols: cols))
+            let q = Q16Activations(x.pointer, tokens: tokens, cols: cols, memory: memory.pointer)
+            var worst: Float = 0, improved = 0
+            for i in 0..<(tokens * cols) {
+                let d = q.first.d[i / 32]
+                guard d > 0 else { #expect(q.value(i / cols, i % cols) == 0 && x.pointer[i] == 0); continue }
+                worst = max(worst, abs(q.value(i / cols, i % cols) - x.pointer[i]) / d)
+                if abs(q.value(i / cols, i % cols) - x.pointer[i]) < abs(q.first.value(i / cols, i % cols) - x.pointer[i]) { improved += 1 }
+            }
+            #expect(worst <= 1.0 / 256 + 1e-6, "\(tokens) tokens: \(worst)")
+            #expect(improved > tokens * cols / 2)
+            let twin = FloatBuffer(count: tokens * rows)
+            m.gemmQ16(rows: 0..<rows, q, into: twin.pointer, isa: .generic)
+            for t in 0..<tokens {
+                for r in 0..<rows {
+                    var sum = 0.0, magnitude = 0.0
+                    for c in 0..<cols {
+                        let p = Double(m.element(r, c)) * Double(q.value(t, c))
+                        sum += p
+                        magnitude += abs(p)
+                    }
+                    #expect(abs(Double(twin.pointer[t * rows + r]) - sum) <= 1e-6 * magnitude + 1e-30, "row \(r) token \(t)")
+                }
+            }
+            for isa in Self.fast + (KernelISA.avx512.isSupported && KernelISA.avx2.isSupported ? [.avx2] : []) {
+                let y = FloatBuffer(count: tokens * rows)
+                m.gemmQ16(rows: 0..<rows, q, into: y.pointer, isa: isa)
+                #expect(y.array == twin.array, "\(isa) \(tokens) tokens")
+                let one = FloatBuffer(count: Q16Activations.floatsNeeded(tokens: 1, cols: cols)), single = FloatBuffer(count: rows)
+                let last = tokens - 1
+                m.gemmQ16(rows: 0..<rows, Q16Activations(x.pointer + last * cols, tokens: 1, cols: cols, memory: one.pointer),
+                          into: single.pointer, isa: isa)
+                for r in 0..<rows { #expect(single.pointer[r] == y.pointer[last * rows + r], "\(isa) token \(last) alone, row \(r)") }
+            }
+        }
+        // A NaN in a group: d is NaN, both parts 0, and the product is NaN, as fp32's would be.
+        let x = KernelBenchmark.randomActivations(cols, seed: 7)
+        x.pointer[33] = .nan
+        let memory = FloatBuffer(count: Q16Activations.floatsNeeded(tokens: 1, cols: cols))
+        let q = Q16Activations(x.pointer, tokens: 1, cols: cols, memory: memory.pointer)
+        #expect((32..<64).allSatisfy { q.q2[$0] == 0 } && q.sums2[1] == 0)
+        let y = FloatBuffer(count: rows)
+        m.gemmQ16(rows: 0..<rows, q, into: y.pointer)
+        #expect(y.array.allSatisfy { $0.isNaN })
+    }
+}
+
 /// The kernel pool: every chunk exactly once, callers from several threads, nested calls, replacement.
 @Suite(.serialized) struct KernelPoolTests {
     final class Counts: @unchecked Sendable {

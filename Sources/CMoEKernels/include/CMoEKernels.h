@@ -97,6 +97,11 @@ double moe_peak_dot8_avx512vnni(int64_t iterations);
 /// bit for bit with each other and with their Swift twins (`WeightMatrix.gemm`, `gemmQ8`).
 void moe_gemm_q4x8_q8_avx2(const moe_matrix *m, int64_t r0, int64_t r1, const moe_q8_acts *x, int64_t T, float *y);
 void moe_gemm_q4x8_q8_avx512vnni(const moe_matrix *m, int64_t r0, int64_t r1, const moe_q8_acts *x, int64_t T, float *y);
+/// The same weights × two-part int8 activations x ≈ (q1 + q2/256)·d (`x`: q1, d, Σq1; `x2`: q2, Σq2; kernels_x8.c).
+void moe_gemm_q4x8_q16_avx2(const moe_matrix *m, int64_t r0, int64_t r1, const moe_q8_acts *x, const moe_q8_acts *x2,
+                            int64_t T, float *y);
+void moe_gemm_q4x8_q16_avx512vnni(const moe_matrix *m, int64_t r0, int64_t r1, const moe_q8_acts *x, const moe_q8_acts *x2,
+                                  int64_t T, float *y);
 void moe_gemm_q4x8_avx2(const moe_matrix *m, int64_t r0, int64_t r1, const float *x, int64_t T, float *y);
 void moe_gemm_q4x8_avx512(const moe_matrix *m, int64_t r0, int64_t r1, const float *x, int64_t T, float *y);
 /// Weighted sums of rows (kernels_rows.c): y[t·y_stride + c] = fma chain over j < n of a[t·a_stride + j] ·
