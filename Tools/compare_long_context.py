@@ -143,7 +143,7 @@ def main():
           "many positions have another argmax")
     print(f"{'':34} " + "  ".join(f"{f'[{x},{y})':>21}" for x, y in ranges))
     worst, flips = report("moestream --exact", ours, ref, ranges)
-    report("moestream (default: q8-gate-up)", ours_default, ref, ranges)
+    report("moestream (default arithmetic)", ours_default, ref, ranges)
     report("moestream --expert-activations q8", ours_q8, ref, ranges)
     report("llama.cpp", llama, ref, ranges)
     report("transformers, Q8_0 expert inputs", q8, ref, ranges)

@@ -127,6 +127,21 @@ public enum KernelBenchmark {
         return (best, y)
     }
 
+    /// Seconds for one single-threaded `gemmQ16` of all rows (interleaved int4) over two-part activations quantised
+    /// once beforehand (best of `repeats`), and the result.
+    public static func timeQ16(_ m: WeightMatrix, _ x: FloatBuffer, tokens: Int, isa: KernelISA, repeats: Int) -> (Double, FloatBuffer) {
+        let memory = FloatBuffer(count: Q16Activations.floatsNeeded(tokens: tokens, cols: m.cols))
+        let q = Q16Activations(x.pointer, tokens: tokens, cols: m.cols, memory: memory.pointer)
+        let y = FloatBuffer(count: tokens * m.rows)
+        var best = Double.infinity
+        for _ in 0..<max(1, repeats) {
+            let start = monotonicSeconds()
+            m.gemmQ16(rows: 0..<m.rows, q, into: y.pointer, isa: isa)
+            best = min(best, monotonicSeconds() - start)
+        }
+        return (best, y)
+    }
+
     /// Seconds for one single-threaded `gemm` of all rows over `tokens` tokens (the best of `repeats`).
     /// One core's measured arithmetic peak with `isa`'s instructions (register-only loops, `peak.c`), best of three:
     /// fp32 GFLOP/s (an FMA is 2) and int8 GOP/s (a multiply-add is 2; on AVX-512 only with VNNI). Nil for the

@@ -2,13 +2,13 @@ import CMoEKernels
 
 /// How routed experts multiply: with the activations in fp32 (exact to float rounding: `--exact`), or quantised
 /// to int8 per 32 values (per 256 for K-quant GGML experts) and multiplied with integer dot products (llama.cpp's
-/// Q4_0 × Q8_0 and Q*_K × Q8_K arithmetic) — into gate and up only (`q8-gate-up`: the command line's default for
-/// int4 experts, within the quality gate of docs/performance.md), or into down as well (`q8`, as llama.cpp does,
+/// Q4_0 × Q8_0 and Q*_K × Q8_K arithmetic) — into gate and up only (`q8-gate-up`), or into down as well (`q8`, as llama.cpp does,
 /// and the default for GGML experts; down's input, silu(gate)·up, has the outliers that int8 rounds worst). Int4
 /// experts and GGML experts of every block type (legacy, K-quants, i-quants, ternary: `GGMLType.hasQ8Kernel`) take
-/// the q8 paths; float ones run fp32 whatever the setting. `q8-gate-up-q16-down` is q8-gate-up with down's input
-/// in two int8 parts (`Q16Activations`, error a 65,000th of a group's largest value) on the integer tiles, for
-/// interleaved int4 experts (other encodings take down in fp32 under it). A model's setting
+/// the q8 paths; float ones run fp32 whatever the setting. `q8-gate-up-q16-down` (the command line's default for
+/// int4 experts, within the quality gate of docs/performance.md) is q8-gate-up with down's input in two int8 parts
+/// (`Q16Activations`, error a 65,000th of a group's largest value) on the integer tiles, for interleaved int4
+/// experts (other encodings take down in fp32 under it). A model's setting
 /// (`KimiModel.expertActivations`).
 public enum ExpertActivations: String, CaseIterable, Sendable {
     case fp32

@@ -197,6 +197,16 @@ struct BenchKernels: ParsableCommand {
                 printRow(kind == .int4 ? "int4×q8" : "x8×q8", t, isa, seconds: s, base: base, bytes: m.storedByteCount, y: y, reference: reference,
                          scale: scale, peak: peak)
             }
+            // Two-part int8 activations (`q8-gate-up-q16-down`'s down): GOP/s count the matrix's multiply-adds
+            // once, so its share of the int8 peak is at most 50%.
+            if kind == .int4x8 {
+                for isa in isas {
+                    let (s, y) = KernelBenchmark.timeQ16(m, x, tokens: t, isa: isa, repeats: isa == .generic ? max(1, repeats / 2) : repeats)
+                    let peak = isa == .generic ? nil : (peaks[isa]?.int8 ?? peaks[.avx2]?.int8)
+                    printRow("x8×q16", t, isa, seconds: s, base: base, bytes: m.storedByteCount, y: y, reference: reference,
+                             scale: scale, peak: peak)
+                }
+            }
         }
         }
         // GGML block types (GGUF experts): rows decoded exactly, then the fp32 kernel of each ISA (generic: dotF32).

@@ -47,7 +47,7 @@ struct CacheOptions: ParsableArguments {
     @Option(help: ArgumentHelp("Matrix kernels: avx512, avx2 or generic (default: the best this CPU runs).", valueName: "isa"))
     var kernels: KernelISA = Kernels.isa
 
-    @Option(help: ArgumentHelp("Routed experts' activations (int4 experts, and GGML experts of the block types): q8-gate-up (the default for int4) quantises gate's and up's inputs to int8 (per 32 values; per 256 for GGML experts in super-blocks: K-quants, i-quants but IQ4_NL, ternary) and multiplies with int8 dot products, down stays fp32; q8-gate-up-q16-down also gives down's input (store experts) in two int8 parts (16 bits) to the integer tiles; q8 (the default for GGML experts) quantises down's input too, as llama.cpp does; fp32 is exact. Quality and speed of each: docs/performance.md.", valueName: "q8-gate-up|q8-gate-up-q16-down|q8|fp32"))
+    @Option(help: ArgumentHelp("Routed experts' activations (int4 experts, and GGML experts of the block types): q8-gate-up quantises gate's and up's inputs to int8 (per 32 values; per 256 for GGML experts in super-blocks: K-quants, i-quants but IQ4_NL, ternary) and multiplies with int8 dot products, down stays fp32; q8-gate-up-q16-down (the default for int4) also gives down's input (a store's experts; fp32 for a checkpoint's) in two int8 parts (16 bits) to the integer tiles; q8 (the default for GGML experts) quantises down's input too, as llama.cpp does; fp32 is exact. Quality and speed of each: docs/performance.md.", valueName: "q8-gate-up|q8-gate-up-q16-down|q8|fp32"))
     var expertActivations: ExpertActivations?
 
     @Option(help: ArgumentHelp("Resident matrices' activations (attention projections, dense and shared MLPs, output head): bf16x2 splits each into two bf16 parts (16 significant bits) and multiplies bf16 matrices on AMX tiles or with AVX512-BF16's vdpbf16ps, the default where the CPU has either and the avx512 kernels run; q8, the default for a GGUF's, quantises to int8 for GGML matrices of the legacy types and IQ4_NL (per 32 values) and of the K-quants and i-quants (per 256, as llama.cpp does), but not the ternary TQ1_0/TQ2_0 (fp32), bf16 ones as bf16x2 where it runs; fp32, the default elsewhere, is exact. Quality and speed: docs/performance.md.", valueName: "bf16x2|q8|fp32"))
@@ -66,9 +66,9 @@ struct CacheOptions: ParsableArguments {
     static let defaultKV = KVPrecision.f16
 
     /// What the routed experts multiply with: `--exact` or `--expert-activations`, else the default for their
-    /// encoding: q8-gate-up for int4, q8 for GGML blocks (the measurements behind both: docs/performance.md).
+    /// encoding: q8-gate-up-q16-down for int4, q8 for GGML blocks (the measurements behind both: docs/performance.md).
     func activations(ggmlExperts: Bool) -> ExpertActivations {
-        exact ? .fp32 : expertActivations ?? (ggmlExperts ? .q8 : .q8GateUp)
+        exact ? .fp32 : expertActivations ?? (ggmlExperts ? .q8 : .q8GateUpQ16Down)
     }
 
     /// What the resident matrices multiply with: `--exact` or `--resident-activations`, else q8 for a GGUF's

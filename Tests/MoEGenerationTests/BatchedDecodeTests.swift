@@ -20,7 +20,7 @@ import Testing
         }
         var settings: [(ExpertActivations, ResidentActivations, KVPrecision)] = [(.fp32, .fp32, .f32), (.q8GateUp, .fp32, .f16),
                                                                                 (.fp32, .fp32, .bf16), (.q8GateUpQ16Down, .fp32, .f16)]
-        if ResidentActivations.bf16x2Kernel(isa: Kernels.isa) != nil { settings.append((.q8GateUp, .bf16x2, .f16)) }
+        if ResidentActivations.bf16x2Kernel(isa: Kernels.isa) != nil { settings.append((.q8GateUpQ16Down, .bf16x2, .f16)) }
         defer { model.expertActivations = .fp32; model.residentActivations = .fp32; model.kvPrecision = .f32 }
         for (experts, resident, kv) in settings {
             model.expertActivations = experts

@@ -21,7 +21,7 @@ import Testing
         let prompt = Array(ids(String(repeating: "The quick brown fox jumps over the lazy dog. ", count: 6)).prefix(70))
         var settings: [(ExpertActivations, ResidentActivations, KVPrecision)] = [(.fp32, .fp32, .f32), (.q8GateUp, .fp32, .f16),
                                                                                 (.fp32, .fp32, .bf16)]
-        if ResidentActivations.bf16x2Kernel(isa: Kernels.isa) != nil { settings.append((.q8GateUp, .bf16x2, .f16)) }
+        if ResidentActivations.bf16x2Kernel(isa: Kernels.isa) != nil { settings.append((.q8GateUpQ16Down, .bf16x2, .f16)) }
         let savedChunk = model.prefillChunk
         defer {
             model.prefillChunk = savedChunk

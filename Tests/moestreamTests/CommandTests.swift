@@ -83,7 +83,7 @@ func moestream(_ args: [String], stdin: String? = nil) throws -> (Int32, String,
         #expect(status == 0, "\(err)")
         let tokenizer = try Tokenizer(directory: model)
         let m = try KimiModel.load(checkpoint: model)
-        m.expertActivations = .q8GateUp
+        m.expertActivations = .q8GateUpQ16Down
         m.residentActivations = ResidentActivations.bf16x2Kernel() != nil ? .bf16x2 : .fp32
         m.kvPrecision = .bf16
         let prompt = tokenizer.encode(KimiChatFormat().render([ChatMessage(role: .user, content: "Hi there")], tools: nil, addGenerationPrompt: true))

@@ -80,7 +80,7 @@ import Testing
             return Double(out[r.upperBound...].prefix { "0123456789.+-e".contains($0) })
         }
         let kl = number(after: "mean "), change = number(after: "perplexity change "), diff = number(after: "logit difference ")
-        #expect(out.contains("over 128 tokens") && out.contains("experts q8-gate-up, resident "), "\(out)")
+        #expect(out.contains("over 128 tokens") && out.contains("experts q8-gate-up-q16-down, resident "), "\(out)")
         #expect((kl ?? 0) > 0 && (kl ?? 1) < 0.01 && (diff ?? 0) > 0 && abs(change ?? 1) < 1, "\(out)")
         let (refused, _, why) = try moestream(["generate", Self.store, "--tokens", "1,2", "--exact", "--expert-activations", "q8"])
         #expect(refused != 0 && why.contains("--exact"), "\(why)")
@@ -113,8 +113,8 @@ import Testing
         }
     }
 
-    /// The default arithmetic (q8-gate-up: int8 activations and dot products into the routed experts' gate and up;
-    /// bf16x2 resident products where AMX runs; an f16 KV cache) and llama.cpp's (q8: into down as well) keep torch's greedy tokens wherever torch's margin between the best
+    /// The default arithmetic (q8-gate-up-q16-down: int8 activations and dot products into the routed experts' gate and
+    /// up, two-part int8 into down; bf16x2 resident products where AMX or AVX512-BF16 runs them; an f16 KV cache) and llama.cpp's (q8: into down as well) keep torch's greedy tokens wherever torch's margin between the best
     /// two logits exceeds 0.1, with every kernel set.
     @Test(arguments: ["generic", "avx2", "avx512"].filter(KernelISA.supportedNames.contains))
     func q8ExpertActivationsKeepDecisiveGreedyTokens(kernels: String) throws {
@@ -129,7 +129,7 @@ import Testing
                 #expect(status == 0, "\(err)")
                 // The resident matrices' default: bf16x2 only with the avx512 kernels on a CPU with AMX or AVX512-BF16.
                 let resident = kernels == "avx512" ? ResidentActivations.bf16x2Kernel(isa: .avx512).map { "bf16x2 (\($0.rawValue))" } ?? "fp32" : "fp32"
-                #expect(err.contains("expert activations \(mode ?? "q8-gate-up"), resident activations \(resident), KV cache f16, prefill chunk 512, window 32768\n"),
+                #expect(err.contains("expert activations \(mode ?? "q8-gate-up-q16-down"), resident activations \(resident), KV cache f16, prefill chunk 512, window 32768\n"),
                         "the statistics report the arithmetic")
                 let ids = out.split(separator: "\n").last.map { $0.split(separator: ",").compactMap { Int($0) } } ?? []
                 #expect(ids == Array(g.tokens.prefix(decisive)), "\(name) with \(mode ?? "default") activations, \(kernels) kernels")
