@@ -718,8 +718,8 @@ final class SlotTable: @unchecked Sendable {  // every `var` is guarded by `lock
     /// Asks for `experts` of MoE layer `ordinal` to be read ahead, best first, within what the node can take
     /// without evicting anything pinned or prefetched-but-unused; returns how many reads were queued. Lock held
     /// (the prefetcher's `observe` runs inside `serve`; its `hint` goes through `predicted`).
-    /// `keepTheRest`: what does not fit now goes to the node's backlog (replacing what was there), to be started as
-    /// room appears.
+    /// `keepTheRest`: what does not fit now is appended to the node's backlog (`predicted` clears the older
+    /// predictions' first), to be started as room appears.
     func prefetchLocked(ordinal: Int, experts: UnsafeBufferPointer<Int32>, stepsAhead: Int = 0, layer: Int,
                         keepTheRest: Bool = false) -> Int {
         guard !stopping else { return 0 }
