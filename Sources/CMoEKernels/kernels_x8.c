@@ -235,6 +235,26 @@ T2 void moe_gemm_q4x8_q16_avx2(const moe_matrix *m, int64_t r0, int64_t r1, cons
 #undef TILE
 }
 
+/// One token's group on VNNI in the width of PFX (`_mm256`, `_mm512`): the integer
+/// A = ((Σ nibble·q1 − 8·Σq1) << 8) + Σ nibble·q2 − 8·Σq2 from the group's unpacked nibbles `lo[4]`, `hi[4]`,
+/// then f = fma(float(A), ws·(d/256), f) for token row `tj` (t + j) of group g.
+#define Q16_VNNI_TOKEN(PFX, f, lo, hi, ws, tj)                                                                   \
+    do {                                                                                                         \
+        const int64_t k_ = (tj) * G + g;                                                                         \
+        const int8_t *q1_ = x->q + (tj) * cols + 32 * g, *q2_ = x2->q + (tj) * cols + 32 * g;                    \
+        __typeof__(lo[0]) a_ = PFX##_set1_epi32(-8 * x->sums[k_]);                                               \
+        for (int u = 0; u < 4; u++) {                                                                            \
+            a_ = PFX##_dpbusd_epi32(a_, lo[u], PFX##_set1_epi32(four(q1_ + 8 * u)));                             \
+            a_ = PFX##_dpbusd_epi32(a_, hi[u], PFX##_set1_epi32(four(q1_ + 8 * u + 4)));                         \
+        }                                                                                                        \
+        a_ = PFX##_add_epi32(PFX##_slli_epi32(a_, 8), PFX##_set1_epi32(-8 * x2->sums[k_]));                      \
+        for (int u = 0; u < 4; u++) {                                                                            \
+            a_ = PFX##_dpbusd_epi32(a_, lo[u], PFX##_set1_epi32(four(q2_ + 8 * u)));                             \
+            a_ = PFX##_dpbusd_epi32(a_, hi[u], PFX##_set1_epi32(four(q2_ + 8 * u + 4)));                         \
+        }                                                                                                        \
+        (f) = PFX##_fmadd_ps(PFX##_cvtepi32_ps(a_), PFX##_mul_ps((ws), PFX##_set1_ps(x->d[k_] * 0x1p-8f)), (f)); \
+    } while (0)
+
 /// AVX-512 VNNI: rows 8b..8b+15 × tokens t..t+NT−1 (NT ≤ 8).
 T5V INLINE void q16_vnni_tile16(const moe_matrix *m, int64_t b, const moe_q8_acts *x, const moe_q8_acts *x2, int64_t t,
                                 float *y, const int NT) {
@@ -253,21 +273,7 @@ T5V INLINE void q16_vnni_tile16(const moe_matrix *m, int64_t b, const moe_q8_act
         }
         const __m512 ws = _mm512_castpd_ps(_mm512_insertf64x4(_mm512_castps_pd(_mm512_castps256_ps512(x8_scales(m, b, g))),
                                                               _mm256_castps_pd(x8_scales(m, b + 1, g)), 1));
-        for (int j = 0; j < NT; j++) {
-            const int64_t k = (t + j) * G + g;
-            const int8_t *q1 = x->q + (t + j) * cols + 32 * g, *q2 = x2->q + (t + j) * cols + 32 * g;
-            __m512i a = _mm512_set1_epi32(-8 * x->sums[k]);
-            for (int u = 0; u < 4; u++) {
-                a = _mm512_dpbusd_epi32(a, lo[u], _mm512_set1_epi32(four(q1 + 8 * u)));
-                a = _mm512_dpbusd_epi32(a, hi[u], _mm512_set1_epi32(four(q1 + 8 * u + 4)));
-            }
-            a = _mm512_add_epi32(_mm512_slli_epi32(a, 8), _mm512_set1_epi32(-8 * x2->sums[k]));
-            for (int u = 0; u < 4; u++) {
-                a = _mm512_dpbusd_epi32(a, lo[u], _mm512_set1_epi32(four(q2 + 8 * u)));
-                a = _mm512_dpbusd_epi32(a, hi[u], _mm512_set1_epi32(four(q2 + 8 * u + 4)));
-            }
-            f[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(a), _mm512_mul_ps(ws, _mm512_set1_ps(x->d[k] * 0x1p-8f)), f[j]);
-        }
+        for (int j = 0; j < NT; j++) Q16_VNNI_TOKEN(_mm512, f[j], lo, hi, ws, t + j);
     }
     for (int j = 0; j < NT; j++) _mm512_storeu_ps(y + (t + j) * m->rows + 8 * b, f[j]);
 }
@@ -288,21 +294,7 @@ T5V INLINE void q16_vnni_tile8(const moe_matrix *m, int64_t b, const moe_q8_acts
             hi[u] = _mm256_and_si256(_mm256_srli_epi16(raw, 4), mask);
         }
         const __m256 ws = x8_scales(m, b, g);
-        for (int j = 0; j < NT; j++) {
-            const int64_t k = (t + j) * G + g;
-            const int8_t *q1 = x->q + (t + j) * cols + 32 * g, *q2 = x2->q + (t + j) * cols + 32 * g;
-            __m256i a = _mm256_set1_epi32(-8 * x->sums[k]);
-            for (int u = 0; u < 4; u++) {
-                a = _mm256_dpbusd_epi32(a, lo[u], _mm256_set1_epi32(four(q1 + 8 * u)));
-                a = _mm256_dpbusd_epi32(a, hi[u], _mm256_set1_epi32(four(q1 + 8 * u + 4)));
-            }
-            a = _mm256_add_epi32(_mm256_slli_epi32(a, 8), _mm256_set1_epi32(-8 * x2->sums[k]));
-            for (int u = 0; u < 4; u++) {
-                a = _mm256_dpbusd_epi32(a, lo[u], _mm256_set1_epi32(four(q2 + 8 * u)));
-                a = _mm256_dpbusd_epi32(a, hi[u], _mm256_set1_epi32(four(q2 + 8 * u + 4)));
-            }
-            f[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(a), _mm256_mul_ps(ws, _mm256_set1_ps(x->d[k] * 0x1p-8f)), f[j]);
-        }
+        for (int j = 0; j < NT; j++) Q16_VNNI_TOKEN(_mm256, f[j], lo, hi, ws, t + j);
     }
     for (int j = 0; j < NT; j++) _mm256_storeu_ps(y + (t + j) * m->rows + 8 * b, f[j]);
 }

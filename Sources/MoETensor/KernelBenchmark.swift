@@ -114,17 +114,25 @@ public enum KernelBenchmark {
         let memory = FloatBuffer(count: Q8Activations.floatsNeeded(tokens: tokens, cols: m.cols))
         let q = Q8Activations(x.pointer, tokens: tokens, cols: m.cols, memory: memory.pointer)
         let y = FloatBuffer(count: tokens * m.rows)
-        var best = Double.infinity
-        for _ in 0..<max(1, repeats) {
-            let start = monotonicSeconds()
+        let seconds = best(of: repeats) {
             if case .ggml(let type) = m.encoding, let tiles {
                 m.gemmGGMLQ8(type, rows: 0..<m.rows, q, into: y.pointer, isa: isa, tiles: tiles)
             } else {
                 m.gemmQ8(rows: 0..<m.rows, q, into: y.pointer, isa: isa)
             }
+        }
+        return (seconds, y)
+    }
+
+    /// The shortest of `repeats` timings of `body`.
+    static func best(of repeats: Int, _ body: () -> Void) -> Double {
+        var best = Double.infinity
+        for _ in 0..<max(1, repeats) {
+            let start = monotonicSeconds()
+            body()
             best = min(best, monotonicSeconds() - start)
         }
-        return (best, y)
+        return best
     }
 
     /// Seconds for one single-threaded `gemmQ16` of all rows (interleaved int4) over two-part activations quantised
@@ -133,13 +141,7 @@ public enum KernelBenchmark {
         let memory = FloatBuffer(count: Q16Activations.floatsNeeded(tokens: tokens, cols: m.cols))
         let q = Q16Activations(x.pointer, tokens: tokens, cols: m.cols, memory: memory.pointer)
         let y = FloatBuffer(count: tokens * m.rows)
-        var best = Double.infinity
-        for _ in 0..<max(1, repeats) {
-            let start = monotonicSeconds()
-            m.gemmQ16(rows: 0..<m.rows, q, into: y.pointer, isa: isa)
-            best = min(best, monotonicSeconds() - start)
-        }
-        return (best, y)
+        return (best(of: repeats) { m.gemmQ16(rows: 0..<m.rows, q, into: y.pointer, isa: isa) }, y)
     }
 
     /// Seconds for one single-threaded `gemm` of all rows over `tokens` tokens (the best of `repeats`).
