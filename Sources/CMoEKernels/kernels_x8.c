@@ -255,7 +255,9 @@ T2 void moe_gemm_q4x8_q16_avx2(const moe_matrix *m, int64_t r0, int64_t r1, cons
         (f) = PFX##_fmadd_ps(PFX##_cvtepi32_ps(a_), PFX##_mul_ps((ws), PFX##_set1_ps(x->d[k_] * 0x1p-8f)), (f)); \
     } while (0)
 
-/// AVX-512 VNNI: rows 8b..8b+15 × tokens t..t+NT−1 (NT ≤ 8).
+/// AVX-512 VNNI: rows 8b..8b+15 × tokens t..t+NT−1 (NT ≤ 8). As the q8 tile: each unit's nibbles are unpacked once
+/// and go to every token's two accumulators, which are joined per group as A = (acc1 << 8) + acc2 (the same
+/// integer as `Q16_VNNI_TOKEN`'s).
 T5V INLINE void q16_vnni_tile16(const moe_matrix *m, int64_t b, const moe_q8_acts *x, const moe_q8_acts *x2, int64_t t,
                                 float *y, const int NT) {
     const int64_t G = m->cols / 32, cols = m->cols;
@@ -264,16 +266,29 @@ T5V INLINE void q16_vnni_tile16(const moe_matrix *m, int64_t b, const moe_q8_act
     for (int j = 0; j < NT; j++) f[j] = _mm512_setzero_ps();
     for (int64_t g = 0; g < G; g++) {
         const uint8_t *wa = x8_group(m, b, g), *wb = x8_group(m, b + 1, g);
-        __m512i lo[4], hi[4];
+        __m512i a1[8], a2[8];
+        for (int j = 0; j < NT; j++) {
+            a1[j] = _mm512_set1_epi32(-8 * x->sums[(t + j) * G + g]);
+            a2[j] = _mm512_set1_epi32(-8 * x2->sums[(t + j) * G + g]);
+        }
         for (int u = 0; u < 4; u++) {
             const __m512i raw = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(wa + 32 * u))),
                                                    _mm256_loadu_si256((const __m256i *)(wb + 32 * u)), 1);
-            lo[u] = _mm512_and_si512(raw, mask);
-            hi[u] = _mm512_and_si512(_mm512_srli_epi16(raw, 4), mask);
+            const __m512i lo = _mm512_and_si512(raw, mask), hi = _mm512_and_si512(_mm512_srli_epi16(raw, 4), mask);
+            for (int j = 0; j < NT; j++) {
+                const int64_t at = (t + j) * cols + 32 * g + 8 * u;
+                a1[j] = _mm512_dpbusd_epi32(a1[j], lo, _mm512_set1_epi32(four(x->q + at)));
+                a1[j] = _mm512_dpbusd_epi32(a1[j], hi, _mm512_set1_epi32(four(x->q + at + 4)));
+                a2[j] = _mm512_dpbusd_epi32(a2[j], lo, _mm512_set1_epi32(four(x2->q + at)));
+                a2[j] = _mm512_dpbusd_epi32(a2[j], hi, _mm512_set1_epi32(four(x2->q + at + 4)));
+            }
         }
         const __m512 ws = _mm512_castpd_ps(_mm512_insertf64x4(_mm512_castps_pd(_mm512_castps256_ps512(x8_scales(m, b, g))),
                                                               _mm256_castps_pd(x8_scales(m, b + 1, g)), 1));
-        for (int j = 0; j < NT; j++) Q16_VNNI_TOKEN(_mm512, f[j], lo, hi, ws, t + j);
+        for (int j = 0; j < NT; j++) {
+            const __m512i a = _mm512_add_epi32(_mm512_slli_epi32(a1[j], 8), a2[j]);
+            f[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(a), _mm512_mul_ps(ws, _mm512_set1_ps(x->d[(t + j) * G + g] * 0x1p-8f)), f[j]);
+        }
     }
     for (int j = 0; j < NT; j++) _mm512_storeu_ps(y + (t + j) * m->rows + 8 * b, f[j]);
 }
