@@ -235,83 +235,60 @@ T2 void moe_gemm_q4x8_q16_avx2(const moe_matrix *m, int64_t r0, int64_t r1, cons
 #undef TILE
 }
 
-/// One token's group on VNNI in the width of PFX (`_mm256`, `_mm512`): the integer
-/// A = ((Σ nibble·q1 − 8·Σq1) << 8) + Σ nibble·q2 − 8·Σq2 from the group's unpacked nibbles `lo[4]`, `hi[4]`,
-/// then f = fma(float(A), ws·(d/256), f) for token row `tj` (t + j) of group g.
-#define Q16_VNNI_TOKEN(PFX, f, lo, hi, ws, tj)                                                                   \
-    do {                                                                                                         \
-        const int64_t k_ = (tj) * G + g;                                                                         \
-        const int8_t *q1_ = x->q + (tj) * cols + 32 * g, *q2_ = x2->q + (tj) * cols + 32 * g;                    \
-        __typeof__(lo[0]) a_ = PFX##_set1_epi32(-8 * x->sums[k_]);                                               \
-        for (int u = 0; u < 4; u++) {                                                                            \
-            a_ = PFX##_dpbusd_epi32(a_, lo[u], PFX##_set1_epi32(four(q1_ + 8 * u)));                             \
-            a_ = PFX##_dpbusd_epi32(a_, hi[u], PFX##_set1_epi32(four(q1_ + 8 * u + 4)));                         \
+/// The VNNI tile body in the width of PFX (`_mm256`: 8 rows, `_mm512`: 16): VI/VF its integer and float vectors,
+/// AND its bitwise and, RAW(u) unit u's 32 bytes of every row block, SCALES the rows' scales as VF. As the q8 tile: each unit's nibbles
+/// are unpacked once and go to every token's two accumulators, joined per group as A = (acc1 << 8) + acc2, then
+/// f = fma(float(A), scale·(d/256), f); the rows' results are stored at row 8b.
+#define Q16_VNNI_TILE(PFX, VI, VF, AND, RAW, SCALES)                                                                  \
+    const int64_t G = m->cols / 32, cols = m->cols;                                                              \
+    const VI mask = PFX##_set1_epi8(0x0F);                                                                       \
+    VF f[8];                                                                                                     \
+    for (int j = 0; j < NT; j++) f[j] = PFX##_setzero_ps();                                                      \
+    for (int64_t g = 0; g < G; g++) {                                                                            \
+        VI a1[8], a2[8];                                                                                         \
+        for (int j = 0; j < NT; j++) {                                                                           \
+            a1[j] = PFX##_set1_epi32(-8 * x->sums[(t + j) * G + g]);                                             \
+            a2[j] = PFX##_set1_epi32(-8 * x2->sums[(t + j) * G + g]);                                            \
         }                                                                                                        \
-        a_ = PFX##_add_epi32(PFX##_slli_epi32(a_, 8), PFX##_set1_epi32(-8 * x2->sums[k_]));                      \
         for (int u = 0; u < 4; u++) {                                                                            \
-            a_ = PFX##_dpbusd_epi32(a_, lo[u], PFX##_set1_epi32(four(q2_ + 8 * u)));                             \
-            a_ = PFX##_dpbusd_epi32(a_, hi[u], PFX##_set1_epi32(four(q2_ + 8 * u + 4)));                         \
+            const VI raw = RAW(u);                                                                               \
+            const VI lo = AND(raw, mask), hi = AND(PFX##_srli_epi16(raw, 4), mask);                                \
+            for (int j = 0; j < NT; j++) {                                                                       \
+                const int64_t at = (t + j) * cols + 32 * g + 8 * u;                                              \
+                a1[j] = PFX##_dpbusd_epi32(a1[j], lo, PFX##_set1_epi32(four(x->q + at)));                        \
+                a1[j] = PFX##_dpbusd_epi32(a1[j], hi, PFX##_set1_epi32(four(x->q + at + 4)));                    \
+                a2[j] = PFX##_dpbusd_epi32(a2[j], lo, PFX##_set1_epi32(four(x2->q + at)));                       \
+                a2[j] = PFX##_dpbusd_epi32(a2[j], hi, PFX##_set1_epi32(four(x2->q + at + 4)));                   \
+            }                                                                                                    \
         }                                                                                                        \
-        (f) = PFX##_fmadd_ps(PFX##_cvtepi32_ps(a_), PFX##_mul_ps((ws), PFX##_set1_ps(x->d[k_] * 0x1p-8f)), (f)); \
-    } while (0)
+        const VF ws = SCALES;                                                                                    \
+        for (int j = 0; j < NT; j++) {                                                                           \
+            const VI a = PFX##_add_epi32(PFX##_slli_epi32(a1[j], 8), a2[j]);                                     \
+            f[j] = PFX##_fmadd_ps(PFX##_cvtepi32_ps(a), PFX##_mul_ps(ws, PFX##_set1_ps(x->d[(t + j) * G + g] * 0x1p-8f)), f[j]); \
+        }                                                                                                        \
+    }                                                                                                            \
+    for (int j = 0; j < NT; j++) PFX##_storeu_ps(y + (t + j) * m->rows + 8 * b, f[j]);
 
-/// AVX-512 VNNI: rows 8b..8b+15 × tokens t..t+NT−1 (NT ≤ 8). As the q8 tile: each unit's nibbles are unpacked once
-/// and go to every token's two accumulators, which are joined per group as A = (acc1 << 8) + acc2 (the same
-/// integer as `Q16_VNNI_TOKEN`'s).
+/// AVX-512 VNNI: rows 8b..8b+15 (two blocks) × tokens t..t+NT−1 (NT ≤ 8).
 T5V INLINE void q16_vnni_tile16(const moe_matrix *m, int64_t b, const moe_q8_acts *x, const moe_q8_acts *x2, int64_t t,
                                 float *y, const int NT) {
-    const int64_t G = m->cols / 32, cols = m->cols;
-    const __m512i mask = _mm512_set1_epi8(0x0F);
-    __m512 f[8];
-    for (int j = 0; j < NT; j++) f[j] = _mm512_setzero_ps();
-    for (int64_t g = 0; g < G; g++) {
-        const uint8_t *wa = x8_group(m, b, g), *wb = x8_group(m, b + 1, g);
-        __m512i a1[8], a2[8];
-        for (int j = 0; j < NT; j++) {
-            a1[j] = _mm512_set1_epi32(-8 * x->sums[(t + j) * G + g]);
-            a2[j] = _mm512_set1_epi32(-8 * x2->sums[(t + j) * G + g]);
-        }
-        for (int u = 0; u < 4; u++) {
-            const __m512i raw = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(wa + 32 * u))),
-                                                   _mm256_loadu_si256((const __m256i *)(wb + 32 * u)), 1);
-            const __m512i lo = _mm512_and_si512(raw, mask), hi = _mm512_and_si512(_mm512_srli_epi16(raw, 4), mask);
-            for (int j = 0; j < NT; j++) {
-                const int64_t at = (t + j) * cols + 32 * g + 8 * u;
-                a1[j] = _mm512_dpbusd_epi32(a1[j], lo, _mm512_set1_epi32(four(x->q + at)));
-                a1[j] = _mm512_dpbusd_epi32(a1[j], hi, _mm512_set1_epi32(four(x->q + at + 4)));
-                a2[j] = _mm512_dpbusd_epi32(a2[j], lo, _mm512_set1_epi32(four(x2->q + at)));
-                a2[j] = _mm512_dpbusd_epi32(a2[j], hi, _mm512_set1_epi32(four(x2->q + at + 4)));
-            }
-        }
-        const __m512 ws = _mm512_castpd_ps(_mm512_insertf64x4(_mm512_castps_pd(_mm512_castps256_ps512(x8_scales(m, b, g))),
-                                                              _mm256_castps_pd(x8_scales(m, b + 1, g)), 1));
-        for (int j = 0; j < NT; j++) {
-            const __m512i a = _mm512_add_epi32(_mm512_slli_epi32(a1[j], 8), a2[j]);
-            f[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(a), _mm512_mul_ps(ws, _mm512_set1_ps(x->d[(t + j) * G + g] * 0x1p-8f)), f[j]);
-        }
-    }
-    for (int j = 0; j < NT; j++) _mm512_storeu_ps(y + (t + j) * m->rows + 8 * b, f[j]);
+#define RAW16(u)                                                                                                 \
+    _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(x8_group(m, b, g) + 32 * (u)))),  \
+                       _mm256_loadu_si256((const __m256i *)(x8_group(m, b + 1, g) + 32 * (u))), 1)
+#define SCALES16                                                                                                 \
+    _mm512_castpd_ps(_mm512_insertf64x4(_mm512_castps_pd(_mm512_castps256_ps512(x8_scales(m, b, g))),           \
+                                        _mm256_castps_pd(x8_scales(m, b + 1, g)), 1))
+    Q16_VNNI_TILE(_mm512, __m512i, __m512, _mm512_and_si512, RAW16, SCALES16)
+#undef RAW16
+#undef SCALES16
 }
 
 /// Rows 8b..8b+7 (an odd last block): the 256-bit form, the same operations per lane.
 T5V INLINE void q16_vnni_tile8(const moe_matrix *m, int64_t b, const moe_q8_acts *x, const moe_q8_acts *x2, int64_t t,
                                float *y, const int NT) {
-    const int64_t G = m->cols / 32, cols = m->cols;
-    const __m256i mask = _mm256_set1_epi8(0x0F);
-    __m256 f[8];
-    for (int j = 0; j < NT; j++) f[j] = _mm256_setzero_ps();
-    for (int64_t g = 0; g < G; g++) {
-        const uint8_t *w = x8_group(m, b, g);
-        __m256i lo[4], hi[4];
-        for (int u = 0; u < 4; u++) {
-            const __m256i raw = _mm256_loadu_si256((const __m256i *)(w + 32 * u));
-            lo[u] = _mm256_and_si256(raw, mask);
-            hi[u] = _mm256_and_si256(_mm256_srli_epi16(raw, 4), mask);
-        }
-        const __m256 ws = x8_scales(m, b, g);
-        for (int j = 0; j < NT; j++) Q16_VNNI_TOKEN(_mm256, f[j], lo, hi, ws, t + j);
-    }
-    for (int j = 0; j < NT; j++) _mm256_storeu_ps(y + (t + j) * m->rows + 8 * b, f[j]);
+#define RAW8(u) _mm256_loadu_si256((const __m256i *)(x8_group(m, b, g) + 32 * (u)))
+    Q16_VNNI_TILE(_mm256, __m256i, __m256, _mm256_and_si256, RAW8, x8_scales(m, b, g))
+#undef RAW8
 }
 
 T5V void moe_gemm_q4x8_q16_avx512vnni(const moe_matrix *m, int64_t r0, int64_t r1, const moe_q8_acts *x,

@@ -150,17 +150,7 @@ public enum KernelBenchmark {
     /// generic twins, which have no fixed instruction mix.
     public static func peak(_ isa: KernelISA) -> (fp32: Double, int8: Double?)? {
         guard isa != .generic, isa.isSupported else { return nil }
-        func rate(_ opsPerRound: Double, _ f: @convention(c) (Int64) -> Double) -> Double {
-            let rounds: Int64 = 20_000_000
-            var best = Double.infinity
-            for _ in 0..<3 {
-                let start = ContinuousClock.now
-                _ = f(rounds)
-                let t = ContinuousClock.now - start
-                best = min(best, Double(t.components.seconds) + Double(t.components.attoseconds) * 1e-18)
-            }
-            return opsPerRound * Double(rounds) / best / 1e9
-        }
+        func rate(_ opsPerRound: Double, _ f: @convention(c) (Int64) -> Double) -> Double { peakRate(opsPerRound, f) }
         switch isa {
         case .avx2: return (rate(12 * 8 * 2, moe_peak_fma_avx2), rate(12 * 32 * 2, moe_peak_dot8_avx2))
         case .avx512: return (rate(12 * 16 * 2, moe_peak_fma_avx512),
@@ -173,28 +163,19 @@ public enum KernelBenchmark {
     /// run (no AMX, or kernels other than avx512).
     public static func amxPeak() -> Double? {
         guard ResidentActivations.amxAvailable() else { return nil }
-        var best = Double.infinity
-        let rounds: Int64 = 2_000_000
-        for _ in 0..<3 {
-            let start = monotonicSeconds()
-            _ = moe_peak_amx_bf16(rounds)
-            best = min(best, monotonicSeconds() - start)
-        }
-        return 4 * 8192 * 2 * Double(rounds) / best / 1e9
+        return peakRate(4 * 8192 * 2, rounds: 2_000_000, moe_peak_amx_bf16)
     }
 
     /// One core's `vdpbf16ps` peak in GFLOP/s (a bf16 multiply-add is 2), best of three; nil without AVX512-BF16
     /// or with kernels other than avx512.
     public static func dpbf16Peak() -> Double? {
         guard ResidentActivations.hasAVX512BF16, Kernels.isa == .avx512 else { return nil }
-        var best = Double.infinity
-        let rounds: Int64 = 20_000_000
-        for _ in 0..<3 {
-            let start = monotonicSeconds()
-            _ = moe_peak_dpbf16_avx512(rounds)
-            best = min(best, monotonicSeconds() - start)
-        }
-        return 12 * 32 * 2 * Double(rounds) / best / 1e9
+        return peakRate(12 * 32 * 2, moe_peak_dpbf16_avx512)
+    }
+
+    /// A register-only peak loop's rate in G operations/s: `opsPerRound` · `rounds` over its best of three runs.
+    static func peakRate(_ opsPerRound: Double, rounds: Int64 = 20_000_000, _ f: @convention(c) (Int64) -> Double) -> Double {
+        opsPerRound * Double(rounds) / best(of: 3) { _ = f(rounds) } / 1e9
     }
 
     /// One thread, for the single-threaded timings.
