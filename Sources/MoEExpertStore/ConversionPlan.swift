@@ -87,7 +87,7 @@ extension StoreConverter {
             case (.source, .f16): encoding = .f16
             case (.source, .f32): encoding = .f32
             case (.source, .fp8Block(_, let r, let cc)): encoding = .fp8; block = (r, cc)
-            case (.source, .int8g32): encoding = .int8; scaleType = .f32
+            case (.source, .int8g32), (.source, .int8g32x8): encoding = .int8; scaleType = .f32
             case (.source, .ggml(let t)):
                 throw .unsupportedSource(file: src.configPath, reason: "experts in GGML \(t) are converted from the GGUF file itself")
             }

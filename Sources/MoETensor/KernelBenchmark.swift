@@ -8,6 +8,8 @@ public enum KernelBenchmark {
         /// int4 interleaved by 8 rows (`Int4Interleaved`), as stores hold routed experts.
         case int4x8 = "int4-x8"
         case int8 = "int8-g32"
+        /// int8 interleaved by 8 rows (`Int8Interleaved`), as stores hold resident matrices under `--resident int8`.
+        case int8x8 = "int8-x8"
         case bf16
         /// IEEE half: the KV cache's rows under `--kv-cache f16`.
         case f16
@@ -18,7 +20,7 @@ public enum KernelBenchmark {
     }
 
     /// A `rows × cols` matrix of `kind` with random values (a fixed seed), scales bf16. `int4x8` holds the same
-    /// values as `int4` with the same seed (rows a multiple of 8).
+    /// values as `int4` with the same seed, `int8x8` as `int8` (rows a multiple of 8).
     public static func randomMatrix(_ kind: Kind, rows: Int, cols: Int, seed: UInt64 = 1) -> WeightMatrix {
         var rng = SplitMix(seed: seed)
         let groups = cols / 32
@@ -31,6 +33,14 @@ public enum KernelBenchmark {
                                        into: data.pointer, scales: out.pointer)
             return WeightMatrix(rows: rows, cols: cols, data: UnsafeRawPointer(data.pointer),
                                 encoding: .int4g32x8(scales: UnsafeRawPointer(out.pointer), scaleType: .bf16), owners: [data, out])
+        case .int8x8:
+            let m = randomMatrix(.int8, rows: rows, cols: cols, seed: seed)
+            guard case .int8g32(let scales, _) = m.encoding else { fatalError() }
+            let data = AlignedBuffer(byteCount: rows * cols), out = AlignedBuffer(byteCount: rows * groups * 2)
+            Int8Interleaved.interleave(rows: rows, cols: cols, data: m.data, scales: scales, scaleBytes: 2,
+                                       into: data.pointer, scales: out.pointer)
+            return WeightMatrix(rows: rows, cols: cols, data: UnsafeRawPointer(data.pointer),
+                                encoding: .int8g32x8(scales: UnsafeRawPointer(out.pointer), scaleType: .bf16), owners: [data, out])
         case .int4, .int8:
             precondition(cols % 32 == 0)
             let bytes = kind == .int4 ? rows * cols / 2 : rows * cols

@@ -53,6 +53,8 @@ public enum Kernels {
         case (.avx512, .bf16): moe_gemm_bf16_avx512_blocked
         case (.avx2, .int4g32x8): moe_gemm_q4x8_avx2
         case (.avx512, .int4g32x8): moe_gemm_q4x8_avx512
+        case (.avx2, .int8g32x8): moe_gemm_i8x8_avx2
+        case (.avx512, .int8g32x8): moe_gemm_i8x8_avx512
         case (.avx2, .f32): moe_gemm_f32_avx2
         case (.avx512, .f32): moe_gemm_f32_avx512
         case (.avx2, .f16): moe_gemm_f16_avx2

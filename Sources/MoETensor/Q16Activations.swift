@@ -54,10 +54,13 @@ public struct Q16Activations {
 }
 
 extension WeightMatrix {
-    /// Whether `gemmQ16` multiplies this matrix: int4 interleaved by 8 rows (a store's routed experts).
+    /// Whether `gemmQ16` multiplies this matrix: int4 interleaved by 8 rows (a store's routed experts), or int8
+    /// interleaved by 8 (its resident matrices under `convert --resident int8`).
     public var takesQ16: Bool {
-        if case .int4g32x8 = encoding { return true }
-        return false
+        switch encoding {
+        case .int4g32x8, .int8g32x8: true
+        default: false
+        }
     }
 
     /// `y[t, r] = Σ_c W[r, c] · x̃[t, c]` with x̃ the two-part activations; rows split over the kernel pool.
@@ -67,19 +70,32 @@ extension WeightMatrix {
 
     /// `applyQ16` for output rows `rows` (whole blocks of the layout) on the calling thread: the VNNI kernel where
     /// `.avx512` runs with VNNI, else the AVX2 one; with `.generic` the twin. All three give the same bits: per
-    /// group the exact integer ((Σ nibble·q1 − 8·Σq1) << 8) + Σ nibble·q2 − 8·Σq2, then
-    /// f = fma(Float(it), scale · (d/256), f).
+    /// group the exact integer ((Σ n·q1 − o·Σq1) << 8) + Σ n·q2 − o·Σq2 (n the stored nibble or byte, o its offset:
+    /// 8 for int4, 128 for int8), then f = fma(Float(it), scale · (d/256), f).
     public func gemmQ16(rows range: Range<Int>, _ x: Q16Activations, into y: UnsafeMutablePointer<Float>,
                         isa: KernelISA = Kernels.isa) {
-        guard case .int4g32x8(let scales, let type) = encoding else { preconditionFailure("two-part activations are for interleaved int4") }
+        let scales: UnsafeRawPointer, type: ScaleType, int8: Bool
+        switch encoding {
+        case .int4g32x8(let s, let t): (scales, type, int8) = (s, t, false)
+        case .int8g32x8(let s, let t): (scales, type, int8) = (s, t, true)
+        default: preconditionFailure("two-part activations are for the interleaved layouts")
+        }
         precondition(x.cols == cols && range.lowerBound % rowTile == 0 && range.upperBound % rowTile == 0)
         guard !range.isEmpty else { return }
         if isa != .generic {
             var m = moe_matrix(data: data, scales: scales, rows: Int64(rows), cols: Int64(cols), scales_bf16: type == .bf16 ? 1 : 0)
             var first = x.first.c
             var second = moe_q8_acts(q: x.q2, d: x.first.d, sums: x.sums2, sums16: nil, q256: nil, d256: nil, sums256: nil)
-            let kernel = isa == .avx512 && Self.hasVNNI ? moe_gemm_q4x8_q16_avx512vnni : moe_gemm_q4x8_q16_avx2
+            let vnni = isa == .avx512 && Self.hasVNNI
+            let kernel = int8 ? (vnni ? moe_gemm_i8x8_q16_avx512vnni : moe_gemm_i8x8_q16_avx2)
+                              : (vnni ? moe_gemm_q4x8_q16_avx512vnni : moe_gemm_q4x8_q16_avx2)
             kernel(&m, Int64(range.lowerBound), Int64(range.upperBound), &first, &second, Int64(x.tokens), y)
+            return
+        }
+        if int8 {
+            for r in range {
+                for t in 0..<x.tokens { y[t * rows + r] = dotInterleavedInt8Q16(row: r, token: t, x, scales: scales, type: type) }
+            }
             return
         }
         let groups = cols / 32

@@ -23,6 +23,10 @@ public struct WeightMatrix: @unchecked Sendable {
         case int4g32x8(scales: UnsafeRawPointer, scaleType: ScaleType)
         /// Symmetric int8, one scale per 32 values: `W = q · scale`; `data` is `[rows, cols]` Int8.
         case int8g32(scales: UnsafeRawPointer, scaleType: ScaleType)
+        /// The same values with rows interleaved by 8 and offset by 128 (`Int8Interleaved`: four columns of eight
+        /// rows per 32 bytes), the layout the two-part int8 tiles read; rows a multiple of 8. A store's resident
+        /// matrices under `convert --resident int8`.
+        case int8g32x8(scales: UnsafeRawPointer, scaleType: ScaleType)
         /// A GGML block type as a GGUF file stores it (`GGMLType`): each row is `cols / blockSize` blocks, rows
         /// back to back. Multiplied by decoding a row exactly (`GGMLDequantize`, bit-exact to gguf-py) and taking
         /// fp32 dot products with it.
@@ -59,7 +63,7 @@ public struct WeightMatrix: @unchecked Sendable {
         case .bf16, .f16: rows * cols * 2
         case .fp8Block: rows * cols
         case .int4g32, .int4g32x8: rows * cols / 2
-        case .int8g32: rows * cols
+        case .int8g32, .int8g32x8: rows * cols
         case .ggml(let type): rows * (type.rowBytes(elements: cols) ?? 0)
         }
     }
@@ -104,6 +108,8 @@ public struct WeightMatrix: @unchecked Sendable {
             return dotInt4G32(data + r * cols / 2, x, groups: groups) { Self.groupScale(scales, type, r * groups + $0) }
         case .int4g32x8(let scales, let type):
             return dotInterleaved(row: r, x, scales: scales, type: type)
+        case .int8g32x8(let scales, let type):
+            return dotInterleavedInt8(row: r, x, scales: scales, type: type)
         case .int8g32(let scales, let type):
             let groups = cols / 32
             return dotInt8G32(data.assumingMemoryBound(to: Int8.self) + r * cols, x, groups: groups) {
@@ -167,11 +173,14 @@ public struct WeightMatrix: @unchecked Sendable {
         pool.run(count) { k in body((k * size)..<min(rows, (k + 1) * size)) }
     }
 
-    /// Rows a split must keep together: the interleaved layout's blocks of 8, else 4.
+    /// Rows a split must keep together: the interleaved layouts' blocks of 8, else 4.
     @inline(__always)
     var rowTile: Int {
-        if case .int4g32x8 = encoding { return Int4Interleaved.blockRows }
-        return 4
+        switch encoding {
+        case .int4g32x8: Int4Interleaved.blockRows
+        case .int8g32x8: Int8Interleaved.blockRows
+        default: 4
+        }
     }
 
     /// `apply` for output rows `rows` only, on the calling thread: the kernel of `Kernels.isa` for this
@@ -186,7 +195,8 @@ public struct WeightMatrix: @unchecked Sendable {
         if let kernel = Kernels.gemm(encoding, isa) {
             var m = moe_matrix(data: data, scales: nil, rows: Int64(rows), cols: Int64(cols), scales_bf16: 0)
             switch encoding {
-            case .int4g32(let scales, let type), .int8g32(let scales, let type), .int4g32x8(let scales, let type):
+            case .int4g32(let scales, let type), .int8g32(let scales, let type), .int4g32x8(let scales, let type),
+                 .int8g32x8(let scales, let type):
                 m.scales = scales
                 m.scales_bf16 = type == .bf16 ? 1 : 0
             default: break
@@ -228,7 +238,7 @@ public struct WeightMatrix: @unchecked Sendable {
             let scaleCols = (cols + blockCols - 1) / blockCols
             let w = data.assumingMemoryBound(to: UInt8.self) + r * cols
             for c in 0..<cols { out[c] = e4m3ToFloat(w[c]) * scales[(r / blockRows) * scaleCols + c / blockCols] }
-        case .int4g32, .int8g32, .int4g32x8:
+        case .int4g32, .int8g32, .int4g32x8, .int8g32x8:
             for c in 0..<cols { out[c] = element(r, c) }
         case .ggml(let type):
             GGMLDequantize.values(type, from: data + r * (storedByteCount / rows), count: cols, into: out)
@@ -259,6 +269,9 @@ public struct WeightMatrix: @unchecked Sendable {
         case .int8g32(let scales, let type):
             return Float(data.load(fromByteOffset: r * cols + c, as: Int8.self))
                 * Self.groupScale(scales, type, r * (cols / 32) + c / 32)
+        case .int8g32x8(let scales, let type):
+            return Float(Int(data.load(fromByteOffset: Int8Interleaved.offset(r, c, cols: cols), as: UInt8.self)) - 128)
+                * Self.groupScale(scales, type, Int8Interleaved.scaleIndex(r, group: c / 32, cols: cols))
         case .ggml(let type):
             // The block that holds (r, c), decoded whole.
             let block = c / type.blockSize

@@ -209,6 +209,18 @@ struct BenchKernels: ParsableCommand {
             }
         }
         }
+        // int8 resident matrices interleaved by 8 (`convert --resident int8`) × two-part int8 activations (their
+        // default arithmetic): the same 50% ceiling.
+        let m8 = KernelBenchmark.randomMatrix(.int8x8, rows: rows, cols: cols)
+        for t in counts {
+            let (x, reference, scale, base) = generic(m8, tokens: t)
+            for isa in isas {
+                let (s, y) = KernelBenchmark.timeQ16(m8, x, tokens: t, isa: isa, repeats: isa == .generic ? max(1, repeats / 2) : repeats)
+                let peak = isa == .generic ? nil : (peaks[isa]?.int8 ?? peaks[.avx2]?.int8)
+                printRow("i8x8×q16", t, isa, seconds: s, base: base, bytes: m8.storedByteCount, y: y, reference: reference,
+                         scale: scale, peak: peak)
+            }
+        }
         // GGML block types (GGUF experts): rows decoded exactly, then the fp32 kernel of each ISA (generic: dotF32).
         for name in ggml.split(separator: ",").map(String.init) where name != "none" {
             guard let type = GGMLType(named: name), type.canDequantize, cols % type.blockSize == 0 else {

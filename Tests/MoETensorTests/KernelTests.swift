@@ -9,8 +9,8 @@ import Testing
     /// The exact value of every weight (dequantised in float64 from the stored bytes).
     func exact(_ m: WeightMatrix, _ r: Int, _ c: Int) -> Double { Double(m.element(r, c)) }
 
-    /// `rows` rounded up to what `kind` takes (the interleaved layout's blocks of 8).
-    static func rows(_ rows: Int, _ kind: KernelBenchmark.Kind) -> Int { kind == .int4x8 ? (rows + 7) / 8 * 8 : rows }
+    /// `rows` rounded up to what `kind` takes (the interleaved layouts' blocks of 8).
+    static func rows(_ rows: Int, _ kind: KernelBenchmark.Kind) -> Int { kind == .int4x8 || kind == .int8x8 ? (rows + 7) / 8 * 8 : rows }
 
     func check(_ kind: KernelBenchmark.Kind, rows: Int, cols: Int, tokens: Int, isa: KernelISA) {
         let rows = Self.rows(rows, kind)
@@ -57,7 +57,8 @@ import Testing
         var (rows, cols, tokens) = large ? (263, kind.grouped ? 4096 : 4103, 9) : (23, kind.grouped ? 512 : 517, 7)
         rows = Self.rows(rows, kind)
         if large && kind == .int4x8 { rows = 520 }  // more than one of the interleaved kernels' ~1 MB row blocks (448 rows)
-        let splits = kind == .int4x8 ? [8, 16, rows - 8] : [1, 5, rows - 1]
+        if large && kind == .int8x8 { rows = 264 }  // the interleaved int8 kernels' ~1 MB row blocks: 240 rows of 4096
+        let splits = kind == .int4x8 || kind == .int8x8 ? [8, 16, rows - 8] : [1, 5, rows - 1]
         let m = KernelBenchmark.randomMatrix(kind, rows: rows, cols: cols, seed: 5)
         let x = KernelBenchmark.randomActivations(tokens * cols, seed: 6)
         for isa in KernelISA.allCases where isa.isSupported {
@@ -166,6 +167,52 @@ extension KernelTests {
 }
 
 extension KernelTests {
+    /// The interleaved int8 layout (`convert --resident int8`) holds the row-major matrix's values, and its kernels
+    /// agree bit for bit across instruction sets (AVX2's madd tile on an AVX-512 machine too) and with the Swift
+    /// twins, for fp32 and for two-part int8 activations, with 1…19 tokens and rows in an odd block of 8; the
+    /// two-part product is Σ_c W[r, c]·x̃[t, c] (float64 of the two-part values) within float rounding; a token's
+    /// result is the same alone.
+    @Test func interleavedInt8KernelsAgreeBitForBitAndMatchTheExactProduct() {
+        let (rows, cols) = (40, 1056)
+        let plain = KernelBenchmark.randomMatrix(.int8, rows: rows, cols: cols, seed: 21)
+        let m = KernelBenchmark.randomMatrix(.int8x8, rows: rows, cols: cols, seed: 21)
+        #expect(m.takesQ16 && m.rowTile == 8)
+        for r in 0..<rows { for c in 0..<cols { #expect(m.element(r, c) == plain.element(r, c), "row \(r) col \(c)") } }
+        let isas = Self.fast + (KernelISA.avx512.isSupported && KernelISA.avx2.isSupported ? [.avx2] : [])
+        for tokens in [1, 3, 8, 19] {
+            let x = KernelBenchmark.randomActivations(tokens * cols, seed: UInt64(60 + tokens))
+            x.pointer[300] = 3e3  // an outlier in its group
+            let memory = FloatBuffer(count: Q16Activations.floatsNeeded(tokens: tokens, cols: cols))
+            let q = Q16Activations(x.pointer, tokens: tokens, cols: cols, memory: memory.pointer)
+            let exactTwin = FloatBuffer(count: tokens * rows), twin = FloatBuffer(count: tokens * rows)
+            m.gemm(rows: 0..<rows, x.pointer, tokens: tokens, into: exactTwin.pointer, isa: .generic)
+            m.gemmQ16(rows: 0..<rows, q, into: twin.pointer, isa: .generic)
+            for t in 0..<tokens {
+                for r in 0..<rows {
+                    var sum = 0.0, magnitude = 0.0
+                    for c in 0..<cols {
+                        let p = Double(m.element(r, c)) * Double(q.value(t, c))
+                        sum += p
+                        magnitude += abs(p)
+                    }
+                    #expect(abs(Double(twin.pointer[t * rows + r]) - sum) <= 1e-6 * magnitude + 1e-30, "row \(r) token \(t)")
+                }
+            }
+            for isa in isas {
+                let y = FloatBuffer(count: tokens * rows), yq = FloatBuffer(count: tokens * rows)
+                m.gemm(rows: 0..<rows, x.pointer, tokens: tokens, into: y.pointer, isa: isa)
+                m.gemmQ16(rows: 0..<rows, q, into: yq.pointer, isa: isa)
+                #expect(y.array == exactTwin.array, "fp32 \(isa) \(tokens) tokens")
+                #expect(yq.array == twin.array, "two-part \(isa) \(tokens) tokens")
+                let one = FloatBuffer(count: Q16Activations.floatsNeeded(tokens: 1, cols: cols)), single = FloatBuffer(count: rows)
+                let last = tokens - 1
+                m.gemmQ16(rows: 0..<rows, Q16Activations(x.pointer + last * cols, tokens: 1, cols: cols, memory: one.pointer),
+                          into: single.pointer, isa: isa)
+                for r in 0..<rows { #expect(single.pointer[r] == yq.pointer[last * rows + r], "\(isa) token \(last) alone, row \(r)") }
+            }
+        }
+    }
+
     /// Two-part int8 activations (`q8-gate-up-q16-down`'s down): the values are within d/256 of x (d/512 but where
     /// q2 is clamped) and nearer x than q8's alone; AVX2, AVX-512 VNNI and the Swift twin agree bit for bit with
     /// 1…19 tokens and rows in an odd block of 8; they give Σ_c W[r, c]·x̃[t, c] (float64 of the two-part values)

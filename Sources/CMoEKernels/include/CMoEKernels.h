@@ -104,6 +104,15 @@ void moe_gemm_q4x8_q16_avx512vnni(const moe_matrix *m, int64_t r0, int64_t r1, c
                                   int64_t T, float *y);
 void moe_gemm_q4x8_avx2(const moe_matrix *m, int64_t r0, int64_t r1, const float *x, int64_t T, float *y);
 void moe_gemm_q4x8_avx512(const moe_matrix *m, int64_t r0, int64_t r1, const float *x, int64_t T, float *y);
+/// int8 weights interleaved by 8 rows and offset by 128 (`int8g32x8`, kernels_i8x8.c: a store's resident matrices
+/// under `convert --resident int8`) × two-part int8 activations (`x`: q1, d, Σq1; `x2`: q2, Σq2): AVX-512 VNNI and
+/// AVX2 (madd); then × fp32 activations (`--exact`). Rows [r0, r1) in whole blocks of 8.
+void moe_gemm_i8x8_q16_avx512vnni(const moe_matrix *m, int64_t r0, int64_t r1, const moe_q8_acts *x, const moe_q8_acts *x2,
+                                  int64_t T, float *y);
+void moe_gemm_i8x8_q16_avx2(const moe_matrix *m, int64_t r0, int64_t r1, const moe_q8_acts *x, const moe_q8_acts *x2,
+                            int64_t T, float *y);
+void moe_gemm_i8x8_avx2(const moe_matrix *m, int64_t r0, int64_t r1, const float *x, int64_t T, float *y);
+void moe_gemm_i8x8_avx512(const moe_matrix *m, int64_t r0, int64_t r1, const float *x, int64_t T, float *y);
 /// Weighted sums of rows (kernels_rows.c): y[t·y_stride + c] = fma chain over j < n of a[t·a_stride + j] ·
 /// W[j·stride + c], c < cols, for T tokens; W fp32, bf16 or f16 (`stride` in elements). The same chain per (t, c)
 /// whatever the tile, the token count or the ISA.

@@ -1,0 +1,67 @@
+// What the kernels of the two row-interleaved layouts share (kernels_x8.c: int4, kernels_i8x8.c: int8): target
+// attributes, the rows' scales of a group, a broadcastable word of four int8 activations, the loops that walk
+// row blocks and token tiles with constant tile sizes, and the fp32 tiles' reduction of four partial sums. Internal to CMoEKernels.
+#ifndef CMOEKERNELS_X8_COMMON_H
+#define CMOEKERNELS_X8_COMMON_H
+#include "common.h"
+
+#define T2 __attribute__((target("avx2,fma,f16c")))
+#define T5 __attribute__((target("avx512f,avx512bw,avx512vl,avx2,fma,f16c")))
+#define T5V __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")))
+#define INLINE static inline __attribute__((always_inline))
+
+/// The 8 scales of group g of row block b as fp32 (both interleaved layouts index them alike).
+T2 INLINE __m256 x8_scales(const moe_matrix *m, int64_t b, int64_t g) {
+    const int64_t i = (b * (m->cols / 32) + g) * 8;
+    if (m->scales_bf16)
+        return _mm256_castsi256_ps(
+            _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)((const uint16_t *)m->scales + i))), 16));
+    return _mm256_loadu_ps((const float *)m->scales + i);
+}
+
+/// Four int8 activations as one int32 (to broadcast).
+INLINE int32_t four(const int8_t *p) {
+    int32_t v;
+    memcpy(&v, p, 4);
+    return v;
+}
+
+/// Calls TILE(…, n, …) with n a constant 1…MAX (so each instantiation keeps its accumulators in registers).
+#define BY_COUNT8(TILE, n, ...)                                                                                  \
+    switch (n) {                                                                                                 \
+    case 1: TILE(__VA_ARGS__, 1); break;                                                                         \
+    case 2: TILE(__VA_ARGS__, 2); break;                                                                         \
+    case 3: TILE(__VA_ARGS__, 3); break;                                                                         \
+    case 4: TILE(__VA_ARGS__, 4); break;                                                                         \
+    case 5: TILE(__VA_ARGS__, 5); break;                                                                         \
+    case 6: TILE(__VA_ARGS__, 6); break;                                                                         \
+    case 7: TILE(__VA_ARGS__, 7); break;                                                                         \
+    default: TILE(__VA_ARGS__, 8); break;                                                                        \
+    }
+#define BY_COUNT4(TILE, n, ...)                                                                                  \
+    switch (n) {                                                                                                 \
+    case 1: TILE(__VA_ARGS__, 1); break;                                                                         \
+    case 2: TILE(__VA_ARGS__, 2); break;                                                                         \
+    case 3: TILE(__VA_ARGS__, 3); break;                                                                         \
+    default: TILE(__VA_ARGS__, 4); break;                                                                        \
+    }
+
+/// Walks rows [r0, r1) in cache blocks of RB rows (every row at once when T ≤ NT) and tokens in tiles of up to NT: ROWTILE(b, t, n) for each tile of
+/// STEP rows starting at row block b (STEP 16 where TAIL8 covers an odd last block of 8).
+#define X8_LOOP_RB(RB, NT, STEP, ROWTILE, TAIL8)                                                                        \
+    const int64_t rb_ = T > (NT) ? (RB) : r1 - r0;                                                    \
+    for (int64_t c0 = r0; c0 < r1; c0 += rb_) {                                                                  \
+        const int64_t c1 = c0 + rb_ < r1 ? c0 + rb_ : r1;                                                        \
+        for (int64_t t = 0; t < T; t += (NT)) {                                                                  \
+            const int64_t n = T - t < (NT) ? T - t : (NT);                                                       \
+            int64_t r = c0;                                                                                      \
+            for (; r + (STEP) <= c1; r += (STEP)) ROWTILE(r / 8, t, n);                                          \
+            for (; r < c1; r += 8) TAIL8(r / 8, t, n);                                                           \
+        }                                                                                                        \
+    }
+
+/// Four partial sums per row reduced as (a0 + a1) + (a2 + a3), in each 128-bit lane (lane 0 of each holds it).
+#define REDUCE4_256(v) ({ __m256 v_ = (v); v_ = _mm256_add_ps(v_, _mm256_permute_ps(v_, 0xB1)); _mm256_add_ps(v_, _mm256_permute_ps(v_, 0x4E)); })
+#define REDUCE4_512(v) ({ __m512 v_ = (v); v_ = _mm512_add_ps(v_, _mm512_permute_ps(v_, 0xB1)); _mm512_add_ps(v_, _mm512_permute_ps(v_, 0x4E)); })
+
+#endif
