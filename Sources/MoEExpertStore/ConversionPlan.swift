@@ -14,8 +14,9 @@ extension StoreConverter {
                 /// Widen each row of the matrix `base` (any encoding) to fp32 and round it to bf16.
                 case bf16(base: String, rows: Int, cols: Int)
                 /// Widen each row of `base` to fp32 and quantise it to int8 per 32 values (`GroupQuantization.quantizeInt8`,
-                /// fp32 scales): the values (`scales` false) or the scales.
-                case int8(base: String, rows: Int, cols: Int, scales: Bool)
+                /// fp32 scales): the values (`scales` false) or the scales; `interleaved`: in `Int8Interleaved`'s layout
+                /// (blocks of 8 rows, values offset by 128, stored as U8), else row-major I8.
+                case int8(base: String, rows: Int, cols: Int, scales: Bool, interleaved: Bool)
                 /// A GGUF source: the tensor's bytes unchanged (`decoded` false) or decoded to fp32 (`GGUFConversion`).
                 case gguf(name: String, decoded: Bool)
             }
@@ -119,10 +120,12 @@ extension StoreConverter {
                     continue
                 }
                 if option == .int8, let (base, rows, cols) = Self.int8Candidate(name, entry) {
-                    out.append(.init(name: base + ".weight", dtype: .i8, shape: [rows, cols], bytes: rows * cols,
-                                     producer: .int8(base: base, rows: rows, cols: cols, scales: false)))
+                    // Laid out for the two-part int8 tiles where the rows come in blocks of 8 (every K2 matrix).
+                    let interleaved = Int8Interleaved.fits(rows: rows, cols: cols)
+                    out.append(.init(name: base + ".weight", dtype: interleaved ? .u8 : .i8, shape: [rows, cols], bytes: rows * cols,
+                                     producer: .int8(base: base, rows: rows, cols: cols, scales: false, interleaved: interleaved)))
                     out.append(.init(name: base + ".weight_scale", dtype: .f32, shape: [rows, cols / 32], bytes: rows * cols / 32 * 4,
-                                     producer: .int8(base: base, rows: rows, cols: cols, scales: true)))
+                                     producer: .int8(base: base, rows: rows, cols: cols, scales: true, interleaved: interleaved)))
                     continue
                 }
                 if name.hasSuffix(".weight_packed") {
@@ -194,16 +197,29 @@ extension StoreConverter {
                     try wrap { try emit(UnsafeRawPointer(out), cols * 2) }
                 }
                 src.release(base)
-            case .int8(let base, let rows, let cols, let wantScales):
+            case .int8(let base, let rows, let cols, let wantScales, let interleaved):
+                // A block of 8 rows at a time when interleaved (the layout's unit), else one row.
                 let m = try src.matrix(base, rows: rows, cols: cols)
+                let step = interleaved ? Int8Interleaved.blockRows : 1, groups = cols / 32
                 let row = FloatBuffer(count: cols)
-                let values = UnsafeMutablePointer<Int8>.allocate(capacity: cols)
-                let scales = UnsafeMutableRawPointer.allocate(byteCount: cols / 32 * 4, alignment: 4)
-                defer { values.deallocate(); scales.deallocate() }
-                for r in 0..<rows {
-                    m.copyRow(r, into: row.pointer)
-                    GroupQuantization.quantizeInt8(row: row.pointer, cols: cols, scaleType: .f32, values: values, scales: scales)
-                    try wrap { try emit(wantScales ? UnsafeRawPointer(scales) : UnsafeRawPointer(values), wantScales ? cols / 32 * 4 : cols) }
+                let values = UnsafeMutablePointer<Int8>.allocate(capacity: step * cols)
+                let scales = UnsafeMutableRawPointer.allocate(byteCount: step * groups * 4, alignment: 4)
+                let block = UnsafeMutablePointer<UInt8>.allocate(capacity: step * cols)
+                let blockScales = UnsafeMutableRawPointer.allocate(byteCount: step * groups * 4, alignment: 4)
+                defer { values.deallocate(); scales.deallocate(); block.deallocate(); blockScales.deallocate() }
+                for r0 in stride(from: 0, to: rows, by: step) {
+                    for i in 0..<step {
+                        m.copyRow(r0 + i, into: row.pointer)
+                        GroupQuantization.quantizeInt8(row: row.pointer, cols: cols, scaleType: .f32, values: values + i * cols,
+                                                       scales: scales + i * groups * 4)
+                    }
+                    var out = (values: UnsafeRawPointer(values), scales: UnsafeRawPointer(scales))
+                    if interleaved {
+                        Int8Interleaved.interleaveBlock(cols: cols, values: values, scales: scales, scaleBytes: 4, into: block,
+                                                        scales: blockScales)
+                        out = (UnsafeRawPointer(block), UnsafeRawPointer(blockScales))
+                    }
+                    try wrap { try emit(wantScales ? out.scales : out.values, step * (wantScales ? groups * 4 : cols)) }
                 }
                 src.release(base)
             }

@@ -117,7 +117,7 @@ public final class ExpertStore: @unchecked Sendable {  // immutable after init: 
 
     /// Everything but the routed experts, shape-checked, as views into resident.safetensors.
     public func residentWeights() throws(StoreError) -> ResidentWeights {
-        do { return try CheckpointWeights(checkpoint: resident, config: config).resident() } catch { throw .checkpoint(error) }
+        do { return try CheckpointWeights(checkpoint: resident, config: config, interleavedInt8: true).resident() } catch { throw .checkpoint(error) }
     }
 
     /// Where expert `e` of `layer` lives: its file and byte offset.

@@ -197,7 +197,12 @@ public struct CarriedFile: Codable, Sendable, Equatable {
 public struct StoreManifest: Codable, Sendable, Equatable {
     public static let formatName = "moestream-expert-store"
     /// 2: int4 experts interleaved by 8 rows (`rowInterleave`). Version 1 stores held them row-major.
-    public static let currentVersion = 2
+    /// 3: resident matrices under `--resident int8` interleaved by 8 rows (U8, `Int8Interleaved`). Version 2 stores
+    /// held them row-major (I8), which this build still reads (`readableVersions`); a version 2 build refuses the
+    /// new ones by their version.
+    public static let currentVersion = 3
+    /// Versions this build reads: 2 differs from 3 only in how `--resident int8` matrices lie, and both are read.
+    public static let readableVersions = 2...3
     public static let fileName = "manifest.json"
     public static let residentFileName = "resident.safetensors"
 
@@ -263,7 +268,7 @@ public struct StoreManifest: Codable, Sendable, Equatable {
             throw .badManifest(file: file, reason: "cannot be decoded: \(error)")
         }
         guard m.format == formatName else { throw .badManifest(file: file, reason: "format '\(m.format)' is not \(formatName)") }
-        guard m.version == currentVersion else {
+        guard readableVersions.contains(m.version) else {
             throw .badManifest(file: file, reason: "store format version \(m.version); this build reads version \(currentVersion)"
                                    + (m.version < currentVersion
                                       ? " (its experts are laid out for older kernels): convert the checkpoint again with `moestream convert CHECKPOINT -o STORE`"

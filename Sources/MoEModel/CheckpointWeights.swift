@@ -7,17 +7,22 @@ import MoETensor
 public struct CheckpointWeights {
     public let checkpoint: any TensorSource
     public let config: ModelConfig
+    /// Whether a U8 Linear weight with `weight_scale` is int8 in `Int8Interleaved`'s layout: true only for a store's
+    /// resident.safetensors (what `convert --resident int8` writes); elsewhere U8 weights are refused.
+    public let interleavedInt8: Bool
 
-    public init(checkpoint: any TensorSource, config: ModelConfig) {
+    public init(checkpoint: any TensorSource, config: ModelConfig, interleavedInt8: Bool = false) {
         self.checkpoint = checkpoint
         self.config = config
+        self.interleavedInt8 = interleavedInt8
     }
 
     /// Full tensor name for `base` ("model.layers.3.self_attn.kv_b_proj") plus a suffix.
     func name(_ base: String, _ suffix: String) -> String { config.tensorPrefix + base + suffix }
 
     /// The Linear weight `base.weight` as `[rows, cols]`, in F32, BF16, F16, block FP8 with `weight_scale_inv`, or
-    /// I8 with `weight_scale` [rows, cols/32] (F32 or BF16: a store converted with `--resident int8`).
+    /// I8 with `weight_scale` [rows, cols/32] (F32 or BF16: a store converted with `--resident int8`), or in a store
+    /// (`interleavedInt8`) U8 with `weight_scale`: int8 interleaved by 8 rows (`Int8Interleaved`, scales in its order).
     public func matrix(_ base: String, rows: Int, cols: Int) throws(CheckpointError) -> WeightMatrix {
         let weightName = name(base, ".weight")
         if let m = try checkpoint.matrix(weightName, rows: rows, cols: cols) { return m }
@@ -52,21 +57,28 @@ public struct CheckpointWeights {
             return WeightMatrix(rows: rows, cols: cols, data: t.data,
                                 encoding: .fp8Block(scales: UnsafePointer(sp), blockRows: br, blockCols: bc),
                                 owners: [t.owner, scales])
-        case .i8:
+        case .i8, .u8 where interleavedInt8:
+            let interleaved = t.dtype == .u8
             let scaleName = name(base, ".weight_scale")
             guard cols % 32 == 0, checkpoint.contains(scaleName) else {
                 throw .missingTensor(tensor: scaleName, searched: checkpoint.path(of: weightName)
-                                     + " (an I8 weight needs its scales per 32 values, and columns in groups of 32)")
+                                     + " (an \(t.dtype.rawValue) weight needs its scales per 32 values, and columns in groups of 32)")
+            }
+            guard !interleaved || Int8Interleaved.fits(rows: rows, cols: cols) else {
+                throw .wrongDType(file: checkpoint.path(of: weightName), tensor: weightName,
+                                  expected: "I8 (U8 holds int8 interleaved by 8 rows, and this matrix has \(rows) rows)", actual: "U8")
             }
             let s = try checkpoint.tensor(scaleName, shape: [rows, cols / 32])
             guard s.dtype == .f32 || s.dtype == .bf16 else {
                 throw .wrongDType(file: checkpoint.path(of: scaleName), tensor: scaleName, expected: "F32 or BF16", actual: s.dtype.rawValue)
             }
+            let scales = UnsafeRawPointer(s.data), type: WeightMatrix.ScaleType = s.dtype == .f32 ? .f32 : .bf16
             return WeightMatrix(rows: rows, cols: cols, data: t.data,
-                                encoding: .int8g32(scales: UnsafeRawPointer(s.data), scaleType: s.dtype == .f32 ? .f32 : .bf16),
+                                encoding: interleaved ? .int8g32x8(scales: scales, scaleType: type) : .int8g32(scales: scales, scaleType: type),
                                 owners: [t.owner, s.owner])
         default:
-            throw .wrongDType(file: checkpoint.path(of: weightName), tensor: weightName, expected: "F32, BF16, F16, F8_E4M3 or I8",
+            throw .wrongDType(file: checkpoint.path(of: weightName), tensor: weightName,
+                              expected: "F32, BF16, F16, F8_E4M3 or I8" + (interleavedInt8 ? " (or U8: interleaved int8)" : ""),
                               actual: t.dtype.rawValue)
         }
     }

@@ -11,6 +11,11 @@ extension MLPWeights {
             swiGLUQ8(gate: gate, up: up, down: down, x, tokens: T, quantiseDown: down.takesResidentQ8, scratch: scratch, into: out)
             return
         }
+        if mode != .fp32, gate.takesQ16, up.takesQ16, down.takesQ16 {
+            let scratch = workspace.floats(2 * T * gate.rows + Q16Activations.floatsNeeded(tokens: T, cols: max(gate.cols, gate.rows)))
+            swiGLUQ16(gate: gate, up: up, down: down, x, tokens: T, scratch: scratch, into: out)
+            return
+        }
         let scratch = workspace.floats(2 * T * gate.rows)
         if mode != .fp32, gate.takesBF16Tiles, up.takesBF16Tiles, down.takesBF16Tiles {
             swiGLUBF16(gate: gate, up: up, down: down, x, tokens: T, workspace: workspace, scratch: scratch, into: out)
@@ -68,6 +73,22 @@ func swiGLUQ8(gate: WeightMatrix, up: WeightMatrix, down: WeightMatrix, _ x: Uns
     } else {
         down.apply(g, tokens: T, into: out)
     }
+}
+
+/// `swiGLU` for int8 resident matrices (`convert --resident int8`): x in two int8 parts once for gate and up (fused
+/// with SiLU per chunk of rows), then silu(gate)·up in two parts for down. `scratch` holds 2·T·inter floats and
+/// `Q16Activations.floatsNeeded` for max(cols, inter).
+func swiGLUQ16(gate: WeightMatrix, up: WeightMatrix, down: WeightMatrix, _ x: UnsafePointer<Float>, tokens T: Int,
+               scratch: UnsafeMutablePointer<Float>, into out: UnsafeMutablePointer<Float>) {
+    let inter = gate.rows
+    let g = scratch, u = scratch + T * inter, quantised = u + T * inter  // [T, inter] each, then the two-part copy
+    let xq = Q16Activations(x, tokens: T, cols: gate.cols, memory: quantised)
+    gate.splitRows { rows in
+        gate.gemmQ16(rows: rows, xq, into: g)
+        up.gemmQ16(rows: rows, xq, into: u)
+        gateRows(rows, tokens: T, inter: inter, g, u)
+    }
+    down.applyQ16(Q16Activations(g, tokens: T, cols: inter, memory: quantised), into: out)
 }
 
 /// Whether an expert takes the q8 path: asked for, and gate and up multiply Q8 activations (`takesQ8`).

@@ -3,11 +3,17 @@ import MoETensor
 extension WeightMatrix {
     /// `apply` with the pass's resident arithmetic (`Workspace.residentActivations`): on AMX tiles with the
     /// activations split into two bf16 parts where the pass asks for it (bf16x2, q8) and the matrix takes them;
-    /// with int8-quantised activations for a GGML matrix under q8 (`takesResidentQ8`); else the fp32 kernels.
-    /// The packed activations live in the workspace until the product is done.
+    /// an int8 matrix (`convert --resident int8`, `takesQ16`) with the activations in two int8 parts under any
+    /// setting but fp32; with int8-quantised activations for a GGML matrix under q8 (`takesResidentQ8`); else the
+    /// fp32 kernels. The packed activations live in the workspace until the product is done.
     func apply(_ x: UnsafePointer<Float>, tokens T: Int, into y: UnsafeMutablePointer<Float>, workspace ws: Workspace) {
         let mode = ws.residentActivations
-        if mode != .fp32, takesBF16Tiles {
+        if mode != .fp32, takesQ16 {
+            let mark = ws.mark()
+            defer { ws.release(to: mark) }
+            applyQ16(Q16Activations(x, tokens: T, cols: cols, memory: ws.floats(Q16Activations.floatsNeeded(tokens: T, cols: cols))),
+                     into: y)
+        } else if mode != .fp32, takesBF16Tiles {
             let mark = ws.mark()
             defer { ws.release(to: mark) }
             let tiles = BF16Tiles(x, tokens: T, cols: cols, memory: ws.halves(BF16Tiles.valuesNeeded(tokens: T, cols: cols)))

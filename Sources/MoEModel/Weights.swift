@@ -46,4 +46,8 @@ public struct ResidentWeights: Sendable {
     public let layers: [LayerWeights]
     public let finalNorm: [Float]       // [hidden]
     public let lmHead: WeightMatrix     // [vocab, hidden]
+
+    /// Whether the resident matrices are int8 laid out for the two-part tiles (a store converted with
+    /// `--resident int8`): lm_head and kv_a are, whenever the store's are.
+    public var hasInterleavedInt8: Bool { lmHead.takesQ16 || layers.contains { $0.attention.kvA.takesQ16 } }
 }

@@ -25,9 +25,11 @@ public enum ResidentActivations: String, CaseIterable, Sendable {
         return hasAMX ? .amx : hasAVX512BF16 ? .vdpbf16ps : nil
     }
 
-    /// The setting as the statistics report it: bf16x2 with the kernel that runs it here.
-    public var described: String {
-        self == .bf16x2 ? "bf16x2 (\(Self.bf16x2Kernel()?.rawValue ?? "no kernel here: fp32"))" : rawValue
+    /// The setting as the statistics report it: bf16x2 with the kernel that runs it here, and what int8 resident
+    /// matrices (`convert --resident int8`, `int8`) multiply with: two int8 parts under any setting but fp32.
+    public func described(int8: Bool = false) -> String {
+        if int8 && self != .fp32 { return "two-part int8 (int8 matrices)" }
+        return self == .bf16x2 ? "bf16x2 (\(Self.bf16x2Kernel()?.rawValue ?? "no kernel here: fp32"))" : rawValue
     }
 
     static let hasAMX = moe_cpu_has_amx_bf16() != 0

@@ -43,23 +43,17 @@ public enum Kernels {
     /// The C kernel for `encoding` under `isa`, or nil where the Swift twin runs (generic ISA, f32/f16/fp8).
     @inline(__always)
     static func gemm(_ encoding: WeightMatrix.Encoding, _ isa: KernelISA) -> moe_gemm_fn? {
-        switch (isa, encoding) {
-        case (.generic, _): nil
-        case (.avx2, .int4g32): moe_gemm_q4_avx2
-        case (.avx2, .int8g32): moe_gemm_q8_avx2
-        case (.avx2, .bf16): moe_gemm_bf16_avx2_blocked
-        case (.avx512, .int4g32): moe_gemm_q4_avx512
-        case (.avx512, .int8g32): moe_gemm_q8_avx512
-        case (.avx512, .bf16): moe_gemm_bf16_avx512_blocked
-        case (.avx2, .int4g32x8): moe_gemm_q4x8_avx2
-        case (.avx512, .int4g32x8): moe_gemm_q4x8_avx512
-        case (.avx2, .int8g32x8): moe_gemm_i8x8_avx2
-        case (.avx512, .int8g32x8): moe_gemm_i8x8_avx512
-        case (.avx2, .f32): moe_gemm_f32_avx2
-        case (.avx512, .f32): moe_gemm_f32_avx512
-        case (.avx2, .f16): moe_gemm_f16_avx2
-        case (.avx512, .f16): moe_gemm_f16_avx512
-        default: nil
+        guard isa != .generic else { return nil }
+        let avx2 = isa == .avx2
+        switch encoding {
+        case .int4g32: return avx2 ? moe_gemm_q4_avx2 : moe_gemm_q4_avx512
+        case .int8g32: return avx2 ? moe_gemm_q8_avx2 : moe_gemm_q8_avx512
+        case .bf16: return avx2 ? moe_gemm_bf16_avx2_blocked : moe_gemm_bf16_avx512_blocked
+        case .int4g32x8: return avx2 ? moe_gemm_q4x8_avx2 : moe_gemm_q4x8_avx512
+        case .int8g32x8: return avx2 ? moe_gemm_i8x8_avx2 : moe_gemm_i8x8_avx512
+        case .f32: return avx2 ? moe_gemm_f32_avx2 : moe_gemm_f32_avx512
+        case .f16: return avx2 ? moe_gemm_f16_avx2 : moe_gemm_f16_avx512
+        case .fp8Block, .ggml: return nil
         }
     }
 }

@@ -88,7 +88,7 @@ struct LoadedModel {
                               ggmlExperts: Bool) throws -> LoadedModel {
         do {
             model.expertActivations = cacheOptions.activations(ggmlExperts: ggmlExperts)
-            model.residentActivations = cacheOptions.resident(ggml: ggmlExperts)
+            model.residentActivations = cacheOptions.resident(ggml: ggmlExperts, int8: model.weights.hasInterleavedInt8)
             model.prefillChunk = cacheOptions.prefillChunk
             model.kvPrecision = cacheOptions.kv
             model.prefillWindow = cacheOptions.prefillWindow
@@ -112,7 +112,7 @@ struct LoadedModel {
         var s = cache.statistics()
         s.kernels = Kernels.isa.rawValue
         s.expertActivations = model.expertActivations.rawValue
-        s.residentActivations = model.residentActivations.described
+        s.residentActivations = model.residentActivations.described(int8: model.weights.hasInterleavedInt8)
         s.prefillChunk = model.prefillChunk
         s.kvCache = model.kvPrecision.rawValue
         s.prefillWindow = model.prefillWindow
@@ -121,7 +121,7 @@ struct LoadedModel {
         if !stats.noStats {
             var lines = [s.report()]
             lines += extra
-            lines.append("threads \(Parallelism.threads), kernels \(Kernels.isa.rawValue), expert activations \(model.expertActivations.rawValue), resident activations \(model.residentActivations.described), KV cache \(model.kvPrecision.rawValue), prefill chunk \(model.prefillChunk), window \(model.prefillWindow)")
+            lines.append("threads \(Parallelism.threads), kernels \(Kernels.isa.rawValue), expert activations \(model.expertActivations.rawValue), resident activations \(model.residentActivations.described(int8: model.weights.hasInterleavedInt8)), KV cache \(model.kvPrecision.rawValue), prefill chunk \(model.prefillChunk), window \(model.prefillWindow)")
             printError(lines.joined(separator: "\n"))
         }
         if let path = stats.statsJson { try s.json().write(to: URL(fileURLWithPath: path)) }

@@ -69,7 +69,7 @@ struct Perplexity: ParsableCommand {
         FileHandle.standardError.write("\n".data(using: .utf8)!)
         print(String(format: "exact: fp32 activations and KV cache    perplexity %.4f over %d tokens in %.1f s", c.exact.perplexity,
                      c.exact.tokens, c.exact.seconds))
-        let label = "experts \(fast.rawValue), resident \(fastResident.rawValue) activations, KV cache \(fastKV.rawValue)"
+        let label = "experts \(fast.rawValue), resident \(fastResident.described(int8: model.weights.hasInterleavedInt8)) activations, KV cache \(fastKV.rawValue)"
         print(String(format: "this run: %@    perplexity %.4f in %.1f s (%.2f× exact's speed)", label,
                      c.fast.perplexity, c.fast.seconds, c.exact.seconds / max(c.fast.seconds, 1e-9)))
         print(String(format: "perplexity change %+.3f%%; KL(exact ‖ this run) mean %.5f nats, max %.5f; largest logit difference %.4f",

@@ -148,10 +148,12 @@ func convert(_ name: String, experts: StoreConverter.ExpertsOption = .source, re
         for (name, t) in tensors where name.hasSuffix(".weight") {
             let int8 = ["q_a_proj", "kv_a_proj_with_mqa", "o_proj", "shared_experts", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"]
                 .contains { name.contains($0) } && t.shape.count == 2 && t.shape[1] % 32 == 0
-            #expect(t.dtype == (int8 ? "I8" : "BF16") || !name.contains("proj"), "\(name): \(t.dtype)")
-            if t.dtype == "I8" { #expect(tensors[String(name.dropLast(".weight".count)) + ".weight_scale"]?.dtype == "F32") }
+            // Interleaved by 8 rows (U8, offset by 128) where the rows allow it, row-major I8 where not.
+            let interleaved = t.shape.count == 2 && t.shape[0] % 8 == 0
+            #expect(t.dtype == (int8 ? (interleaved ? "U8" : "I8") : "BF16") || !name.contains("proj"), "\(name): \(t.dtype)")
+            if t.dtype == "I8" || t.dtype == "U8" { #expect(tensors[String(name.dropLast(".weight".count)) + ".weight_scale"]?.dtype == "F32") }
         }
-        #expect(tensors.values.contains { $0.dtype == "I8" })
+        #expect(tensors.values.contains { $0.dtype == "U8" })
         for kept in ["embed_tokens.weight", "layers.1.mlp.gate.weight", "layers.1.self_attn.kv_b_proj.weight"] {
             #expect(tensors.first { $0.key.hasSuffix(kept) }?.value.dtype == "BF16", "\(kept)")
         }
@@ -172,6 +174,16 @@ func convert(_ name: String, experts: StoreConverter.ExpertsOption = .source, re
         let reference = try bf16Model.forward(ref.prompt, cache: bf16Model.makeCache(), logits: .all)
         let d = maxAbsDiff(r.logits, reference.logits)
         #expect(d > 0 && d < 0.2, "max |Δ| \(d) from the bf16-resident store")  // measured 0.058
+        // The U8 tensors load as interleaved int8; with any setting but fp32 they multiply two-part int8 activations,
+        // close to the exact product of the same int8 weights (a different path: not bit-identical).
+        guard case .int8g32x8 = model.weights.layers[0].attention.kvA.encoding else {
+            Issue.record("kv_a did not load as interleaved int8: \(model.weights.layers[0].attention.kvA.encoding)")
+            return
+        }
+        model.residentActivations = .q8
+        let twoPart = try model.forward(ref.prompt, cache: model.makeCache(), logits: .all)
+        let e = maxAbsDiff(twoPart.logits, r.logits)
+        #expect(e > 0 && e < 0.02, "two-part int8 activations: max |Δ| \(e) from fp32's")
     }
 
     @Test func oddSizesRefuseGroupQuantizationClearly() throws {
