@@ -59,20 +59,7 @@ func convert(_ name: String, experts: StoreConverter.ExpertsOption = .source, re
         // two-part int8 into down, (where the CPU has AMX or AVX512-BF16) the resident matrices' activations in two bf16
         // parts, and an f16 KV cache, the argmax is exact's at every one of the 512 positions where exact's top-2
         // margin exceeds 0.1.
-        func gate(_ name: String) throws -> ForwardResult {
-            let fast = try model.forward(ref.prompt, cache: model.makeCache(), logits: .all)
-            var decided = 0, agreeing = 0
-            for p in 0..<ref.prompt.count {
-                let row = whole.row(p), top = argmax(row)
-                let second = row.indices.filter { $0 != row.startIndex + top }.map { row[$0] }.max()!
-                guard row[row.startIndex + top] - second > 0.1 else { continue }
-                decided += 1
-                if argmax(fast.row(p)) == top { agreeing += 1 } else { Issue.record("\(name) changes the argmax at position \(p): margin \(row[row.startIndex + top] - second), it moved the logits by up to \(maxAbsDiff(fast.row(p), Array(row)))") }
-            }
-            #expect(decided > 300 && agreeing == decided, "\(name): \(agreeing) of \(decided); max over positions \((0..<512).map { maxAbsDiff(fast.row($0), Array(whole.row($0))) }.max()!)")
-            #expect(maxAbsDiff(fast.row(511), whole.row(511)) > 0, "\(name) ran (its rounding moves the logits)")
-            return fast
-        }
+        func gate(_ name: String) throws -> ForwardResult { try Self.argmaxGate(name, model, ref.prompt, exact: whole) }
         model.expertActivations = .q8GateUp
         _ = try gate("q8-gate-up")
         model.expertActivations = .q8GateUpQ16Down
@@ -86,6 +73,41 @@ func convert(_ name: String, experts: StoreConverter.ExpertsOption = .source, re
         _ = try model.forward(Array(ref.prompt[..<500]), cache: fastCache, logits: .last)
         for t in ref.prompt[500...] { last = try model.forward([t], cache: fastCache, logits: .last) }
         #expect(Array(last.row(0)) == Array(fast.row(511)), "position 511 by decode, fast arithmetic")
+    }
+
+    /// The default arithmetic's gate on the long-context fixture: `model`'s current arithmetic keeps `exact`'s argmax
+    /// at every position where exact's top-2 margin exceeds 0.1 (more than 300 of the 512), and moves the logits.
+    static func argmaxGate(_ name: String, _ model: KimiModel, _ prompt: [Int], exact whole: ForwardResult) throws -> ForwardResult {
+        let fast = try model.forward(prompt, cache: model.makeCache(), logits: .all)
+        var decided = 0, agreeing = 0
+        for p in 0..<prompt.count {
+            let row = whole.row(p), top = argmax(row)
+            let second = row.indices.filter { $0 != row.startIndex + top }.map { row[$0] }.max()!
+            guard row[row.startIndex + top] - second > 0.1 else { continue }
+            decided += 1
+            if argmax(fast.row(p)) == top { agreeing += 1 } else { Issue.record("\(name) changes the argmax at position \(p): margin \(row[row.startIndex + top] - second), it moved the logits by up to \(maxAbsDiff(fast.row(p), Array(row)))") }
+        }
+        #expect(decided > 300 && agreeing == decided, "\(name): \(agreeing) of \(decided); max over positions \((0..<prompt.count).map { maxAbsDiff(fast.row($0), Array(whole.row($0))) }.max()!)")
+        #expect(maxAbsDiff(fast.row(prompt.count - 1), whole.row(prompt.count - 1)) > 0, "\(name) ran (its rounding moves the logits)")
+        return fast
+    }
+
+    /// `convert --resident int8` on the long-context fixture: the command line's default arithmetic for such a store
+    /// (two-part int8 into the int8 resident matrices, the experts' q8-gate-up-q16-down, an f16 KV cache) passes the
+    /// same argmax gate against exact arithmetic on the same int8 weights, and decode reproduces the prompt pass.
+    @Test func residentInt8PassesTheLongContextGate() throws {
+        struct Long: Decodable { let prompt: [Int] }
+        let ref = try JSONDecoder().decode(Long.self, from: Data(contentsOf: URL(fileURLWithPath: Fixtures.root + "/long-context/kimi_k2_int4.json")))
+        let model = try ExpertStore(path: try convert("kimi_k2_int4", experts: .int4, resident: .int8)).loadModel()
+        #expect(model.weights.hasInterleavedInt8)
+        let whole = try model.forward(ref.prompt, cache: model.makeCache(), logits: .all)
+        (model.expertActivations, model.residentActivations, model.kvPrecision) = (.q8GateUpQ16Down, .q8, .f16)
+        let fast = try Self.argmaxGate("two-part int8 resident products", model, ref.prompt, exact: whole)
+        let cache = model.makeCache()
+        _ = try model.forward(Array(ref.prompt[..<500]), cache: cache, logits: .last)
+        var last = fast
+        for t in ref.prompt[500...] { last = try model.forward([t], cache: cache, logits: .last) }
+        #expect(Array(last.row(0)) == Array(fast.row(511)), "position 511 by decode")
     }
 
     /// Kimi K2 Thinking's INT4 values, decoded here straight from the compressed-tensors tensors by the
