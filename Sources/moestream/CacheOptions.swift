@@ -50,7 +50,7 @@ struct CacheOptions: ParsableArguments {
     @Option(help: ArgumentHelp("Routed experts' activations (int4 experts, and GGML experts of the block types): q8-gate-up quantises gate's and up's inputs to int8 (per 32 values; per 256 for GGML experts in super-blocks: K-quants, i-quants but IQ4_NL, ternary) and multiplies with int8 dot products, down stays fp32; q8-gate-up-q16-down (the default for int4) also gives down's input (a store's experts; fp32 for a checkpoint's) in two int8 parts (16 bits) to the integer tiles; q8 (the default for GGML experts) quantises down's input too, as llama.cpp does; fp32 is exact. Quality and speed of each: docs/performance.md.", valueName: "q8-gate-up|q8-gate-up-q16-down|q8|fp32"))
     var expertActivations: ExpertActivations?
 
-    @Option(help: ArgumentHelp("Resident matrices' activations (attention projections, dense and shared MLPs, output head): bf16x2 splits each into two bf16 parts (16 significant bits) and multiplies bf16 matrices on AMX tiles or with AVX512-BF16's vdpbf16ps, the default where the CPU has either and the avx512 kernels run; q8, the default for a GGUF's, quantises to int8 for GGML matrices of the legacy types and IQ4_NL (per 32 values) and of the K-quants and i-quants (per 256, as llama.cpp does), but not the ternary TQ1_0/TQ2_0 (fp32), bf16 ones as bf16x2 where it runs; fp32, the default elsewhere, is exact. A store converted with --resident int8 multiplies its int8 matrices with the activations in two int8 parts under bf16x2 and q8 (its default where bf16x2 does not run). Quality and speed: docs/performance.md.", valueName: "bf16x2|q8|fp32"))
+    @Option(help: ArgumentHelp("Resident matrices' activations (attention projections, dense and shared MLPs, output head): bf16x2 splits each into two bf16 parts (16 significant bits) and multiplies bf16 matrices on AMX tiles or with AVX512-BF16's vdpbf16ps, the default where the CPU has either and the avx512 kernels run; q8, the default for a GGUF's, quantises to int8 for GGML matrices of the legacy types and IQ4_NL (per 32 values) and of the K-quants and i-quants (per 256, as llama.cpp does), but not the ternary TQ1_0/TQ2_0 (fp32), bf16 ones as bf16x2 where it runs; fp32, the default elsewhere, is exact. A store converted with --resident int8 multiplies its int8 matrices with the activations in two int8 parts under bf16x2 and q8 (fp32 where bf16x2 does not run, the faster there). Quality and speed: docs/performance.md.", valueName: "bf16x2|q8|fp32"))
     var residentActivations: ResidentActivations?
 
     @Option(help: ArgumentHelp("What the KV cache stores per layer and position (MLA's latent and roped key): f16, the default, rounds each value once when it is written and takes half f32's bytes; bf16 takes as few and is coarser; f32 is exact. Bytes per position: `moestream inspect`; quality: docs/performance.md.", valueName: "f16|bf16|f32"))
@@ -72,11 +72,12 @@ struct CacheOptions: ParsableArguments {
     }
 
     /// What the resident matrices multiply with: `--exact` or `--resident-activations`, else q8 for a GGUF's
-    /// (GGML blocks), bf16x2 where AMX or AVX512-BF16 runs it, q8 for int8 ones (`convert --resident int8`: under
-    /// any setting but fp32 they take two int8 parts, so q8 gives AVX2 that too), fp32 elsewhere (the
-    /// measurements: docs/performance.md).
-    func resident(ggml: Bool, int8: Bool = false) -> ResidentActivations {
-        exact ? .fp32 : residentActivations ?? (ggml ? .q8 : ResidentActivations.bf16x2Kernel(isa: kernels) != nil ? .bf16x2 : int8 ? .q8 : .fp32)
+    /// (GGML blocks), bf16x2 where AMX or AVX512-BF16 runs it, fp32 elsewhere (the measurements: docs/performance.md).
+    /// The int8 matrices of a store converted with `--resident int8` take two int8 parts under any setting but
+    /// fp32; where bf16x2 does not run the default stays fp32 for them too: on AVX2 the two-part tile (`madd`) is
+    /// slower than the fp32 one.
+    func resident(ggml: Bool) -> ResidentActivations {
+        exact ? .fp32 : residentActivations ?? (ggml ? .q8 : ResidentActivations.bf16x2Kernel(isa: kernels) != nil ? .bf16x2 : .fp32)
     }
 
     @Option(help: ArgumentHelp("Prompt tokens a forward pass's per-token stages take at a time: attention, dense and shared MLPs, routed experts' inputs and results. Bounds a long prompt's scratch memory (about 0.4 MB per chunk token at Kimi K2's sizes, beside 57 KB per prompt token for the residual stream and an MoE layer's output); every routed expert is still read once per layer, and results do not change.", valueName: "tokens"))

@@ -88,7 +88,7 @@ struct LoadedModel {
                               ggmlExperts: Bool) throws -> LoadedModel {
         do {
             model.expertActivations = cacheOptions.activations(ggmlExperts: ggmlExperts)
-            model.residentActivations = cacheOptions.resident(ggml: ggmlExperts, int8: model.weights.hasInterleavedInt8)
+            model.residentActivations = cacheOptions.resident(ggml: ggmlExperts)
             model.prefillChunk = cacheOptions.prefillChunk
             model.kvPrecision = cacheOptions.kv
             model.prefillWindow = cacheOptions.prefillWindow
