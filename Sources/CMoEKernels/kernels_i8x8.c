@@ -172,13 +172,7 @@ T2 INLINE void i8_f32_avx2_tile(const moe_matrix *m, int64_t b, int h, const flo
             }
         }
     }
-    for (int j = 0; j < NT; j++) {
-        float out[16];
-        _mm256_storeu_ps(out, REDUCE4_256(acc[j][0]));
-        _mm256_storeu_ps(out + 8, REDUCE4_256(acc[j][1]));
-        float *yr = y + (t + j) * m->rows + 8 * b + 4 * h;
-        yr[0] = out[0], yr[1] = out[4], yr[2] = out[8], yr[3] = out[12];
-    }
+    for (int j = 0; j < NT; j++) x8_store4_avx2(acc[j][0], acc[j][1], y + (t + j) * m->rows + 8 * b + 4 * h);
 }
 
 T2 void moe_gemm_i8x8_avx2(const moe_matrix *m, int64_t r0, int64_t r1, const float *x, int64_t T, float *y) {
@@ -214,13 +208,7 @@ T5 INLINE void i8_f32_avx512_tile(const moe_matrix *m, int64_t b, const float *x
             }
         }
     }
-    for (int j = 0; j < NT; j++) {
-        float out[32];
-        _mm512_storeu_ps(out, REDUCE4_512(acc[j][0]));
-        _mm512_storeu_ps(out + 16, REDUCE4_512(acc[j][1]));
-        float *yr = y + (t + j) * m->rows + 8 * b;
-        for (int i = 0; i < 8; i++) yr[i] = out[4 * i];
-    }
+    for (int j = 0; j < NT; j++) x8_store8_avx512(acc[j][0], acc[j][1], y + (t + j) * m->rows + 8 * b);
 }
 
 T5 void moe_gemm_i8x8_avx512(const moe_matrix *m, int64_t r0, int64_t r1, const float *x, int64_t T, float *y) {

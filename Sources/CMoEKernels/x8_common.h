@@ -64,4 +64,21 @@ INLINE int32_t four(const int8_t *p) {
 #define REDUCE4_256(v) ({ __m256 v_ = (v); v_ = _mm256_add_ps(v_, _mm256_permute_ps(v_, 0xB1)); _mm256_add_ps(v_, _mm256_permute_ps(v_, 0x4E)); })
 #define REDUCE4_512(v) ({ __m512 v_ = (v); v_ = _mm512_add_ps(v_, _mm512_permute_ps(v_, 0xB1)); _mm512_add_ps(v_, _mm512_permute_ps(v_, 0x4E)); })
 
+/// An fp32 tile's two accumulators of one token, each two rows' four partial sums (AVX2: rows 4h..4h+3), reduced
+/// and stored at `yr` (row 4h's result).
+T2 INLINE void x8_store4_avx2(__m256 a, __m256 b, float *yr) {
+    float out[16];
+    _mm256_storeu_ps(out, REDUCE4_256(a));
+    _mm256_storeu_ps(out + 8, REDUCE4_256(b));
+    yr[0] = out[0], yr[1] = out[4], yr[2] = out[8], yr[3] = out[12];
+}
+
+/// The same for AVX-512: each accumulator four rows' four partial sums, eight rows stored at `yr`.
+T5 INLINE void x8_store8_avx512(__m512 a, __m512 b, float *yr) {
+    float out[32];
+    _mm512_storeu_ps(out, REDUCE4_512(a));
+    _mm512_storeu_ps(out + 16, REDUCE4_512(b));
+    for (int i = 0; i < 8; i++) yr[i] = out[4 * i];
+}
+
 #endif

@@ -9,6 +9,21 @@ import Testing
     /// The exact value of every weight (dequantised in float64 from the stored bytes).
     func exact(_ m: WeightMatrix, _ r: Int, _ c: Int) -> Double { Double(m.element(r, c)) }
 
+    /// `y [tokens, rows]` is Σ_c W[r, c]·x̃[t, c] of the two-part values within float rounding (float64 reference).
+    func expectExactProduct(_ m: WeightMatrix, _ q: Q16Activations, _ y: FloatBuffer) {
+        for t in 0..<q.tokens {
+            for r in 0..<m.rows {
+                var sum = 0.0, magnitude = 0.0
+                for c in 0..<m.cols {
+                    let p = Double(m.element(r, c)) * Double(q.value(t, c))
+                    sum += p
+                    magnitude += abs(p)
+                }
+                #expect(abs(Double(y.pointer[t * m.rows + r]) - sum) <= 1e-6 * magnitude + 1e-30, "row \(r) token \(t)")
+            }
+        }
+    }
+
     /// `rows` rounded up to what `kind` takes (the interleaved layouts' blocks of 8).
     static func rows(_ rows: Int, _ kind: KernelBenchmark.Kind) -> Int { kind == .int4x8 || kind == .int8x8 ? (rows + 7) / 8 * 8 : rows }
 
@@ -187,17 +202,7 @@ extension KernelTests {
             let exactTwin = FloatBuffer(count: tokens * rows), twin = FloatBuffer(count: tokens * rows)
             m.gemm(rows: 0..<rows, x.pointer, tokens: tokens, into: exactTwin.pointer, isa: .generic)
             m.gemmQ16(rows: 0..<rows, q, into: twin.pointer, isa: .generic)
-            for t in 0..<tokens {
-                for r in 0..<rows {
-                    var sum = 0.0, magnitude = 0.0
-                    for c in 0..<cols {
-                        let p = Double(m.element(r, c)) * Double(q.value(t, c))
-                        sum += p
-                        magnitude += abs(p)
-                    }
-                    #expect(abs(Double(twin.pointer[t * rows + r]) - sum) <= 1e-6 * magnitude + 1e-30, "row \(r) token \(t)")
-                }
-            }
+            expectExactProduct(m, q, twin)
             for isa in isas {
                 let y = FloatBuffer(count: tokens * rows), yq = FloatBuffer(count: tokens * rows)
                 m.gemm(rows: 0..<rows, x.pointer, tokens: tokens, into: y.pointer, isa: isa)
@@ -238,17 +243,7 @@ extension KernelTests {
             #expect(improved > tokens * cols / 2)
             let twin = FloatBuffer(count: tokens * rows)
             m.gemmQ16(rows: 0..<rows, q, into: twin.pointer, isa: .generic)
-            for t in 0..<tokens {
-                for r in 0..<rows {
-                    var sum = 0.0, magnitude = 0.0
-                    for c in 0..<cols {
-                        let p = Double(m.element(r, c)) * Double(q.value(t, c))
-                        sum += p
-                        magnitude += abs(p)
-                    }
-                    #expect(abs(Double(twin.pointer[t * rows + r]) - sum) <= 1e-6 * magnitude + 1e-30, "row \(r) token \(t)")
-                }
-            }
+            expectExactProduct(m, q, twin)
             for isa in Self.fast + (KernelISA.avx512.isSupported && KernelISA.avx2.isSupported ? [.avx2] : []) {
                 let y = FloatBuffer(count: tokens * rows)
                 m.gemmQ16(rows: 0..<rows, q, into: y.pointer, isa: isa)
