@@ -54,22 +54,14 @@ INLINE int64_t i8x8_row_block(const moe_matrix *m) {
                 a2[j] = PFX##_dpbusd_epi32(a2[j], w, PFX##_set1_epi32(four(x2->q + at)));                        \
             }                                                                                                    \
         }                                                                                                        \
-        const VF ws = SCALES;                                                                                    \
-        for (int j = 0; j < NT; j++) {                                                                           \
-            const VI a = PFX##_add_epi32(PFX##_slli_epi32(a1[j], 8), a2[j]);                                     \
-            f[j] = PFX##_fmadd_ps(PFX##_cvtepi32_ps(a), PFX##_mul_ps(ws, PFX##_set1_ps(x->d[(t + j) * G + g] * 0x1p-8f)), f[j]); \
-        }                                                                                                        \
+        Q16_FINISH_GROUP(PFX, VI, VF, SCALES)                                                                    \
     }                                                                                                            \
     for (int j = 0; j < NT; j++) PFX##_storeu_ps(y + (t + j) * m->rows + 8 * b, f[j]);
 
 T5V INLINE void i8_q16_vnni_tile16(const moe_matrix *m, int64_t b, const moe_q8_acts *x, const moe_q8_acts *x2, int64_t t,
                                    float *y, const int NT) {
-#define RAW16(u)                                                                                                 \
-    _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(i8x8_group(m, b, g) + 32 * (u)))), \
-                       _mm256_loadu_si256((const __m256i *)(i8x8_group(m, b + 1, g) + 32 * (u))), 1)
-#define SCALES16                                                                                                 \
-    _mm512_castpd_ps(_mm512_insertf64x4(_mm512_castps_pd(_mm512_castps256_ps512(x8_scales(m, b, g))),           \
-                                        _mm256_castps_pd(x8_scales(m, b + 1, g)), 1))
+#define RAW16(u) x8_join16(i8x8_group(m, b, g) + 32 * (u), i8x8_group(m, b + 1, g) + 32 * (u))
+#define SCALES16 x8_scales16(m, b, g)
     I8_Q16_VNNI_TILE(_mm512, __m512i, __m512, RAW16, SCALES16)
 #undef RAW16
 #undef SCALES16

@@ -85,8 +85,7 @@ T5V INLINE void q8_vnni_tile16(const moe_matrix *m, int64_t b, const moe_q8_acts
         __m512i acc[8];
         for (int j = 0; j < NT; j++) acc[j] = _mm512_set1_epi32(-8 * x->sums[(t + j) * G + g]);
         for (int u = 0; u < 4; u++) {
-            const __m512i raw = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(wa + 32 * u))),
-                                                   _mm256_loadu_si256((const __m256i *)(wb + 32 * u)), 1);
+            const __m512i raw = x8_join16(wa + 32 * u, wb + 32 * u);
             const __m512i lo = _mm512_and_si512(raw, mask), hi = _mm512_and_si512(_mm512_srli_epi16(raw, 4), mask);
             for (int j = 0; j < NT; j++) {
                 const int8_t *q = x->q + (t + j) * cols + 32 * g + 8 * u;
@@ -94,8 +93,7 @@ T5V INLINE void q8_vnni_tile16(const moe_matrix *m, int64_t b, const moe_q8_acts
                 acc[j] = _mm512_dpbusd_epi32(acc[j], hi, _mm512_set1_epi32(four(q + 4)));
             }
         }
-        const __m512 ws = _mm512_castpd_ps(_mm512_insertf64x4(_mm512_castps_pd(_mm512_castps256_ps512(x8_scales(m, b, g))),
-                                                              _mm256_castps_pd(x8_scales(m, b + 1, g)), 1));
+        const __m512 ws = x8_scales16(m, b, g);
         for (int j = 0; j < NT; j++)
             f[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[j]), _mm512_mul_ps(ws, _mm512_set1_ps(x->d[(t + j) * G + g])), f[j]);
     }
@@ -209,23 +207,15 @@ T2 void moe_gemm_q4x8_q16_avx2(const moe_matrix *m, int64_t r0, int64_t r1, cons
                 a2[j] = PFX##_dpbusd_epi32(a2[j], hi, PFX##_set1_epi32(four(x2->q + at + 4)));                   \
             }                                                                                                    \
         }                                                                                                        \
-        const VF ws = SCALES;                                                                                    \
-        for (int j = 0; j < NT; j++) {                                                                           \
-            const VI a = PFX##_add_epi32(PFX##_slli_epi32(a1[j], 8), a2[j]);                                     \
-            f[j] = PFX##_fmadd_ps(PFX##_cvtepi32_ps(a), PFX##_mul_ps(ws, PFX##_set1_ps(x->d[(t + j) * G + g] * 0x1p-8f)), f[j]); \
-        }                                                                                                        \
+        Q16_FINISH_GROUP(PFX, VI, VF, SCALES)                                                                    \
     }                                                                                                            \
     for (int j = 0; j < NT; j++) PFX##_storeu_ps(y + (t + j) * m->rows + 8 * b, f[j]);
 
 /// AVX-512 VNNI: rows 8b..8b+15 (two blocks) × tokens t..t+NT−1 (NT ≤ 4).
 T5V INLINE void q16_vnni_tile16(const moe_matrix *m, int64_t b, const moe_q8_acts *x, const moe_q8_acts *x2, int64_t t,
                                 float *y, const int NT) {
-#define RAW16(u)                                                                                                 \
-    _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(x8_group(m, b, g) + 32 * (u)))),  \
-                       _mm256_loadu_si256((const __m256i *)(x8_group(m, b + 1, g) + 32 * (u))), 1)
-#define SCALES16                                                                                                 \
-    _mm512_castpd_ps(_mm512_insertf64x4(_mm512_castps_pd(_mm512_castps256_ps512(x8_scales(m, b, g))),           \
-                                        _mm256_castps_pd(x8_scales(m, b + 1, g)), 1))
+#define RAW16(u) x8_join16(x8_group(m, b, g) + 32 * (u), x8_group(m, b + 1, g) + 32 * (u))
+#define SCALES16 x8_scales16(m, b, g)
     Q16_VNNI_TILE(_mm512, __m512i, __m512, _mm512_and_si512, RAW16, SCALES16)
 #undef RAW16
 #undef SCALES16

@@ -60,6 +60,22 @@ INLINE int32_t four(const int8_t *p) {
         }                                                                                                        \
     }
 
+/// Unit bytes of two row blocks (32 at `lo`: rows 8b..8b+7, 32 at `hi`: the next 8) as one vector of 16 rows.
+T5 INLINE __m512i x8_join16(const uint8_t *lo, const uint8_t *hi) {
+    return _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)lo)),
+                              _mm256_loadu_si256((const __m256i *)hi), 1);
+}
+
+/// The 16 scales of group g of row blocks b and b + 1 as fp32.
+T5 INLINE __m512 x8_scales16(const moe_matrix *m, int64_t b, int64_t g) {
+    return _mm512_castpd_ps(_mm512_insertf64x4(_mm512_castps_pd(_mm512_castps256_ps512(x8_scales(m, b, g))),
+                                               _mm256_castps_pd(x8_scales(m, b + 1, g)), 1));
+}
+
+/// The end of a group in the two-part VNNI tiles (PFX `_mm256` or `_mm512`, VI/VF its vectors): per token the
+/// exact integer A = (a1 << 8) + a2, then f = fma(float(A), scale·(d/256), f) with the rows' scales WS.
+#define Q16_FINISH_GROUP(PFX, VI, VF, WS)                                                                            {                                                                                                                    const VF ws_ = (WS);                                                                                             for (int j = 0; j < NT; j++) {                                                                                       const VI a_ = PFX##_add_epi32(PFX##_slli_epi32(a1[j], 8), a2[j]);                                                f[j] = PFX##_fmadd_ps(PFX##_cvtepi32_ps(a_), PFX##_mul_ps(ws_, PFX##_set1_ps(x->d[(t + j) * G + g] * 0x1p-8f)), f[j]);         }                                                                                                            }
+
 /// Four partial sums per row reduced as (a0 + a1) + (a2 + a3), in each 128-bit lane (lane 0 of each holds it).
 #define REDUCE4_256(v) ({ __m256 v_ = (v); v_ = _mm256_add_ps(v_, _mm256_permute_ps(v_, 0xB1)); _mm256_add_ps(v_, _mm256_permute_ps(v_, 0x4E)); })
 #define REDUCE4_512(v) ({ __m512 v_ = (v); v_ = _mm512_add_ps(v_, _mm512_permute_ps(v_, 0xB1)); _mm512_add_ps(v_, _mm512_permute_ps(v_, 0x4E)); })
