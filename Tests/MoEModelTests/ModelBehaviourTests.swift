@@ -281,3 +281,38 @@ enum ModelConfigFixture {
         #expect(fused.array == expected.array)
     }
 }
+
+extension ModelBehaviourTests {
+    /// A U8 Linear weight is int8 interleaved by 8 rows only where a store's resident file is read
+    /// (`interleavedInt8`), and only with its scales and in whole blocks of 8 rows; otherwise it is refused with
+    /// an error that names the tensor, before anything reads its bytes.
+    @Test func u8WeightsAreInterleavedInt8OnlyWhereAStoreSaysSo() throws {
+        let config = try ModelConfig.load(path: Fixtures.model("kimi_k2"))
+        let dir = Fixtures.scratchDirectory("u8-weights")
+        let name = config.tensorPrefix + "x.weight"
+        func source(rows: Int, scales: Bool) throws -> Checkpoint {
+            var items = [SafetensorsWriter.Item(name: name, dtype: "U8", shape: [rows, 32],
+                                                bytes: (0..<(rows * 32)).map { UInt8(truncatingIfNeeded: $0 * 7 + 1) })]
+            if scales { items.append(.f32(config.tensorPrefix + "x.weight_scale", [rows, 1], Array(repeating: 0.5, count: rows))) }
+            let path = dir + "/rows\(rows)-\(scales).safetensors"
+            SafetensorsWriter().write(items, to: path)
+            return try Checkpoint(path: path)
+        }
+        let good = try source(rows: 16, scales: true)
+        let m = try CheckpointWeights(checkpoint: good, config: config, interleavedInt8: true).matrix("x", rows: 16, cols: 32)
+        guard case .int8g32x8 = m.encoding else {
+            Issue.record("a store's U8 weight loaded as \(m.encoding)")
+            return
+        }
+        #expect(m.element(0, 0) == -63.5 && m.element(0, 4) == 48.5)  // bytes 0 and 32 (unit 1): 1 and 225, less 128, × 0.5
+        func refused(_ source: Checkpoint, rows: Int, store: Bool) -> Bool {
+            do {
+                _ = try CheckpointWeights(checkpoint: source, config: config, interleavedInt8: store).matrix("x", rows: rows, cols: 32)
+                return false
+            } catch { return "\(error)".contains("x.weight") }
+        }
+        #expect(refused(good, rows: 16, store: false), "a U8 weight outside a store")
+        #expect(refused(try source(rows: 12, scales: true), rows: 12, store: true), "12 rows: not whole blocks of 8")
+        #expect(refused(try source(rows: 16, scales: false), rows: 16, store: true), "no weight_scale")
+    }
+}
