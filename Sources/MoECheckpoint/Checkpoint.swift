@@ -17,15 +17,16 @@ public final class Checkpoint: @unchecked Sendable {  // immutable after init: `
     /// Kimi K2's index is ~10 MB (every expert's tensors are listed).
     static let maxIndexBytes = 512 << 20
 
-    /// Opens the checkpoint at `path`, its shards mapped, or with `copy` read into memory (a store's resident file).
-    public init(path: String, copy: Bool = false) throws(CheckpointError) {
+    /// Opens the checkpoint at `path`, its shards mapped, or with `copy` read into memory (a store's resident file,
+    /// less the tensors named in `skipping`: `SafetensorsFile.init(path:copy:skipping:)`).
+    public init(path: String, copy: Bool = false, skipping: Set<String> = []) throws(CheckpointError) {
         var isDir: ObjCBool = false
         guard FileManager.default.fileExists(atPath: path, isDirectory: &isDir) else {
             throw .system(.init(call: "open", path: path, errno: ENOENT))
         }
         if !isDir.boolValue {
             directory = (path as NSString).deletingLastPathComponent
-            let file = try SafetensorsFile(path: path, copy: copy)
+            let file = try SafetensorsFile(path: path, copy: copy, skipping: skipping)
             files = [file]
             location = Dictionary(uniqueKeysWithValues: file.entries.keys.map { ($0, 0) })
             return
@@ -95,6 +96,9 @@ public final class Checkpoint: @unchecked Sendable {  // immutable after init: `
     public var tensorNames: [String] { location.keys.sorted() }
 
     public func contains(_ name: String) -> Bool { location[name] != nil }
+
+    /// Whether `name`'s bytes were left out of a copy (`init(path:copy:skipping:)`).
+    public func isSkipped(_ name: String) -> Bool { location[name].map { files[$0].skipped.contains(name) } ?? false }
 
     /// The header entry of `name` and the file that holds it.
     public func entry(_ name: String) -> (file: SafetensorsFile, entry: SafetensorsFile.Entry)? {

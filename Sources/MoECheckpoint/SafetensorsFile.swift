@@ -25,11 +25,36 @@ public final class SafetensorsFile: @unchecked Sendable {  // immutable after in
     /// Largest header we accept: real headers are a few hundred KB; a huge length means a damaged file.
     static let maxHeaderBytes = 100 << 20
 
-    /// Opens `path`, mapped, or with `copy` read into memory the process owns (see `MappedFile`).
-    public init(path: String, copy: Bool = false) throws(CheckpointError) {
+    /// Tensors whose bytes were left out of a copy (`init(path:copy:skipping:)`): `tensor` refuses them.
+    public let skipped: Set<String>
+
+    /// Opens `path`, mapped, or with `copy` read into memory the process owns (see `MappedFile`). With `copy`,
+    /// the tensors named in `skipping` are not read: the pages wholly inside their bytes are never touched (no
+    /// memory) and made inaccessible, and `tensor` refuses them by name. A store's resident file under the int8
+    /// companion (`ExpertStore`) skips the bf16 matrices the companion replaces. The header is parsed from the
+    /// mapping first (to find the ranges) and again from the copy, and the two must agree.
+    public init(path: String, copy: Bool = false, skipping: Set<String> = []) throws(CheckpointError) {
         self.path = path
-        do { file = try MappedFile(path: path, copy: copy) } catch { throw .system(error) }
-        let name = path
+        if copy, !skipping.isEmpty {
+            let mapped: MappedFile
+            do { mapped = try MappedFile(path: path) } catch { throw .system(error) }
+            let first = try Self.parseHeader(mapped, name: path)
+            let holes = skipping.compactMap { first.entries[$0]?.range }
+            do { file = try MappedFile(path: path, copy: true, skipping: holes) } catch { throw .system(error) }
+            (entries, metadata) = try Self.parseHeader(file, name: path)
+            guard entries == first.entries else {
+                throw .malformedHeader(file: path, reason: "the header changed while the file was read")
+            }
+        } else {
+            do { file = try MappedFile(path: path, copy: copy) } catch { throw .system(error) }
+            (entries, metadata) = try Self.parseHeader(file, name: path)
+        }
+        skipped = copy ? skipping.intersection(entries.keys) : []
+    }
+
+    /// Validates the header of `file` and returns its entries and metadata.
+    private static func parseHeader(_ file: MappedFile, name: String) throws(CheckpointError)
+        -> (entries: [String: Entry], metadata: [String: String]) {
         guard file.count >= 8 else {
             throw .malformedHeader(file: name, reason: "file is \(file.count) bytes, shorter than the 8-byte length")
         }
@@ -62,8 +87,7 @@ public final class SafetensorsFile: @unchecked Sendable {  // immutable after in
             entries[tensor] = try Self.parseEntry(tensor, value, file: name, dataStart: dataStart, fileSize: file.count)
         }
         try Self.checkOverlaps(entries, file: name)
-        self.entries = entries
-        self.metadata = metadata
+        return (entries, metadata)
     }
 
     private static func parseEntry(_ tensor: String, _ value: Any, file: String, dataStart: Int,
@@ -128,6 +152,9 @@ public final class SafetensorsFile: @unchecked Sendable {  // immutable after in
     /// not promise it), the bytes are copied once into an aligned buffer so kernels may load elements directly.
     public func tensor(_ name: String) throws(CheckpointError) -> Tensor {
         guard let e = entries[name] else { throw .missingTensor(tensor: name, searched: path) }
+        guard !skipped.contains(name) else {
+            throw .missingTensor(tensor: name, searched: path + " (its bytes were not read: the int8 companion replaces it)")
+        }
         let bytes = file.bytes(e.range)
         guard let base = bytes.baseAddress else {
             let empty = AlignedBuffer(byteCount: 0)

@@ -101,7 +101,15 @@ extension StoreConverter {
                                 hidden: c.hiddenSize, intermediate: c.moeIntermediateSize)
         }
 
-        /// Every source tensor that is not a routed expert, with what it becomes in the store.
+        /// The int8 companion of a `--resident bf16+int8` store (resident-int8.safetensors): the int8 matrices (and
+        /// their scales) that `--resident int8` would write, and nothing else; the bf16 file holds everything.
+        static func int8Companion(_ src: ConversionSource, layout: ExpertLayout) throws(StoreError) -> Plan {
+            let int8 = try residentTensors(src, .int8).filter { if case .int8 = $0.producer { true } else { false } }
+            return Plan(layout: layout, residentTensors: int8, experts: 0, moeLayers: 0, metadata: ["companion": "int8"])
+        }
+
+        /// Every source tensor that is not a routed expert, with what it becomes in the store (`bf16+int8`: as
+        /// `bf16`, the companion being `int8Companion`).
         static func residentTensors(_ src: ConversionSource, _ option: ResidentOption) throws(StoreError) -> [ResidentTensor] {
             let c = src.config
             var out: [ResidentTensor] = []

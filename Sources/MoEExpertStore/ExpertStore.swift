@@ -10,8 +10,10 @@ public final class ExpertStore: @unchecked Sendable {  // immutable after init: 
     public let path: String
     public let manifest: StoreManifest
     public let config: ModelConfig
-    /// resident.safetensors, opened like any checkpoint.
+    /// resident.safetensors, opened like any checkpoint (less the matrices the int8 companion replaces, when open).
     public let resident: Checkpoint
+    /// The int8 companion (resident-int8.safetensors), when it was asked for and the store has one.
+    public let residentInt8: Checkpoint?
 
     /// Whether `path` looks like a store (a directory with manifest.json, or an interrupted conversion).
     public static func isStore(_ path: String) -> Bool {
@@ -23,7 +25,11 @@ public final class ExpertStore: @unchecked Sendable {  // immutable after init: 
     /// forward pass then never computes with damaged resident weights, and a resident file truncated or rewritten
     /// while the engine runs cannot reach them (a mapping would raise SIGBUS or change under the model). Without
     /// it (inspect, plan, bench) the file is only mapped for its header.
-    public init(path: String, verifyResident: Bool = true) throws(StoreError) {
+    ///
+    /// With `residentInt8` and a store that has the int8 companion (`StoreManifest.residentInt8`), the companion is
+    /// opened the same way and its matrices replace their bf16 twins, whose bytes are then not read at all: the
+    /// resident memory is the companion's plus what it does not replace (`residentBytesInMemory`).
+    public init(path: String, verifyResident: Bool = true, residentInt8 wantInt8: Bool = false) throws(StoreError) {
         self.path = path
         let manifestPath = path + "/" + StoreManifest.fileName
         guard FileSystem.exists(manifestPath) else { throw .incomplete(store: path) }
@@ -32,9 +38,23 @@ public final class ExpertStore: @unchecked Sendable {  // immutable after init: 
             try Self.checkCarried(f, in: path)
         }
         do { config = try ModelConfig.load(path: path + "/config.json") } catch { throw .checkpoint(error) }
+        var replaced: Set<String> = []
+        if wantInt8, let section = manifest.residentInt8 {
+            let file = path + "/" + section.file
+            let companion: Checkpoint
+            do { companion = try Checkpoint(path: file, copy: verifyResident) } catch { throw .checkpoint(error) }
+            try Self.checkResidentTable(companion, file, section: section)
+            residentInt8 = companion
+            let kept = manifest.resident.tensors
+            replaced = Set(section.tensors.keys.filter { kept[$0] != nil })
+        } else {
+            residentInt8 = nil
+        }
         let residentPath = path + "/" + manifest.resident.file
-        do { resident = try Checkpoint(path: residentPath, copy: verifyResident) } catch { throw .checkpoint(error) }
-        try Self.checkResidentTable(resident, residentPath, manifest: manifest)
+        do { resident = try Checkpoint(path: residentPath, copy: verifyResident, skipping: verifyResident ? replaced : []) } catch {
+            throw .checkpoint(error)
+        }
+        try Self.checkResidentTable(resident, residentPath, section: manifest.resident)
         if verifyResident { try verifyResidentChecksums() }
         try checkExpertFiles()
     }
@@ -46,18 +66,18 @@ public final class ExpertStore: @unchecked Sendable {  // immutable after init: 
     }
 
     /// Parses the resident file's header (mapped, nothing read but the header) and checks it against the manifest.
-    static func checkResidentHeader(_ file: String, manifest: StoreManifest) throws(StoreError) {
+    static func checkResidentHeader(_ file: String, section: StoreManifest.ResidentSection) throws(StoreError) {
         let resident: Checkpoint
         do { resident = try Checkpoint(path: file) } catch { throw .checkpoint(error) }
-        try checkResidentTable(resident, file, manifest: manifest)
+        try checkResidentTable(resident, file, section: section)
     }
 
-    /// The safetensors header and the manifest must agree on every tensor.
-    private static func checkResidentTable(_ resident: Checkpoint, _ file: String, manifest: StoreManifest) throws(StoreError) {
-        guard resident.tensorNames.count == manifest.resident.tensors.count else {
-            throw .badManifest(file: file, reason: "holds \(resident.tensorNames.count) tensors, the manifest lists \(manifest.resident.tensors.count)")
+    /// The safetensors header and the manifest's section for that file must agree on every tensor.
+    static func checkResidentTable(_ resident: Checkpoint, _ file: String, section: StoreManifest.ResidentSection) throws(StoreError) {
+        guard resident.tensorNames.count == section.tensors.count else {
+            throw .badManifest(file: file, reason: "holds \(resident.tensorNames.count) tensors, the manifest lists \(section.tensors.count)")
         }
-        for (name, t) in manifest.resident.tensors {
+        for (name, t) in section.tensors {
             guard let (_, e) = resident.entry(name) else { throw .checkpoint(.missingTensor(tensor: name, searched: file)) }
             guard e.dtype.rawValue == t.dtype, e.shape == t.shape, e.range == t.offset..<(t.offset + t.bytes) else {
                 throw .badManifest(file: file, reason: "tensor '\(name)' differs between the file header and the manifest")
@@ -65,17 +85,25 @@ public final class ExpertStore: @unchecked Sendable {  // immutable after init: 
         }
     }
 
-    /// Checksums every resident tensor against the manifest.
+    /// Checksums every resident tensor in use against the manifest (those the int8 companion replaced were not read).
     public func verifyResidentChecksums() throws(StoreError) {
-        let file = path + "/" + manifest.resident.file
-        for (name, t) in manifest.resident.tensors.sorted(by: { $0.key < $1.key }) {
-            let tensor: Tensor
-            do { tensor = try resident.tensor(name) } catch { throw .checkpoint(error) }
-            guard XXHash64.hex(XXHash64.hash(tensor.data, count: tensor.byteCount)) == t.xxh64 else {
-                throw .tensorChecksum(tensor: name, file: file)
+        var files = [(resident, manifest.resident)]
+        if let residentInt8, let section = manifest.residentInt8 { files.append((residentInt8, section)) }
+        for (checkpoint, section) in files {
+            let file = path + "/" + section.file
+            for (name, t) in section.tensors.sorted(by: { $0.key < $1.key }) where !checkpoint.isSkipped(name) {
+                let tensor: Tensor
+                do { tensor = try checkpoint.tensor(name) } catch { throw .checkpoint(error) }
+                guard XXHash64.hex(XXHash64.hash(tensor.data, count: tensor.byteCount)) == t.xxh64 else {
+                    throw .tensorChecksum(tensor: name, file: file)
+                }
             }
         }
     }
+
+    /// The bytes of resident weights this store holds in memory when open as it is: the resident file, less what
+    /// the int8 companion replaces, plus the companion.
+    public var residentBytesInMemory: Int { manifest.residentBytes(int8: residentInt8 != nil) }
 
     /// Each MoE layer has its file with `experts × extentBytes` bytes.
     private func checkExpertFiles() throws(StoreError) {
@@ -115,9 +143,11 @@ public final class ExpertStore: @unchecked Sendable {  // immutable after init: 
         KimiModel(config: config, weights: try residentWeights(), experts: try StoreExperts(store: self))
     }
 
-    /// Everything but the routed experts, shape-checked, as views into resident.safetensors.
+    /// Everything but the routed experts, shape-checked, as views into resident.safetensors (and its int8
+    /// companion, whose matrices come first, when open).
     public func residentWeights() throws(StoreError) -> ResidentWeights {
-        do { return try CheckpointWeights(checkpoint: resident, config: config, interleavedInt8: true).resident() } catch { throw .checkpoint(error) }
+        let source: any TensorSource = residentInt8.map { ResidentOverlay(top: $0, base: resident) } ?? resident
+        do { return try CheckpointWeights(checkpoint: source, config: config, interleavedInt8: true).resident() } catch { throw .checkpoint(error) }
     }
 
     /// Where expert `e` of `layer` lives: its file and byte offset.
@@ -125,4 +155,23 @@ public final class ExpertStore: @unchecked Sendable {  // immutable after init: 
         guard let f = manifest.experts.files.first(where: { $0.layer == layer }), e >= 0, e < f.experts else { return nil }
         return (f, e * manifest.experts.layout.extentBytes)
     }
+}
+
+/// The int8 companion over the resident file: a tensor comes from `top` when it holds one of that name, else from
+/// `base` (whose replaced matrices were left unread).
+final class ResidentOverlay: TensorSource {  // immutable: two read-only checkpoints
+    let top: Checkpoint
+    let base: Checkpoint
+
+    init(top: Checkpoint, base: Checkpoint) {
+        self.top = top
+        self.base = base
+    }
+
+    var directory: String { base.directory }
+    func contains(_ name: String) -> Bool { top.contains(name) || base.contains(name) }
+    func tensor(_ name: String, shape: [Int]) throws(CheckpointError) -> Tensor {
+        try (top.contains(name) ? top : base).tensor(name, shape: shape)
+    }
+    func path(of name: String) -> String { top.contains(name) ? top.path(of: name) : base.path(of: name) }
 }

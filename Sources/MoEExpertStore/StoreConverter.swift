@@ -14,10 +14,14 @@ import MoETensor
 /// without one is never accepted.
 public struct StoreConverter {
     public enum ExpertsOption: String, CaseIterable, Sendable { case int4, int8, bf16, source }
-    /// What the resident matrices become: bf16 (the default), int8 with an fp32 scale per 32 values of a row (the
-    /// Linear weights of attention, the dense layers and the shared experts; embeddings, routers and kv_b stay bf16),
-    /// or kept as the source has them.
-    public enum ResidentOption: String, CaseIterable, Sendable { case bf16, int8, source }
+    /// What the resident matrices become: bf16, int8 with an fp32 scale per 32 values of a row (the Linear weights
+    /// of attention, the dense layers and the shared experts; embeddings, routers and kv_b stay bf16), both (the
+    /// default: bf16 in resident.safetensors, what runs multiply unless asked otherwise, and those matrices again in
+    /// int8 in the companion resident-int8.safetensors, for `--resident-weights int8`), or kept as the source has them.
+    public enum ResidentOption: String, CaseIterable, Sendable {
+        case bf16, int8, source
+        case bf16AndInt8 = "bf16+int8"
+    }
 
     public struct Progress: Sendable {
         public var bytesDone: Int
@@ -28,7 +32,7 @@ public struct StoreConverter {
     public var source: String
     public var output: String
     public var experts: ExpertsOption = .int4
-    public var resident: ResidentOption = .bf16
+    public var resident: ResidentOption = .bf16AndInt8
     /// Size of each write (a multiple of 4096).
     public var chunkBytes: Int = 64 << 20
     public var onProgress: (Progress) -> Void = { _ in }
@@ -45,11 +49,17 @@ public struct StoreConverter {
         if source.hasSuffix(".gguf") { return try runGGUF() }
         let src = try ConversionSource(path: source)
         let plan = try Plan(src, experts: experts, resident: resident)
-        let fingerprint = try plan.fingerprint(src)
+        let companion = resident == .bf16AndInt8 ? try Plan.int8Companion(src, layout: plan.layout) : nil
+        let fingerprint = try plan.fingerprint(src) + (companion.map { "int8 companion \($0.residentFileBytes) \($0.residentTensors.count)\n" } ?? "")
         if try prepareOutput(fingerprint: fingerprint) { return }
 
-        var progress = Progress(bytesDone: 0, bytesTotal: plan.totalBytes, unit: "")
+        var progress = Progress(bytesDone: 0, bytesTotal: plan.totalBytes + (companion?.residentFileBytes ?? 0), unit: "")
         let residentSums = try residentUnit(plan, progress: &progress) { t, emit throws(StoreError) in try plan.produce(t, src, emit) }
+        let companionSums = try companion.map { c throws(StoreError) in
+            try residentUnit(c, file: StoreManifest.residentInt8FileName, progress: &progress) { t, emit throws(StoreError) in
+                try c.produce(t, src, emit)
+            }
+        }
         var expertFiles: [ExpertFile] = []
         for layer in src.config.moeLayers {
             let (rel, sums) = try expertUnit(plan, layer: layer, experts: src.config.numRoutedExperts, progress: &progress) { e, extent throws(StoreError) in
@@ -64,21 +74,22 @@ public struct StoreConverter {
             expertFiles.append(ExpertFile(layer: layer, path: rel, experts: src.config.numRoutedExperts, checksums: sums))
         }
         try finish(plan, kind: src.kind.name, residentSums: residentSums, expertFiles: expertFiles, carried: try writeCarriedFiles(src),
-                   layers: src.config.moeLayers)
+                   layers: src.config.moeLayers, companion: companion.map { ($0, companionSums ?? [:]) })
     }
 
-    /// Unit 1, resident.safetensors: kept when a finished one is there (a resumed conversion), else written with
-    /// each tensor's bytes as `produce` emits them. Returns the tensors' checksums.
-    func residentUnit(_ plan: Plan, progress: inout Progress,
+    /// Unit 1, resident.safetensors (and with `--resident bf16+int8` unit 2, its int8 companion): kept when a
+    /// finished one is there (a resumed conversion), else written with each tensor's bytes as `produce` emits them.
+    /// Returns the tensors' checksums.
+    func residentUnit(_ plan: Plan, file: String = StoreManifest.residentFileName, progress: inout Progress,
                       produce: (Plan.ResidentTensor, (UnsafeRawPointer, Int) throws -> Void) throws(StoreError) -> Void)
         throws(StoreError) -> [String: String] {
-        let path = output + "/" + StoreManifest.residentFileName
+        let path = output + "/" + file
         if let done: [String: String] = try readSidecar(path) {
             progress.bytesDone += plan.residentFileBytes
-            log("resident.safetensors: already written, skipped")
+            log("\(file): already written, skipped")
             return done
         }
-        progress.unit = StoreManifest.residentFileName
+        progress.unit = file
         return try writeResident(plan, to: path, progress: &progress, report: { onProgress($0) }, produce: produce)
     }
 
@@ -99,12 +110,16 @@ public struct StoreConverter {
 
     /// The manifest, last (its presence means the store is complete), then the clean-up of sidecars and state.
     func finish(_ plan: Plan, kind: String, residentSums: [String: String], expertFiles: [ExpertFile], carried: [CarriedFile],
-                layers: [Int]) throws(StoreError) {
+                layers: [Int], companion: (plan: Plan, sums: [String: String])? = nil) throws(StoreError) {
         var manifest = StoreManifest(
             format: StoreManifest.formatName, version: StoreManifest.currentVersion,
             source: .init(path: source, kind: kind, expertsOption: experts.rawValue, residentOption: resident.rawValue),
             resident: .init(file: StoreManifest.residentFileName, bytes: plan.residentFileBytes,
                             tensors: plan.residentTable(checksums: residentSums)),
+            residentInt8: companion.map {
+                .init(file: StoreManifest.residentInt8FileName, bytes: $0.plan.residentFileBytes,
+                      tensors: $0.plan.residentTable(checksums: $0.sums))
+            },
             experts: .init(layout: plan.layout, files: expertFiles), files: carried, checksum: "")
         manifest.source.path = (source as NSString).standardizingPath
         let data: Data
@@ -188,6 +203,7 @@ public struct StoreConverter {
 
     func cleanUp(layers: [Int]) {
         FileSystem.remove(output + "/" + StoreManifest.residentFileName + ".sums.json")
+        FileSystem.remove(output + "/" + StoreManifest.residentInt8FileName + ".sums.json")
         for layer in layers {
             FileSystem.remove(output + "/" + String(format: "experts/layer-%03d.bin", layer) + ".sums.json")
         }

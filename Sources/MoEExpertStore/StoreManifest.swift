@@ -200,17 +200,25 @@ public struct StoreManifest: Codable, Sendable, Equatable {
     /// 3: resident matrices under `--resident int8` interleaved by 8 rows (U8, `Int8Interleaved`). Version 2 stores
     /// held them row-major (I8), which this build still reads (`readableVersions`); a version 2 build refuses the
     /// new ones by their version.
-    public static let currentVersion = 3
-    /// Versions this build reads: 2 differs from 3 only in how `--resident int8` matrices lie, and both are read.
-    public static let readableVersions = 2...3
+    /// 4: an optional int8 companion of the resident file (`residentInt8`, written by `--resident bf16+int8`,
+    /// convert's default). Versions 2 and 3 have none and are read as they are.
+    public static let currentVersion = 4
+    /// Versions this build reads: 2 differs from 3 only in how `--resident int8` matrices lie, 4 from 3 only by the
+    /// optional companion; all are read.
+    public static let readableVersions = 2...4
     public static let fileName = "manifest.json"
     public static let residentFileName = "resident.safetensors"
+    public static let residentInt8FileName = "resident-int8.safetensors"
 
     public var format: String
     public var version: Int
     /// What the store was made from and how (for people and for resuming).
     public var source: SourceInfo
     public var resident: ResidentSection
+    /// The int8 companion: the resident matrices that have an int8 form, in `Int8Interleaved`'s layout (U8) with
+    /// fp32 scales, replacing their bf16 twins in resident.safetensors under `--resident-weights int8`. Nil when the
+    /// store has none (`--resident bf16`, `int8`, `source`, a GGUF's, or an older store).
+    public var residentInt8: ResidentSection?
     public var experts: ExpertSection
     /// config.json first, then whatever tokenizer files the source had.
     public var files: [CarriedFile]
@@ -234,6 +242,13 @@ public struct StoreManifest: Codable, Sendable, Equatable {
     public struct ExpertSection: Codable, Sendable, Equatable {
         public var layout: ExpertLayout
         public var files: [ExpertFile]
+    }
+
+    /// The resident bytes a run holds in memory: the resident file's, or with `int8` (and a companion) the
+    /// companion's plus what it does not replace.
+    public func residentBytes(int8: Bool) -> Int {
+        guard int8, let c = residentInt8 else { return resident.bytes }
+        return resident.bytes - c.tensors.keys.reduce(0) { $0 + (resident.tensors[$1]?.bytes ?? 0) } + c.bytes
     }
 
     static func encoder() -> JSONEncoder {
@@ -356,11 +371,21 @@ public struct StoreManifest: Codable, Sendable, Equatable {
                 throw fail("layer \(f.layer) expert \(bad): checksum '\(f.checksums[bad].prefix(32))' is not 16 hex digits")
             }
         }
-        guard Self.isInside(resident.file), resident.bytes >= 0 else { throw fail("resident file '\(resident.file)' is not a file in the store") }
-        for (name, t) in resident.tensors {
-            guard t.offset >= 0, t.bytes >= 0, t.bytes <= Int.max - t.offset, t.shape.count <= 8, t.shape.allSatisfy({ $0 >= 0 }),
-                  Self.isChecksum(t.xxh64) else {
-                throw fail("resident tensor '\(name)': offset \(t.offset), \(t.bytes) bytes, shape \(t.shape) or checksum is invalid")
+        for section in [resident] + (residentInt8.map { [$0] } ?? []) {
+            guard Self.isInside(section.file), section.bytes >= 0 else { throw fail("resident file '\(section.file)' is not a file in the store") }
+            for (name, t) in section.tensors {
+                guard t.offset >= 0, t.bytes >= 0, t.bytes <= Int.max - t.offset, t.shape.count <= 8, t.shape.allSatisfy({ $0 >= 0 }),
+                      Self.isChecksum(t.xxh64) else {
+                    throw fail("\(section.file): resident tensor '\(name)': offset \(t.offset), \(t.bytes) bytes, shape \(t.shape) or checksum is invalid")
+                }
+            }
+        }
+        if let c = residentInt8 {
+            guard c.file != resident.file else { throw fail("the int8 companion is the resident file itself") }
+            for name in c.tensors.keys where !name.hasSuffix(".weight_scale") {
+                guard resident.tensors[name] != nil else {
+                    throw fail("\(c.file): tensor '\(name)' replaces nothing in \(resident.file)")
+                }
             }
         }
         for f in files {

@@ -31,37 +31,39 @@ public struct StoreVerifier {
         for f in manifest.files {
             do { try ExpertStore.checkCarried(f, in: path) } catch { report.problems.append(error.description) }
         }
-        // Resident tensors, straight from the file (not through the checkpoint parser, which could refuse the
-        // whole file on one bad header entry).
-        let residentPath = path + "/" + manifest.resident.file
-        if let file = try? File(path: residentPath, mode: .read), let size = try? file.size() {
-            if size != manifest.resident.bytes {
-                report.problems.append("\(residentPath): \(size) bytes, the manifest says \(manifest.resident.bytes)")
-            }
-            // The resident header must be one the engine would load (the manifest's table checked against it).
-            do { _ = try ExpertStore.checkResidentHeader(residentPath, manifest: manifest) } catch {
-                report.problems.append(error.description)
-            }
-            for (name, t) in manifest.resident.tensors.sorted(by: { $0.key < $1.key }) {
-                // Validated non-negative and overflow-free by the manifest; checked against the real file before
-                // anything is allocated for it.
-                guard t.bytes <= size - min(size, t.offset), t.offset <= size else {
-                    report.problems.append("\(residentPath): tensor '\(name)': bytes \(t.offset)..<\(t.offset + t.bytes) lie past the end of the file (\(size) bytes)")
-                    continue
+        // Resident tensors and the int8 companion's, straight from the files (not through the checkpoint parser,
+        // which could refuse a whole file on one bad header entry).
+        for section in [manifest.resident] + (manifest.residentInt8.map { [$0] } ?? []) {
+            let residentPath = path + "/" + section.file
+            if let file = try? File(path: residentPath, mode: .read), let size = try? file.size() {
+                if size != section.bytes {
+                    report.problems.append("\(residentPath): \(size) bytes, the manifest says \(section.bytes)")
                 }
-                let buf = UnsafeMutableRawPointer.allocate(byteCount: max(t.bytes, 1), alignment: 64)
-                defer { buf.deallocate() }
-                do {
-                    try file.read(into: buf, count: t.bytes, at: t.offset)
-                    if XXHash64.hex(XXHash64.hash(buf, count: t.bytes)) != t.xxh64 {
-                        report.problems.append(StoreError.tensorChecksum(tensor: name, file: residentPath).description)
+                // The resident header must be one the engine would load (the manifest's table checked against it).
+                do { _ = try ExpertStore.checkResidentHeader(residentPath, section: section) } catch {
+                    report.problems.append(error.description)
+                }
+                for (name, t) in section.tensors.sorted(by: { $0.key < $1.key }) {
+                    // Validated non-negative and overflow-free by the manifest; checked against the real file before
+                    // anything is allocated for it.
+                    guard t.bytes <= size - min(size, t.offset), t.offset <= size else {
+                        report.problems.append("\(residentPath): tensor '\(name)': bytes \(t.offset)..<\(t.offset + t.bytes) lie past the end of the file (\(size) bytes)")
+                        continue
                     }
-                } catch { report.problems.append("\(residentPath): tensor '\(name)': \(error)") }
-                report.tensorsChecked += 1
-                report.bytesChecked += t.bytes
+                    let buf = UnsafeMutableRawPointer.allocate(byteCount: max(t.bytes, 1), alignment: 64)
+                    defer { buf.deallocate() }
+                    do {
+                        try file.read(into: buf, count: t.bytes, at: t.offset)
+                        if XXHash64.hex(XXHash64.hash(buf, count: t.bytes)) != t.xxh64 {
+                            report.problems.append(StoreError.tensorChecksum(tensor: name, file: residentPath).description)
+                        }
+                    } catch { report.problems.append("\(residentPath): tensor '\(name)': \(error)") }
+                    report.tensorsChecked += 1
+                    report.bytesChecked += t.bytes
+                }
+            } else {
+                report.problems.append("\(residentPath): cannot be opened")
             }
-        } else {
-            report.problems.append("\(residentPath): cannot be opened")
         }
         let extent = manifest.experts.layout.extentBytes
         var buffer: UnsafeMutableRawPointer? = nil

@@ -65,7 +65,9 @@ public struct ArithmeticComparison: Sendable {
 
 /// Scores `ids` in windows as `perplexity` does, once with `useExact()` in force and once with `useFast()`;
 /// both are called before each pass (they switch process-wide kernel settings, so nothing else may run meanwhile).
-public func compareArithmetic(model: KimiModel, ids: [Int], window: Int = 256, margin: Double = 0.1,
+/// `exactModel` (default: `model`) runs the exact passes: the same experts over other resident weights (a store's
+/// bf16 matrices, when `model` multiplies its int8 companion).
+public func compareArithmetic(model: KimiModel, exactModel: KimiModel? = nil, ids: [Int], window: Int = 256, margin: Double = 0.1,
                               useExact: () -> Void, useFast: () -> Void,
                               progress: (Int, Int) -> Void = { _, _ in }) throws -> ArithmeticComparison {
     precondition(window >= 1)
@@ -91,7 +93,8 @@ public func compareArithmetic(model: KimiModel, ids: [Int], window: Int = 256, m
         let inputs = Array(chunk.dropLast())
         useExact()
         var t0 = ContinuousClock.now
-        let re = try model.forward(inputs, cache: model.makeCache(limit: inputs.count), logits: .all)
+        let exact = exactModel ?? model
+        let re = try exact.forward(inputs, cache: exact.makeCache(limit: inputs.count), logits: .all)
         seconds.exact += (ContinuousClock.now - t0).seconds
         useFast()
         t0 = ContinuousClock.now

@@ -56,6 +56,9 @@ public struct CacheStatistics: Codable, Sendable, Equatable {
     public var expertActivations = "fp32"
     /// `--resident-activations`: fp32, q8, or bf16x2 with its kernel (`bf16x2 (amx)`, `bf16x2 (vdpbf16ps)`).
     public var residentActivations = "fp32"
+    /// `--resident-weights`: which resident matrices the run multiplied (a store's int8 companion, its bf16 ones,
+    /// or the only form it has).
+    public var residentWeights = "as stored"
     /// `--kv-cache`: what the KV cache stores its rows in (f32 or bf16).
     public var kvCache = "f32"
     /// `--prefill-chunk`: prompt tokens a pass's per-token stages take at a time.

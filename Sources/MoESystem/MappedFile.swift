@@ -26,7 +26,11 @@ public final class MappedFile: @unchecked Sendable {  // immutable after init, o
     /// Opens `path` and maps it, or with `copy` reads it into anonymous memory. Throws a `SystemError` naming the
     /// path when open, fstat, mmap or a read fail, when the path is not a regular file, or when the file changes
     /// size while it is copied.
-    public init(path: String, copy: Bool = false) throws(SystemError) {
+    ///
+    /// With `copy`, the byte ranges in `skipping` are left out: the pages wholly inside one are never read nor
+    /// touched (so they take no memory) and are made inaccessible, so a stray read faults instead of seeing zeros.
+    /// Bytes of a skipped range that share a page with kept bytes are read like the rest.
+    public init(path: String, copy: Bool = false, skipping: [Range<Int>] = []) throws(SystemError) {
         self.path = path
         isCopy = copy
         let fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK)  // a FIFO must not block the open
@@ -41,7 +45,7 @@ public final class MappedFile: @unchecked Sendable {  // immutable after init, o
             return
         }
         if copy {
-            base = UnsafeRawPointer(try Self.copy(fd: fd, count: count, path: path))
+            base = UnsafeRawPointer(try Self.copy(fd: fd, count: count, path: path, skipping: Self.holes(skipping, count: count)))
             return
         }
         let p = mmap(nil, count, PROT_READ, MAP_PRIVATE, fd, 0)
@@ -49,17 +53,25 @@ public final class MappedFile: @unchecked Sendable {  // immutable after init, o
         base = UnsafeRawPointer(p)
     }
 
-    /// Reads `count` bytes of `fd` into fresh anonymous memory (huge pages where the kernel gives them), drops
-    /// them from the page cache, checks the file did not change size meanwhile, and makes the copy read-only.
-    private static func copy(fd: Int32, count: Int, path: String) throws(SystemError) -> UnsafeMutableRawPointer {
+    /// Reads `count` bytes of `fd` (but the page-aligned `holes`) into fresh anonymous memory (huge pages where the
+    /// kernel gives them), drops them from the page cache, checks the file did not change size meanwhile, and makes
+    /// the copy read-only (the holes inaccessible).
+    private static func copy(fd: Int32, count: Int, path: String, skipping holes: [Range<Int>]) throws(SystemError)
+        -> UnsafeMutableRawPointer {
         guard let p = mmap(nil, count, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0), p != MAP_FAILED else {
             throw SystemError(call: "mmap (copy of \(count) bytes)", path: path, errno: lastErrno())
         }
         _ = madvise(p, count, MADV_HUGEPAGE)
         let chunk = 64 << 20
-        var done = 0
+        var done = 0, hole = 0
         while done < count {
-            let n = pread(fd, p + done, min(chunk, count - done), off_t(done))
+            if hole < holes.count, done >= holes[hole].lowerBound {
+                done = max(done, holes[hole].upperBound)
+                hole += 1
+                continue
+            }
+            let end = hole < holes.count ? min(count, holes[hole].lowerBound) : count
+            let n = pread(fd, p + done, min(chunk, end - done), off_t(done))
             if n < 0 && lastErrno() == EINTR { continue }
             guard n > 0 else {
                 let e = n < 0 ? lastErrno() : EIO
@@ -75,7 +87,26 @@ public final class MappedFile: @unchecked Sendable {  // immutable after init, o
             throw SystemError(call: "read (the file changed size while it was read)", path: path, errno: EIO)
         }
         mprotect(p, count, PROT_READ)
+        for h in holes { mprotect(p + h.lowerBound, h.count, PROT_NONE) }
         return p
+    }
+
+    /// The page-aligned interiors of `ranges` (clipped to `count`), sorted and merged: what a copy can leave out.
+    static func holes(_ ranges: [Range<Int>], count: Int) -> [Range<Int>] {
+        let page = Int(sysconf(Int32(_SC_PAGESIZE)))
+        let inner = ranges.compactMap { r -> Range<Int>? in
+            let lo = (max(0, r.lowerBound) + page - 1) / page * page, hi = min(count, r.upperBound) / page * page
+            return lo < hi ? lo..<hi : nil
+        }.sorted { $0.lowerBound < $1.lowerBound }
+        var merged: [Range<Int>] = []
+        for r in inner {
+            if let last = merged.last, r.lowerBound <= last.upperBound {
+                merged[merged.count - 1] = last.lowerBound..<max(last.upperBound, r.upperBound)
+            } else {
+                merged.append(r)
+            }
+        }
+        return merged
     }
 
     deinit {

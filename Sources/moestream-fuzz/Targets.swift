@@ -30,6 +30,8 @@ struct FileKind: Sendable {
                  style: .binary, resign: false),
         FileKind(name: "resident", seed: .store, targets: { _ in [StoreManifest.residentFileName] }, style: .safetensors,
                  resign: false),
+        FileKind(name: "resident-int8", seed: .store, targets: { _ in [StoreManifest.residentInt8FileName] }, style: .safetensors,
+                 resign: false),
         FileKind(name: "tiktoken", seed: .tokenizer, targets: { _ in ["tiktoken.model"] }, style: .text, resign: false),
         FileKind(name: "tokenizer-config", seed: .tokenizer, targets: { _ in ["tokenizer_config.json"] }, style: .text,
                  resign: false),
@@ -64,7 +66,7 @@ struct Seeds {
     static func prepare(root: String, fixtures: String) throws -> Seeds {
         let s = Seeds(root: root)
         let fm = FileManager.default
-        if fm.fileExists(atPath: root + "/ready-3") { return s }  // 2: the gguf seed joined; 3: its sums files
+        if fm.fileExists(atPath: root + "/ready-4") { return s }  // 2: the gguf seed joined; 3: its sums files; 4: the int8 companion
         try? fm.removeItem(atPath: root)
         try fm.createDirectory(atPath: root, withIntermediateDirectories: true)
         try fm.copyItem(atPath: fixtures + "/models/kimi_k2", toPath: s.directory(.checkpoint))
@@ -91,7 +93,7 @@ struct Seeds {
         fm.changeCurrentDirectoryPath(root)
         defer { fm.changeCurrentDirectoryPath(previous) }
         try StoreConverter(source: FileKind.Seed.checkpoint.rawValue, output: FileKind.Seed.store.rawValue).run()
-        fm.createFile(atPath: root + "/ready-3", contents: Data())
+        fm.createFile(atPath: root + "/ready-4", contents: Data())
         return s
     }
 }
@@ -123,6 +125,8 @@ func exercise(_ kind: FileKind, directory dir: String) -> (Outcome, String) {
             let store = try ExpertStore(path: dir)
             let model = try store.loadModel()
             if let bad = try nonFinite(model) { return (.nonFinite, bad) }
+            // The same store with its int8 companion in place of the bf16 matrices (`--resident-weights int8`).
+            if let bad = try nonFinite(try ExpertStore(path: dir, residentInt8: true).loadModel()) { return (.nonFinite, "int8 companion: \(bad)") }
             return (.accepted, report.ok ? "" : "verify: \(report.problems.count) problems")
         case .tokenizer:
             let t = try Tokenizer(directory: dir)

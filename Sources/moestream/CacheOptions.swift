@@ -14,6 +14,9 @@ extension ExpertActivations: ExpressibleByArgument {}
 extension ResidentActivations: ExpressibleByArgument {}
 extension KVPrecision: ExpressibleByArgument {}
 
+/// `--resident-weights`: which form of a store's resident matrices a run multiplies, where the store has both.
+enum ResidentForm: String, CaseIterable, ExpressibleByArgument { case int8, bf16 }
+
 /// The expert cache and compute flags, shared by every command that runs the model from a store.
 struct CacheOptions: ParsableArguments {
     @Option(help: ArgumentHelp("Expert cache budget, e.g. 96G, 512M, or 25% of all experts (default: available RAM, within a memory cgroup's limit, less the resident set and headroom).",
@@ -53,10 +56,18 @@ struct CacheOptions: ParsableArguments {
     @Option(help: ArgumentHelp("Resident matrices' activations (attention projections, dense and shared MLPs, output head): bf16x2 splits each into two bf16 parts (16 significant bits) and multiplies bf16 matrices on AMX tiles or with AVX512-BF16's vdpbf16ps, the default where the CPU has either and the avx512 kernels run; q8, the default for a GGUF's, quantises to int8 for GGML matrices of the legacy types and IQ4_NL (per 32 values) and of the K-quants and i-quants (per 256, as llama.cpp does), but not the ternary TQ1_0/TQ2_0 (fp32), bf16 ones as bf16x2 where it runs; fp32, the default elsewhere, is exact. A store converted with --resident int8 multiplies its int8 matrices with the activations in two int8 parts under bf16x2 and q8 (fp32 where bf16x2 does not run, the faster there). Quality and speed: docs/performance.md.", valueName: "bf16x2|q8|fp32"))
     var residentActivations: ResidentActivations?
 
+    @Option(help: ArgumentHelp("Resident matrices' weights in a store that has both forms (convert's default, --resident bf16+int8): bf16, the default, multiplies the bf16 matrices (as --exact does); int8 multiplies the int8 companion instead (an fp32 scale per 32 values): about 55% of their memory and faster prefill and decode, but lossy beyond the default's bar (docs/performance.md gives both). A store with one form (--resident bf16, int8 or source, a GGUF's, or one converted before the companion) uses it whatever this says.", valueName: "bf16|int8"))
+    var residentWeights: ResidentForm?
+
+    /// Whether a store's int8 companion replaces its bf16 resident matrices: only when asked for (never under
+    /// `--exact`); int8 weights move the long-context fixture's argmax where exact's margin exceeds 0.1, which the
+    /// default arithmetic must not (docs/performance.md).
+    var wantsResidentInt8: Bool { !exact && residentWeights == .int8 }
+
     @Option(help: ArgumentHelp("What the KV cache stores per layer and position (MLA's latent and roped key): f16, the default, rounds each value once when it is written and takes half f32's bytes; bf16 takes as few and is coarser; f32 is exact. Bytes per position: `moestream inspect`; quality: docs/performance.md.", valueName: "f16|bf16|f32"))
     var kvCache: KVPrecision?
 
-    @Flag(help: "Exact arithmetic: fp32 activations everywhere and an fp32 KV cache, as transformers computes (within 1e-4 of its logits); the same as --expert-activations fp32 --resident-activations fp32 --kv-cache f32.")
+    @Flag(help: "Exact arithmetic: fp32 activations everywhere, an fp32 KV cache and a store's bf16 resident matrices, as transformers computes (within 1e-4 of its logits); the same as --expert-activations fp32 --resident-activations fp32 --kv-cache f32 --resident-weights bf16.")
     var exact = false
 
     /// What the KV cache stores: `--exact` or `--kv-cache`, else the default.
@@ -106,6 +117,9 @@ struct CacheOptions: ParsableArguments {
         if exact, kvCache == .bf16 {
             throw ValidationError("--exact keeps an fp32 KV cache; it cannot be combined with --kv-cache bf16")
         }
+        if exact, residentWeights == .int8 {
+            throw ValidationError("--exact multiplies a store's bf16 resident matrices; it cannot be combined with --resident-weights int8")
+        }
         if exact, residentActivations == .q8 {
             throw ValidationError("--exact multiplies with fp32 activations; it cannot be combined with --resident-activations q8")
         }
@@ -143,7 +157,7 @@ struct CacheOptions: ParsableArguments {
     /// The cache configuration for `store`, and the lines to tell the user about it.
     func configuration(for store: ExpertStore) throws -> (CacheConfiguration, [String]) {
         let experts = store.manifest.experts.files.count * store.config.numRoutedExperts * store.manifest.experts.layout.extentBytes
-        return try configuration(resident: store.manifest.resident.bytes, experts: experts,
+        return try configuration(resident: store.residentBytesInMemory, experts: experts,
                                  extent: store.manifest.experts.layout.extentBytes, expertsPerToken: store.config.expertsPerToken)
     }
 

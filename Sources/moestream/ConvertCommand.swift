@@ -24,7 +24,7 @@ struct Convert: ParsableCommand {
     @Option(help: "Routed expert encoding: int4 (group-32 scales; INT4 sources pass through unchanged), int8, bf16, or source (as stored). Default: int4, source for a GGUF.")
     var experts: StoreConverter.ExpertsOption?
 
-    @Option(help: "Resident weights: bf16; int8 (attention, dense and shared-expert matrices with an fp32 scale per 32 values: about 60% of bf16's bytes, faster decode, slower prefill, see docs/performance.md; embeddings, routers and kv_b stay bf16); or source (as stored). Vectors (norms, biases) always stay as stored. Default: bf16, source for a GGUF.")
+    @Option(help: "Resident weights: bf16+int8, the default, writes them in bf16 (resident.safetensors: what runs multiply, --exact included) and the attention, dense and shared-expert matrices again in int8 with an fp32 scale per 32 values (resident-int8.safetensors: what a run multiplies with --resident-weights int8, about 55% of their bf16 bytes in memory, faster and lossy, see docs/performance.md); bf16 or int8 write one form only (a smaller store; with int8 alone neither the default nor --exact reproduces the reference); source keeps them as stored. Embeddings, routers and kv_b stay bf16, vectors (norms, biases) as stored. Default: bf16+int8, source for a GGUF.")
     var resident: StoreConverter.ResidentOption?
 
     @Option(help: ArgumentHelp("Bytes per write, a multiple of 4096.", visibility: .hidden))
@@ -37,7 +37,7 @@ struct Convert: ParsableCommand {
         var converter = StoreConverter(source: source, output: output)
         let gguf = source.hasSuffix(".gguf")
         converter.experts = experts ?? (gguf ? .source : .int4)
-        converter.resident = resident ?? (gguf ? .source : .bf16)
+        converter.resident = resident ?? (gguf ? .source : .bf16AndInt8)
         converter.chunkBytes = writeChunk
         let started = ContinuousClock.now
         var lastPrint = ContinuousClock.now - .seconds(10)

@@ -53,7 +53,7 @@ struct Inspect: ParsableCommand {
         }
         print("")
         let fromGGUF = store?.manifest.source.kind == "gguf"  // its resident tensors keep their GGML types
-        print("resident (RAM)   \(humanBytes(inv.residentBytes))" + (fromGGUF ? " in the GGUF's types" : residentChoices(checkpoint, prefix: c.tensorPrefix)))
+        print("resident (RAM)   \(humanBytes(inv.residentBytes))" + (fromGGUF ? " in the GGUF's types" : residentChoices(checkpoint, prefix: c.tensorPrefix) + companionNote(store)))
         print("streamed (NVMe)  \(humanBytes(inv.streamedBytes)) in \(c.moeLayers.count * c.numRoutedExperts) experts"
             + (c.moeLayers.isEmpty ? "" : ", \(humanBytes(inv.streamedBytes / max(1, c.moeLayers.count * c.numRoutedExperts))) each"))
         print(kvCacheLine(c))
@@ -150,6 +150,12 @@ func residentChoices(_ checkpoint: Checkpoint, prefix: String) -> String {
         tensors.append((stripped, e.dtype, e.shape, e.range.count))
     }
     return residentChoices(tensors)
+}
+
+/// "; this store's int8 companion: X (Y in memory with --resident-weights int8)", or nothing for a store without one.
+func companionNote(_ store: ExpertStore?) -> String {
+    guard let m = store?.manifest, let c = m.residentInt8 else { return "" }
+    return "; this store's int8 companion: \(humanBytes(c.bytes)) (\(humanBytes(m.residentBytes(int8: true))) in memory with --resident-weights int8)"
 }
 
 func residentChoices(_ tensors: [(name: String, dtype: DType, shape: [Int], bytes: Int)]) -> String {

@@ -35,6 +35,11 @@ struct StatsOptions: ParsableArguments {
 struct LoadedModel {
     let model: KimiModel
     let cache: ExpertCache?
+    /// Which resident matrices the run multiplies, for the statistics (`describeResidentWeights`).
+    var residentWeights = "as stored"
+    /// The store's bf16 resident weights, when the run multiplies its int8 companion instead: what
+    /// `perplexity --compare-exact` compares with.
+    var exactWeights: (() throws -> ResidentWeights)? = nil
 
     static func load(_ options: ModelOptions, _ cacheOptions: CacheOptions, _ stats: StatsOptions? = nil) throws -> LoadedModel {
         do {
@@ -53,11 +58,17 @@ struct LoadedModel {
                 model.prefillWindow = cacheOptions.prefillWindow
                 return LoadedModel(model: model, cache: nil)
             }
-            let store = try ExpertStore(path: options.model)
+            let store = try ExpertStore(path: options.model, residentInt8: cacheOptions.wantsResidentInt8)
             let (config, notes) = try cacheOptions.configuration(for: store)
             notes.forEach { printError($0) }
             let (model, cache) = try store.loadModel(cache: config)
-            return try finishLoading(model, cache, cacheOptions, stats, ggmlExperts: store.manifest.experts.layout.encoding == .ggml)
+            var loaded = try finishLoading(model, cache, cacheOptions, stats, ggmlExperts: store.manifest.experts.layout.encoding == .ggml)
+            loaded.residentWeights = describeResidentWeights(store)
+            if store.residentInt8 != nil {
+                let path = options.model
+                loaded.exactWeights = { try ExpertStore(path: path, residentInt8: false).residentWeights() }
+            }
+            return loaded
         } catch let e as StoreError { throw CLIError(e.description) } catch let e as CheckpointError {
             throw CLIError(e.description)
         }
@@ -106,6 +117,16 @@ struct LoadedModel {
         }
     }
 
+    /// What a store's resident matrices are in this run: its int8 companion, its bf16 file (the companion unused or
+    /// absent), or the one form its `--resident` choice wrote.
+    static func describeResidentWeights(_ store: ExpertStore) -> String {
+        if store.residentInt8 != nil { return "int8 (\(StoreManifest.residentInt8FileName))" }
+        if store.manifest.residentInt8 != nil { return "bf16 (int8 too: --resident-weights int8)" }
+        let option = store.manifest.source.residentOption
+        return option == StoreConverter.ResidentOption.bf16.rawValue && store.manifest.version < 4
+            ? "bf16 (a store without the int8 companion: convert it again for one)" : "as converted (--resident \(option))"
+    }
+
     /// Prints the statistics table (stderr) and writes the files `stats` asks for.
     func finish(_ stats: StatsOptions, extra: [String] = []) throws {
         guard let cache else { return }
@@ -113,6 +134,7 @@ struct LoadedModel {
         s.kernels = Kernels.isa.rawValue
         s.expertActivations = model.expertActivations.rawValue
         s.residentActivations = model.residentActivations.described(int8: model.weights.hasInterleavedInt8)
+        s.residentWeights = residentWeights
         s.prefillChunk = model.prefillChunk
         s.kvCache = model.kvPrecision.rawValue
         s.prefillWindow = model.prefillWindow
@@ -121,7 +143,7 @@ struct LoadedModel {
         if !stats.noStats {
             var lines = [s.report()]
             lines += extra
-            lines.append("threads \(Parallelism.threads), kernels \(Kernels.isa.rawValue), expert activations \(model.expertActivations.rawValue), resident activations \(model.residentActivations.described(int8: model.weights.hasInterleavedInt8)), KV cache \(model.kvPrecision.rawValue), prefill chunk \(model.prefillChunk), window \(model.prefillWindow)")
+            lines.append("threads \(Parallelism.threads), kernels \(Kernels.isa.rawValue), expert activations \(model.expertActivations.rawValue), resident activations \(model.residentActivations.described(int8: model.weights.hasInterleavedInt8)), resident weights \(residentWeights), KV cache \(model.kvPrecision.rawValue), prefill chunk \(model.prefillChunk), window \(model.prefillWindow)")
             printError(lines.joined(separator: "\n"))
         }
         if let path = stats.statsJson { try s.json().write(to: URL(fileURLWithPath: path)) }

@@ -55,10 +55,15 @@ struct Perplexity: ParsableCommand {
     /// `--compare-exact`: the gate of the arithmetic policy (docs/performance.md).
     func compare(_ loaded: LoadedModel, _ ids: [Int]) throws {
         let model = loaded.model, fast = model.expertActivations, fastResident = model.residentActivations, fastKV = model.kvPrecision
+        // Exact multiplies a store's bf16 resident matrices: a second model over them shares the experts and cache.
+        let exactModel = try loaded.exactWeights.map { KimiModel(config: model.config, weights: try $0(), experts: model.experts) } ?? model
+        exactModel.expertActivations = .fp32
+        exactModel.residentActivations = .fp32
+        exactModel.kvPrecision = .f32
         let c: ArithmeticComparison
         do {
-            c = try compareArithmetic(model: model, ids: ids, window: window,
-                                      useExact: { model.expertActivations = .fp32; model.residentActivations = .fp32; model.kvPrecision = .f32 },
+            c = try compareArithmetic(model: model, exactModel: exactModel, ids: ids, window: window,
+                                      useExact: { exactModel.expertActivations = .fp32; exactModel.residentActivations = .fp32; exactModel.kvPrecision = .f32 },
                                       useFast: { model.expertActivations = fast; model.residentActivations = fastResident; model.kvPrecision = fastKV }) { done, total in
                 FileHandle.standardError.write("\r\(done)/\(total) tokens".data(using: .utf8)!)
             }
@@ -67,9 +72,9 @@ struct Perplexity: ParsableCommand {
         model.residentActivations = fastResident
         model.kvPrecision = fastKV
         FileHandle.standardError.write("\n".data(using: .utf8)!)
-        print(String(format: "exact: fp32 activations and KV cache    perplexity %.4f over %d tokens in %.1f s", c.exact.perplexity,
+        print(String(format: "exact: fp32 activations and KV cache\(loaded.exactWeights == nil ? "" : ", bf16 resident weights")    perplexity %.4f over %d tokens in %.1f s", c.exact.perplexity,
                      c.exact.tokens, c.exact.seconds))
-        let label = "experts \(fast.rawValue), resident \(fastResident.described(int8: model.weights.hasInterleavedInt8)) activations, KV cache \(fastKV.rawValue)"
+        let label = "experts \(fast.rawValue), resident \(fastResident.described(int8: model.weights.hasInterleavedInt8)) activations, resident weights \(loaded.residentWeights), KV cache \(fastKV.rawValue)"
         print(String(format: "this run: %@    perplexity %.4f in %.1f s (%.2f× exact's speed)", label,
                      c.fast.perplexity, c.fast.seconds, c.exact.seconds / max(c.fast.seconds, 1e-9)))
         print(String(format: "perplexity change %+.3f%%; KL(exact ‖ this run) mean %.5f nats, max %.5f; largest logit difference %.4f",

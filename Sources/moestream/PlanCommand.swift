@@ -107,7 +107,7 @@ struct Plan: ParsableCommand {
             for (name, t) in store.manifest.resident.tensors {
                 if let d = DType(rawValue: t.dtype) { list.append((name: name, dtype: d, shape: t.shape, bytes: t.bytes)) }
             }
-            choices = residentChoices(list)
+            choices = residentChoices(list) + companionNote(store)
         } else {
             do { choices = residentChoices(try Checkpoint(path: model), prefix: config.tensorPrefix) } catch {
                 throw CLIError(error.description)

@@ -109,7 +109,7 @@ struct Serve: AsyncParsableCommand {
             + "idle timeout \(idleTimeout) s, \(maxConnections) connections"
             + (config.apiKey == nil ? ", no API key: cross-origin and foreign-Host requests refused)" : ", API key required)")
             + "; KV cache \(loaded.model.kvPrecision.rawValue), \(humanBytes(perToken)) per position, prefix cache \(humanBytes(kvBudget)) (\(kvBudget / perToken) positions)"
-            + "; kernels \(Kernels.isa.rawValue), expert activations \(loaded.model.expertActivations.rawValue), resident activations \(loaded.model.residentActivations.described(int8: loaded.model.weights.hasInterleavedInt8)), prefill chunk \(loaded.model.prefillChunk), window \(loaded.model.prefillWindow)")
+            + "; kernels \(Kernels.isa.rawValue), expert activations \(loaded.model.expertActivations.rawValue), resident activations \(loaded.model.residentActivations.described(int8: loaded.model.weights.hasInterleavedInt8)), resident weights \(loaded.residentWeights), prefill chunk \(loaded.model.prefillChunk), window \(loaded.model.prefillWindow)")
         if config.apiKey == nil && !OpenAIServer.isLoopbackName(host) {
             printError("""
                 WARNING: listening on \(host) without an API key: anyone who can reach this port can use the model.

@@ -61,7 +61,7 @@ import Testing
 
     /// Manifests signed again after their numbers were made hostile: each is refused by name, never trapped on.
     @Test(arguments: ["alignment", "extentBytes", "experts with", "leaves the store", "resident tensor", "rowInterleave",
-                      "do not fit its", "blocks of 8", "convert the checkpoint again"])
+                      "do not fit its", "blocks of 8", "convert the checkpoint again", "replaces nothing", "companion is the resident file"])
     func hostileManifestIsRefusedByName(expected: String) throws {
         func edit(_ m: inout StoreManifest) {
             switch expected {
@@ -73,10 +73,14 @@ import Testing
             case "do not fit its": m.experts.layout.down.rows *= 2  // the kernels would read past the matrix
             case "blocks of 8": m.experts.layout.gate.rows -= 4
             case "convert the checkpoint again": m.version = 1    // a store from before the interleaved layout
+            case "replaces nothing":  // a companion matrix with no bf16 twin would be added, not swapped in
+                let key = m.residentInt8!.tensors.keys.sorted().first { !$0.hasSuffix(".weight_scale") }!
+                m.residentInt8!.tensors["model.layers.0.self_attn.extra.weight"] = m.residentInt8!.tensors.removeValue(forKey: key)
+            case "companion is the resident file": m.residentInt8!.file = m.resident.file
             default: m.resident.tensors[m.resident.tensors.keys.sorted()[0]]!.bytes = Int.max - 3
             }
         }
-        let path = try convert("kimi_k2", experts: .int4, resident: .bf16)
+        let path = try convert("kimi_k2", experts: .int4, resident: .bf16AndInt8)
         let manifestPath = path + "/" + StoreManifest.fileName
         var m = try JSONDecoder().decode(StoreManifest.self, from: Data(contentsOf: URL(fileURLWithPath: manifestPath)))
         edit(&m)

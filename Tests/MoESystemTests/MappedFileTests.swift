@@ -12,6 +12,23 @@ import Testing
         #expect(Array(m.bytes(1..<4)) == [2, 3, 4])
     }
 
+    /// A copy that skips byte ranges reads every other byte as the file has it; the pages wholly inside a skipped
+    /// range (merged, clipped to the file) are what it leaves out.
+    @Test func aCopyLeavesOutThePagesOfSkippedRanges() throws {
+        let page = Int(sysconf(Int32(_SC_PAGESIZE)))
+        let bytes = (0..<(6 * page)).map { UInt8(truncatingIfNeeded: $0 &* 7 &+ 1) }
+        let path = NSTemporaryDirectory() + "mapped-\(UUID().uuidString)"
+        FileManager.default.createFile(atPath: path, contents: Data(bytes))
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        let skip = [(page + 10)..<(4 * page + 5)]
+        #expect(MappedFile.holes(skip, count: bytes.count) == [(2 * page)..<(4 * page)])
+        let m = try MappedFile(path: path, copy: true, skipping: skip)
+        #expect(m.isCopy && m.count == bytes.count)
+        #expect(Array(m.bytes(0..<(2 * page))) == Array(bytes[0..<(2 * page)]))
+        #expect(Array(m.bytes((4 * page)..<(6 * page))) == Array(bytes[(4 * page)...]))
+        #expect(MappedFile.holes([0..<(page / 2), (3 * page)..<(7 * page), page..<(3 * page + 1)], count: 6 * page) == [page..<(6 * page)])
+    }
+
     @Test func missingFileNamesThePath() {
         do {
             _ = try MappedFile(path: "/nonexistent/model.safetensors")

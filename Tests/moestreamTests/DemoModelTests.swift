@@ -127,10 +127,11 @@ import Testing
                                                         "--max-tokens", "\(decisive)", "--ignore-eos", "--cache", "25%",
                                                         "--kernels", kernels] + (mode.map { ["--expert-activations", $0] } ?? []))
                 #expect(status == 0, "\(err)")
-                // The resident matrices' default: bf16x2 only with the avx512 kernels on a CPU with AMX or AVX512-BF16.
+                // The resident matrices' default: the store's bf16 ones (its int8 companion unused), bf16x2 only with
+                // the avx512 kernels on a CPU with AMX or AVX512-BF16.
                 let resident = kernels == "avx512" ? ResidentActivations.bf16x2Kernel(isa: .avx512).map { "bf16x2 (\($0.rawValue))" } ?? "fp32" : "fp32"
-                #expect(err.contains("expert activations \(mode ?? "q8-gate-up-q16-down"), resident activations \(resident), KV cache f16, prefill chunk 512, window 32768\n"),
-                        "the statistics report the arithmetic")
+                #expect(err.contains("expert activations \(mode ?? "q8-gate-up-q16-down"), resident activations \(resident), resident weights bf16 (int8 too: --resident-weights int8), KV cache f16, prefill chunk 512, window 32768\n"),
+                        "the statistics report the arithmetic: \(err)")
                 let ids = out.split(separator: "\n").last.map { $0.split(separator: ",").compactMap { Int($0) } } ?? []
                 #expect(ids == Array(g.tokens.prefix(decisive)), "\(name) with \(mode ?? "default") activations, \(kernels) kernels")
                 compared += decisive
