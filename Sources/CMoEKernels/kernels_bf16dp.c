@@ -58,13 +58,19 @@ TB void moe_pack_bf16x2_rows(const float *x, int64_t T, int64_t cols, int64_t t0
         }
 }
 
-/// Rows r..r+NR−1 × tokens t..t+NT−1 over chunks [k0, k1), accumulators from and back to `park` ([NR][NT]).
+/// Chunks of 32 columns (64 bytes of a row) a streaming tile prefetches ahead.
+enum { DP_PREFETCH = 32 };
+
+/// Rows r..r+NR−1 × tokens t..t+NT−1 over chunks [k0, k1), accumulators from and back to `park` ([NR][NT]);
+/// with `pf`, each row's weights are prefetched `DP_PREFETCH` chunks ahead (a prefetch past the matrix is harmless).
 TB INLINE void dp_tile(const uint16_t *w, int64_t cols, const uint16_t *x, int64_t k0, int64_t k1, __m512 *park,
-                       const int NR, const int NT) {
+                       const int NR, const int NT, const int pf) {
     __m512 acc[4][4];
     for (int i = 0; i < NR; i++)
         for (int j = 0; j < NT; j++) acc[i][j] = park[4 * i + j];
     for (int64_t k = k0; k < k1; k++) {
+        if (pf)
+            for (int i = 0; i < NR; i++) _mm_prefetch((const char *)(w + i * cols + 32 * (k + DP_PREFETCH)), _MM_HINT_T0);
         __m512bh wv[4];
         for (int i = 0; i < NR; i++) wv[i] = (__m512bh)_mm512_loadu_si512(w + i * cols + 32 * k);
         for (int j = 0; j < NT; j++) {
@@ -82,15 +88,15 @@ TB INLINE void dp_tile(const uint16_t *w, int64_t cols, const uint16_t *x, int64
 
 #define DP_ROWS(NT)                                                                                              \
     switch (nr) {                                                                                                \
-    case 1: dp_tile(w, cols, xt, k0, k1, park, 1, NT); break;                                                    \
-    case 2: dp_tile(w, cols, xt, k0, k1, park, 2, NT); break;                                                    \
-    case 3: dp_tile(w, cols, xt, k0, k1, park, 3, NT); break;                                                    \
-    default: dp_tile(w, cols, xt, k0, k1, park, 4, NT); break;                                                   \
+    case 1: dp_tile(w, cols, xt, k0, k1, park, 1, NT, pf); break;                                                \
+    case 2: dp_tile(w, cols, xt, k0, k1, park, 2, NT, pf); break;                                                \
+    case 3: dp_tile(w, cols, xt, k0, k1, park, 3, NT, pf); break;                                                \
+    default: dp_tile(w, cols, xt, k0, k1, park, 4, NT, pf); break;                                               \
     }
 
 /// The tile at `w` (nr ≤ 4 rows) × `xt` (nt ≤ 4 tokens), with nr and nt made constants.
 TB static void dp_tile_n(const uint16_t *w, int64_t cols, const uint16_t *xt, int64_t k0, int64_t k1, __m512 *park,
-                         int nr, int nt) {
+                         int nr, int nt, int pf) {
     switch (nt) {
     case 1: DP_ROWS(1) break;
     case 2: DP_ROWS(2) break;
@@ -101,10 +107,14 @@ TB static void dp_tile_n(const uint16_t *w, int64_t cols, const uint16_t *xt, in
 
 /// Rows [r0, r1) in blocks whose weights stay in L2 (~512 KB, reused by every group of four tokens), tokens four
 /// at a time, columns in spans of 1024 (four tokens' two parts, 16 KB, stay in L1 while every tile of the row
-/// block passes); each tile's accumulators parked between spans.
+/// block passes); each tile's accumulators parked between spans. With at most four tokens (decode) the weights
+/// are read once, so nothing is worth keeping in L2: each tile streams its four rows whole, prefetching ahead
+/// (four sequential streams the prefetcher follows, instead of 2 KB pieces of 128 rows; a C harness over 235 MB of
+/// matrices, two threads: 30.6–34.3 GB/s before, 32.6–46.2 after). The order of every sum is unchanged.
 TB void moe_gemm_bf16x2_dp(const moe_matrix *m, int64_t r0, int64_t r1, const uint16_t *x, int64_t T, float *y) {
-    enum { MAX_TILES = 32, SPAN = 32 };
-    const int64_t cols = m->cols, K = cols / 32;
+    enum { MAX_TILES = 32 };
+    const int64_t cols = m->cols, K = cols / 32, SPAN = T <= 4 ? K : 32;
+    const int pf = T <= 4;
     const uint16_t *wbase = (const uint16_t *)m->data;
     int64_t rb = T > 4 ? (512 << 10) / (2 * cols) : r1 - r0;
     rb = rb < 4 ? 4 : rb > 4 * MAX_TILES ? 4 * MAX_TILES : rb - rb % 4;
@@ -121,7 +131,7 @@ TB void moe_gemm_bf16x2_dp(const moe_matrix *m, int64_t r0, int64_t r1, const ui
                 for (int64_t i = 0; i < tiles; i++) {
                     const int64_t r = b0 + 4 * i;
                     const int nr = b1 - r < 4 ? (int)(b1 - r) : 4;
-                    dp_tile_n(wbase + r * cols, cols, xt, k0, k1, park[i], nr, nt);
+                    dp_tile_n(wbase + r * cols, cols, xt, k0, k1, park[i], nr, nt, pf);
                 }
             }
             for (int64_t i = 0; i < tiles; i++) {
