@@ -327,7 +327,7 @@ struct BenchLifecycle: ParsableCommand {
         // One cycle in its own function: everything it made is released when it returns.
         func once() throws {
                 let s: ExpertStore
-                do { s = try ExpertStore(path: store) } catch { throw CLIError(error.description) }
+                do { s = try ExpertStore(path: store, residentInt8: cacheOptions.wantsResidentInt8) } catch { throw CLIError(error.description) }
                 let (config, _) = try cacheOptions.configuration(for: s)
                 let (model, cache): (KimiModel, ExpertCache)
                 do { (model, cache) = try s.loadModel(cache: config) } catch { throw CLIError(error.description) }

@@ -67,6 +67,9 @@ struct Plan: ParsableCommand {
     @Option(help: ArgumentHelp("Plan for N NUMA nodes (default: this machine's).", valueName: "N"))
     var numaNodes: Int?
 
+    @Option(help: ArgumentHelp("Resident weights to plan for (as `--resident-weights` of run, generate and serve): a store's bf16 matrices (the default) or its int8 companion, where it has one.", valueName: "bf16|int8"))
+    var residentWeights: ResidentForm = .bf16
+
     func run() throws {
         let config: ModelConfig
         var residentBytes: Int
@@ -88,7 +91,7 @@ struct Plan: ParsableCommand {
                 let s = try ExpertStore(path: model, verifyResident: false)
                 store = s
                 config = s.config
-                residentBytes = s.manifest.resident.bytes
+                residentBytes = s.manifest.residentBytes(int8: residentWeights == .int8)
                 extent = s.manifest.experts.layout.extentBytes
             } else {
                 config = try ModelConfig.load(path: model)
@@ -131,7 +134,8 @@ struct Plan: ParsableCommand {
 
         print("model            \(config.modelType): \(config.numLayers) layers, \(config.moeLayers.count) MoE × \(config.numRoutedExperts) experts, top-\(config.expertsPerToken)")
         print("RAM              \(humanBytes(ramBytes))\(ram == nil ? " available now" : "")")
-        print("resident set     \(humanBytes(residentBytes)) (attention, dense layers, shared experts, routers, embeddings)"
+        let int8Planned = residentWeights == .int8 && store?.manifest.residentInt8 != nil
+        print("resident set     \(humanBytes(residentBytes))\(int8Planned ? " with the int8 companion (--resident-weights int8)" : "") (attention, dense layers, shared experts, routers, embeddings)"
               + choices)
         print("KV cache         \(kvCache.rawValue): \(humanBytes(kvPerToken)) per position, \(humanBytes(kv)) for \(context) tokens")
         print("headroom         \(humanBytes(headroom))")

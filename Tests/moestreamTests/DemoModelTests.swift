@@ -96,6 +96,31 @@ import Testing
         }
     }
 
+    /// `--resident-weights int8` on the demo store (convert's default writes the companion): `perplexity
+    /// --compare-exact` scores the int8 matrices against exact arithmetic over the bf16 ones (its KL is larger than
+    /// the default's: the weights' rounding), the statistics and `plan` say which form, and `--exact` refuses it.
+    @Test func residentWeightsInt8IsComparedWithTheBF16Reference() throws {
+        let args = ["perplexity", Self.store, "--file", Self.release + "/heldout.txt", "--max-tokens", "128", "--window", "64",
+                    "--cache", "25%", "--compare-exact"]
+        let (s1, bf16, e1) = try moestream(args)
+        let (s2, int8, e2) = try moestream(args + ["--resident-weights", "int8"])
+        #expect(s1 == 0 && s2 == 0, "\(e1)\n\(e2)")
+        func kl(_ out: String) -> Double? {
+            guard let r = out.range(of: "mean ") else { return nil }
+            return Double(out[r.upperBound...].prefix { "0123456789.+-e".contains($0) })
+        }
+        #expect(int8.contains("exact: fp32 activations and KV cache, bf16 resident weights") && !bf16.contains("bf16 resident weights"), "\(int8)")
+        #expect(int8.contains("resident weights int8 (resident-int8.safetensors)") && e2.contains("resident weights int8 (resident-int8.safetensors)"), "\(e2)")
+        #expect(e1.contains("resident weights bf16 (int8 too: --resident-weights int8)"), "\(e1)")
+        #expect((kl(int8) ?? 0) > (kl(bf16) ?? 1) && (kl(int8) ?? 1) < 0.01, "int8 \(kl(int8) ?? -1), bf16 \(kl(bf16) ?? -1)")
+        let (p1, plan1, _) = try moestream(["plan", Self.store, "--ram", "8G", "--disk-bw", "3G"])
+        let (p2, plan2, _) = try moestream(["plan", Self.store, "--ram", "8G", "--disk-bw", "3G", "--resident-weights", "int8"])
+        #expect(p1 == 0 && p2 == 0 && plan2.contains("with the int8 companion") && !plan1.contains("with the int8 companion"), "\(plan2)")
+        #expect(plan1.contains("this store's int8 companion"), "\(plan1)")
+        let (refused, _, why) = try moestream(["generate", Self.store, "--tokens", "1,2", "--exact", "--resident-weights", "int8"])
+        #expect(refused != 0 && why.contains("--exact") && why.contains("--resident-weights int8"), "\(why)")
+    }
+
     /// With every matrix kernel this CPU runs: the generic Swift twins and the fastest (AVX2 or AVX-512). A
     /// kernel set the CPU lacks is not run (the arguments list only the supported ones, so the run shows fewer
     /// cases); that the CLI refuses it by name is `unsupportedKernelsAreRefusedByName`.
