@@ -76,7 +76,12 @@ TARGET static inline __attribute__((always_inline)) __m256 bf16_load8(const uint
 #define LOADROW(m, r, g) DENSE_LOADROW(m, r, g)
 #define PREFIX bf
 #define KERNEL moe_gemm_bf16_avx2
+// Decode streams each weight once: 2 KB (128 groups of 8 bf16) ahead, one 64-byte line every 4 groups.
+#define PREFETCH_EVERY 4
+#define PREFETCH_ROW(m, r, g) _mm_prefetch((const char *)((const uint16_t *)(m)->data + (r) * (m)->cols + 8 * ((g) + 128)), _MM_HINT_T0)
 #include "tiles.h"
+#undef PREFETCH_ROW
+#undef PREFETCH_EVERY
 
 // ---- bf16 for four or more tokens: a 3-row × 4-token tile with each activation vector loaded once for the
 // three rows (the generic tile reloads it per row), blocked for the caches as on AVX-512 (kernels_avx512.c): rows

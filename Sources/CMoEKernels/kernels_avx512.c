@@ -70,7 +70,12 @@ TARGET static inline __attribute__((always_inline)) __m512 bf16_load16(const uin
 #define LOADROW(m, r, g) DENSE_LOADROW(m, r, g)
 #define PREFIX bf
 #define KERNEL moe_gemm_bf16_avx512
+// Decode streams each weight once: 2 KB (64 groups of 16 bf16) ahead, one 64-byte line every 2 groups.
+#define PREFETCH_EVERY 2
+#define PREFETCH_ROW(m, r, g) _mm_prefetch((const char *)((const uint16_t *)(m)->data + (r) * (m)->cols + 16 * ((g) + 64)), _MM_HINT_T0)
 #include "tiles.h"
+#undef PREFETCH_ROW
+#undef PREFETCH_EVERY
 
 // ---- bf16 for four or more tokens: a 4-row × 4-token tile, each weight vector widened once for four tokens and
 // each activation vector loaded once for four rows (16 of the 32 zmm registers accumulate). Same per-(row, token)

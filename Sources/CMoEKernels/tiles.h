@@ -10,11 +10,21 @@
 //   GROUPS(m)                groups per row
 //   PREFIX                   names this encoding's tiles (PREFIX_tile_R_T); PREFIX_row_bytes gives a row's bytes
 //   KERNEL                   the exported name
+//   PREFETCH_ROW(m, r, g)    optional: prefetches row r's weights some groups past g; a one-token tile (decode,
+//                            which reads each weight once) calls it every PREFETCH_EVERY groups
 // Each (row, token) pair sees the same operations in the same order in every tile shape.
 // KERNEL, PREFIX and LOADROW are undefined at the end, ready for the next encoding.
 #define TILE_CAT_(a, b) a##b
 #define TILE_CAT(a, b) TILE_CAT_(a, b)
 #define TILE_NAME(R, TT) TILE_CAT(PREFIX, _tile_##R##_##TT)
+
+#ifdef PREFETCH_ROW
+#define TILE_PREFETCH(R, TT, m, r, g)                                                                            \
+    if ((TT) == 1 && (g) % (PREFETCH_EVERY) == 0)                                                                \
+        for (int i_ = 0; i_ < (R); i_++) PREFETCH_ROW(m, (r) + i_, g)
+#else
+#define TILE_PREFETCH(R, TT, m, r, g) (void)0
+#endif
 
 #define TILE(R, TT)                                                                                              \
     TARGET static inline __attribute__((always_inline)) void TILE_NAME(R, TT)(                                   \
@@ -24,6 +34,7 @@
             for (int j = 0; j < TT; j++) acc[i][j] = VZERO();                                                    \
         const int64_t groups = GROUPS(m);                                                                        \
         for (int64_t g = 0; g < groups; g++) {                                                                   \
+            TILE_PREFETCH(R, TT, m, r, g);                                                                       \
             for (int i = 0; i < R; i++) {                                                                        \
                 LOADROW(m, r + i, g);                                                                            \
                 for (int j = 0; j < TT; j++) STEP(m, r + i, g, x + (t + j) * m->cols, acc[i][j]);                \
@@ -62,3 +73,4 @@ TARGET void KERNEL(const moe_matrix *m, int64_t r0, int64_t r1, const float *x, 
 #undef KERNEL
 #undef PREFIX
 #undef LOADROW
+#undef TILE_PREFETCH
