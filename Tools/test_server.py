@@ -35,9 +35,9 @@ results = []
 
 
 def test(fn):
-    def run():
+    def run(*args):
         try:
-            fn()
+            fn(*args)
             results.append((fn.__name__, None))
             print(f"ok    {fn.__name__}", flush=True)
         except Exception as e:  # noqa: BLE001 - report every failure and go on
@@ -378,10 +378,30 @@ def metrics_are_prometheus_text():
     assert 'moestream_expert_requests_total{layer="2",kind="miss"}' in text
 
 
+@test
+def a_port_in_use_is_a_clear_error(store):
+    """A port held by a connection's local end (how CI once lost a test) stops the server with a message, not a hang."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    held = socket.socket()
+    held.bind(("127.0.0.1", 0))
+    port = held.getsockname()[1]
+    held.connect(listener.getsockname())
+    try:
+        r = subprocess.run([BIN, "serve", store, "--port", str(port), "--cache", "50%"], capture_output=True, text=True, timeout=120)
+        assert r.returncode != 0 and f"cannot listen on 127.0.0.1:{port}: the port is in use" in r.stderr, r.stderr[-2000:]
+    finally:
+        held.close()
+        listener.close()
+
+
 def keyless_server_refuses_other_origins(store):
     """Without a key: a browser page elsewhere (Origin) or a rebound DNS name (Host) is refused; this machine is not."""
-    port = PORT + 1
-    log = open(os.path.join(os.path.dirname(store), "keyless-server.log"), "w")
+    # A port of its own from the kernel: PORT + 1 may be the local end of one of the earlier tests' connections.
+    port = free_port()
+    log_path = os.path.join(os.path.dirname(store), "keyless-server.log")
+    log = open(log_path, "w")
     # --parallel 1: the queue test below needs one request running and one waiting.
     server = subprocess.Popen([BIN, "serve", store, "--port", str(port), "--cache", "50%", "--queue", "1", "--kv-budget", "0", "--parallel", "1",
                                "--idle-timeout", "1", "--max-connections", "8"], stderr=log, text=True)
@@ -393,14 +413,17 @@ def keyless_server_refuses_other_origins(store):
         return r.status, r.read().decode()
 
     try:
-        deadline = time.time() + 60
+        deadline = time.time() + 120  # a Thread Sanitizer build starts slowly
         while True:
             try:
                 get({})
                 break
             except OSError:
-                if time.time() > deadline:
-                    raise
+                if server.poll() is not None or time.time() > deadline:
+                    log.flush()
+                    with open(log_path, errors="replace") as f:
+                        tail = "".join(f.readlines()[-40:])
+                    raise SystemExit(f"the keyless server did not start (exit status {server.poll()}); its log:\n{tail}")
                 time.sleep(0.2)
 
         @test
@@ -522,15 +545,16 @@ def main():
                                "--max-tokens-limit", "1000", "--cache", "50%"], stderr=open(os.path.join(work, "server.log"), "w"),
                               text=True)
     try:
-        deadline = time.time() + 120
-        while time.time() < deadline:
+        deadline, up = time.time() + 120, False
+        while not up and server.poll() is None and time.time() < deadline:
             try:
-                if raw("/health", key=None)[0] == 200:
-                    break
+                up = raw("/health", key=None)[0] == 200
             except OSError:
                 time.sleep(0.2)
-        else:
-            raise SystemExit("server did not start")
+        if not up:
+            with open(os.path.join(work, "server.log"), errors="replace") as f:
+                tail = "".join(f.readlines()[-40:])
+            raise SystemExit(f"server did not start (exit status {server.poll()}); its log:\n{tail}")
         models_are_listed()
         whole_and_streamed_chat_agree()  # warms the model, the cache and the allocator
         start_rss = rss_kb(server.pid)
@@ -555,6 +579,7 @@ def main():
         except subprocess.TimeoutExpired:
             server.kill()
     keyless_server_refuses_other_origins(store)
+    a_port_in_use_is_a_clear_error(store)
     failed = [n for n, e in results if e]
     if failed:
         # The servers' own words (a crash, a sanitizer report) explain a failure better than a refused connection.

@@ -74,13 +74,28 @@ public final class OpenAIServer: Sendable {
         return router
     }
 
-    /// Runs until SIGINT/SIGTERM.
+    /// Runs until SIGINT/SIGTERM. A port that cannot be had is an error that names the address and why.
     public func run() async throws {
         let app = Application(router: makeRouter(),
                               server: .http1(configuration: .init(idleTimeout: .seconds(Int64(configuration.idleTimeoutSeconds)))),
                               configuration: .init(address: .hostname(configuration.host, port: configuration.port), serverName: "moestream",
                                                    availableConnectionsDelegate: MaximumAvailableConnections(configuration.maxConnections)))
-        try await app.runService()
+        do {
+            try await app.runService()
+        } catch let error as IOError where error.errnoCode == EADDRINUSE || error.errnoCode == EACCES || error.errnoCode == EADDRNOTAVAIL {
+            throw ListenError(host: configuration.host, port: configuration.port, errno: error.errnoCode)
+        }
+    }
+
+    /// The server could not listen where it was told to.
+    public struct ListenError: Error, CustomStringConvertible {
+        public let host: String, port: Int, errno: Int32
+        public var description: String {
+            let why = errno == EADDRINUSE ? "the port is in use (another server, or a connection's local end): pick another with --port"
+                : errno == EACCES ? "permission denied (ports below 1024 need privileges): pick another with --port"
+                : "no interface of this machine has that address: check --host"
+            return "cannot listen on \(host):\(port): \(why)"
+        }
     }
 
     func authorize(_ request: Request) -> Response? {
