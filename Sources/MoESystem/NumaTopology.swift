@@ -62,10 +62,10 @@ public struct NumaTopology: Sendable, Equatable {
 /// Memory that lives on one NUMA node (`numa_alloc_onnode`), or ordinary page-aligned memory when the
 /// topology is fake or libnuma refuses. Zero-filled by the kernel, so pages are only committed when touched.
 ///
-/// Asks for transparent huge pages (`MADV_HUGEPAGE`): an expert cache's slab is faulted in all at once when
-/// io_uring registers it, and 2 MB pages make that start-up faster (a 19 GB cache here: 9–23 s with the advice,
-/// 23–32 s without, over two runs each) and spare the TLB on every expert read. Advice only: ignored where THP is
-/// off.
+/// Asks for transparent huge pages (`MADV_HUGEPAGE`): an expert cache's slab is faulted in all at once before
+/// io_uring registers it (`Prefault`, every core), and 2 MB pages make that start-up faster (a 19 GB cache here:
+/// 9–23 s with the advice, 23–32 s without, over two runs each, on one thread) and spare the TLB on every expert
+/// read. Advice only: ignored where THP is off.
 /// Sendable: every field is a `let`; who writes the bytes, and when, is decided by the expert cache's slot bookkeeping.
 public final class NodeMemory: @unchecked Sendable {
     public let pointer: UnsafeMutableRawPointer
