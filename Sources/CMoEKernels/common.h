@@ -92,39 +92,60 @@ static inline int64_t row_block(int64_t row_bytes) {
     for (int64_t blk_ = (T) > 4 ? row_block(row_bytes) : (r1) - (r0), b0 = (r0), b1 = 0;                         \
          b0 < (r1) && ((b1 = b0 + blk_ < (r1) ? b0 + blk_ : (r1)), 1); b0 += blk_)
 
+/// Tokens per pass of a blocked kernel over a long prompt: passes whose fp32 (or two-part bf16) activations,
+/// 4·cols bytes a token, stay near 4 MB, a multiple of four and at least 16. Without passes a 512-token prompt
+/// streamed all its activations (14.7 MB at cols 7168) past every row block of ~512 KB of weights; one thread,
+/// Zen 5, C harness, 512 tokens, GFLOP/s before → after: AVX2 bf16 2048 × 7168 83 → 95, 7168 × 18432 60 → 92,
+/// 7168 × 8192 78 → 102; the bf16x2 tile (kernels_bf16dp.c) 128 → 161–169, 73 → 132–149, 115 → 166–176.
+static inline int64_t bf_pass_tokens(int64_t cols) {
+    int64_t n = (4 << 20) / (4 * (cols > 0 ? cols : 1));
+    return n < 16 ? 16 : n - n % 4;
+}
+
 /// The body of a bf16 kernel whose R-row × 4-token tile is blocked for the caches in both dimensions (see
-/// kernels_avx512.c): rows in blocks of ~512 KB of weights (up to 16 tiles), columns in spans of SPAN groups of
-/// W values, each tile's 4·R accumulators (type VEC) parked between spans. SPAN_TILE(m, r, x, t, g0, g1, park)
-/// runs a tile over groups [g0, g1); rows left over in a block go through `bf_tile_1_4`, tokens left over and
-/// calls with fewer than four tokens through FALLBACK. Needs the kernel's parameters m, r0, r1, x, T, y, and FINISH.
+/// kernels_avx512.c): tokens in passes of `bf_pass_tokens`; within a pass, rows in blocks of ~512 KB of weights
+/// (up to 16 tiles), columns in spans of SPAN groups of W values, each tile's 4·R accumulators (type VEC) parked
+/// between spans. SPAN_TILE(m, r, x, t, g0, g1, park) runs a tile over groups [g0, g1); rows left over in a block
+/// go through `bf_tile_1_4`, tokens left over and calls with fewer than four tokens through FALLBACK. Every
+/// (row, token) gets the same operations whichever way it goes, so the passes change no result. Needs the
+/// kernel's parameters m, r0, r1, x, T, y, and FINISH.
 #define SPANNED_BF16_BODY(R, W, SPAN, VEC, VZERO, SPAN_TILE, FALLBACK)                                          \
     enum { MAX_TILES_ = 16 };                                                                                    \
     if (T < 4) {                                                                                                 \
         FALLBACK(m, r0, r1, x, T, y);                                                                            \
         return;                                                                                                  \
     }                                                                                                            \
-    const int64_t groups_ = m->cols / (W);                                                                       \
+    const int64_t groups_ = m->cols / (W), pass_ = bf_pass_tokens(m->cols);                                     \
     int64_t rb_ = (512 << 10) / bf_row_bytes(m);                                                                 \
     rb_ = rb_ < (R) ? (R) : rb_ > (R) * MAX_TILES_ ? (R) * MAX_TILES_ : rb_ - rb_ % (R);                         \
     VEC park_[MAX_TILES_][4 * (R)];                                                                              \
-    for (int64_t b0 = r0; b0 < r1; b0 += rb_) {                                                                  \
-        const int64_t b1 = b0 + rb_ < r1 ? b0 + rb_ : r1, tiles = (b1 - b0) / (R), full = b0 + (R) * tiles;      \
-        int64_t t = 0;                                                                                           \
-        for (; t + 4 <= T; t += 4) {                                                                             \
-            for (int64_t k = 0; k < tiles; k++)                                                                  \
-                for (int i = 0; i < 4 * (R); i++) park_[k][i] = VZERO();                                         \
-            for (int64_t g0 = 0; g0 < groups_; g0 += (SPAN)) {                                                   \
-                const int64_t g1 = g0 + (SPAN) < groups_ ? g0 + (SPAN) : groups_;                                \
-                for (int64_t k = 0; k < tiles; k++) SPAN_TILE(m, b0 + (R) * k, x, t, g0, g1, park_[k]);          \
+    const float *const xall_ = x;                                                                                \
+    float *const yall_ = y;                                                                                      \
+    const int64_t tall_ = T;                                                                                     \
+    for (int64_t p0_ = 0; p0_ < tall_; p0_ += pass_) {                                                           \
+        /* The pass's tokens, as if they were the whole call. */                                                 \
+        const float *const x = xall_ + p0_ * m->cols;                                                            \
+        float *const y = yall_ + p0_ * m->rows;                                                                  \
+        const int64_t T = tall_ - p0_ < pass_ ? tall_ - p0_ : pass_;                                             \
+        for (int64_t b0 = r0; b0 < r1; b0 += rb_) {                                                              \
+            const int64_t b1 = b0 + rb_ < r1 ? b0 + rb_ : r1, tiles = (b1 - b0) / (R), full = b0 + (R) * tiles;  \
+            int64_t t = 0;                                                                                       \
+            for (; t + 4 <= T; t += 4) {                                                                         \
+                for (int64_t k = 0; k < tiles; k++)                                                              \
+                    for (int i = 0; i < 4 * (R); i++) park_[k][i] = VZERO();                                     \
+                for (int64_t g0 = 0; g0 < groups_; g0 += (SPAN)) {                                               \
+                    const int64_t g1 = g0 + (SPAN) < groups_ ? g0 + (SPAN) : groups_;                            \
+                    for (int64_t k = 0; k < tiles; k++) SPAN_TILE(m, b0 + (R) * k, x, t, g0, g1, park_[k]);      \
+                }                                                                                                \
+                for (int64_t k = 0; k < tiles; k++)                                                              \
+                    for (int i = 0; i < (R); i++)                                                                \
+                        for (int j = 0; j < 4; j++)                                                              \
+                            y[(t + j) * m->rows + b0 + (R) * k + i] =                                            \
+                                FINISH(m, b0 + (R) * k + i, x + (t + j) * m->cols, park_[k][4 * i + j]);         \
+                for (int64_t r = full; r < b1; r++) bf_tile_1_4(m, r, x, t, y);                                  \
             }                                                                                                    \
-            for (int64_t k = 0; k < tiles; k++)                                                                  \
-                for (int i = 0; i < (R); i++)                                                                    \
-                    for (int j = 0; j < 4; j++)                                                                  \
-                        y[(t + j) * m->rows + b0 + (R) * k + i] =                                                \
-                            FINISH(m, b0 + (R) * k + i, x + (t + j) * m->cols, park_[k][4 * i + j]);             \
-            for (int64_t r = full; r < b1; r++) bf_tile_1_4(m, r, x, t, y);                                      \
+            if (t < T) FALLBACK(m, b0, b1, x + t * m->cols, T - t, y + t * m->rows);                             \
         }                                                                                                        \
-        if (t < T) FALLBACK(m, b0, b1, x + t * m->cols, T - t, y + t * m->rows);                                 \
     }
 
 /// Bytes of one row: int4/int8 values plus their group scales, or bf16 values.

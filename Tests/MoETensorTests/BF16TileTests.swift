@@ -106,11 +106,12 @@ import Testing
         }
     }
 
-    /// 300 rows would not split into tiles; 336 rows × 4096 columns × 150 tokens crosses the kernel's row blocks
-    /// (64), token super-blocks (2 blocks of 16) and column spans (32 chunks of 32).
+    /// 300 rows would not split into tiles; 336 rows × 8192 columns × 150 tokens crosses the kernel's row blocks
+    /// (64; `vdpbf16ps`: 32), token super-blocks (2 blocks of 16), column spans (32 chunks of 32) and the
+    /// `vdpbf16ps` kernel's passes over the tokens (128 at 8192 columns: `bf_pass_tokens`).
     @Test func aTokensResultDependsNeitherOnItsNeighboursNorOnTheRowSplit() {
         for kernel in Self.kernelsThatRun() {
-        let (rows, cols, tokens) = (336, 4096, 150)
+        let (rows, cols, tokens) = (336, 8192, 150)
         let m = KernelBenchmark.randomMatrix(.bf16, rows: rows, cols: cols, seed: 11)
         #expect(m.takesBF16Tiles)
         #expect(!KernelBenchmark.randomMatrix(.bf16, rows: 300, cols: cols, seed: 11).takesBF16Tiles)
@@ -123,7 +124,7 @@ import Testing
         m.applyBF16(BF16Tiles(x.pointer, tokens: tokens, cols: cols, memory: memory, kernel: kernel), into: pooled.pointer)
         #expect(pooled.array == whole.array, "\(kernel): through the pool")
         let single = FloatBuffer(count: rows)
-        for t in [0, 15, 16, 77, 149] {
+        for t in [0, 15, 16, 77, 127, 128, 149] {
             let one = BF16Tiles(x.pointer + t * cols, tokens: 1, cols: cols, memory: memory, kernel: kernel)
             for split in [16, 64, 320] {
                 m.gemmBF16(rows: 0..<split, one, into: single.pointer)

@@ -99,6 +99,26 @@ import Testing
         }
     }
 
+    /// The blocked bf16 kernels take a long prompt in passes of `bf_pass_tokens` tokens (32 at 32,771 columns):
+    /// 37 tokens are a full pass and a second one of a tile and a token left over, each token's result the same as
+    /// alone.
+    @Test func passesOverALongPromptChangeNoResult() {
+        let (rows, cols, tokens) = (13, 32771, 37)
+        let m = KernelBenchmark.randomMatrix(.bf16, rows: rows, cols: cols, seed: 7)
+        let x = KernelBenchmark.randomActivations(tokens * cols, seed: 8)
+        for isa in KernelISA.allCases where isa.isSupported {
+            let whole = FloatBuffer(count: tokens * rows)
+            m.gemm(rows: 0..<rows, x.pointer, tokens: tokens, into: whole.pointer, isa: isa)
+            let single = FloatBuffer(count: rows)
+            for t in [0, 31, 32, 35, 36] {
+                m.gemm(rows: 0..<rows, x.pointer + t * cols, tokens: 1, into: single.pointer, isa: isa)
+                for r in 0..<rows {
+                    #expect(single.pointer[r] == whole.pointer[t * rows + r], "\(isa) token \(t) row \(r)")
+                }
+            }
+        }
+    }
+
     @Test func unsupportedInstructionSetsAreRefusedByName() {
         for isa in KernelISA.allCases where !isa.isSupported {
             #expect(throws: KernelError.unsupported(isa)) { try Kernels.select(isa) }
