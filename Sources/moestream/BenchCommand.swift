@@ -8,7 +8,7 @@ import MoETensor
 
 struct Bench: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Benchmarks measured against a baseline in the same run.",
-                                                    subcommands: [BenchIO.self, BenchKernels.self, BenchLifecycle.self])
+                                                    subcommands: [BenchIO.self, BenchKernels.self, BenchMemory.self, BenchLifecycle.self])
 }
 
 struct BenchIO: ParsableCommand {
@@ -302,6 +302,32 @@ struct BenchKernels: ParsableCommand {
 
 /// Loads a store with its expert cache, runs a short prompt, shuts the cache down and drops everything, N times:
 /// what a long-lived process (a server reloading its model, a test suite) must get back each time.
+struct BenchMemory: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "memory",
+        abstract: "Measure the memory read rate (one thread, then --threads): the ceiling of decode, which streams every resident matrix and chosen expert once per token.")
+
+    @Option(help: "Threads that read at once (default: the CPUs this process may use).")
+    var threads: Int = ProcessInfo.processInfo.activeProcessorCount
+
+    @Option(help: "Megabytes read per round (beyond the last-level cache, so the rate is the memory's).")
+    var megabytes: Int = 1024
+
+    @Option(help: "Rounds per measurement (the best is kept).")
+    var rounds: Int = 5
+
+    func run() throws {
+        guard (1...4096).contains(threads) else { throw CLIError("--threads must be between 1 and 4096, not \(threads)") }
+        guard (1...(1 << 20)).contains(megabytes) else { throw CLIError("--megabytes must be between 1 and 1048576, not \(megabytes)") }
+        guard (1...1000).contains(rounds) else { throw CLIError("--rounds must be between 1 and 1000, not \(rounds)") }
+        print("memory read rate: \(megabytes) MB summed with 64-byte loads, best of \(rounds) rounds")
+        for n in Set([1, threads]).sorted() {
+            let r = MemoryReadRate.measure(bytes: megabytes << 20, threads: n, rounds: rounds)
+            print(String(format: "%d thread%@: %.1f GB/s", n, n == 1 ? "" : "s", r.bytesPerSecond / 1e9))
+        }
+    }
+}
+
 struct BenchLifecycle: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "lifecycle",
