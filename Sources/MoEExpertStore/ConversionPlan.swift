@@ -218,6 +218,7 @@ extension StoreConverter {
                 for r0 in stride(from: 0, to: rows, by: step) {
                     for i in 0..<step {
                         m.copyRow(r0 + i, into: row.pointer)
+                        try ExpertTranscoder.refuseNonFinite(row.pointer, row: r0 + i, cols: cols, tensor: base + ".weight")
                         GroupQuantization.quantizeInt8(row: row.pointer, cols: cols, scaleType: .f32, values: values + i * cols,
                                                        scales: scales + i * groups * 4)
                     }

@@ -22,6 +22,7 @@ enum ExpertTranscoder {
             let row = FloatBuffer(count: src.cols)
             for r in 0..<src.rows {
                 src.copyRow(r, into: row.pointer)
+                try refuseNonFinite(row.pointer, row: r, cols: src.cols, tensor: tensor)
                 GroupQuantization.quantizeInt4(row: row.pointer, cols: src.cols, scaleType: type,
                                                packed: rowMajor.assumingMemoryBound(to: UInt8.self) + r * src.cols / 2,
                                                scales: rowMajor + m.bytes + r * (src.cols / 32) * type.byteSize)
@@ -45,8 +46,17 @@ enum ExpertTranscoder {
             let row = FloatBuffer(count: src.cols)
             for r in 0..<src.rows {
                 src.copyRow(r, into: row.pointer)
+                if layout.encoding == .int8 { try refuseNonFinite(row.pointer, row: r, cols: src.cols, tensor: tensor) }
                 encodeRow(row.pointer, r, layout, data, scales, cols: src.cols)
             }
+        }
+    }
+
+    /// Throws if row `r` of `tensor` holds a NaN or an infinity, which a group scale cannot represent. (Rows passed
+    /// through, or widened to bf16/f16/f32, keep such values: the model's non-finite-logits check names them.)
+    static func refuseNonFinite(_ w: UnsafePointer<Float>, row r: Int, cols: Int, tensor: String) throws(StoreError) {
+        if let c = GroupQuantization.firstNonFinite(w, count: cols) {
+            throw .nonFiniteWeight(tensor: tensor, row: r, column: c, value: w[c])
         }
     }
 

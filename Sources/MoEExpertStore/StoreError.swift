@@ -22,6 +22,9 @@ public enum StoreError: Error, CustomStringConvertible {
     case fileChecksum(file: String)
     /// The source cannot be converted as asked.
     case unsupportedSource(file: String, reason: String)
+    /// A source matrix the conversion quantises holds a NaN or an infinity (a damaged checkpoint): no scale can
+    /// represent it, and quantising it anyway would store wrong weights.
+    case nonFiniteWeight(tensor: String, row: Int, column: Int, value: Float)
     /// The output directory holds something else than an interrupted conversion of the same source and options.
     case outputInUse(path: String, reason: String)
 
@@ -40,6 +43,8 @@ public enum StoreError: Error, CustomStringConvertible {
         case .fileChecksum(let f): return "\(f): checksum mismatch"
         case .unsupportedSource(let f, let r): return "\(f): \(r)"
         case .outputInUse(let p, let r): return "\(p): \(r)"
+        case .nonFiniteWeight(let t, let r, let c, let v):
+            return "tensor '\(t)': row \(r), column \(c) holds \(v), not a finite number (a damaged checkpoint?): it cannot be quantised"
         }
     }
 }

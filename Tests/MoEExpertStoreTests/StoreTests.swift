@@ -335,6 +335,52 @@ func convert(_ name: String, experts: StoreConverter.ExpertsOption = .source, re
         #expect(killed == 14, "only \(killed) of 14 runs were actually killed")
     }
 
+    /// A NaN or an infinity in a matrix the conversion quantises (int4 experts, int8 resident matrices) is refused
+    /// by tensor, row and column: no scale represents it (a fuzzed shard with one crashed the int4 quantiser).
+    @Test(arguments: [("model.layers.1.mlp.experts.1.up_proj.weight", Float.nan, StoreConverter.ExpertsOption.int4),
+                      ("model.layers.2.mlp.experts.3.down_proj.weight", -Float.infinity, .int4),
+                      ("model.layers.0.self_attn.o_proj.weight", Float.infinity, .source)])
+    func nonFiniteWeightsAreRefusedWhereTheyWouldBeQuantised(tensor: String, value: Float,
+                                                             experts: StoreConverter.ExpertsOption) throws {
+        let source = Fixtures.copyOfModel("kimi_k2")
+        let element = 37  // row 37 / cols, column 37 % cols of the [rows, cols] matrix
+        try plant(value, in: tensor, element: element, of: source)
+        var c = StoreConverter(source: source, output: Fixtures.scratchDirectory("nonfinite") + "/store")
+        c.experts = experts
+        c.resident = experts == .source ? .int8 : .bf16
+        let cols = try SafetensorsFile(path: source + "/" + shard(of: tensor, in: source)).entries[tensor]!.shape[1]
+        #expect { try c.run() } throws: { e in
+            let text = (e as! StoreError).description
+            return text.contains("tensor '\(tensor)'") && text.contains("row \(element / cols), column \(element % cols)")
+                && text.contains("not a finite number")
+        }
+        // Where nothing is quantised (bf16 experts and resident matrices passed through) the same checkpoint
+        // converts: the value is kept as the source has it, for the model's non-finite-logits check to meet.
+        var kept = StoreConverter(source: source, output: Fixtures.scratchDirectory("nonfinite-kept") + "/store")
+        kept.experts = .source
+        kept.resident = .bf16
+        try kept.run()
+    }
+
+    /// The shard of the sharded fixture `dir` that holds `tensor`.
+    func shard(of tensor: String, in dir: String) throws -> String {
+        let index = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: dir + "/model.safetensors.index.json")))
+        return try #require(((index as? [String: Any])?["weight_map"] as? [String: String])?[tensor])
+    }
+
+    /// Writes `value` (as BF16) over element `element` of BF16 tensor `tensor` in the sharded checkpoint at `dir`.
+    func plant(_ value: Float, in tensor: String, element: Int, of dir: String) throws {
+        let path = dir + "/" + (try shard(of: tensor, in: dir))
+        let entry = try #require(try SafetensorsFile(path: path).entries[tensor])
+        #expect(entry.dtype == .bf16)
+        var bytes = [UInt8](try Data(contentsOf: URL(fileURLWithPath: path)))
+        let at = entry.range.lowerBound + 2 * element
+        let bits = floatToBF16(value)
+        bytes[at] = UInt8(bits & 0xFF)
+        bytes[at + 1] = UInt8(bits >> 8)
+        try Data(bytes).write(to: URL(fileURLWithPath: path))
+    }
+
     @Test func halfWrittenStoreIsRefused() throws {
         let out = Fixtures.scratchDirectory("half") + "/store"
         _ = try runProcess(Fixtures.executable, ["convert", Fixtures.model("kimi_k2"), "-o", out, "--quiet"],
