@@ -300,8 +300,7 @@ struct BenchKernels: ParsableCommand {
     }
 }
 
-/// Loads a store with its expert cache, runs a short prompt, shuts the cache down and drops everything, N times:
-/// what a long-lived process (a server reloading its model, a test suite) must get back each time.
+/// The memory's read rate, the ceiling `Tools/bench-vs-llamacpp` sets both engines' decode against.
 struct BenchMemory: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "memory",
@@ -318,7 +317,10 @@ struct BenchMemory: ParsableCommand {
 
     func run() throws {
         guard (1...4096).contains(threads) else { throw CLIError("--threads must be between 1 and 4096, not \(threads)") }
-        guard (1...(1 << 20)).contains(megabytes) else { throw CLIError("--megabytes must be between 1 and 1048576, not \(megabytes)") }
+        let most = Int(ProcessInfo.processInfo.physicalMemory >> 21)  // half the machine's memory, in MB
+        guard (1...max(1, most)).contains(megabytes) else {
+            throw CLIError("--megabytes must be between 1 and \(max(1, most)) (half of this machine's memory), not \(megabytes)")
+        }
         guard (1...1000).contains(rounds) else { throw CLIError("--rounds must be between 1 and 1000, not \(rounds)") }
         print("memory read rate: \(megabytes) MB summed with 64-byte loads, best of \(rounds) rounds")
         for n in Set([1, threads]).sorted() {
@@ -328,6 +330,8 @@ struct BenchMemory: ParsableCommand {
     }
 }
 
+/// Loads a store with its expert cache, runs a short prompt, shuts the cache down and drops everything, N times:
+/// what a long-lived process (a server reloading its model, a test suite) must get back each time.
 struct BenchLifecycle: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "lifecycle",

@@ -96,6 +96,19 @@ func moestream(_ args: [String], stdin: String? = nil) throws -> (Int32, String,
         #expect(status != 0 && err.contains("top-p"))
     }
 
+    /// `bench memory` prints a rate for one thread and for --threads, and refuses sizes and counts it cannot use by name.
+    @Test func benchMemoryPrintsARatePerThreadCount() throws {
+        let (status, out, err) = try moestream(["bench", "memory", "--threads", "2", "--megabytes", "16", "--rounds", "2"])
+        #expect(status == 0, "\(err)")
+        let rates = out.split(separator: "\n").filter { $0.hasSuffix("GB/s") }
+        #expect(rates.count == 2 && rates[0].hasPrefix("1 thread:") && rates[1].hasPrefix("2 threads:"), "\(out)")
+        for (args, name) in [(["--megabytes", "0"], "--megabytes"), (["--megabytes", "999999999"], "--megabytes"),
+                             (["--threads", "0"], "--threads"), (["--rounds", "0"], "--rounds")] {
+            let (bad, _, why) = try moestream(["bench", "memory"] + args)
+            #expect(bad != 0 && why.contains(name), "\(args): \(why)")
+        }
+    }
+
     /// Loading and dropping a store's model with its expert cache 20 times returns every descriptor, thread and
     /// (within 5%) byte: the cache's workers no longer keep it alive after `shutdown()`. In its own process, so
     /// other suites' files and threads do not count. Before: 12 → 69 open files and RSS +27% over 20 cycles.
